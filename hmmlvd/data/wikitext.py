@@ -1,0 +1,90 @@
+"""WikiText-2 (word level): three token streams and the vocabulary of train.
+
+Convention (the usual word-LM one): each line is split on whitespace and followed by one
+``<eos>``; a split is the concatenation of its lines into one stream.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hmmlvd.data.vocab import EOS, Vocabulary
+from hmmlvd.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+HUB_NAME = ("Salesforce/wikitext", "wikitext-2-v1")
+
+
+def tokenize_lines(lines: Iterable[str]) -> list[str]:
+    """Whitespace tokens of every line, each line closed by ``<eos>``."""
+    tokens: list[str] = []
+    for line in lines:
+        tokens.extend(line.split())
+        tokens.append(EOS)
+    return tokens
+
+
+@dataclass
+class WikiText:
+    """A tokenised corpus: vocabulary (built from train) and one int32 id stream per split."""
+
+    vocab: Vocabulary
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+
+    def split(self, name: str) -> np.ndarray:
+        """The id stream [N] of split ``name`` (train, valid or test)."""
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; expected one of {SPLITS}")
+        return getattr(self, name)
+
+
+def _read_local(data_dir: Path) -> dict[str, list[str]]:
+    if not data_dir.is_dir():
+        raise DataError(f"data folder {data_dir} does not exist")
+    missing = [f"wiki.{s}.tokens" for s in SPLITS if not (data_dir / f"wiki.{s}.tokens").is_file()]
+    if missing:
+        raise DataError(f"data folder {data_dir} is missing {', '.join(missing)}; it must hold "
+                        "wiki.train.tokens, wiki.valid.tokens and wiki.test.tokens")
+    out = {}
+    for s in SPLITS:
+        with open(data_dir / f"wiki.{s}.tokens", encoding="utf-8") as f:
+            out[s] = tokenize_lines(f)
+    return out
+
+
+def _read_hub() -> dict[str, list[str]]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(*HUB_NAME)
+    except Exception as exc:  # offline, hub unreachable, package missing
+        raise DataError(f"could not load {HUB_NAME[0]} ({HUB_NAME[1]}) from the datasets hub "
+                        f"({type(exc).__name__}: {exc}); pass a local folder with --data-dir"
+                        ) from exc
+    hub_split = {"train": "train", "valid": "validation", "test": "test"}
+    return {s: tokenize_lines(ds[hub_split[s]]["text"]) for s in SPLITS}
+
+
+def load_wikitext(data_dir: str | os.PathLike | None = None,
+                  vocab: Vocabulary | None = None) -> WikiText:
+    """Load WikiText-2 from a local folder holding ``wiki.{train,valid,test}.tokens``, or from
+    the ``datasets`` hub copy when ``data_dir`` is None.
+
+    ``vocab``: use this vocabulary (e.g. a checkpoint's) instead of building one from train;
+    words outside it map to ``<unk>``.
+    """
+    texts = _read_local(Path(data_dir)) if data_dir is not None else _read_hub()
+    for s in SPLITS:
+        if not any(tok != EOS for tok in texts[s]):
+            raise DataError(f"split {s!r} of WikiText has no words")
+    if vocab is None:
+        vocab = Vocabulary.from_corpus(texts["train"])
+    streams = {s: vocab.encode(texts[s], source=f"wiki.{s}.tokens") for s in SPLITS}
+    return WikiText(vocab=vocab, **streams)

@@ -1,0 +1,68 @@
+"""All length-T windows of a token stream (stride 1), as a strided view: no window is copied
+until a batch of them is requested."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from hmmlvd.errors import DataError
+
+
+class TokenWindows:
+    """Windows ``stream[s : s+T]`` for every start ``s`` (or a subset of starts).
+
+    ``stream``: int token ids [N]. ``max_windows``: keep a seeded random subset of this many
+    starts (sorted), for small runs. Indexing returns an int64 tensor [B, T].
+    """
+
+    def __init__(self, stream: np.ndarray, length: int, max_windows: int | None = None,
+                 seed: int = 0):
+        stream = np.asarray(stream)
+        if stream.ndim != 1 or not np.issubdtype(stream.dtype, np.integer):
+            raise DataError(f"token stream must be a 1-D integer array, got shape {stream.shape} "
+                            f"and dtype {stream.dtype}")
+        if length < 1:
+            raise DataError(f"window length must be >= 1, got {length}")
+        if len(stream) < length:
+            raise DataError(f"token stream has {len(stream)} tokens, fewer than one window of "
+                            f"{length}")
+        self.stream = stream.astype(np.int32, copy=False)
+        self.length = length
+        self.view = np.lib.stride_tricks.sliding_window_view(self.stream, length)  # [N-T+1, T]
+        self.starts: np.ndarray | None = None
+        if max_windows is not None:
+            if max_windows < 1:
+                raise DataError(f"max_windows must be >= 1, got {max_windows}")
+            if max_windows < len(self.view):
+                rng = np.random.default_rng(seed)
+                self.starts = np.sort(rng.choice(len(self.view), size=max_windows, replace=False))
+
+    def __len__(self) -> int:
+        return len(self.view) if self.starts is None else len(self.starts)
+
+    def __getitem__(self, index: slice | np.ndarray) -> torch.Tensor:
+        """Windows at positions ``index`` of this collection -> int64 [B, T]."""
+        rows = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
+        if self.starts is not None:
+            rows = self.starts[rows]
+        return torch.from_numpy(self.view[rows].astype(np.int64))
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
+                start_batch: int = 0) -> Iterator[torch.Tensor]:
+        """Mini-batches [B, T] covering every window once; ``shuffle`` uses a permutation fixed
+        by ``seed``, so a resumed epoch can skip its first ``start_batch`` batches exactly."""
+        if batch_size < 1:
+            raise DataError(f"batch size must be >= 1, got {batch_size}")
+        if start_batch < 0:
+            raise DataError(f"start_batch must be >= 0, got {start_batch}")
+        order = (np.random.default_rng(seed).permutation(len(self)) if shuffle
+                 else np.arange(len(self)))
+        for b in range(start_batch, self.num_batches(batch_size)):
+            yield self[order[b * batch_size:(b + 1) * batch_size]]
+
+    def num_batches(self, batch_size: int) -> int:
+        """Number of mini-batches of at most ``batch_size`` windows."""
+        return -(-len(self) // batch_size)

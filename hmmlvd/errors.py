@@ -1,0 +1,19 @@
+"""Library error types: every failure a user can cause raises one of these, with a message
+that names the problem and, where there is one, the fix."""
+
+
+class HMMLVDError(Exception):
+    """Base class of all errors raised deliberately by hmmlvd."""
+
+
+class DataError(HMMLVDError, ValueError):
+    """Input data is malformed: wrong shape or dtype, token ids out of range, empty data,
+    a data folder without the expected files."""
+
+
+class ParameterError(HMMLVDError, ValueError):
+    """Model parameters are invalid: NaN, negative, not normalised, or wrongly shaped."""
+
+
+class CheckpointError(HMMLVDError):
+    """A saved model folder is missing, incomplete, or does not match its config."""

@@ -1,0 +1,87 @@
+"""Initial parameters: random (seeded), or closed-form MLE from tokens paired with hidden-state
+labels (the initialiser that latent variable distillation feeds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hmmlvd.errors import DataError
+from hmmlvd.hmm.model import HMM, HMMConfig
+
+
+def random_parameters(config: HMMConfig, seed: int = 0, device: str | torch.device = "cpu"
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Uniform(0, 1) draws normalised into distributions, as hmmlearn initialises:
+    (initial [H], transition [P_A, H, H], emission [P_B, V, H])."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = config.shapes()
+    initial = torch.rand(shapes["initial"], generator=gen)
+    transition = torch.rand(shapes["transition"], generator=gen)
+    emission = torch.rand(shapes["emission"], generator=gen)
+    initial /= initial.sum()
+    transition /= transition.sum(-1, keepdim=True)
+    emission /= emission.sum(-2, keepdim=True)
+    return initial.to(device), transition.to(device), emission.to(device)
+
+
+def mle_from_labels(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+                    config: HMMConfig, pseudocount: float = 1e-3, chunk_size: int = 65536,
+                    device: str | torch.device = "cpu") -> HMM:
+    """Closed-form maximum-likelihood HMM from windows x [N, T] and their labels z [N, T]:
+
+    initial[h] ∝ #(z_1 = h) + c,   transition[t, i, j] ∝ #(z_t = i, z_{t+1} = j) + c,
+    emission[t, w, h] ∝ #(z_t = h, x_t = w) + c    (c = ``pseudocount``, counts per position;
+    a homogeneous model pools all positions). Both arrays may be memory-mapped; they are read
+    in chunks of ``chunk_size`` windows.
+    """
+    h, v, length = config.num_states, config.vocab_size, config.length
+    if tokens.shape != labels.shape or len(tokens.shape) != 2:
+        raise DataError(f"tokens {tuple(tokens.shape)} and labels {tuple(labels.shape)} must "
+                        f"both have shape [N, T]")
+    if tokens.shape[0] == 0:
+        raise DataError("no labelled windows to count")
+    if tokens.shape[1] != length:
+        raise DataError(f"windows have length {tokens.shape[1]}, the model needs T={length}")
+    if pseudocount < 0:
+        raise DataError(f"pseudocount must be >= 0, got {pseudocount}")
+    pa, pb = config.transition_positions, config.emission_positions
+    init_c = torch.zeros(h, dtype=torch.float64, device=device)
+    trans_c = torch.zeros(pa * h * h, dtype=torch.float64, device=device)
+    emit_c = torch.zeros(pb * v * h, dtype=torch.float32, device=device)  # exact below 2**24
+    step_pos = torch.zeros(length - 1, dtype=torch.long, device=device) if config.homogeneous \
+        else torch.arange(length - 1, device=device)
+    emit_pos = torch.zeros(length, dtype=torch.long, device=device) if config.homogeneous \
+        else torch.arange(length, device=device)
+    for start in range(0, tokens.shape[0], chunk_size):
+        x = _chunk(tokens, start, chunk_size, device)
+        z = _chunk(labels, start, chunk_size, device)
+        if x.min() < 0 or x.max() >= v:
+            raise DataError(f"token ids must lie in [0, {v})")
+        if z.min() < 0 or z.max() >= h:
+            raise DataError(f"labels must lie in [0, {h})")
+        init_c += torch.bincount(z[:, 0], minlength=h)
+        trans_idx = ((step_pos * h + z[:, :-1]) * h + z[:, 1:]).flatten()
+        trans_c.index_add_(0, trans_idx, torch.ones_like(trans_idx, dtype=trans_c.dtype))
+        emit_idx = ((emit_pos * v + x) * h + z).flatten()
+        emit_c.index_add_(0, emit_idx, torch.ones_like(emit_idx, dtype=emit_c.dtype))
+    if pseudocount == 0 and (init_c.sum() == 0 or (trans_c.view(pa, h, h).sum(-1) == 0).any()
+                             or (emit_c.view(pb, v, h).sum(1) == 0).any()):
+        raise DataError("some hidden state never occurs in the labels (at some position); with "
+                        "pseudocount 0 its distributions are undefined: use pseudocount > 0")
+    initial = init_c + pseudocount
+    transition = trans_c.view(pa, h, h) + pseudocount
+    emission = emit_c.view(pb, v, h).add_(pseudocount)
+    return HMM(h, v, length, config.homogeneous, device=device,
+               initial=(initial / initial.sum()).float(),
+               transition=(transition / transition.sum(-1, keepdim=True)).float(),
+               emission=emission.div_(emission.sum(-2, keepdim=True)))
+
+
+def _chunk(array: torch.Tensor | np.ndarray, start: int, size: int,
+           device: str | torch.device) -> torch.Tensor:
+    """Rows [start, start+size) of a tensor or (memory-mapped) array as int64 on ``device``."""
+    rows = array[start:start + size]
+    if isinstance(rows, torch.Tensor):
+        return rows.to(device, torch.long)
+    return torch.from_numpy(np.array(rows, dtype=np.int64)).to(device)

@@ -1,0 +1,262 @@
+"""The HMM: parameters, input checks, inference entry points, and save/load.
+
+Parameters are probabilities (float32), kept on one device:
+
+- ``initial``    [H]          p(z_1 = h)
+- ``transition`` [P_A, H, H]  transition[t, i, j] = p(z_{t+2} = j | z_{t+1} = i); P_A = T-1
+                              (non-homogeneous) or 1 (homogeneous, one matrix for every step)
+- ``emission``   [P_B, V, H]  emission[t, w, h] = p(x_{t+1} = w | z_{t+1} = h); P_B = T or 1.
+                              Stored word-major (V before H) so the emission column of one
+                              token over all states is one contiguous row: gathering a batch's
+                              emissions reads B*T rows of H floats. ``emission_matrix(t)`` gives
+                              the usual [H, V] view.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from hmmlvd.data.vocab import Vocabulary
+from hmmlvd.errors import DataError, ParameterError
+from hmmlvd.hmm.forward import ForwardResult, forward
+
+
+@dataclass(frozen=True)
+class HMMConfig:
+    """Sizes of an HMM: H hidden states, V words, windows of T tokens."""
+
+    num_states: int
+    vocab_size: int
+    length: int = 32
+    homogeneous: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("num_states", "vocab_size", "length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ParameterError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def transition_positions(self) -> int:
+        """P_A: number of stored transition matrices."""
+        return 1 if self.homogeneous else self.length - 1
+
+    @property
+    def emission_positions(self) -> int:
+        """P_B: number of stored emission matrices."""
+        return 1 if self.homogeneous else self.length
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Expected shape of each parameter tensor."""
+        h, v = self.num_states, self.vocab_size
+        return {"initial": (h,), "transition": (self.transition_positions, h, h),
+                "emission": (self.emission_positions, v, h)}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class HMM:
+    """A hidden Markov model over windows of ``length`` tokens.
+
+    ``HMM(num_states, vocab_size, length=32, homogeneous=False, seed=0)`` draws random
+    parameters; pass ``initial``, ``transition`` and ``emission`` to set them instead.
+    """
+
+    def __init__(self, num_states: int, vocab_size: int, length: int = 32,
+                 homogeneous: bool = False, *, initial: torch.Tensor | None = None,
+                 transition: torch.Tensor | None = None, emission: torch.Tensor | None = None,
+                 seed: int = 0, device: str | torch.device = "cpu",
+                 vocab: Vocabulary | None = None):
+        self.config = HMMConfig(num_states, vocab_size, length, homogeneous)
+        given = [p is not None for p in (initial, transition, emission)]
+        if any(given) and not all(given):
+            raise ParameterError("pass all of initial, transition and emission, or none")
+        if not any(given):
+            from hmmlvd.hmm.init import random_parameters
+
+            initial, transition, emission = random_parameters(self.config, seed=seed,
+                                                              device=device)
+        self.initial = initial.to(device=device, dtype=torch.float32)
+        self.transition = transition.to(device=device, dtype=torch.float32)
+        self.emission = emission.to(device=device, dtype=torch.float32)
+        if vocab is not None and len(vocab) != vocab_size:
+            raise DataError(f"vocabulary has {len(vocab)} words but the model has "
+                            f"vocab_size={vocab_size}")
+        self.vocab = vocab
+        self.validate()
+
+    # ----- sizes and placement -------------------------------------------------------------
+    @property
+    def num_states(self) -> int:
+        return self.config.num_states
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def length(self) -> int:
+        return self.config.length
+
+    @property
+    def homogeneous(self) -> bool:
+        return self.config.homogeneous
+
+    @property
+    def device(self) -> torch.device:
+        return self.initial.device
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters().values())
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """The three parameter tensors by name."""
+        return {"initial": self.initial, "transition": self.transition, "emission": self.emission}
+
+    def to(self, device: str | torch.device) -> HMM:
+        """Move the parameters to ``device`` (in place) and return self."""
+        self.initial = self.initial.to(device)
+        self.transition = self.transition.to(device)
+        self.emission = self.emission.to(device)
+        return self
+
+    def emission_matrix(self, t: int) -> torch.Tensor:
+        """p(x_{t+1} = w | z_{t+1} = h) as an [H, V] view, for position t in 0..T-1."""
+        return self.emission[self._emission_position(t)].T
+
+    def transition_matrix(self, t: int) -> torch.Tensor:
+        """p(z_{t+2} = j | z_{t+1} = i) as [H, H], for step t in 0..T-2."""
+        if not 0 <= t < self.length - 1:
+            raise DataError(f"transition step {t} is outside [0, {self.length - 1})")
+        return self.transition[0 if self.homogeneous else t]
+
+    def _emission_position(self, t: int) -> int:
+        if not 0 <= t < self.length:
+            raise DataError(f"position {t} is outside the window [0, {self.length})")
+        return 0 if self.homogeneous else t
+
+    # ----- checks --------------------------------------------------------------------------
+    def validate(self, tolerance: float = 1e-3) -> None:
+        """Raise :class:`ParameterError` unless every parameter has its shape, is finite and
+        non-negative, and every distribution sums to 1 (within ``tolerance``)."""
+        for name, shape in self.config.shapes().items():
+            p = getattr(self, name)
+            if tuple(p.shape) != shape:
+                raise ParameterError(f"{name} has shape {tuple(p.shape)}, expected {shape} for "
+                                     f"{self.config}")
+            if not torch.isfinite(p).all():
+                raise ParameterError(f"{name} contains NaN or infinite values")
+            if (p < 0).any():
+                raise ParameterError(f"{name} contains negative probabilities")
+        sums = {"initial": self.initial.sum(-1), "transition": self.transition.sum(-1),
+                "emission": self.emission.sum(-2)}
+        for name, s in sums.items():
+            err = (s - 1).abs().max().item() if s.numel() else 0.0
+            if err > tolerance:
+                raise ParameterError(f"{name} distributions do not sum to 1 (largest error "
+                                     f"{err:.3g})")
+
+    def check_windows(self, x: torch.Tensor, exact_length: bool = False) -> torch.Tensor:
+        """Validate token windows [B, L] (L <= T, or L == T if ``exact_length``) and return them
+        as int64 on the model's device. Raises :class:`DataError` naming the problem."""
+        if not isinstance(x, torch.Tensor):
+            x = torch.as_tensor(x)
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise DataError(f"token windows must be integer ids, got dtype {x.dtype}")
+        if x.dim() != 2:
+            raise DataError(f"token windows must have shape [batch, length], got "
+                            f"{tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise DataError("no windows given (batch of size 0)")
+        if x.shape[1] < 1 or x.shape[1] > self.length:
+            raise DataError(f"windows of length {x.shape[1]} do not fit the model's length "
+                            f"T={self.length}")
+        if exact_length and x.shape[1] != self.length:
+            raise DataError(f"windows have length {x.shape[1]}, the model needs T={self.length}")
+        lo, hi = int(x.min()), int(x.max())
+        if lo < 0 or hi >= self.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise DataError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        return x.to(device=self.device, dtype=torch.long)
+
+    # ----- inference -----------------------------------------------------------------------
+    def gather_emissions(self, x: torch.Tensor, emission: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+        """Emission probabilities of the windows' tokens: x [B, L] -> [B, L, H]."""
+        emission = self.emission if emission is None else emission
+        length = x.shape[1]
+        if self.homogeneous:
+            return emission[0][x]
+        positions = torch.arange(length, device=x.device).expand_as(x)
+        return emission[positions, x]
+
+    def transitions_for(self, length: int, transition: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+        """The per-step transition matrices of an L-token window: [L-1, H, H]."""
+        transition = self.transition if transition is None else transition
+        if self.homogeneous:
+            return transition.expand(max(length - 1, 0), -1, -1)
+        return transition[: length - 1]
+
+    def run_forward(self, x: torch.Tensor) -> ForwardResult:
+        """Forward pass over checked windows x [B, L] (L <= T) starting at position 1."""
+        x = self.check_windows(x)
+        return forward(self.initial, self.transitions_for(x.shape[1]), self.gather_emissions(x))
+
+    @torch.no_grad()
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x) of each window: x [B, L] -> [B]. Windows shorter than T are prefixes
+        (positions 1..L), marginalising the rest."""
+        return self.run_forward(x).log_prefix[:, -1]
+
+    @torch.no_grad()
+    def next_token_distribution(self, prefix: torch.Tensor) -> torch.Tensor:
+        """p(x_{L+1} = w | x_1..x_L) for prefixes [B, L] with 0 <= L < T -> [B, V].
+
+        An empty prefix (L = 0, shape [B, 0]) gives the marginal of the first token."""
+        prefix = torch.as_tensor(prefix)
+        if prefix.dim() == 2 and prefix.shape[1] == 0:
+            state = self.initial.expand(prefix.shape[0], -1)
+        else:
+            prefix = self.check_windows(prefix)
+            if prefix.shape[1] >= self.length:
+                raise DataError(f"prefix of length {prefix.shape[1]} leaves no position to "
+                                f"predict in a window of T={self.length}")
+            alpha = self.run_forward(prefix).alpha
+            state = alpha @ self.transition_matrix(prefix.shape[1] - 1)
+        return state @ self.emission_matrix(prefix.shape[1])
+
+    def sample(self, num_samples: int, prefix: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw windows [N, T]; with ``prefix`` [L] or [N, L], draw the rest of each window
+        from p(x_{L+1..T} | prefix). See :mod:`hmmlvd.hmm.sample`."""
+        from hmmlvd.hmm.sample import sample
+
+        return sample(self, num_samples, prefix=prefix, generator=generator)
+
+    # ----- persistence ---------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``model.safetensors``, ``config.json`` and (if known) ``vocab.txt`` into
+        ``directory``, each atomically. See :mod:`hmmlvd.hmm.checkpoint`."""
+        from hmmlvd.hmm.checkpoint import save_hmm
+
+        save_hmm(self, Path(directory))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike,
+                        device: str | torch.device = "cpu") -> HMM:
+        """Load a model written by :meth:`save_pretrained`."""
+        from hmmlvd.hmm.checkpoint import load_hmm
+
+        return load_hmm(Path(directory), device=device)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"HMM(num_states={c.num_states}, vocab_size={c.vocab_size}, length={c.length}, "
+                f"homogeneous={c.homogeneous}, device={self.device})")

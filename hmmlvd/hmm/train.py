@@ -1,0 +1,156 @@
+"""The EM training loop: epochs of mini-batch (or full-batch) EM under a phase schedule, with a
+progress bar, periodic atomic checkpoints, and exact resume.
+
+Checkpoints live in ``out/checkpoints/step-XXXXXXXX/`` (the model files plus
+``train_state.json``); ``out/checkpoints/latest`` names the newest complete one and is written
+last, so a run killed at any moment resumes from a complete checkpoint. Shuffling is fixed by
+(seed, epoch), so a resumed epoch replays exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from hmmlvd.atomic import atomic_write_json, atomic_write_text
+from hmmlvd.data.windows import TokenWindows
+from hmmlvd.errors import CheckpointError, DataError
+from hmmlvd.hmm.checkpoint import load_hmm, save_hmm
+from hmmlvd.hmm.em import CountAccumulator, expected_counts, maximize
+from hmmlvd.hmm.model import HMM
+
+STATE_FILE = "train_state.json"
+
+
+@dataclass
+class Phase:
+    """``epochs`` passes over the data with EM step size ``step_size``."""
+
+    epochs: int
+    step_size: float
+
+
+@dataclass
+class TrainConfig:
+    """How to run EM. ``phases``: e.g. the LVD paper's [Phase(20, a1), Phase(5, a2)].
+    ``full_batch``: one M-step per epoch from the counts of all windows (step size still mixes).
+    ``checkpoint_every``: also checkpoint every this many mini-batch steps (0: epoch ends only).
+    """
+
+    phases: list[Phase] = field(default_factory=lambda: [Phase(1, 0.1)])
+    batch_size: int = 1024
+    pseudocount: float = 1e-3
+    full_batch: bool = False
+    seed: int = 0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise DataError(f"batch size must be >= 1, got {self.batch_size}")
+        for p in self.phases:
+            if p.epochs < 0 or not 0 < p.step_size <= 1:
+                raise DataError(f"invalid phase {p}: epochs >= 0 and step size in (0, 1] needed")
+
+    def epoch_plan(self) -> list[float]:
+        """The step size of every epoch, in order."""
+        return [p.step_size for p in self.phases for _ in range(p.epochs)]
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> TrainConfig:
+        return cls(**{**raw, "phases": [Phase(**p) for p in raw["phases"]]})
+
+
+@dataclass
+class TrainState:
+    """Where training stands: ``epoch`` (0-based) and ``batch`` (batches of it done), the
+    global ``step`` count, and per-epoch ``history`` rows."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None = None,
+          state: TrainState | None = None, progress: bool = True) -> TrainState:
+    """Train ``hmm`` in place by EM on ``windows``; checkpoint into ``out`` if given.
+    ``state``: continue from it (from :func:`load_checkpoint`). Returns the final state."""
+    if windows.length != hmm.length:
+        raise DataError(f"windows have length {windows.length}, the model needs T={hmm.length}")
+    state = state or TrainState()
+    plan = config.epoch_plan()
+    num_batches = windows.num_batches(config.batch_size)
+    while state.epoch < len(plan):
+        step_size = plan[state.epoch]
+        started = time.perf_counter()
+        bar = tqdm(total=num_batches, initial=state.batch, disable=not progress, unit="batch",
+                   desc=f"epoch {state.epoch + 1}/{len(plan)}", dynamic_ncols=True)
+        accumulator = CountAccumulator(hmm) if config.full_batch else None
+        log_lik, tokens = 0.0, 0
+        batches = windows.batches(config.batch_size, shuffle=True,
+                                  seed=_epoch_seed(config.seed, state.epoch),
+                                  start_batch=0 if config.full_batch else state.batch)
+        for x in batches:
+            counts = expected_counts(hmm, x)
+            if accumulator is not None:
+                accumulator.add(counts)
+            else:
+                maximize(hmm, counts, step_size, config.pseudocount)
+                state.batch += 1
+                state.step += 1
+            log_lik += counts.log_likelihood
+            tokens += x.numel()
+            bar.update(1)
+            bar.set_postfix(ll_per_token=f"{log_lik / tokens:.4f}")
+            if (accumulator is None and out is not None and config.checkpoint_every
+                    and state.step % config.checkpoint_every == 0 and state.batch < num_batches):
+                save_checkpoint(hmm, config, state, out)
+        bar.close()
+        if accumulator is not None:
+            maximize(hmm, accumulator.total(), step_size, config.pseudocount)
+            state.step += 1
+        state.history.append({"epoch": state.epoch + 1, "step_size": step_size,
+                              "train_ll_per_token": log_lik / max(tokens, 1),
+                              "seconds": time.perf_counter() - started})
+        state.epoch += 1
+        state.batch = 0
+        if out is not None:
+            save_checkpoint(hmm, config, state, out)
+    return state
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def save_checkpoint(hmm: HMM, config: TrainConfig, state: TrainState, out: Path) -> Path:
+    """Write a complete checkpoint folder, then point ``latest`` at it; keep the newest
+    ``config.keep_checkpoints``."""
+    root = out / "checkpoints"
+    folder = root / f"step-{state.step:08d}"
+    save_hmm(hmm, folder)
+    atomic_write_json(folder / STATE_FILE, {"train_config": asdict(config), **asdict(state)})
+    atomic_write_text(root / "latest", folder.name + "\n")
+    old = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for stale in old[:-max(config.keep_checkpoints, 1)]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return folder
+
+
+def load_checkpoint(out: Path, device: str = "cpu") -> tuple[HMM, TrainConfig, TrainState]:
+    """The model, config and state of the newest checkpoint under ``out``."""
+    latest = out / "checkpoints" / "latest"
+    if not latest.is_file():
+        raise CheckpointError(f"no checkpoint to resume from: {latest} does not exist")
+    folder = out / "checkpoints" / latest.read_text(encoding="utf-8").strip()
+    if not (folder / STATE_FILE).is_file():
+        raise CheckpointError(f"checkpoint {folder} has no {STATE_FILE}")
+    raw = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    config = TrainConfig.from_dict(raw.pop("train_config"))
+    return load_hmm(folder, device=device), config, TrainState(**raw)

@@ -1,0 +1,224 @@
+"""Saving and loading models (hmmlvd.hmm.checkpoint, hmmlvd.atomic) and parameter checks on
+construction."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from hmmlvd.atomic import atomic_write, atomic_write_json
+from hmmlvd.data import Vocabulary
+from hmmlvd.errors import CheckpointError, DataError, ParameterError
+from hmmlvd.hmm import HMM
+
+H, V, T = 3, 5, 4
+
+
+@pytest.fixture
+def saved(tmp_path, make_hmm):
+    """A saved non-homogeneous model with a vocabulary: (folder, model)."""
+    hmm = make_hmm(H, V, T, seed=81)
+    hmm.vocab = Vocabulary(["the", "cat", "<eos>", "sat", "<unk>"])
+    folder = tmp_path / "model"
+    hmm.save_pretrained(folder)
+    return folder, hmm
+
+
+@pytest.mark.parametrize("homogeneous", [False, True])
+@pytest.mark.parametrize("with_vocab", [False, True])
+def test_round_trip(tmp_path, make_hmm, homogeneous, with_vocab):
+    hmm = make_hmm(H, V, T, homogeneous, seed=82)
+    if with_vocab:
+        hmm.vocab = Vocabulary([f"w{i}" for i in range(V)])
+    folder = tmp_path / "a" / "b"  # parents are created
+    hmm.save_pretrained(folder)
+    loaded = HMM.from_pretrained(folder)
+    assert loaded.config == hmm.config
+    for name, value in hmm.parameters().items():
+        assert torch.equal(loaded.parameters()[name], value), name
+        assert loaded.parameters()[name].dtype == torch.float32
+    assert loaded.vocab == hmm.vocab
+    assert (loaded.vocab is None) == (not with_vocab)
+    x = torch.tensor([[0, 1, 2, 3]])
+    assert torch.equal(loaded.log_likelihood(x), hmm.log_likelihood(x))
+
+
+def test_saving_twice_overwrites_and_leaves_no_temporary_files(saved, make_hmm):
+    folder, _ = saved
+    other = make_hmm(H, V, T, seed=83)
+    other.save_pretrained(folder)
+    assert torch.equal(HMM.from_pretrained(folder).emission, other.emission)
+    names = sorted(p.name for p in folder.iterdir())
+    assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")], names
+    assert {"model.safetensors", "config.json", "vocab.txt"} <= set(names)
+
+
+def test_config_records_format_version_and_sizes(saved):
+    folder, _ = saved
+    raw = json.loads((folder / "config.json").read_text())
+    assert raw["format_version"] == 1
+    assert (raw["num_states"], raw["vocab_size"], raw["length"], raw["homogeneous"]) == \
+        (H, V, T, False)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        HMM.from_pretrained(tmp_path / "nowhere")
+
+
+def test_missing_config(saved):
+    folder, _ = saved
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointError, match=r"config\.json"):
+        HMM.from_pretrained(folder)
+
+
+def test_missing_tensors(saved):
+    folder, _ = saved
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"model\.safetensors"):
+        HMM.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("keep_fraction", [0.0, 0.05, 0.5, 0.99])
+def test_truncated_tensors_file(saved, keep_fraction):
+    folder, _ = saved
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep_fraction)])
+    with pytest.raises(CheckpointError):
+        HMM.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("field", ["num_states", "vocab_size", "length", "homogeneous"])
+def test_config_that_does_not_match_tensors(saved, field):
+    folder, _ = saved
+    path = folder / "config.json"
+    raw = json.loads(path.read_text())
+    raw[field] = (not raw[field]) if field == "homogeneous" else raw[field] + 1
+    path.write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError):
+        HMM.from_pretrained(folder)
+
+
+def test_extra_tensor(saved):
+    folder, _ = saved
+    path = folder / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors["extra"] = torch.zeros(2)
+    save_file(tensors, str(path))
+    with pytest.raises(CheckpointError, match="extra"):
+        HMM.from_pretrained(folder)
+
+
+def test_missing_tensor(saved):
+    folder, _ = saved
+    path = folder / "model.safetensors"
+    tensors = load_file(str(path))
+    del tensors["transition"]
+    save_file(tensors, str(path))
+    with pytest.raises(CheckpointError, match="transition"):
+        HMM.from_pretrained(folder)
+
+
+BAD_CONFIGS = {
+    "future version": "format_version 99",
+    "no version": "format_version None",
+    "not json": "not valid JSON",
+    "not an object": r"config\.json",
+    "missing size": "incomplete or invalid",
+    "zero states": "incomplete or invalid",
+}
+
+
+@pytest.mark.parametrize("edit", list(BAD_CONFIGS))
+def test_bad_config(saved, edit):
+    folder, _ = saved
+    path = folder / "config.json"
+    raw = json.loads(path.read_text())
+    text = None
+    if edit == "future version":
+        raw["format_version"] = 99
+    elif edit == "no version":
+        del raw["format_version"]
+    elif edit == "not json":
+        text = "{not json"
+    elif edit == "not an object":
+        text = json.dumps([1, 2, 3])
+    elif edit == "missing size":
+        del raw["vocab_size"]
+    elif edit == "zero states":
+        raw["num_states"] = 0
+    path.write_text(text if text is not None else json.dumps(raw))
+    with pytest.raises(CheckpointError, match=BAD_CONFIGS[edit]):
+        HMM.from_pretrained(folder)
+
+
+def test_vocabulary_of_the_wrong_size(saved):
+    folder, _ = saved
+    (folder / "vocab.txt").write_text("a\nb\n")
+    with pytest.raises(CheckpointError):
+        HMM.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("corruption", ["nan", "negative", "not normalised"])
+def test_saved_invalid_parameters_are_rejected(saved, corruption):
+    folder, _ = saved
+    path = folder / "model.safetensors"
+    tensors = load_file(str(path))
+    if corruption == "nan":
+        tensors["emission"][1, 2, 0] = math.nan
+    elif corruption == "negative":
+        tensors["transition"][0, 1] = torch.tensor([1.5, -0.5, 0.0])
+    else:
+        tensors["initial"] = tensors["initial"] * 2
+    save_file(tensors, str(path))
+    with pytest.raises(CheckpointError):
+        HMM.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("corruption", ["nan", "inf", "negative", "not normalised",
+                                        "wrong shape", "partial"])
+def test_invalid_parameters_on_construction(make_hmm, corruption):
+    good = make_hmm(H, V, T, seed=84)
+    initial, transition, emission = (p.clone() for p in good.parameters().values())
+    kwargs = {"initial": initial, "transition": transition, "emission": emission}
+    if corruption == "nan":
+        initial[0] = math.nan
+    elif corruption == "inf":
+        emission[0, 0, 0] = math.inf
+    elif corruption == "negative":
+        # still sums to 1, so only the sign check can catch it
+        transition[1, 0] = torch.tensor([1.2, -0.1, -0.1])
+    elif corruption == "not normalised":
+        emission[2, :, 1] *= 1.5
+    elif corruption == "wrong shape":
+        kwargs["transition"] = transition[:1]
+    else:
+        del kwargs["emission"]
+    with pytest.raises(ParameterError):
+        HMM(H, V, T, **kwargs)
+
+
+def test_vocabulary_size_must_match_model(make_hmm):
+    with pytest.raises(DataError, match="vocabulary"):
+        HMM(H, V, T, vocab=Vocabulary(["a", "b"]))
+
+
+def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
+    path = tmp_path / "out.json"
+    atomic_write_json(path, {"a": 1})
+
+    def failing(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write("partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, failing)
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]

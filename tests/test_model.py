@@ -1,0 +1,113 @@
+"""The HMM class (hmmlvd.hmm.model): configuration, parameter layout accessors, and the input
+checks every inference entry point goes through."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hmmlvd.errors import DataError, ParameterError
+from hmmlvd.hmm import HMM, HMMConfig, expected_counts
+
+H, V, T = 3, 5, 4
+
+
+@pytest.fixture
+def hmm(make_hmm):
+    return make_hmm(H, V, T, seed=101)
+
+
+BAD_WINDOWS = {
+    "token id too large": (torch.tensor([[0, 1, V, 2]]), "outside the vocabulary"),
+    "negative token id": (torch.tensor([[0, -1, 2, 3]]), "outside the vocabulary"),
+    "float windows": (torch.tensor([[0.0, 1.0, 2.0, 3.0]]), "integer ids"),
+    "bool windows": (torch.ones(2, 4, dtype=torch.bool), "integer ids"),
+    "1-D windows": (torch.tensor([0, 1, 2, 3]), r"shape \[batch, length\]"),
+    "3-D windows": (torch.zeros(2, 2, 4, dtype=torch.long), r"shape \[batch, length\]"),
+    "empty batch": (torch.zeros(0, 4, dtype=torch.long), "batch of size 0"),
+    "zero-length windows": (torch.zeros(3, 0, dtype=torch.long), "do not fit"),
+    "window longer than T": (torch.zeros(2, T + 1, dtype=torch.long), "do not fit"),
+}
+
+
+ENTRIES = ["log_likelihood", "run_forward", "expected_counts", "next_token_distribution"]
+
+
+# (an empty [B, 0] prefix is valid for next_token_distribution: it asks for p(x_1))
+@pytest.mark.parametrize(("entry", "case"), [
+    (entry, case) for entry in ENTRIES for case in BAD_WINDOWS
+    if not (entry == "next_token_distribution" and case == "zero-length windows")])
+def test_bad_windows_raise_data_error_naming_the_problem(hmm, case, entry):
+    x, message = BAD_WINDOWS[case]
+    if entry == "next_token_distribution" and case == "window longer than T":
+        message = "do not fit|no position"
+    call = {"log_likelihood": hmm.log_likelihood, "run_forward": hmm.run_forward,
+            "next_token_distribution": hmm.next_token_distribution,
+            "expected_counts": lambda w: expected_counts(hmm, w)}[entry]
+    with pytest.raises(DataError, match=message):
+        call(x)
+
+
+def test_out_of_vocabulary_message_names_the_id(hmm):
+    with pytest.raises(DataError, match=rf"token id {V + 7} .*\[0, {V}\)"):
+        hmm.log_likelihood(torch.tensor([[0, V + 7]]))
+
+
+@pytest.mark.parametrize("length", [1, T - 1])
+def test_expected_counts_needs_full_windows(hmm, length):
+    with pytest.raises(DataError, match=f"the model needs T={T}"):
+        expected_counts(hmm, torch.zeros(2, length, dtype=torch.long))
+
+
+def test_check_windows_accepts_numpy_lists_and_small_ints(hmm):
+    want = hmm.log_likelihood(torch.tensor([[0, 1, 2, 3]]))
+    for x in (np.array([[0, 1, 2, 3]], dtype=np.int32), [[0, 1, 2, 3]],
+              torch.tensor([[0, 1, 2, 3]], dtype=torch.uint8)):
+        checked = hmm.check_windows(x)
+        assert checked.dtype == torch.long
+        assert torch.equal(hmm.log_likelihood(x), want)
+
+
+@pytest.mark.parametrize("homogeneous", [False, True])
+def test_matrix_accessors_follow_the_documented_layout(make_hmm, homogeneous):
+    hmm = make_hmm(H, V, T, homogeneous, seed=102)
+    assert tuple(hmm.emission.shape) == ((1 if homogeneous else T), V, H)
+    assert tuple(hmm.transition.shape) == ((1 if homogeneous else T - 1), H, H)
+    for t in range(T):
+        e = hmm.emission_matrix(t)
+        assert e.shape == (H, V)
+        assert torch.equal(e, hmm.emission[0 if homogeneous else t].T)
+        torch.testing.assert_close(e.sum(-1), torch.ones(H))
+    for t in range(T - 1):
+        assert torch.equal(hmm.transition_matrix(t), hmm.transition[0 if homogeneous else t])
+    with pytest.raises(DataError):
+        hmm.emission_matrix(T)
+    with pytest.raises(DataError):
+        hmm.emission_matrix(-1)
+    with pytest.raises(DataError):
+        hmm.transition_matrix(T - 1)
+
+
+def test_sizes_and_parameter_count(make_hmm):
+    for homogeneous, pa, pb in ((False, T - 1, T), (True, 1, 1)):
+        hmm = make_hmm(H, V, T, homogeneous, seed=103)
+        assert (hmm.num_states, hmm.vocab_size, hmm.length) == (H, V, T)
+        assert hmm.config.transition_positions == pa
+        assert hmm.config.emission_positions == pb
+        assert hmm.num_parameters == H + pa * H * H + pb * V * H
+
+
+@pytest.mark.parametrize("kwargs", [{"num_states": 0}, {"vocab_size": -1}, {"length": 0},
+                                    {"num_states": 2.0}, {"length": True}])
+def test_bad_sizes(kwargs):
+    sizes = {"num_states": H, "vocab_size": V, "length": T, **kwargs}
+    with pytest.raises(ParameterError):
+        HMMConfig(**sizes)
+    with pytest.raises(ParameterError):
+        HMM(**sizes)
+
+
+def test_config_to_dict_round_trip():
+    config = HMMConfig(H, V, T, True)
+    assert HMMConfig(**config.to_dict()) == config

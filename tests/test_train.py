@@ -1,0 +1,182 @@
+"""The training loop (hmmlvd.hmm.train): it learns, checkpoints, and resumes exactly."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import torch
+
+from hmmlvd.data import TokenWindows
+from hmmlvd.errors import CheckpointError, DataError
+from hmmlvd.hmm import HMM, Phase, TrainConfig, TrainState, load_checkpoint, train
+
+# hmmlvd.hmm re-exports the function ``train``, which shadows the module attribute.
+train_module = importlib.import_module("hmmlvd.hmm.train")
+
+H, V, T = 4, 8, 5
+
+
+@pytest.fixture(scope="module")
+def windows() -> TokenWindows:
+    """Windows over a stream of 600 tokens drawn from a known (teacher) HMM."""
+    from conftest import peaked_hmm
+
+    teacher = peaked_hmm(H, V, T, seed=91, sharpness=2.5)
+    stream = teacher.sample(120, generator=torch.Generator().manual_seed(92)).flatten()
+    return TokenWindows(stream.numpy(), T)
+
+
+def student(seed: int = 93) -> HMM:
+    return HMM(H, V, T, seed=seed)
+
+
+def mean_log_likelihood(hmm: HMM, windows: TokenWindows) -> float:
+    return hmm.log_likelihood(windows[:]).double().mean().item()
+
+
+def assert_same_parameters(a: HMM, b: HMM) -> None:
+    for name, value in a.parameters().items():
+        assert torch.allclose(value, b.parameters()[name], rtol=1e-6, atol=1e-7), name
+
+
+@pytest.mark.parametrize("full_batch", [False, True])
+def test_training_increases_likelihood(tmp_path, windows, full_batch):
+    hmm = student()
+    before = mean_log_likelihood(hmm, windows)
+    config = TrainConfig(phases=[Phase(2, 0.5)], batch_size=64, full_batch=full_batch,
+                         checkpoint_every=3)
+    state = train(hmm, windows, config, out=tmp_path, progress=False)
+    after = mean_log_likelihood(hmm, windows)
+    assert after > before + 0.1, (before, after)
+    hmm.validate()
+    assert state.epoch == 2 and state.batch == 0
+    num_batches = windows.num_batches(64)
+    assert state.step == (2 if full_batch else 2 * num_batches)
+    assert [row["epoch"] for row in state.history] == [1, 2]
+    assert all(row["step_size"] == 0.5 for row in state.history)
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after(monkeypatch, calls: int) -> None:
+    """Make the E-step raise on call number ``calls + 1``, like a run killed mid-epoch."""
+    real = train_module.expected_counts
+    seen = {"n": 0}
+
+    def counting(hmm, x):
+        if seen["n"] == calls:
+            raise Crash
+        seen["n"] += 1
+        return real(hmm, x)
+
+    monkeypatch.setattr(train_module, "expected_counts", counting)
+
+
+@pytest.mark.parametrize(("full_batch", "crash_at"),
+                         [(False, 5), (False, 10), (False, 13), (False, 18), (True, 14)])
+def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, windows,
+                                                        full_batch, crash_at):
+    """10 batches per epoch, 2 epochs, a checkpoint every 4 steps (mini-batch) or at epoch
+    ends: a crash after ``crash_at`` E-steps, between checkpoints (5, 13, 18; full batch 14)
+    or right after the end of epoch 1 (10), resumes to the parameters of the uninterrupted
+    run."""
+    config = TrainConfig(phases=[Phase(1, 0.7), Phase(1, 0.4)], batch_size=60,
+                         full_batch=full_batch, checkpoint_every=4, seed=5)
+    assert windows.num_batches(60) == 10
+
+    reference = student()
+    ref_state = train(reference, windows, config, out=tmp_path / "ref", progress=False)
+
+    out = tmp_path / "run"
+    crash_after(monkeypatch, crash_at)
+    with pytest.raises(Crash):
+        train(student(), windows, config, out=out, progress=False)
+    monkeypatch.undo()
+
+    hmm, loaded_config, state = load_checkpoint(out)
+    assert loaded_config == config
+    # the checkpoint resumed from is the newest one written before the crash
+    assert state.step == (1 if full_batch else max(s for s in (4, 8, 10, 12, 16)
+                                                   if s <= crash_at))
+    final = train(hmm, windows, loaded_config, out=out, state=state, progress=False)
+    assert_same_parameters(hmm, reference)
+    assert (final.epoch, final.batch, final.step) == (ref_state.epoch, ref_state.batch,
+                                                      ref_state.step)
+    assert [r["epoch"] for r in final.history] == [r["epoch"] for r in ref_state.history]
+    # the final checkpoint of the resumed run is the final model too
+    resumed, _, last = load_checkpoint(out)
+    assert_same_parameters(resumed, reference)
+    assert last.step == ref_state.step
+
+
+def test_resuming_changes_the_outcome_if_batches_were_replayed_wrongly(tmp_path, monkeypatch,
+                                                                       windows):
+    """Guard for the resume test: a different shuffling seed gives different parameters, so
+    equality above really depends on replaying the same batches."""
+    a, b = student(), student()
+    base = {"phases": [Phase(1, 0.7)], "batch_size": 60}
+    train(a, windows, TrainConfig(**base, seed=1), progress=False)
+    train(b, windows, TrainConfig(**base, seed=2), progress=False)
+    assert not torch.allclose(a.emission, b.emission, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3])
+def test_keeps_at_most_keep_checkpoints(tmp_path, windows, keep):
+    config = TrainConfig(phases=[Phase(2, 0.5)], batch_size=100, checkpoint_every=2,
+                         keep_checkpoints=keep)
+    hmm = student()
+    state = train(hmm, windows, config, out=tmp_path, progress=False)
+    root = tmp_path / "checkpoints"
+    folders = sorted(p.name for p in root.glob("step-*"))
+    assert len(folders) == keep, folders
+    latest = (root / "latest").read_text().strip()
+    assert latest == folders[-1] == f"step-{state.step:08d}"
+    saved = json.loads((root / latest / "train_state.json").read_text())
+    assert saved["step"] == state.step and saved["epoch"] == 2
+    assert_same_parameters(load_checkpoint(tmp_path)[0], hmm)
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_load_checkpoint_without_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_load_checkpoint_with_latest_pointing_nowhere(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest").write_text("step-00000042\n")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path)
+
+
+def test_windows_of_the_wrong_length(windows):
+    with pytest.raises(DataError, match="T="):
+        train(HMM(H, V, T + 1, seed=0), windows, TrainConfig(), progress=False)
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"phases": [Phase(1, 0.0)]},
+                                    {"phases": [Phase(1, 1.5)]}, {"phases": [Phase(-1, 0.5)]}])
+def test_bad_train_config(kwargs):
+    with pytest.raises(DataError):
+        TrainConfig(**kwargs)
+
+
+def test_epoch_plan_and_config_round_trip():
+    config = TrainConfig(phases=[Phase(2, 0.3), Phase(1, 0.1)], batch_size=7)
+    assert config.epoch_plan() == [0.3, 0.3, 0.1]
+    from dataclasses import asdict
+
+    assert TrainConfig.from_dict(json.loads(json.dumps(asdict(config)))) == config
+
+
+def test_finished_state_trains_no_more(windows):
+    hmm = student()
+    before = {k: v.clone() for k, v in hmm.parameters().items()}
+    state = TrainState(epoch=1)
+    train(hmm, windows, TrainConfig(phases=[Phase(1, 0.5)]), state=state, progress=False)
+    for name, value in hmm.parameters().items():
+        assert torch.equal(value, before[name])
