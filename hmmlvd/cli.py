@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--step-size", type=float, default=0.5, help="phase-1 EM step size a")
     tr.add_argument("--phase2-epochs", type=int, default=0, help="phase-2 epochs (0: none)")
     tr.add_argument("--phase2-step-size", type=float, default=0.1, help="phase-2 step size")
-    tr.add_argument("--batch-size", type=int, default=1024)
+    tr.add_argument("--batch-size", type=int, default=4096)
     tr.add_argument("--pseudocount", type=float, default=1e-3)
     tr.add_argument("--full-batch", action="store_true",
                     help="one M-step per epoch from all windows (classic EM)")
@@ -140,7 +140,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         hmm = HMM(args.hidden_states, len(data.vocab), args.length, args.homogeneous,
                   seed=args.seed, device=device, vocab=data.vocab)
         state = TrainState()
-    subset = f" (subset of {args.max_windows:,})" if args.max_windows else ""
+    subset = (f" (a seeded random subset of the {len(windows.view):,} train windows)"
+              if len(windows) < len(windows.view) else "")
     print(f"training {hmm} on {len(windows):,} windows{subset}, "
           f"{hmm.num_parameters:,} parameters")
     started = time.perf_counter()

@@ -47,7 +47,8 @@ def expected_counts(hmm: HMM, x: torch.Tensor) -> ExpectedCounts:
     transition = hmm.transition.detach().requires_grad_()
     emissions = hmm.gather_emissions(x).requires_grad_()  # [B, T, H] leaf
     with torch.enable_grad():
-        log_lik = forward(initial, hmm.transitions_for(length, transition), emissions)
+        log_lik = forward(initial, hmm.transitions_for(length, transition), emissions,
+                          prefix_grads=False)
         total = log_lik.log_prefix[:, -1].sum()
         g_init, g_trans, g_emit = torch.autograd.grad(
             total, (initial, transition, emissions), materialize_grads=True)  # T=1: no steps
@@ -108,8 +109,8 @@ def maximize(hmm: HMM, counts: ExpectedCounts, step_size: float = 1.0,
     norm = counts.state_totals + hmm.vocab_size * c  # [P_B, H]
     step = a * (norm > 0)  # a state with no counts and no pseudocount keeps its distribution
     norm = norm.clamp_min(torch.finfo(norm.dtype).tiny)
-    hmm.emission.mul_((1 - step).unsqueeze(1)).add_((step * c / norm).unsqueeze(1))
-    row_scale = (step / norm)[counts.emission_rows // hmm.vocab_size]  # [N, H]
+    hmm.emission.lerp_((c / norm).unsqueeze(1), step.unsqueeze(1))  # one pass over the table
+    row_scale = (step / norm).index_select(0, counts.emission_rows // hmm.vocab_size)  # [N, H]
     hmm.emission.view(-1, hmm.num_states).index_add_(
         0, counts.emission_rows, counts.emission_values * row_scale)
 

@@ -23,32 +23,47 @@ class ForwardResult:
     alpha: torch.Tensor
 
 
-def forward(initial: torch.Tensor, transitions: torch.Tensor,
-            emissions: torch.Tensor) -> ForwardResult:
+def forward(initial: torch.Tensor, transitions: torch.Tensor, emissions: torch.Tensor,
+            prefix_grads: bool = True) -> ForwardResult:
     """Run the scaled forward recursion on B windows of length L.
 
     initial: [H] p(z_1). transitions: [L-1, H, H], transitions[t][i, j] = p(z_{t+2}=j | z_{t+1}=i)
     (a homogeneous model passes an expanded view of its single matrix).
     emissions: [B, L, H], emissions[b, t, h] = p(x_t = window b's token | z_t = h), already
-    gathered for the batch, so no [B, L, H, V] tensor ever exists.
+    gathered for the batch, so no [B, L, H, V] tensor ever exists (fastest when each
+    ``emissions[:, t]`` is contiguous, as :meth:`HMM.gather_emissions` returns them).
 
     Differentiable: the gradient of ``log_prefix[:, -1].sum()`` w.r.t. each probability tensor,
     times that tensor, is the expected count of its entries (see :mod:`hmmlvd.hmm.em`).
+    ``prefix_grads=False`` treats the per-step normalisers as constants of the backward pass:
+    every value is unchanged and the gradient of ``log_prefix[:, -1]`` stays exact (log p is
+    the log of the last unnormalised sum plus constants), but gradients of shorter prefixes are
+    not, and the backward pass is cheaper. EM uses it.
     """
+    length = emissions.shape[1]
     tiny = torch.finfo(emissions.dtype).tiny
-    # the scale is a constant of the recursion (log p is exactly linear in it): detached, so
-    # gradients, and hence EM counts, carry no float noise through it
-    scale = emissions.detach().amax(dim=-1, keepdim=True).clamp_min(tiny)  # [B, L, 1]
-    # unbind (not indexing in the loop) keeps the backward pass linear in L
-    steps = (emissions / scale).unbind(dim=1)  # L x [B, H]
+    # Per-step maxima of the emission columns: dividing by them keeps every product in range
+    # (log-einsum-exp); they are constants of the recursion (log p is exactly linear in their
+    # logs), so they carry no gradient and add no float noise to EM counts.
+    # A column of zeros (a word no state emits there) keeps scale 1: the prefix becomes -inf.
+    scale = emissions.detach().amax(dim=-1)  # [B, L]
+    log_scale = torch.where(scale > 0, scale, 1.0).log()
+    inv_scale = torch.exp(-log_scale).unsqueeze(-1)  # [B, L, 1]
+    step_emissions = emissions.unbind(dim=1)  # L x [B, H]; unbind keeps backward linear in L
     step_transitions = transitions.unbind(dim=0)  # L-1 x [H, H]
-    log_norms = []
-    alpha = initial.unsqueeze(0) * steps[0]  # [B, H]
-    for t, emission_t in enumerate(steps):
-        if t > 0:
-            alpha = (alpha @ step_transitions[t - 1]) * emission_t
-        norm = alpha.sum(dim=-1, keepdim=True)  # [B, 1]
-        alpha = alpha / norm.clamp_min(tiny)
+
+    def normaliser(unnorm: torch.Tensor, t: int) -> torch.Tensor:
+        norm = unnorm.sum(dim=-1, keepdim=True)  # [B, 1]; 0 if x_1..x_t is impossible
+        return norm.detach() if not prefix_grads and t < length - 1 else norm
+
+    unnorm = initial.unsqueeze(0) * step_emissions[0] * inv_scale[:, 0]  # [B, H]
+    norm = normaliser(unnorm, 0)
+    log_norms = [norm.squeeze(-1).log()]
+    for t in range(1, length):
+        # p(z_{t-1} | x_<t) / scale_t; an impossible prefix (norm 0) stays all-zero
+        factor = torch.where(norm > 0, inv_scale[:, t] / norm.clamp_min(tiny), 0.0)
+        unnorm = ((unnorm * factor) @ step_transitions[t - 1]) * step_emissions[t]
+        norm = normaliser(unnorm, t)
         log_norms.append(norm.squeeze(-1).log())
-    log_prefix = torch.stack(log_norms, dim=1) + scale.squeeze(-1).log()  # [B, L]
-    return ForwardResult(log_prefix=log_prefix.cumsum(dim=1), alpha=alpha)
+    log_prefix = (torch.stack(log_norms, dim=1) + log_scale).cumsum(dim=1)  # [B, L]
+    return ForwardResult(log_prefix=log_prefix, alpha=unnorm / norm.clamp_min(tiny))

@@ -42,8 +42,8 @@ class TrainConfig:
     ``checkpoint_every``: also checkpoint every this many mini-batch steps (0: epoch ends only).
     """
 
-    phases: list[Phase] = field(default_factory=lambda: [Phase(1, 0.1)])
-    batch_size: int = 1024
+    phases: list[Phase] = field(default_factory=lambda: [Phase(1, 0.5)])
+    batch_size: int = 4096
     pseudocount: float = 1e-3
     full_batch: bool = False
     seed: int = 0

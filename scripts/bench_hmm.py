@@ -1,0 +1,472 @@
+"""Throughput benchmark of the HMM forward pass and of one mini-batch EM step.
+
+What it measures, for each number of hidden states H (default 64, 128, 256, 512; V = 33,278
+words, windows of T = 32 tokens), on one device:
+
+- **forward**: ``hmm.log_likelihood(x)`` on a batch of B random windows (seeded; the data does
+  not matter for speed), in tokens/s and FLOP/s, counting 2*B*T*H^2 FLOPs (one [B,H] x [H,H]
+  matmul per position);
+- **EM step**: ``expected_counts`` (forward + backward by autograd) followed by ``maximize``
+  (the M-step), in tokens/s, counting 3x the forward's FLOPs (forward + backward);
+- **matmul rate**: the measured float32 ``torch.mm`` rate in the same run, the peak of a
+  [B,H] x [H,H] matmul (the shape the forward uses, T of them back to back) and a large square
+  one (2048^3). Achieved FLOP/s are reported as a fraction of it;
+- **hmmlearn**: ``CategoricalHMM.score`` of a homogeneous model with the same H and V (its
+  parameters copied from a homogeneous ``HMM``) on the first few windows (it is slow), each
+  window a separate sequence (``lengths``). Its log-likelihood is checked against ours.
+
+Every timing is the median of ``--repeats`` runs after ``--warmup`` untimed ones (with
+``torch.cuda.synchronize`` on cuda). Peak memory is ``torch.cuda.max_memory_allocated`` on cuda
+and the process' peak resident set size (a running maximum over the whole run) on cpu.
+
+Run::
+
+    python scripts/bench_hmm.py                                   # defaults, cuda if present
+    python scripts/bench_hmm.py --device cpu --hidden-states 64 128 --batch-size 512
+    python scripts/bench_hmm.py --write docs/results.md           # also record the table
+
+``--write`` replaces the section between ``<!-- bench_hmm:begin -->`` and
+``<!-- bench_hmm:end -->`` in that file (appending it if absent) with the table, the exact
+command line, the machine and the date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from hmmlvd.atomic import atomic_write_text
+from hmmlvd.hmm.em import expected_counts, maximize
+from hmmlvd.hmm.model import HMM
+
+if TYPE_CHECKING:
+    from hmmlearn.hmm import CategoricalHMM
+
+BEGIN_MARKER = "<!-- bench_hmm:begin -->"
+END_MARKER = "<!-- bench_hmm:end -->"
+SQUARE_SIZE = 2048
+# Targets from the issue, checked at this H: forward and EM step as a fraction of the matmul
+# rate (on cpu), and the forward's speedup over hmmlearn.
+TARGET_H = 256
+TARGET_FORWARD_FRACTION = 0.40
+TARGET_EM_FRACTION = 0.25
+TARGET_SPEEDUP = 100.0
+
+
+@dataclass
+class SizeResult:
+    """Timings of one H. Seconds are medians per call; ``hmmlearn_seconds`` scores
+    ``hmmlearn_windows`` windows (None when hmmlearn was skipped)."""
+
+    num_states: int
+    batch_size: int
+    length: int
+    forward_seconds: float
+    em_seconds: float
+    matmul_rate: float  # FLOP/s of T back-to-back [B,H] x [H,H] matmuls
+    peak_memory: int  # bytes
+    hmmlearn_seconds: float | None = None
+    hmmlearn_windows: int = 0
+    hmmlearn_error: float | None = None  # |sum log p(ours) - sum log p(hmmlearn)| / windows
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.length
+
+    @property
+    def forward_flops(self) -> float:
+        """2*B*T*H^2: one [B,H] x [H,H] matmul per position."""
+        return 2.0 * self.batch_size * self.length * self.num_states**2
+
+    @property
+    def forward_tokens_per_s(self) -> float:
+        return self.tokens / self.forward_seconds
+
+    @property
+    def forward_flops_per_s(self) -> float:
+        return self.forward_flops / self.forward_seconds
+
+    @property
+    def em_tokens_per_s(self) -> float:
+        return self.tokens / self.em_seconds
+
+    @property
+    def em_flops_per_s(self) -> float:
+        """An EM step counts 3x the forward's FLOPs (forward + backward)."""
+        return 3.0 * self.forward_flops / self.em_seconds
+
+    @property
+    def hmmlearn_tokens_per_s(self) -> float | None:
+        if self.hmmlearn_seconds is None:
+            return None
+        return self.hmmlearn_windows * self.length / self.hmmlearn_seconds
+
+
+# ----- timing -------------------------------------------------------------------------------
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels on cuda; nothing on cpu."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int,
+                   warmup: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_rate(m: int, k: int, n: int, count: int, device: torch.device, repeats: int,
+                warmup: int) -> float:
+    """FLOP/s of ``count`` back-to-back float32 [m,k] x [k,n] matmuls."""
+    a = torch.rand(m, k, device=device)
+    b = torch.rand(k, n, device=device)
+    out = torch.empty(m, n, device=device)
+
+    def run() -> None:
+        for _ in range(count):
+            torch.mm(a, b, out=out)
+
+    seconds = median_seconds(run, device, repeats, warmup)
+    return 2.0 * m * k * n * count / seconds
+
+
+def peak_memory(device: torch.device) -> int:
+    """Peak bytes: allocated on cuda since the last reset, else the process' peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+# ----- the model ----------------------------------------------------------------------------
+def random_windows(batch_size: int, length: int, vocab_size: int, seed: int) -> torch.Tensor:
+    """Seeded uniform random token windows [B, T] (int64, on cpu)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch_size, length), generator=gen)
+
+
+def time_forward(hmm: HMM, x: torch.Tensor, repeats: int, warmup: int) -> float:
+    """Median seconds of ``hmm.log_likelihood(x)``."""
+    return median_seconds(lambda: hmm.log_likelihood(x), hmm.device, repeats, warmup)
+
+
+def time_em_step(hmm: HMM, x: torch.Tensor, repeats: int, warmup: int, step_size: float,
+                 pseudocount: float) -> float:
+    """Median seconds of one mini-batch EM step (E-step + M-step; updates ``hmm`` in place)."""
+
+    def step() -> None:
+        maximize(hmm, expected_counts(hmm, x), step_size=step_size, pseudocount=pseudocount)
+
+    return median_seconds(step, hmm.device, repeats, warmup)
+
+
+# ----- hmmlearn -----------------------------------------------------------------------------
+def to_hmmlearn(hmm: HMM, implementation: str) -> CategoricalHMM:
+    """A hmmlearn ``CategoricalHMM`` with the parameters of a homogeneous ``hmm`` (float64,
+    renormalised so hmmlearn's sum-to-one checks pass)."""
+    from hmmlearn.hmm import CategoricalHMM
+
+    def normalised(p: torch.Tensor) -> np.ndarray:
+        q = p.detach().double().cpu().numpy()
+        return q / q.sum(axis=-1, keepdims=True)
+
+    model = CategoricalHMM(n_components=hmm.num_states, n_features=hmm.vocab_size,
+                           implementation=implementation, init_params="", params="")
+    model.startprob_ = normalised(hmm.initial)
+    model.transmat_ = normalised(hmm.transition[0])
+    model.emissionprob_ = normalised(hmm.emission_matrix(0))
+    return model
+
+
+def bench_hmmlearn(num_states: int, args: argparse.Namespace, x: torch.Tensor
+                   ) -> tuple[float, float]:
+    """Seconds for hmmlearn to score windows ``x`` [N, T] (median of ``--hmmlearn-repeats``,
+    one small warm-up), and |our total log-likelihood - hmmlearn's| / N."""
+    hmm = HMM(num_states, args.vocab_size, args.length, homogeneous=True, seed=args.seed)
+    model = to_hmmlearn(hmm, args.hmmlearn_implementation)
+    windows = x.numpy()
+    tokens = windows.reshape(-1, 1)
+    lengths = [args.length] * len(windows)
+    model.score(tokens[: args.length], lengths=lengths[:1])  # warm-up on one window
+    scores = []
+    seconds = median_seconds(lambda: scores.append(model.score(tokens, lengths=lengths)),
+                             torch.device("cpu"), args.hmmlearn_repeats, warmup=0)
+    ours = hmm.log_likelihood(x).double().sum().item()
+    return seconds, abs(ours - scores[-1]) / len(windows)
+
+
+# ----- one size -----------------------------------------------------------------------------
+def bench_size(num_states: int, args: argparse.Namespace, x: torch.Tensor,
+               progress: tqdm) -> SizeResult:
+    """Time forward, EM step, matmul and (optionally) hmmlearn at H = ``num_states``."""
+    device = args.device
+    batch_size = x.shape[0]
+    progress.set_postfix_str(f"H={num_states}: init")
+    hmm = HMM(num_states, args.vocab_size, args.length, homogeneous=args.homogeneous,
+              seed=args.seed, device=device)
+    x_dev = x.to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    progress.set_postfix_str(f"H={num_states}: matmul")
+    rate = matmul_rate(batch_size, num_states, num_states, args.length, device, args.repeats,
+                       args.warmup)
+    progress.set_postfix_str(f"H={num_states}: forward")
+    forward_s = time_forward(hmm, x_dev, args.repeats, args.warmup)
+    progress.set_postfix_str(f"H={num_states}: EM step")
+    em_s = time_em_step(hmm, x_dev, args.repeats, args.warmup, args.step_size, args.pseudocount)
+    result = SizeResult(num_states, batch_size, args.length, forward_s, em_s, rate,
+                        peak_memory(device))
+    del hmm, x_dev
+    if args.hmmlearn_windows > 0:
+        progress.set_postfix_str(f"H={num_states}: hmmlearn")
+        windows = x[: args.hmmlearn_windows]
+        result.hmmlearn_seconds, result.hmmlearn_error = bench_hmmlearn(num_states, args,
+                                                                        windows)
+        result.hmmlearn_windows = len(windows)
+    return result
+
+
+# ----- report -------------------------------------------------------------------------------
+def si(value: float | None, unit: str = "") -> str:
+    """1.23e9 -> '1.23 G' (+ unit); None -> '-'."""
+    if value is None:
+        return "-"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def percent(fraction: float) -> str:
+    """0.4213 -> '42%', 0.0123 -> '1.2%'."""
+    value = 100 * fraction
+    return f"{value:.0f}%" if value >= 10 else f"{value:.2g}%"
+
+
+def device_name(device: torch.device) -> str:
+    """GPU name on cuda, else the CPU model (platform.processor, or /proc/cpuinfo)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor()
+    if not name and os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), "")
+    return name or platform.machine()
+
+
+def machine_line(device: torch.device) -> str:
+    """The machine: CPU model and count, and the GPU when on cuda."""
+    cpu = device_name(torch.device("cpu"))
+    line = f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, {platform.platform()}"
+    if device.type == "cuda":
+        line += f", GPU {device_name(device)}"
+    return line
+
+
+def header_line(args: argparse.Namespace, rate: float) -> str:
+    """Device, torch version, threads, sizes and the matmul rate."""
+    return (f"device: {args.device} ({device_name(args.device)}) | torch {torch.__version__} | "
+            f"threads: {torch.get_num_threads()} | batch size: {args.batch_size} | "
+            f"T={args.length} | V={args.vocab_size} | "
+            f"{'homogeneous' if args.homogeneous else 'non-homogeneous'} | "
+            f"matmul rate: {si(rate, 'FLOP/s')}")
+
+
+def table(results: Sequence[SizeResult], rate: float) -> str:
+    """The results as a markdown table."""
+    columns = ["H", "forward tok/s", "forward FLOP/s", "% of matmul rate", "EM step tok/s",
+               "EM % of matmul rate", "hmmlearn tok/s", "speedup vs hmmlearn", "peak mem"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---:|" * len(columns)]
+    for r in results:
+        hl = r.hmmlearn_tokens_per_s
+        speedup = f"{r.forward_tokens_per_s / hl:.3g}x" if hl else "-"
+        cells = [str(r.num_states), si(r.forward_tokens_per_s), si(r.forward_flops_per_s),
+                 percent(r.forward_flops_per_s / rate), si(r.em_tokens_per_s),
+                 percent(r.em_flops_per_s / rate), si(hl), speedup,
+                 si(r.peak_memory, "B")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def notes(results: Sequence[SizeResult], rates: dict[str, float],
+          args: argparse.Namespace) -> list[str]:
+    """Lines under the table: how things were counted, matmul rates, hmmlearn, targets."""
+    memory = ("torch.cuda.max_memory_allocated" if args.device.type == "cuda"
+              else "process peak RSS so far")
+    out = [f"FLOPs: forward 2*B*T*H^2, EM step 3x that; medians of {args.repeats} runs after "
+           f"{args.warmup} warm-up; peak mem = {memory}.",
+           "matmul rates: " + ", ".join(f"{k}: {si(v, 'FLOP/s')}" for k, v in rates.items())]
+    if args.load_average is not None:
+        out.append(f"load average when the run started: {args.load_average:.2f} "
+                   f"({os.cpu_count()} CPUs); other processes' load skews timings.")
+    with_hl = [r for r in results if r.hmmlearn_seconds is not None]
+    if with_hl:
+        worst = max(r.hmmlearn_error for r in with_hl)
+        out.append(f"hmmlearn {hmmlearn_version()}: CategoricalHMM.score(implementation="
+                   f"'{args.hmmlearn_implementation}') of the first {with_hl[0].hmmlearn_windows}"
+                   f" windows, homogeneous model; speedup = our forward tok/s / hmmlearn tok/s; "
+                   f"|log-likelihood difference| per window: {worst:.2g} nats at most.")
+    target = next((r for r in results if r.num_states == TARGET_H), None)
+    if target is not None:
+        out.append(target_line(target, max(rates.values())))
+    return out
+
+
+def target_line(r: SizeResult, rate: float) -> str:
+    """Whether the issue's targets at H=256 are met."""
+
+    def verdict(value: float, goal: float) -> str:
+        return "met" if value >= goal else "missed"
+
+    fwd, em = r.forward_flops_per_s / rate, r.em_flops_per_s / rate
+    parts = [f"forward {fwd:.0%} of matmul rate (target {TARGET_FORWARD_FRACTION:.0%}: "
+             f"{verdict(fwd, TARGET_FORWARD_FRACTION)})",
+             f"EM step {em:.0%} (target {TARGET_EM_FRACTION:.0%}: "
+             f"{verdict(em, TARGET_EM_FRACTION)})"]
+    if r.hmmlearn_tokens_per_s:
+        speedup = r.forward_tokens_per_s / r.hmmlearn_tokens_per_s
+        parts.append(f"{speedup:.0f}x hmmlearn (target {TARGET_SPEEDUP:.0f}x: "
+                     f"{verdict(speedup, TARGET_SPEEDUP)})")
+    return f"targets at H={TARGET_H}: " + "; ".join(parts) + "."
+
+
+def hmmlearn_version() -> str:
+    import hmmlearn
+
+    return hmmlearn.__version__
+
+
+def report(results: Sequence[SizeResult], rates: dict[str, float],
+           args: argparse.Namespace) -> str:
+    """Header line, table and notes, as printed."""
+    rate = max(rates.values())
+    return "\n".join([header_line(args, rate), "", table(results, rate), "",
+                      *notes(results, rates, args)])
+
+
+def write_section(path: Path, body: str) -> None:
+    """Replace the marked section of ``path`` with ``body`` (append it if absent)."""
+    section = f"{BEGIN_MARKER}\n{body.rstrip()}\n{END_MARKER}"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    begin, end = text.find(BEGIN_MARKER), text.find(END_MARKER)
+    if begin >= 0 and end > begin:
+        text = text[:begin] + section + text[end + len(END_MARKER):]
+    else:
+        text = (text.rstrip() + "\n\n" if text.strip() else "") + section + "\n"
+    atomic_write_text(path, text)
+
+
+def section_body(printed: str, args: argparse.Namespace) -> str:
+    """What ``--write`` records: heading, command, machine, date and the printed report."""
+    command = shlex.join(["python", *sys.argv])
+    date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return "\n".join(["## HMM throughput (`scripts/bench_hmm.py`)", "",
+                      f"Command: `{command}`  ", f"Machine: {machine_line(args.device)}  ",
+                      f"Date: {date}", "", printed])
+
+
+# ----- command line -------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hidden-states", type=int, nargs="+", default=[64, 128, 256, 512],
+                   metavar="H", help="numbers of hidden states to time (default 64 128 256 512)")
+    p.add_argument("--vocab-size", type=int, default=33278, help="V (default 33278)")
+    p.add_argument("--length", type=int, default=32, help="window length T (default 32)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="windows per batch B (default 1024 on cpu, 8192 on cuda)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed runs; the median is reported (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs before timing (default 2)")
+    p.add_argument("--device", default=None,
+                   help="cpu or cuda[:N] (default cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: torch's own)")
+    p.add_argument("--homogeneous", action="store_true",
+                   help="time a homogeneous model (default: non-homogeneous)")
+    p.add_argument("--step-size", type=float, default=0.1,
+                   help="EM step size of the M-step (default 0.1)")
+    p.add_argument("--pseudocount", type=float, default=1e-3,
+                   help="M-step pseudocount (default 1e-3)")
+    p.add_argument("--hmmlearn-windows", type=int, default=128,
+                   help="windows hmmlearn scores; 0 skips hmmlearn (default 128)")
+    p.add_argument("--hmmlearn-repeats", type=int, default=1,
+                   help="timed hmmlearn runs (default 1)")
+    p.add_argument("--hmmlearn-implementation", choices=["log", "scaling"], default="log",
+                   help="CategoricalHMM implementation (default 'log', hmmlearn's own default)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the model and the windows (default 0)")
+    p.add_argument("--write", type=Path, default=None, metavar="MARKDOWN",
+                   help="also write the report into this file's bench_hmm section")
+    args = p.parse_args(argv)
+    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda was asked for but torch sees no CUDA GPU")
+    if args.batch_size is None:
+        args.batch_size = 8192 if args.device.type == "cuda" else 1024
+    for name in ("vocab_size", "length", "batch_size", "repeats", "hmmlearn_repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if min(args.hidden_states) < 1 or args.warmup < 0 or args.hmmlearn_windows < 0:
+        p.error("--hidden-states must be >= 1, --warmup and --hmmlearn-windows >= 0")
+    if args.hmmlearn_windows > 0 and not hmmlearn_available():
+        print("hmmlearn is not installed: skipping it", file=sys.stderr)
+        args.hmmlearn_windows = 0
+    return args
+
+
+def hmmlearn_available() -> bool:
+    try:
+        import hmmlearn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    x = random_windows(args.batch_size, args.length, args.vocab_size, args.seed)
+    square = matmul_rate(SQUARE_SIZE, SQUARE_SIZE, SQUARE_SIZE, 1, args.device, args.repeats,
+                         args.warmup)
+    rates = {f"{SQUARE_SIZE}^3": square}
+    results = []
+    with tqdm(args.hidden_states, desc="bench_hmm", unit="size", file=sys.stderr) as progress:
+        for h in progress:
+            result = bench_size(h, args, x, progress)
+            rates[f"[{args.batch_size},{h}]x[{h},{h}]"] = result.matmul_rate
+            results.append(result)
+    printed = report(results, rates, args)
+    print(printed)
+    if args.write is not None:
+        write_section(args.write, section_body(printed, args))
+        print(f"wrote the bench_hmm section of {args.write}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The `hmmlvd` command line end to end on a tiny generated corpus: train, eval, sample,
+resume, and errors reported without a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hmmlvd import HMM
+from hmmlvd.cli import main
+from hmmlvd.data import load_wikitext
+from hmmlvd.hmm import sliding_perplexity
+
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "park"]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A WikiText-style folder with random lines over 11 words."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "wt"
+    folder.mkdir()
+    for split, lines in (("train", 60), ("valid", 10), ("test", 10)):
+        text = "".join(" ".join(rng.choice(WORDS, size=rng.integers(3, 9))) + "\n"
+                       for _ in range(lines))
+        (folder / f"wiki.{split}.tokens").write_text(text)
+    return folder
+
+
+def train_args(corpus, out, *extra):
+    return ["train", "--data-dir", str(corpus), "--hidden-states", "3", "--length", "6",
+            "--epochs", "2", "--batch-size", "32", "--step-size", "0.5", "--device", "cpu",
+            "--out", str(out), *extra]
+
+
+def test_train_saves_model_and_reports_perplexity(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out)) == 0
+    printed = capsys.readouterr().out
+    hmm = HMM.from_pretrained(out)
+    data = load_wikitext(corpus)
+    assert hmm.vocab == data.vocab
+    results = json.loads((out / "results.json").read_text())
+    for split in ("valid", "test"):
+        expected = sliding_perplexity(hmm, data.split(split))
+        assert results["eval"][split]["sliding_ppl"] == pytest.approx(expected.perplexity)
+        assert results["eval"][split]["tokens"] == len(data.split(split))
+        assert f"{expected.perplexity:.2f}" in printed
+    assert len(results["history"]) == 2
+
+
+def test_eval_and_sample_use_the_saved_model(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out, "--no-eval")) == 0
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out), "--data-dir", str(corpus), "--splits", "test",
+                 "--window-ppl", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    hmm = HMM.from_pretrained(out)
+    expected = sliding_perplexity(hmm, load_wikitext(corpus).test).perplexity
+    assert f"{expected:.2f}" in printed and "window ppl" in printed
+    assert main(["sample", "--model", str(out), "--prefix", "the cat", "--num-samples", "4",
+                 "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4
+    for line in lines:
+        words = line.split()
+        assert words[:2] == ["the", "cat"] and len(words) == 6
+        assert set(words) <= {*WORDS, "<eos>"}
+
+
+def test_resume_from_a_mid_epoch_checkpoint_reaches_the_same_model(corpus, tmp_path):
+    full = tmp_path / "full"
+    assert main(train_args(corpus, full, "--no-eval")) == 0
+    run = tmp_path / "run"
+    args = train_args(corpus, run, "--no-eval", "--checkpoint-every", "1")
+    assert main(args) == 0
+    # pretend the run died after the second-to-last step: point `latest` back at it
+    checkpoints = run / "checkpoints"
+    older = sorted(p.name for p in checkpoints.glob("step-*"))[0]
+    assert json.loads((checkpoints / older / "train_state.json").read_text())["batch"] > 0
+    (checkpoints / "latest").write_text(older + "\n")
+    (run / "model.safetensors").unlink()
+    assert main([*args, "--resume"]) == 0
+    a, b = HMM.from_pretrained(full), HMM.from_pretrained(run)
+    for name, p in a.parameters().items():
+        assert np.allclose(p.numpy(), b.parameters()[name].numpy(), atol=1e-6), name
+
+
+def test_resume_with_other_settings_is_refused(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out, "--no-eval")) == 0
+    capsys.readouterr()
+    assert main([*train_args(corpus, out, "--no-eval"), "--resume", "--pseudocount", "0.5"]) == 2
+    assert "different training settings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data-dir", "/nonexistent/wt", "--out", "/tmp/x"], "does not exist"),
+    (["eval", "--model", "/nonexistent/model"], "does not exist"),
+])
+def test_errors_are_reported_without_traceback(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_resume_without_checkpoint(corpus, tmp_path, capsys):
+    assert main([*train_args(corpus, tmp_path / "new"), "--resume"]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
