@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -271,3 +274,28 @@ def test_real_token_counts_and_contents(real_wikitext, split):
         words = [w for line in lines[split] for w in [*line.split(), EOS]]
         assert set(words) <= set(data.vocab.tokens)
         assert data.vocab.decode(stream) == words
+
+
+def test_load_wikitext_from_the_hub_copy(monkeypatch):
+    """Without a folder the loader reads the `datasets` hub copy: rows are lines."""
+    rows = {"train": ["a b", "", "c a"], "validation": ["b c"], "test": ["a"]}
+    asked = []
+
+    def load_dataset(name, config):
+        asked.append((name, config))
+        return {split: {"text": lines} for split, lines in rows.items()}
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    data = load_wikitext()
+    assert asked == [("Salesforce/wikitext", "wikitext-2-v1")]
+    assert data.vocab.decode(data.train) == ["a", "b", "<eos>", "<eos>", "c", "a", "<eos>"]
+    assert data.vocab.decode(data.valid) == ["b", "c", "<eos>"]
+
+
+def test_hub_unreachable_says_to_pass_a_folder(monkeypatch):
+    def load_dataset(name, config):
+        raise ConnectionError("offline")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    with pytest.raises(DataError, match="--data-dir"):
+        load_wikitext()
