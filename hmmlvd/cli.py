@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -149,9 +149,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     train_seconds = time.perf_counter() - started
     hmm.save_pretrained(args.out)
     print(f"saved model to {args.out} ({train_seconds:.1f} s of training this run)")
-    summary = {"model": hmm.config.to_dict(), "train_config": json.loads(json.dumps(
-        config, default=lambda o: o.__dict__)), "train_windows": len(windows),
-        "history": state.history, "train_seconds_this_run": train_seconds}
+    summary = {"model": hmm.config.to_dict(), "train_config": asdict(config),
+               "train_windows": len(windows), "history": state.history,
+               "train_seconds_this_run": train_seconds}
     if not args.no_eval:
         summary["eval"] = evaluate(hmm, data, args)
     atomic_write_json(args.out / "results.json", summary)

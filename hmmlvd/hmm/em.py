@@ -70,7 +70,6 @@ class CountAccumulator:
     """Sums :class:`ExpectedCounts` of many batches into dense tables (for full-batch EM)."""
 
     def __init__(self, hmm: HMM):
-        self.hmm = hmm
         self.initial = torch.zeros_like(hmm.initial)
         self.transition = torch.zeros_like(hmm.transition)
         self.emission = torch.zeros_like(hmm.emission).view(-1, hmm.num_states)  # [P_B*V, H]
