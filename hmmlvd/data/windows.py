@@ -50,6 +50,11 @@ class TokenWindows:
             rows = self.starts[rows]
         return torch.from_numpy(self.view[rows].astype(np.int64))
 
+    def as_array(self) -> np.ndarray:
+        """All windows as an int32 array [N, T]: the strided view itself (no copy) when every
+        window is kept, a copy of the subset's rows otherwise."""
+        return self.view if self.starts is None else self.view[self.starts]
+
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
                 start_batch: int = 0) -> Iterator[torch.Tensor]:
         """Mini-batches [B, T] covering every window once; ``shuffle`` uses a permutation fixed

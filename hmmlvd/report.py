@@ -1,0 +1,59 @@
+"""Recording results: marked sections of a markdown file (``docs/results.md``) that a script
+rewrites in place, with the command, machine and date that produced them."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from hmmlvd.atomic import atomic_write_text
+
+
+def device_name(device: torch.device) -> str:
+    """GPU name on cuda, else the CPU model (platform.processor, or /proc/cpuinfo)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor()
+    if not name and os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), "")
+    return name or platform.machine()
+
+
+def machine_line(device: torch.device) -> str:
+    """The machine: CPU model and count, and the GPU when on cuda."""
+    cpu = device_name(torch.device("cpu"))
+    line = f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, {platform.platform()}"
+    if device.type == "cuda":
+        line += f", GPU {device_name(device)}"
+    return line
+
+
+def provenance(title: str, device: torch.device) -> str:
+    """A section heading plus the exact command line, machine and date."""
+    command = shlex.join(["python", *sys.argv])
+    date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return "\n".join([f"## {title}", "", f"Command: `{command}`  ",
+                      f"Machine: {machine_line(device)}, torch {torch.__version__}  ",
+                      f"Date: {date}"])
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Replace the section of ``path`` between ``<!-- name:begin -->`` and
+    ``<!-- name:end -->`` with ``body`` (append it if absent), atomically."""
+    begin_marker, end_marker = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    section = f"{begin_marker}\n{body.rstrip()}\n{end_marker}"
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    begin, end = text.find(begin_marker), text.find(end_marker)
+    if begin >= 0 and end > begin:
+        text = text[:begin] + section + text[end + len(end_marker):]
+    else:
+        text = (text.rstrip() + "\n\n" if text.strip() else "") + section + "\n"
+    atomic_write_text(path, text)
