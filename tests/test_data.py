@@ -299,3 +299,13 @@ def test_hub_unreachable_says_to_pass_a_folder(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     with pytest.raises(DataError, match="--data-dir"):
         load_wikitext()
+
+
+def test_stride_keeps_every_stride_th_window():
+    stream = np.arange(20)
+    windows = TokenWindows(stream, 4, stride=3)
+    assert len(windows) == len(range(0, 20 - 4 + 1, 3))
+    for i in range(len(windows)):
+        assert windows[np.array([i])][0].tolist() == stream[3 * i:3 * i + 4].tolist()
+    with pytest.raises(DataError, match="stride"):
+        TokenWindows(stream, 4, stride=0)

@@ -12,26 +12,31 @@ from hmmlvd.errors import DataError
 
 
 class TokenWindows:
-    """Windows ``stream[s : s+T]`` for every start ``s`` (or a subset of starts).
+    """Windows ``stream[s : s+T]`` for every start ``s`` = 0, stride, 2*stride, ... (or a
+    subset of those starts).
 
-    ``stream``: int token ids [N]. ``max_windows``: keep a seeded random subset of this many
-    starts (sorted), for small runs. Indexing returns an int64 tensor [B, T].
+    ``stream``: int token ids [N]. ``stride``: 1 (default) gives every length-T subsequence.
+    ``max_windows``: keep a seeded random subset of this many windows (sorted), for small runs.
+    Indexing returns an int64 tensor [B, T].
     """
 
     def __init__(self, stream: np.ndarray, length: int, max_windows: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, stride: int = 1):
         stream = np.asarray(stream)
         if stream.ndim != 1 or not np.issubdtype(stream.dtype, np.integer):
             raise DataError(f"token stream must be a 1-D integer array, got shape {stream.shape} "
                             f"and dtype {stream.dtype}")
         if length < 1:
             raise DataError(f"window length must be >= 1, got {length}")
+        if stride < 1:
+            raise DataError(f"window stride must be >= 1, got {stride}")
         if len(stream) < length:
             raise DataError(f"token stream has {len(stream)} tokens, fewer than one window of "
                             f"{length}")
         self.stream = stream.astype(np.int32, copy=False)
         self.length = length
-        self.view = np.lib.stride_tricks.sliding_window_view(self.stream, length)  # [N-T+1, T]
+        all_windows = np.lib.stride_tricks.sliding_window_view(self.stream, length)  # [N-T+1, T]
+        self.view = all_windows[::stride]
         self.starts: np.ndarray | None = None
         if max_windows is not None:
             if max_windows < 1:
