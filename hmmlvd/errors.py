@@ -17,3 +17,8 @@ class ParameterError(HMMLVDError, ValueError):
 
 class CheckpointError(HMMLVDError):
     """A saved model folder is missing, incomplete, or does not match its config."""
+
+
+class EncoderError(HMMLVDError):
+    """A text encoder cannot be loaded or used: the packaged default is not installed, a hub
+    name is not available offline, a folder is not a model, or the tokenizer is unsuitable."""

@@ -1,0 +1,106 @@
+"""The LVD pipeline for HMMs: suffix embeddings -> k-means labels per position -> closed-form
+MLE of the HMM from (tokens, labels) -> EM finetuning. Each stage's wall time is recorded."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hmmlvd.data.vocab import Vocabulary
+from hmmlvd.data.windows import TokenWindows
+from hmmlvd.errors import DataError
+from hmmlvd.hmm.init import mle_from_labels
+from hmmlvd.hmm.model import HMM, HMMConfig
+from hmmlvd.hmm.train import TrainConfig, train
+from hmmlvd.lvd.cluster import kmeans_labels
+from hmmlvd.lvd.encoder import Encoder, load_encoder
+from hmmlvd.lvd.suffix import embed_windows
+
+DEFAULT_CACHE = Path(os.environ.get("HMMLVD_CACHE", Path.home() / ".cache" / "hmmlvd"))
+
+
+@dataclass
+class LVDSettings:
+    """How latent variable distillation is run (everything but the EM schedule).
+
+    ``encoder``: None for the packaged MiniLM, else a name/path or a loaded :class:`Encoder`.
+    ``mode``: ``masked`` (one encoder pass per window) or ``exact`` (one per suffix).
+    ``kmeans_sample``: train each position's centroids on this many windows (None: all);
+    ``kmeans_init``: centroid seeding (k-means++ avoids the local minima of FAISS's random one).
+    """
+
+    encoder: str | Encoder | None = None
+    mode: str = "masked"
+    cache_dir: Path = DEFAULT_CACHE
+    embed_batch_size: int = 64
+    kmeans_sample: int | None = None
+    kmeans_iters: int = 20
+    kmeans_init: str = "kmeans++"
+    pseudocount: float = 1e-3
+    seed: int = 0
+
+
+@dataclass
+class LVDResult:
+    """The distilled (and finetuned, if asked) model, its labels [N, T] and stage seconds."""
+
+    hmm: HMM
+    labels: np.ndarray
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def embed(windows: TokenWindows, vocab: Vocabulary, settings: LVDSettings,
+          device: str | torch.device = "cpu", progress: bool = True) -> np.ndarray:
+    """Suffix embeddings [N, T, D] of every window (float16, memory-mapped, cached)."""
+    encoder = settings.encoder
+    if not isinstance(encoder, Encoder):
+        encoder = load_encoder(encoder, device=device)
+    return embed_windows(encoder, windows, vocab, settings.cache_dir, mode=settings.mode,
+                         batch_size=settings.embed_batch_size, progress=progress)
+
+
+def run_lvd(windows: TokenWindows, num_states: int, vocab: Vocabulary,
+            settings: LVDSettings | None = None, train_config: TrainConfig | None = None,
+            homogeneous: bool = False, device: str | torch.device = "cpu",
+            embeddings: np.ndarray | None = None, out: Path | None = None,
+            progress: bool = True) -> LVDResult:
+    """Run every LVD stage; ``embeddings`` (from :func:`embed`) skips the first, so several H
+    can share one embedding pass. ``train_config`` None stops after the MLE initialisation."""
+    settings = settings or LVDSettings()
+    if len(windows) < num_states:
+        raise DataError(f"H={num_states} hidden states need at least {num_states} windows to "
+                        f"cluster, got {len(windows)}")
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    if embeddings is None:
+        embeddings = embed(windows, vocab, settings, device, progress)
+        seconds["embed"] = time.perf_counter() - started
+    started = time.perf_counter()
+    labels = kmeans_labels(embeddings, num_states, sample=settings.kmeans_sample,
+                           niter=settings.kmeans_iters, seed=settings.seed,
+                           init=settings.kmeans_init, progress=progress)
+    seconds["cluster"] = time.perf_counter() - started
+    started = time.perf_counter()
+    config = HMMConfig(num_states, len(vocab), windows.length, homogeneous)
+    hmm = mle_from_labels(windows.as_array(), labels, config, pseudocount=settings.pseudocount,
+                          device=device)
+    hmm.vocab = vocab
+    seconds["mle"] = time.perf_counter() - started
+    if train_config is not None:
+        started = time.perf_counter()
+        train(hmm, windows, train_config, out=out, progress=progress)
+        seconds["em"] = time.perf_counter() - started
+    return LVDResult(hmm=hmm, labels=labels, seconds=seconds)
+
+
+def distill(windows: TokenWindows, num_states: int, vocab: Vocabulary,
+            train_config: TrainConfig | None = None, **kwargs) -> HMM:
+    """Latent variable distillation of an HMM from ``windows``: returns the model after the
+    MLE initialisation and, if ``train_config`` is given, EM finetuning. Keyword arguments are
+    those of :func:`run_lvd` (``settings``, ``homogeneous``, ``device``, ...)."""
+    return run_lvd(windows, num_states, vocab, train_config=train_config, **kwargs).hmm

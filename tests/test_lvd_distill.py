@@ -1,0 +1,115 @@
+"""The LVD pipeline end to end on tiny data with a tiny random BERT (no download): embeddings,
+labels, a valid MLE-initialised HMM, EM finetuning, cache reuse, the `hmmlvd lvd` command and
+its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from lvd_tiny import TINY_WORDS, build_tiny_bert, tiny_vocab
+
+from hmmlvd import HMM
+from hmmlvd.cli import main
+from hmmlvd.data import TokenWindows
+from hmmlvd.errors import DataError
+from hmmlvd.hmm import HMMConfig, Phase, TrainConfig, mle_from_labels
+from hmmlvd.lvd import suffix
+from hmmlvd.lvd.distill import LVDSettings, distill, run_lvd
+
+LENGTH = 5
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    return build_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture
+def windows():
+    stream = np.random.default_rng(0).integers(0, len(TINY_WORDS), size=80)
+    return TokenWindows(stream, LENGTH)
+
+
+def settings_for(encoder_dir, cache_dir) -> LVDSettings:
+    return LVDSettings(encoder=str(encoder_dir), cache_dir=cache_dir, embed_batch_size=16,
+                       kmeans_iters=5)
+
+
+def test_run_lvd_gives_labels_and_the_mle_of_them(encoder_dir, windows, tmp_path):
+    result = run_lvd(windows, 4, tiny_vocab(), settings_for(encoder_dir, tmp_path),
+                     progress=False)
+    assert result.labels.shape == (len(windows), LENGTH)
+    assert result.labels.min() >= 0 and result.labels.max() < 4
+    assert {"embed", "cluster", "mle"} <= set(result.seconds)
+    result.hmm.validate()
+    expected = mle_from_labels(windows.as_array(), result.labels,
+                               HMMConfig(4, len(TINY_WORDS), LENGTH), pseudocount=1e-3)
+    for name, p in expected.parameters().items():
+        assert np.allclose(result.hmm.parameters()[name].numpy(), p.numpy(), atol=1e-6), name
+    assert result.hmm.vocab == tiny_vocab()
+
+
+def test_second_run_reads_the_cache_and_calls_no_encoder(encoder_dir, windows, tmp_path,
+                                                          monkeypatch):
+    settings = settings_for(encoder_dir, tmp_path)
+    first = run_lvd(windows, 3, tiny_vocab(), settings, progress=False)
+    calls = []
+    original = suffix.masked_suffix_embeddings
+    monkeypatch.setattr(suffix, "masked_suffix_embeddings",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    second = run_lvd(windows, 3, tiny_vocab(), settings, progress=False)
+    assert calls == []
+    assert (first.labels == second.labels).all()
+
+
+def test_distill_finetunes_with_em(encoder_dir, windows, tmp_path):
+    settings = settings_for(encoder_dir, tmp_path)
+    config = TrainConfig(phases=[Phase(3, 1.0)], batch_size=32, full_batch=True)  # monotone
+    init = run_lvd(windows, 3, tiny_vocab(), settings, progress=False).hmm
+    tuned = distill(windows, 3, tiny_vocab(), train_config=config, settings=settings,
+                    progress=False)
+    x = windows[np.arange(len(windows))]
+    assert tuned.log_likelihood(x).sum() > init.log_likelihood(x).sum()
+
+
+def test_more_states_than_windows_is_a_clear_error(encoder_dir, tmp_path):
+    few = TokenWindows(np.arange(LENGTH + 2) % len(TINY_WORDS), LENGTH)  # 3 windows
+    with pytest.raises(DataError, match="at least 8 windows"):
+        run_lvd(few, 8, tiny_vocab(), settings_for(encoder_dir, tmp_path), progress=False)
+
+
+def test_lvd_command_end_to_end(encoder_dir, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    words = [w for w in TINY_WORDS if w not in ("<eos>", "<unk>")]
+    folder = tmp_path / "wt"
+    folder.mkdir()
+    for split, lines in (("train", 40), ("valid", 8), ("test", 8)):
+        text = "".join(" ".join(rng.choice(words, size=6)) + "\n" for _ in range(lines))
+        (folder / f"wiki.{split}.tokens").write_text(text)
+    out = tmp_path / "run"
+    argv = ["lvd", "--data-dir", str(folder), "--encoder", str(encoder_dir), "--hidden-states",
+            "3", "--length", str(LENGTH), "--epochs", "1", "--batch-size", "64", "--device",
+            "cpu", "--cache-dir", str(tmp_path / "cache"), "--kmeans-iters", "5", "--out",
+            str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "LVD stages" in printed and "test" in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["command"] == "lvd" and "cluster" in results["lvd_seconds"]
+    HMM.from_pretrained(out).validate()
+
+
+def test_lvd_command_with_unloadable_encoder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "wt"
+    folder.mkdir()
+    for split in ("train", "valid", "test"):
+        (folder / f"wiki.{split}.tokens").write_text("the cat sat on the mat\n" * 5)
+    argv = ["lvd", "--data-dir", str(folder), "--encoder", "no-such-org/no-such-encoder",
+            "--hidden-states", "2", "--length", "4", "--cache-dir", str(tmp_path / "c"),
+            "--device", "cpu", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no-such-org/no-such-encoder" in err and "Traceback" not in err

