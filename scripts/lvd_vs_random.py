@@ -98,6 +98,9 @@ def plot(rows: Sequence[Row], path: Path, title: str) -> None:
         points = sorted((r.num_states, r.test_ppl) for r in rows if r.init == init)
         ax.plot(*zip(*points, strict=True), marker=marker, label=f"{init} init")
     ax.set_xscale("log", base=2)
+    sizes = sorted({r.num_states for r in rows})
+    ax.set_xticks(sizes, [str(h) for h in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("hidden states H")
     ax.set_ylabel("test perplexity (sliding, 31-token context)")
     ax.set_title(title, fontsize=9)
@@ -140,11 +143,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-eval-tokens", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plot", type=Path, default=Path("docs/lvd_vs_random.png"))
+    p.add_argument("--plot", type=Path, default=None,
+                   help="PNG path (default: lvd_vs_random.png beside --write, else in runs/)")
     p.add_argument("--write", type=Path, default=None,
                    help="also record the table in this markdown file (e.g. docs/results.md)")
     args = p.parse_args(argv)
     args.device = resolve_device(args.device)
+    if args.plot is None:
+        args.plot = (args.write.parent if args.write else Path("runs")) / "lvd_vs_random.png"
     return args
 
 
@@ -177,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     report = table(rows, embed_seconds)
     described = settings_line(args, subset, config)
     print("\n" + report + "\n\n" + described)
-    plot(rows, args.plot, f"WikiText-2, {subset}")
+    plot(rows, args.plot, f"WikiText-2, {len(windows):,} train windows")
     print(f"plot: {args.plot}")
     if args.write:
         body = "\n".join([provenance("LVD vs random init (`scripts/lvd_vs_random.py`)",
