@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -37,4 +38,18 @@ def build_tiny_bert(folder: Path, seed: int = 0, max_positions: int = 256) -> Pa
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_tiny_wikitext(folder: Path, lines: tuple[int, int, int], words_per_line: int,
+                        seed: int = 0) -> Path:
+    """A WikiText-style folder (train, valid, test with the given line counts) of random lines
+    over the corpus words of :data:`TINY_WORDS` (no ``<eos>``/``<unk>`` typed in)."""
+    rng = np.random.default_rng(seed)
+    words = [w for w in TINY_WORDS if w not in ("<eos>", "<unk>")]
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in zip(("train", "valid", "test"), lines, strict=True):
+        text = "".join(" ".join(rng.choice(words, size=words_per_line)) + "\n"
+                       for _ in range(count))
+        (folder / f"wiki.{split}.tokens").write_text(text)
     return folder

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from lvd_tiny import TINY_WORDS, build_tiny_bert, tiny_vocab
+from lvd_tiny import TINY_WORDS, build_tiny_bert, tiny_vocab, write_tiny_wikitext
 
 from hmmlvd import HMM
 from hmmlvd.cli import main
@@ -81,13 +81,7 @@ def test_more_states_than_windows_is_a_clear_error(encoder_dir, tmp_path):
 
 
 def test_lvd_command_end_to_end(encoder_dir, tmp_path, capsys):
-    rng = np.random.default_rng(1)
-    words = [w for w in TINY_WORDS if w not in ("<eos>", "<unk>")]
-    folder = tmp_path / "wt"
-    folder.mkdir()
-    for split, lines in (("train", 40), ("valid", 8), ("test", 8)):
-        text = "".join(" ".join(rng.choice(words, size=6)) + "\n" for _ in range(lines))
-        (folder / f"wiki.{split}.tokens").write_text(text)
+    folder = write_tiny_wikitext(tmp_path / "wt", (40, 8, 8), words_per_line=6, seed=1)
     out = tmp_path / "run"
     argv = ["lvd", "--data-dir", str(folder), "--encoder", str(encoder_dir), "--hidden-states",
             "3", "--length", str(LENGTH), "--epochs", "1", "--batch-size", "64", "--device",
@@ -128,3 +122,17 @@ def test_bfloat16_encoder_and_bad_dtype(encoder_dir, windows, tmp_path):
     settings.encoder_dtype = "float16"
     with pytest.raises(DataError, match="encoder dtype"):
         embed(windows, tiny_vocab(), settings, progress=False)
+
+
+def test_lvd_command_on_an_empty_corpus(encoder_dir, tmp_path, capsys):
+    folder = tmp_path / "wt"
+    folder.mkdir()
+    (folder / "wiki.train.tokens").write_text("\n\n")
+    for split in ("valid", "test"):
+        (folder / f"wiki.{split}.tokens").write_text("the cat\n")
+    argv = ["lvd", "--data-dir", str(folder), "--encoder", str(encoder_dir), "--hidden-states",
+            "2", "--length", "3", "--cache-dir", str(tmp_path / "c"), "--device", "cpu",
+            "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'train'" in err and "no words" in err and "Traceback" not in err

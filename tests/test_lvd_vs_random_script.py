@@ -7,8 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import numpy as np
-from lvd_tiny import TINY_WORDS, build_tiny_bert
+from lvd_tiny import build_tiny_bert, write_tiny_wikitext
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "lvd_vs_random.py"
 
@@ -22,13 +21,7 @@ def load_script(monkeypatch):
 
 
 def test_script_writes_table_plot_and_section(tmp_path, capsys, monkeypatch):
-    rng = np.random.default_rng(2)
-    words = [w for w in TINY_WORDS if w not in ("<eos>", "<unk>")]
-    data = tmp_path / "wt"
-    data.mkdir()
-    for split, lines in (("train", 30), ("valid", 6), ("test", 6)):
-        text = "".join(" ".join(rng.choice(words, size=5)) + "\n" for _ in range(lines))
-        (data / f"wiki.{split}.tokens").write_text(text)
+    data = write_tiny_wikitext(tmp_path / "wt", (30, 6, 6), words_per_line=5, seed=2)
     results = tmp_path / "docs" / "results.md"
     load_script(monkeypatch).main([
         "--data-dir", str(data), "--hidden-states", "2", "3", "--max-windows", "100",
