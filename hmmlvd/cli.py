@@ -23,7 +23,14 @@ from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.hmm.eval import sliding_perplexity, window_perplexity
 from hmmlvd.hmm.model import HMM
-from hmmlvd.hmm.train import Phase, TrainConfig, TrainState, load_checkpoint, train
+from hmmlvd.hmm.train import (
+    Phase,
+    TrainConfig,
+    TrainingInterrupted,
+    TrainState,
+    load_checkpoint,
+    train,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -245,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
+    except TrainingInterrupted as exc:
+        print(f"\nhmmlvd {args.command}: {exc}", file=sys.stderr)
+        return 130
     except HMMLVDError as exc:
         print(f"hmmlvd {args.command}: error: {exc}", file=sys.stderr)
         return 2

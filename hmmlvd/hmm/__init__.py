@@ -12,10 +12,18 @@ from hmmlvd.hmm.forward import ForwardResult, forward
 from hmmlvd.hmm.init import mle_from_labels, random_parameters
 from hmmlvd.hmm.model import HMM, HMMConfig
 from hmmlvd.hmm.sample import sample
-from hmmlvd.hmm.train import Phase, TrainConfig, TrainState, load_checkpoint, save_checkpoint, train
+from hmmlvd.hmm.train import (
+    Phase,
+    TrainConfig,
+    TrainingInterrupted,
+    TrainState,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
 
 __all__ = ["HMM", "CountAccumulator", "ExpectedCounts", "ForwardResult", "HMMConfig",
-           "Perplexity", "Phase", "TrainConfig", "TrainState", "expected_counts", "forward",
-           "load_checkpoint", "maximize", "mle_from_labels", "random_parameters", "sample",
-           "save_checkpoint", "sliding_perplexity", "sliding_token_log_probs", "train",
-           "window_perplexity"]
+           "Perplexity", "Phase", "TrainConfig", "TrainState", "TrainingInterrupted",
+           "expected_counts", "forward", "load_checkpoint", "maximize", "mle_from_labels",
+           "random_parameters", "sample", "save_checkpoint", "sliding_perplexity",
+           "sliding_token_log_probs", "train", "window_perplexity"]

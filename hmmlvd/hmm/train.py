@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,12 +23,38 @@ from tqdm.auto import tqdm
 
 from hmmlvd.atomic import atomic_write_json, atomic_write_text
 from hmmlvd.data.windows import TokenWindows
-from hmmlvd.errors import CheckpointError, DataError
+from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.hmm.checkpoint import load_hmm, save_hmm
 from hmmlvd.hmm.em import CountAccumulator, expected_counts, maximize
 from hmmlvd.hmm.model import HMM
 
 STATE_FILE = "train_state.json"
+
+
+class TrainingInterrupted(HMMLVDError):
+    """Ctrl-C (SIGINT) stopped training after a complete mini-batch; the message says where the
+    checkpoint is and how to resume."""
+
+
+@contextmanager
+def _sigint_requests_stop() -> Iterator[list[bool]]:
+    """While active, a first Ctrl-C only sets ``flag[0]`` (training stops at the next batch
+    boundary, after a checkpoint); a second one interrupts at once."""
+    flag = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def request_stop(signum: int, frame: object) -> None:
+        if flag[0]:
+            raise KeyboardInterrupt
+        flag[0] = True
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @dataclass
@@ -80,10 +110,17 @@ class TrainState:
 def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None = None,
           state: TrainState | None = None, progress: bool = True) -> TrainState:
     """Train ``hmm`` in place by EM on ``windows``; checkpoint into ``out`` if given.
-    ``state``: continue from it (from :func:`load_checkpoint`). Returns the final state."""
+    ``state``: continue from it (from :func:`load_checkpoint`). Returns the final state.
+    Ctrl-C stops after the current mini-batch, saves a checkpoint and raises
+    :class:`TrainingInterrupted`."""
     if windows.length != hmm.length:
         raise DataError(f"windows have length {windows.length}, the model needs T={hmm.length}")
-    state = state or TrainState()
+    with _sigint_requests_stop() as stop:
+        return _train(hmm, windows, config, out, state or TrainState(), progress, stop)
+
+
+def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None,
+           state: TrainState, progress: bool, stop: list[bool]) -> TrainState:
     plan = config.epoch_plan()
     num_batches = windows.num_batches(config.batch_size)
     while state.epoch < len(plan):
@@ -111,6 +148,9 @@ def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None
             if (accumulator is None and out is not None and config.checkpoint_every
                     and state.step % config.checkpoint_every == 0 and state.batch < num_batches):
                 save_checkpoint(hmm, config, state, out)
+            if stop[0]:
+                bar.close()
+                _stop(hmm, config, state, out, full_batch=accumulator is not None)
         bar.close()
         if accumulator is not None:
             maximize(hmm, accumulator.total(), step_size, config.pseudocount)
@@ -123,6 +163,20 @@ def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None
         if out is not None:
             save_checkpoint(hmm, config, state, out)
     return state
+
+
+def _stop(hmm: HMM, config: TrainConfig, state: TrainState, out: Path | None,
+          full_batch: bool) -> None:
+    """Checkpoint where training stands (a full-batch epoch restarts: its model is unchanged)
+    and raise :class:`TrainingInterrupted`."""
+    if full_batch:
+        state.batch = 0
+    if out is None:
+        raise TrainingInterrupted("training interrupted (no output folder: nothing saved)")
+    folder = save_checkpoint(hmm, config, state, out)
+    raise TrainingInterrupted(f"training interrupted at epoch {state.epoch + 1}, batch "
+                              f"{state.batch}; checkpoint saved in {folder}. Resume with the "
+                              "same command plus --resume")
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
