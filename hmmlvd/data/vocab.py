@@ -29,6 +29,11 @@ class Vocabulary:
             raise DataError("vocabulary has duplicate tokens")
         if not self.tokens:
             raise DataError("vocabulary is empty")
+        bad = next((t for t in self.tokens if not isinstance(t, str) or not t
+                    or "\n" in t or "\r" in t), None)
+        if bad is not None:
+            raise DataError(f"vocabulary token {bad!r} is not a non-empty string without line "
+                            "breaks")
 
     @classmethod
     def from_corpus(cls, tokens: Iterable[str]) -> Vocabulary:
@@ -74,5 +79,8 @@ class Vocabulary:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"vocabulary file {path} does not exist")
-        with open(path, encoding="utf-8") as f:
-            return cls([line.rstrip("\n") for line in f])
+        try:
+            with open(path, encoding="utf-8", newline="\n") as f:
+                return cls([line.removesuffix("\n") for line in f])
+        except UnicodeDecodeError as exc:
+            raise DataError(f"vocabulary file {path} is not valid UTF-8: {exc}") from exc

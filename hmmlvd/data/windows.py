@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from hmmlvd.errors import DataError
+from hmmlvd.validate import check_int
 
 
 class TokenWindows:
@@ -22,14 +23,19 @@ class TokenWindows:
 
     def __init__(self, stream: np.ndarray, length: int, max_windows: int | None = None,
                  seed: int = 0, stride: int = 1):
-        stream = np.asarray(stream)
+        try:
+            stream = np.asarray(stream)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise DataError(f"token stream must be a 1-D integer array ({exc})") from exc
         if stream.ndim != 1 or not np.issubdtype(stream.dtype, np.integer):
             raise DataError(f"token stream must be a 1-D integer array, got shape {stream.shape} "
                             f"and dtype {stream.dtype}")
-        if length < 1:
-            raise DataError(f"window length must be >= 1, got {length}")
-        if stride < 1:
-            raise DataError(f"window stride must be >= 1, got {stride}")
+        int32 = np.iinfo(np.int32)
+        if stream.size and (stream.min() < 0 or stream.max() > int32.max):
+            raise DataError(f"token ids must lie in [0, {int32.max}], got "
+                            f"[{stream.min()}, {stream.max()}]")
+        length = check_int(length, "window length", 1)
+        stride = check_int(stride, "window stride", 1)
         if len(stream) < length:
             raise DataError(f"token stream has {len(stream)} tokens, fewer than one window of "
                             f"{length}")
@@ -39,8 +45,7 @@ class TokenWindows:
         self.view = all_windows[::stride]
         self.starts: np.ndarray | None = None
         if max_windows is not None:
-            if max_windows < 1:
-                raise DataError(f"max_windows must be >= 1, got {max_windows}")
+            max_windows = check_int(max_windows, "max_windows", 1)
             if max_windows < len(self.view):
                 rng = np.random.default_rng(seed)
                 self.starts = np.sort(rng.choice(len(self.view), size=max_windows, replace=False))
@@ -64,10 +69,8 @@ class TokenWindows:
                 start_batch: int = 0) -> Iterator[torch.Tensor]:
         """Mini-batches [B, T] covering every window once; ``shuffle`` uses a permutation fixed
         by ``seed``, so a resumed epoch can skip its first ``start_batch`` batches exactly."""
-        if batch_size < 1:
-            raise DataError(f"batch size must be >= 1, got {batch_size}")
-        if start_batch < 0:
-            raise DataError(f"start_batch must be >= 0, got {start_batch}")
+        batch_size = check_int(batch_size, "batch size", 1)
+        start_batch = check_int(start_batch, "start_batch", 0)
         order = (np.random.default_rng(seed).permutation(len(self)) if shuffle
                  else np.arange(len(self)))
         for b in range(start_batch, self.num_batches(batch_size)):

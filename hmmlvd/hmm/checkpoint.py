@@ -75,8 +75,9 @@ def load_hmm(directory: Path, device: str | torch.device = "cpu") -> HMM:
         if tuple(tensors[name].shape) != shape:
             raise CheckpointError(f"{path}: {name} has shape {tuple(tensors[name].shape)} but "
                                   f"config.json implies {shape}")
-    vocab = Vocabulary.load(directory / VOCAB_FILE) if (directory / VOCAB_FILE).is_file() else None
     try:
+        vocab = (Vocabulary.load(directory / VOCAB_FILE) if (directory / VOCAB_FILE).is_file()
+                 else None)
         return HMM(config.num_states, config.vocab_size, config.length, config.homogeneous,
                    device=device, vocab=vocab, **tensors)
     except (ParameterError, DataError) as exc:

@@ -18,6 +18,7 @@ import torch
 from hmmlvd.errors import DataError
 from hmmlvd.hmm.forward import forward
 from hmmlvd.hmm.model import HMM
+from hmmlvd.validate import check_pseudocount, check_step_size
 
 
 @dataclass
@@ -49,7 +50,12 @@ def expected_counts(hmm: HMM, x: torch.Tensor) -> ExpectedCounts:
     with torch.enable_grad():
         log_lik = forward(initial, hmm.transitions_for(length, transition), emissions,
                           prefix_grads=False)
-        total = log_lik.log_prefix[:, -1].sum()
+        per_window = log_lik.log_prefix[:, -1]
+        impossible = torch.isneginf(per_window).nonzero().flatten().tolist()
+        if impossible:
+            raise DataError(f"windows {impossible[:5]} have probability 0 under the model, so "
+                            "they have no expected counts; train with a pseudocount > 0")
+        total = per_window.sum()
         g_init, g_trans, g_emit = torch.autograd.grad(
             total, (initial, transition, emissions), materialize_grads=True)  # T=1: no steps
     emit_counts = emissions.detach() * g_emit  # [B, T, H]
@@ -96,11 +102,11 @@ class CountAccumulator:
 def maximize(hmm: HMM, counts: ExpectedCounts, step_size: float = 1.0,
              pseudocount: float = 1e-3) -> None:
     """M-step in place: theta <- (1 - a) * theta + a * normalise(counts + pseudocount)."""
-    if not 0 < step_size <= 1:
-        raise DataError(f"step size must lie in (0, 1], got {step_size}")
-    if pseudocount < 0:
-        raise DataError(f"pseudocount must be >= 0, got {pseudocount}")
-    a, c = step_size, pseudocount
+    a = check_step_size(step_size)
+    c = check_pseudocount(pseudocount, hmm.vocab_size)
+    if not all(torch.isfinite(t).all() for t in (counts.initial, counts.transition,
+                                                  counts.emission_values)):
+        raise DataError("expected counts contain NaN or infinite values")
     _mix(hmm.initial, counts.initial + c, a)
     _mix(hmm.transition, counts.transition + c, a)
     # emission[p, w, h] <- (1-a) emission + a (c + n[p, w, h]) / (N[p, h] + V c), applied as a

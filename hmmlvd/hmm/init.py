@@ -8,6 +8,7 @@ import torch
 
 from hmmlvd.errors import DataError
 from hmmlvd.hmm.model import HMM, HMMConfig
+from hmmlvd.validate import as_id_tensor, check_int, check_pseudocount
 
 
 def random_parameters(config: HMMConfig, seed: int = 0, device: str | torch.device = "cpu"
@@ -36,6 +37,9 @@ def mle_from_labels(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np
     in chunks of ``chunk_size`` windows.
     """
     h, v, length = config.num_states, config.vocab_size, config.length
+    tokens, labels = _id_array(tokens, "tokens"), _id_array(labels, "labels")
+    chunk_size = check_int(chunk_size, "chunk_size", 1)
+    pseudocount = check_pseudocount(pseudocount, v)
     if tokens.shape != labels.shape or len(tokens.shape) != 2:
         raise DataError(f"tokens {tuple(tokens.shape)} and labels {tuple(labels.shape)} must "
                         f"both have shape [N, T]")
@@ -43,8 +47,6 @@ def mle_from_labels(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np
         raise DataError("no labelled windows to count")
     if tokens.shape[1] != length:
         raise DataError(f"windows have length {tokens.shape[1]}, the model needs T={length}")
-    if pseudocount < 0:
-        raise DataError(f"pseudocount must be >= 0, got {pseudocount}")
     pa, pb = config.transition_positions, config.emission_positions
     init_c = torch.zeros(h, dtype=torch.float64, device=device)
     trans_c = torch.zeros(pa * h * h, dtype=torch.float64, device=device)
@@ -76,6 +78,19 @@ def mle_from_labels(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np
                initial=(initial / initial.sum()).float(),
                transition=(transition / transition.sum(-1, keepdim=True)).float(),
                emission=emission.div_(emission.sum(-2, keepdim=True)))
+
+
+def _id_array(array: object, what: str) -> torch.Tensor | np.ndarray:
+    """Integer tensors and arrays pass as they are (memory maps stay on disk); anything else
+    becomes an int64 tensor; floats and bools are refused."""
+    if isinstance(array, torch.Tensor | np.ndarray):
+        dtype_ok = (np.issubdtype(array.dtype, np.integer) if isinstance(array, np.ndarray)
+                    else not (array.dtype.is_floating_point or array.dtype.is_complex
+                              or array.dtype == torch.bool))
+        if not dtype_ok:
+            raise DataError(f"{what} must be integer ids, got dtype {array.dtype}")
+        return array
+    return as_id_tensor(array, what)
 
 
 def _chunk(array: torch.Tensor | np.ndarray, start: int, size: int,

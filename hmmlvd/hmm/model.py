@@ -23,6 +23,7 @@ import torch
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.hmm.forward import ForwardResult, forward
+from hmmlvd.validate import as_id_tensor
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,9 @@ class HMM:
 
             initial, transition, emission = random_parameters(self.config, seed=seed,
                                                               device=device)
-        self.initial = initial.to(device=device, dtype=torch.float32)
-        self.transition = transition.to(device=device, dtype=torch.float32)
-        self.emission = emission.to(device=device, dtype=torch.float32)
+        self.initial = _as_parameter(initial, "initial", device)
+        self.transition = _as_parameter(transition, "transition", device)
+        self.emission = _as_parameter(emission, "emission", device)
         if vocab is not None and len(vocab) != vocab_size:
             raise DataError(f"vocabulary has {len(vocab)} words but the model has "
                             f"vocab_size={vocab_size}")
@@ -165,10 +166,7 @@ class HMM:
     def check_windows(self, x: torch.Tensor, exact_length: bool = False) -> torch.Tensor:
         """Validate token windows [B, L] (L <= T, or L == T if ``exact_length``) and return them
         as int64 on the model's device. Raises :class:`DataError` naming the problem."""
-        if not isinstance(x, torch.Tensor):
-            x = torch.as_tensor(x)
-        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-            raise DataError(f"token windows must be integer ids, got dtype {x.dtype}")
+        x = as_id_tensor(x, "token windows")
         if x.dim() != 2:
             raise DataError(f"token windows must have shape [batch, length], got "
                             f"{tuple(x.shape)}")
@@ -224,17 +222,26 @@ class HMM:
         """p(x_{L+1} = w | x_1..x_L) for prefixes [B, L] with 0 <= L < T -> [B, V].
 
         An empty prefix (L = 0, shape [B, 0]) gives the marginal of the first token."""
-        prefix = torch.as_tensor(prefix)
-        if prefix.dim() == 2 and prefix.shape[1] == 0:
+        prefix = as_id_tensor(prefix, "prefix")
+        if prefix.dim() == 2 and prefix.shape[1] == 0 and prefix.shape[0] > 0:
             state = self.initial.expand(prefix.shape[0], -1)
         else:
             prefix = self.check_windows(prefix)
             if prefix.shape[1] >= self.length:
                 raise DataError(f"prefix of length {prefix.shape[1]} leaves no position to "
                                 f"predict in a window of T={self.length}")
-            alpha = self.run_forward(prefix).alpha
-            state = alpha @ self.transition_matrix(prefix.shape[1] - 1)
+            state = self.predictive_states(prefix)
         return state @ self.emission_matrix(prefix.shape[1])
+
+    def predictive_states(self, prefix: torch.Tensor) -> torch.Tensor:
+        """p(z_{L+1} | x_1..x_L) for checked prefixes [B, L], 1 <= L < T -> [B, H]; raises
+        :class:`DataError` for a prefix the model gives probability 0."""
+        result = self.run_forward(prefix)
+        impossible = torch.isneginf(result.log_prefix[:, -1]).nonzero().flatten().tolist()
+        if impossible:
+            raise DataError(f"prefix rows {impossible[:5]} have probability 0 under the model: "
+                            "there is no next-token distribution to condition on")
+        return result.alpha @ self.transition_matrix(prefix.shape[1] - 1)
 
     def sample(self, num_samples: int, prefix: torch.Tensor | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -264,3 +271,12 @@ class HMM:
         c = self.config
         return (f"HMM(num_states={c.num_states}, vocab_size={c.vocab_size}, length={c.length}, "
                 f"homogeneous={c.homogeneous}, device={self.device})")
+
+
+def _as_parameter(value: object, name: str, device: str | torch.device) -> torch.Tensor:
+    """A parameter given as a tensor, array or nested list, as float32 on ``device``."""
+    try:
+        tensor = torch.as_tensor(value, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise ParameterError(f"{name} must be a numeric array ({exc})") from exc
+    return tensor.to(device)

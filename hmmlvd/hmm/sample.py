@@ -10,6 +10,7 @@ import torch
 
 from hmmlvd.errors import DataError
 from hmmlvd.hmm.model import HMM
+from hmmlvd.validate import as_id_tensor, check_int
 
 
 @torch.no_grad()
@@ -20,15 +21,16 @@ def sample(hmm: HMM, num_samples: int, prefix: torch.Tensor | None = None,
     ``prefix``: [L] (shared by all samples) or [N, L] token ids, 0 <= L <= T; the first L
     tokens of each sample are the prefix. ``generator`` must live on the model's device.
     """
-    if num_samples < 1:
-        raise DataError(f"num_samples must be >= 1, got {num_samples}")
+    num_samples = check_int(num_samples, "num_samples", 1)
     device = hmm.device
     out = torch.empty(num_samples, hmm.length, dtype=torch.long, device=device)
-    if prefix is None or torch.as_tensor(prefix).numel() == 0:
+    prefix = None if prefix is None else as_id_tensor(prefix, "prefix")
+    if prefix is not None and prefix.dim() not in (1, 2):
+        raise DataError(f"prefix must have shape [L] or [N, L], got {tuple(prefix.shape)}")
+    if prefix is None or prefix.numel() == 0:
         start = 0
         state_dist = hmm.initial.expand(num_samples, -1)
     else:
-        prefix = torch.as_tensor(prefix)
         if prefix.dim() == 1:
             prefix = prefix.unsqueeze(0).expand(num_samples, -1)
         if prefix.shape[0] != num_samples:
@@ -38,8 +40,7 @@ def sample(hmm: HMM, num_samples: int, prefix: torch.Tensor | None = None,
         out[:, :start] = prefix
         if start == hmm.length:
             return out
-        alpha = hmm.run_forward(prefix).alpha  # p(z_L | prefix)
-        state_dist = alpha @ hmm.transition_matrix(start - 1)  # p(z_{L+1} | prefix)
+        state_dist = hmm.predictive_states(prefix)  # p(z_{L+1} | prefix)
     z = torch.multinomial(state_dist, 1, generator=generator).squeeze(1)
     for t in range(start, hmm.length):
         if t > start:

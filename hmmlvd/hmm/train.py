@@ -27,6 +27,7 @@ from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.hmm.checkpoint import load_hmm, save_hmm
 from hmmlvd.hmm.em import CountAccumulator, expected_counts, maximize
 from hmmlvd.hmm.model import HMM
+from hmmlvd.validate import check_int, check_pseudocount, check_step_size
 
 STATE_FILE = "train_state.json"
 
@@ -81,11 +82,18 @@ class TrainConfig:
     keep_checkpoints: int = 2
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise DataError(f"batch size must be >= 1, got {self.batch_size}")
+        check_int(self.batch_size, "batch size", 1)
+        check_int(self.checkpoint_every, "checkpoint_every", 0)
+        check_int(self.keep_checkpoints, "keep_checkpoints", 1)
+        check_int(self.seed, "seed", 0)
+        check_pseudocount(self.pseudocount)
+        if not isinstance(self.phases, list | tuple) or not all(
+                isinstance(p, Phase) for p in self.phases):
+            raise DataError(f"phases must be a list of Phase(epochs, step_size), got "
+                            f"{self.phases!r}")
         for p in self.phases:
-            if p.epochs < 0 or not 0 < p.step_size <= 1:
-                raise DataError(f"invalid phase {p}: epochs >= 0 and step size in (0, 1] needed")
+            check_int(p.epochs, "phase epochs", 0)
+            check_step_size(p.step_size)
 
     def epoch_plan(self) -> list[float]:
         """The step size of every epoch, in order."""
@@ -205,6 +213,13 @@ def load_checkpoint(out: Path, device: str = "cpu") -> tuple[HMM, TrainConfig, T
     folder = out / "checkpoints" / latest.read_text(encoding="utf-8").strip()
     if not (folder / STATE_FILE).is_file():
         raise CheckpointError(f"checkpoint {folder} has no {STATE_FILE}")
-    raw = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-    config = TrainConfig.from_dict(raw.pop("train_config"))
-    return load_hmm(folder, device=device), config, TrainState(**raw)
+    try:
+        raw = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        config = TrainConfig.from_dict(raw.pop("train_config"))
+        state = TrainState(**raw)
+        for name in ("epoch", "batch", "step"):
+            check_int(getattr(state, name), name, 0)
+    except (ValueError, TypeError, KeyError, AttributeError, DataError) as exc:
+        raise CheckpointError(f"{folder / STATE_FILE} is damaged or not from hmmlvd: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    return load_hmm(folder, device=device), config, state
