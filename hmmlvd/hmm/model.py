@@ -208,7 +208,10 @@ class HMM:
 
     def run_forward(self, x: torch.Tensor) -> ForwardResult:
         """Forward pass over checked windows x [B, L] (L <= T) starting at position 1."""
-        x = self.check_windows(x)
+        return self._forward(self.check_windows(x))
+
+    def _forward(self, x: torch.Tensor) -> ForwardResult:
+        """Forward pass over windows already checked by :meth:`check_windows`."""
         return forward(self.initial, self.transitions_for(x.shape[1]), self.gather_emissions(x))
 
     @torch.no_grad()
@@ -236,7 +239,7 @@ class HMM:
     def predictive_states(self, prefix: torch.Tensor) -> torch.Tensor:
         """p(z_{L+1} | x_1..x_L) for checked prefixes [B, L], 1 <= L < T -> [B, H]; raises
         :class:`DataError` for a prefix the model gives probability 0."""
-        result = self.run_forward(prefix)
+        result = self._forward(prefix)
         impossible = torch.isneginf(result.log_prefix[:, -1]).nonzero().flatten().tolist()
         if impossible:
             raise DataError(f"prefix rows {impossible[:5]} have probability 0 under the model: "
