@@ -13,12 +13,23 @@ from hmmlvd.errors import DataError
 _UNSIGNED = {torch.uint16, torch.uint32, torch.uint64}
 
 
+def check_integer_dtype(array: torch.Tensor | np.ndarray | np.generic, what: str) -> None:
+    """Refuse float, complex, bool and other non-integer arrays of ids."""
+    if isinstance(array, torch.Tensor):
+        dtype = array.dtype
+        ok = not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+    else:
+        dtype = array.dtype
+        ok = np.issubdtype(dtype, np.integer)
+    if not ok:
+        raise DataError(f"{what} must be integer ids, got dtype {dtype}")
+
+
 def as_id_tensor(x: object, what: str) -> torch.Tensor:
     """Integer ids (tensor, numpy array or nested lists) as an int64 tensor; floats, bools,
     complex numbers, strings, ragged lists and ids beyond int64 are refused."""
     if isinstance(x, np.ndarray | np.generic):
-        if not (np.issubdtype(x.dtype, np.integer)):
-            raise DataError(f"{what} must be integer ids, got dtype {x.dtype}")
+        check_integer_dtype(x, what)
         if x.dtype == np.uint64 and x.size and x.max() > np.iinfo(np.int64).max:
             raise DataError(f"{what} has ids beyond the int64 range")
         return torch.from_numpy(np.asarray(x, dtype=np.int64))
@@ -34,8 +45,7 @@ def as_id_tensor(x: object, what: str) -> torch.Tensor:
             tensor = torch.as_tensor(x)
         except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
             raise DataError(f"{what} must be a rectangular array of integer ids ({exc})") from exc
-    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
-        raise DataError(f"{what} must be integer ids, got dtype {tensor.dtype}")
+    check_integer_dtype(tensor, what)
     return tensor.to(torch.int64)
 
 

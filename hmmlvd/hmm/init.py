@@ -8,7 +8,7 @@ import torch
 
 from hmmlvd.errors import DataError
 from hmmlvd.hmm.model import HMM, HMMConfig
-from hmmlvd.validate import as_id_tensor, check_int, check_pseudocount
+from hmmlvd.validate import as_id_tensor, check_int, check_integer_dtype, check_pseudocount
 
 
 def random_parameters(config: HMMConfig, seed: int = 0, device: str | torch.device = "cpu"
@@ -84,11 +84,7 @@ def _id_array(array: object, what: str) -> torch.Tensor | np.ndarray:
     """Integer tensors and arrays pass as they are (memory maps stay on disk); anything else
     becomes an int64 tensor; floats and bools are refused."""
     if isinstance(array, torch.Tensor | np.ndarray):
-        dtype_ok = (np.issubdtype(array.dtype, np.integer) if isinstance(array, np.ndarray)
-                    else not (array.dtype.is_floating_point or array.dtype.is_complex
-                              or array.dtype == torch.bool))
-        if not dtype_ok:
-            raise DataError(f"{what} must be integer ids, got dtype {array.dtype}")
+        check_integer_dtype(array, what)
         return array
     return as_id_tensor(array, what)
 
