@@ -24,12 +24,12 @@ from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.hmm.eval import sliding_perplexity, window_perplexity
 from hmmlvd.hmm.model import HMM
 from hmmlvd.hmm.train import (
-    Phase,
     TrainConfig,
     TrainingInterrupted,
     TrainState,
     load_checkpoint,
     train,
+    two_phase_schedule,
 )
 
 
@@ -151,9 +151,8 @@ def evaluate(hmm: HMM, data: WikiText, args: argparse.Namespace) -> dict[str, di
 
 def train_config_from(args: argparse.Namespace) -> TrainConfig:
     """The EM schedule and settings named by the train/lvd flags."""
-    phases = [Phase(args.epochs, args.step_size)]
-    if args.phase2_epochs:
-        phases.append(Phase(args.phase2_epochs, args.phase2_step_size))
+    phases = two_phase_schedule(args.epochs, args.step_size, args.phase2_epochs,
+                                args.phase2_step_size)
     return TrainConfig(phases=phases, batch_size=args.batch_size, pseudocount=args.pseudocount,
                        full_batch=args.full_batch, seed=args.seed,
                        checkpoint_every=args.checkpoint_every)

@@ -31,7 +31,8 @@ from matplotlib.figure import Figure
 
 from hmmlvd.cli import resolve_device
 from hmmlvd.data import TokenWindows, WikiText, load_wikitext
-from hmmlvd.hmm import HMM, Phase, TrainConfig, sliding_perplexity, train
+from hmmlvd.hmm import HMM, TrainConfig, sliding_perplexity, train
+from hmmlvd.hmm.train import two_phase_schedule
 from hmmlvd.lvd.distill import DEFAULT_CACHE, LVDSettings, embed, run_lvd
 from hmmlvd.report import provenance, write_section
 
@@ -161,9 +162,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = load_wikitext(args.data_dir)
     windows = TokenWindows(data.train, args.length, max_windows=args.max_windows or None,
                            seed=args.seed)
-    config = TrainConfig(phases=[Phase(args.epochs, args.step_size)]
-                         + ([Phase(args.phase2_epochs, args.phase2_step_size)]
-                            if args.phase2_epochs else []),
+    config = TrainConfig(phases=two_phase_schedule(args.epochs, args.step_size,
+                                                   args.phase2_epochs, args.phase2_step_size),
                          batch_size=args.batch_size, pseudocount=args.pseudocount,
                          seed=args.seed)
     settings = LVDSettings(encoder=args.encoder, encoder_dtype=args.encoder_dtype,

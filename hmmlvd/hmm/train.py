@@ -66,6 +66,16 @@ class Phase:
     step_size: float
 
 
+def two_phase_schedule(epochs: int, step_size: float, phase2_epochs: int = 0,
+                       phase2_step_size: float = 0.1) -> list[Phase]:
+    """The LVD paper's schedule: ``epochs`` at ``step_size``, then (if ``phase2_epochs``)
+    ``phase2_epochs`` at ``phase2_step_size``."""
+    phases = [Phase(epochs, step_size)]
+    if phase2_epochs:
+        phases.append(Phase(phase2_epochs, phase2_step_size))
+    return phases
+
+
 @dataclass
 class TrainConfig:
     """How to run EM. ``phases``: e.g. the LVD paper's [Phase(20, a1), Phase(5, a2)].
