@@ -1,6 +1,12 @@
-"""Probabilistic circuits: region-graph structures (this increment); layers, EM and queries
-follow in later increments."""
+"""Probabilistic circuits: region-graph structures (``structures``), the layers that compute
+them (``layers``), the compiled ``Circuit``, EM and Adam training (``em``), queries
+(``queries``: marginals, conditionals, sampling, inpainting) and the HMM as a circuit
+(``from_hmm``)."""
 
+from hmmlvd.pc.circuit import Circuit
+from hmmlvd.pc.em import accumulate_counts, em_step, fit_adam, fit_em, maximize
+from hmmlvd.pc.from_hmm import from_hmm, to_hmm
+from hmmlvd.pc.queries import inpaint, log_conditional, log_marginal, sample
 from hmmlvd.pc.structures import (
     Partition,
     RegionGraph,
@@ -13,12 +19,24 @@ from hmmlvd.pc.structures import (
 )
 
 __all__ = [
+    "Circuit",
     "Partition",
     "RegionGraph",
+    "accumulate_counts",
     "chain_region_graph",
     "chow_liu_tree",
+    "em_step",
+    "fit_adam",
+    "fit_em",
+    "from_hmm",
     "hclt_region_graph",
+    "inpaint",
+    "log_conditional",
+    "log_marginal",
+    "maximize",
     "mutual_information",
     "poon_domingos",
     "random_binary_trees",
+    "sample",
+    "to_hmm",
 ]

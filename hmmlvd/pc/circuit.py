@@ -1,0 +1,358 @@
+"""A probabilistic circuit compiled from a region graph into layers, and its forward pass.
+
+Every region holds K units (log-values of K sum nodes, or of K input components for a leaf).
+Regions are numbered leaves first, then the regions of each topological layer:
+
+    input layer  -> leaves                      [B, L, K]
+    for each layer: product+sum layer -> partitions [B, P_l, K]
+                    mixing layer      -> regions with several partitions
+    root sum     -> log-likelihood              [B, root_size]
+
+Each layer reads only its own child regions, as one tensor [B, C_l, K]. To keep the backward
+pass linear in the circuit's size, a *source* (the leaves, or one layer's regions) is read
+once, by a single ``index_select`` of everything later layers need from it, then ``split``
+into per-consumer chunks; a layer concatenates the chunks it receives. (Writing all regions
+into one shared buffer instead would make every layer's backward touch the whole buffer.)
+
+The structure (``RegionGraph``) stays separate from the layers that compute it; ``product``
+chooses the layer type: ``"einsum"`` (EiNet: outer product of two children, K x K x K weights)
+or ``"hadamard"`` (element-wise product of the first child with K x K sums of the others, the
+block of HCLTs and HMMs; partitions of any arity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hmmlvd.errors import DataError, ParameterError
+from hmmlvd.pc.layers import (
+    BernoulliInput,
+    CategoricalInput,
+    EinsumLayer,
+    GaussianInput,
+    HadamardLayer,
+    InputLayer,
+    MixingLayer,
+    RootSum,
+    SumLayer,
+)
+from hmmlvd.pc.structures import Partition, Region, RegionGraph
+
+INPUTS = ("categorical", "bernoulli", "gaussian")
+PRODUCTS = ("einsum", "hadamard")
+
+
+@dataclass
+class Evaluation:
+    """Everything one forward pass computed: ``log_likelihood`` [B, root_size], the region
+    values per source (``region_values[0]`` the leaves [B, L, K], ``region_values[l + 1]``
+    layer l's regions), each layer's input ``layer_inputs[l]`` [B, C_l, K] and partition values
+    ``partition_values[l]`` [B, P_l, K], and the input entries' log-densities ``density``
+    [B, E, K] (what EM differentiates)."""
+
+    log_likelihood: torch.Tensor
+    region_values: list[torch.Tensor]
+    layer_inputs: list[torch.Tensor]
+    partition_values: list[torch.Tensor]
+    density: torch.Tensor
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Layer l's place in the region numbering: its regions are ``start .. start +
+    num_single + num_mixed``, single-partition regions first, then mixed ones. Its partitions
+    are ordered by region, so partition i < num_single is the only partition of region
+    ``start + i``. ``children``: the region numbers of the layer's input, in order."""
+
+    start: int
+    num_single: int
+    num_mixed: int
+    children: torch.Tensor
+    partitions: tuple[Partition, ...]
+
+
+class Circuit(nn.Module):
+    """A smooth, decomposable circuit over ``graph.num_variables`` variables.
+
+    Args:
+        graph: the region graph (validated here).
+        num_units: K, the vector length of every region (input components per leaf, sums per
+            region).
+        input: "categorical" (needs ``num_categories``), "bernoulli" or "gaussian".
+        product: "einsum" (binary partitions only) or "hadamard".
+        root_size: number of root sums (1 for a density; more for e.g. one per class).
+        seed: seeds the random initial parameters.
+        min_var, max_var: Gaussian variance bounds (see GaussianInput).
+    """
+
+    def __init__(self, graph: RegionGraph, num_units: int, input: str = "categorical",
+                 num_categories: int | None = None, product: str = "einsum",
+                 root_size: int = 1, seed: int = 0, min_var: float = 1e-6,
+                 max_var: float = 1e-2):
+        super().__init__()
+        _check_settings(num_units, input, num_categories, product, root_size)
+        graph.validate()
+        self.graph = graph
+        self.num_units = num_units
+        self.input_kind = input
+        self.num_categories = 2 if input == "bernoulli" else num_categories
+        self.product = product
+        self.root_size = root_size
+        self.settings = {"num_units": num_units, "input": input,
+                         "num_categories": self.num_categories, "product": product,
+                         "root_size": root_size, "min_var": min_var, "max_var": max_var}
+        generator = torch.Generator().manual_seed(seed)
+
+        leaves = graph.leaves()
+        self.position: dict[Region, int] = {r: i for i, r in enumerate(leaves)}
+        self.input_layer = _make_input(leaves, num_units, input, self.num_categories,
+                                       min_var, max_var, generator)
+        self.plans: list[LayerPlan] = []
+        self.layers = nn.ModuleList()
+        self.mixers = nn.ModuleList()
+        self.mixer_of: list[int] = []  # layer index -> index into mixers, or -1
+        partitions_of = graph.partitions_of()
+        for layer in graph.topological_layers():
+            self._add_layer(layer, partitions_of, generator)
+        self.num_regions = len(self.position)
+        self.root_index = self.position[graph.root]
+        self.root_sum = RootSum(root_size, num_units, generator)
+        self._plan_reads()
+
+    # ----- construction --------------------------------------------------------------------
+    def _add_layer(self, layer: list[Partition], partitions_of: dict[Region, list[Partition]],
+                   generator: torch.Generator) -> None:
+        """Order the layer's regions (single-partition first), place them in the buffer, and
+        build its product+sum layer and (if needed) its mixing layer."""
+        parents = list(dict.fromkeys(p.parent for p in layer))
+        single = [r for r in parents if len(partitions_of[r]) == 1]
+        mixed = [r for r in parents if len(partitions_of[r]) > 1]
+        start = len(self.position)
+        for r in single + mixed:
+            self.position[r] = len(self.position)
+        ordered = [p for r in single + mixed for p in partitions_of[r]]
+        index_of = {id(p): i for i, p in enumerate(ordered)}
+        children = sorted({self.position[c] for p in ordered for c in p.children})
+        self.layers.append(self._product_layer(ordered, children, generator))
+        if mixed:
+            width = max(len(partitions_of[r]) for r in mixed)
+            slots = torch.zeros(len(mixed), width, dtype=torch.long)
+            valid = torch.zeros(len(mixed), width, dtype=torch.bool)
+            for i, r in enumerate(mixed):
+                ids = [index_of[id(p)] for p in partitions_of[r]]
+                slots[i, :len(ids)] = torch.tensor(ids)
+                valid[i, :len(ids)] = True
+            self.mixer_of.append(len(self.mixers))
+            self.mixers.append(MixingLayer(slots, valid, self.num_units, generator))
+        else:
+            self.mixer_of.append(-1)
+        self.plans.append(LayerPlan(
+            start=start, num_single=len(single), num_mixed=len(mixed),
+            children=torch.tensor(children, dtype=torch.long), partitions=tuple(ordered)))
+
+    def _product_layer(self, partitions: list[Partition], children: list[int],
+                       generator: torch.Generator) -> SumLayer:
+        """The einsum or Hadamard layer computing ``partitions``, whose input holds the
+        regions numbered ``children`` (in that order)."""
+        local = {g: i for i, g in enumerate(children)}
+        pos = {r: local[self.position[r]] for p in partitions for r in p.children}
+        if self.product == "einsum":
+            wide = [p for p in partitions if len(p.children) != 2]
+            if wide:
+                raise ParameterError(
+                    f"einsum layers need binary partitions, but region {wide[0].parent} is "
+                    f"split into {len(wide[0].children)} children: use product='hadamard'")
+            left = torch.tensor([pos[p.children[0]] for p in partitions])
+            right = torch.tensor([pos[p.children[1]] for p in partitions])
+            return EinsumLayer(left, right, self.num_units, generator)
+        first = torch.tensor([pos[p.children[0]] for p in partitions])
+        edge_child = torch.tensor([pos[c] for p in partitions for c in p.children[1:]])
+        edge_partition = torch.tensor([i for i, p in enumerate(partitions)
+                                       for _ in p.children[1:]])
+        return HadamardLayer(first, edge_child, edge_partition, self.num_units, generator)
+
+    def _plan_reads(self) -> None:
+        """For every source (0: leaves, l + 1: layer l), the one ``index_select`` reading what
+        later layers need from it (buffer ``reads_<s>``) and how it splits into chunks per
+        consuming layer (``self.chunks[s]``: (layer, size) pairs in layer order)."""
+        bounds = [self.input_layer.num_leaves] + [
+            plan.start + plan.num_single + plan.num_mixed for plan in self.plans]
+        starts = [0, *bounds[:-1]]
+        self.chunks: list[list[tuple[int, int]]] = [[] for _ in bounds]
+        reads: list[list[int]] = [[] for _ in bounds]
+        for layer, plan in enumerate(self.plans):
+            children = plan.children.tolist()
+            for source, (lo, hi) in enumerate(zip(starts, bounds, strict=True)):
+                mine = [g - lo for g in children if lo <= g < hi]
+                if mine:
+                    reads[source].extend(mine)
+                    self.chunks[source].append((layer, len(mine)))
+        for source, index in enumerate(reads):
+            self.register_buffer(f"reads_{source}", torch.tensor(index, dtype=torch.long),
+                                 persistent=False)
+        root_source = next(s for s, hi in enumerate(bounds) if self.root_index < hi)
+        self.root_location = (root_source, self.root_index - starts[root_source])
+
+    # ----- sizes ---------------------------------------------------------------------------
+    @property
+    def num_variables(self) -> int:
+        return self.graph.num_variables
+
+    @property
+    def device(self) -> torch.device:
+        return self.root_sum.log_weight.device
+
+    def sum_layers(self) -> list[SumLayer]:
+        """Every layer with sum weights: product layers, mixing layers, the root sum."""
+        return [*self.layers, *self.mixers, self.root_sum]
+
+    def num_parameters(self) -> int:
+        """Free parameter entries (weights, input parameters; structural zeros excluded)."""
+        return self.input_layer.num_parameters() + sum(
+            layer.num_parameters() for layer in self.sum_layers())
+
+    def num_nodes(self) -> dict[str, int]:
+        """Node counts by kind: ``input`` (leaf components), ``product``, ``sum``."""
+        k = self.num_units
+        partitions = sum(len(plan.partitions) for plan in self.plans)
+        edges = sum(len(p.children) - 1 for plan in self.plans for p in plan.partitions)
+        if self.product == "einsum":
+            products, sums = partitions * k * k, partitions * k
+        else:
+            products, sums = partitions * k, edges * k
+        sums += sum(m.log_weight.shape[0] * k for m in self.mixers) + self.root_size
+        return {"input": self.input_layer.num_leaves * k, "product": products, "sum": sums}
+
+    def summary(self) -> str:
+        """One line: structure size, nodes and parameters."""
+        nodes = self.num_nodes()
+        return (f"{self.input_kind} {self.product} circuit: {self.num_variables} variables, "
+                f"{self.num_regions} regions, {len(self.plans)} layers, K={self.num_units}; "
+                f"{sum(nodes.values()):,} nodes ({nodes['input']:,} input, "
+                f"{nodes['product']:,} product, {nodes['sum']:,} sum), "
+                f"{self.num_parameters():,} parameters")
+
+    # ----- evaluation ----------------------------------------------------------------------
+    def prepare(self, x: torch.Tensor, missing: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Check data ``x`` [B, D] and the optional ``missing`` mask [B, D] (True = unobserved);
+        return x as the input layer needs it (on the circuit's device) and the observed mask."""
+        x = torch.as_tensor(x, device=self.device)
+        if x.dim() != 2 or x.shape[1] != self.num_variables:
+            raise DataError(f"data must have shape [batch, {self.num_variables}], "
+                            f"got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise DataError("data is empty (batch of 0 samples)")
+        observed = None
+        if missing is not None:
+            missing = torch.as_tensor(missing, device=self.device)
+            if missing.dtype != torch.bool or missing.shape != x.shape:
+                raise DataError(f"missing must be a bool mask of shape {tuple(x.shape)}, got "
+                                f"{missing.dtype} {tuple(missing.shape)}")
+            observed = ~missing
+        mask = observed if observed is not None else torch.ones_like(x, dtype=torch.bool)
+        return self.input_layer.check_data(x, mask), observed
+
+    def evaluate(self, x: torch.Tensor, observed: torch.Tensor | None = None,
+                 normalise: bool = False, track_density: bool = False) -> Evaluation:
+        """Forward pass on prepared data (see ``prepare``); ``normalise`` treats all weights
+        as logits (for gradient training). ``track_density`` makes the input log-densities a
+        leaf that requires grad (and cuts the input parameters off the graph): after
+        ``backward``, ``density.grad`` holds the responsibilities EM needs."""
+        density = self.input_layer.entry_log_density(x, normalise)
+        if track_density:
+            density = density.detach().requires_grad_()
+        region_values = [self.input_layer(density, observed)]
+        inbox: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        self._send(0, region_values[0], inbox)
+        layer_inputs, partition_values = [], []
+        for index, (layer, plan) in enumerate(zip(self.layers, self.plans, strict=True)):
+            children = inbox[index][0] if len(inbox[index]) == 1 else torch.cat(inbox[index], 1)
+            inbox[index] = []
+            out = layer(children, normalise)  # [B, P, K]
+            mixer_index = self.mixer_of[index]
+            if mixer_index < 0:
+                regions = out
+            else:
+                single = out[:, :plan.num_single]
+                regions = torch.cat([single, self.mixers[mixer_index](out, normalise)], 1)
+            layer_inputs.append(children)
+            partition_values.append(out)
+            region_values.append(regions)
+            self._send(index + 1, regions, inbox)
+        source, offset = self.root_location
+        root = region_values[source].select(1, offset)
+        return Evaluation(self.root_sum(root, normalise), region_values, layer_inputs,
+                          partition_values, density)
+
+    def _send(self, source: int, values: torch.Tensor, inbox: list[list[torch.Tensor]]) -> None:
+        """Read everything later layers need from ``values`` (source ``source``) at once and
+        post each layer its chunk."""
+        if not self.chunks[source]:
+            return
+        reads = values.index_select(1, getattr(self, f"reads_{source}"))
+        sizes = [size for _, size in self.chunks[source]]
+        for (layer, _), chunk in zip(self.chunks[source], reads.split(sizes, 1), strict=True):
+            inbox[layer].append(chunk)
+
+    def forward(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-likelihood [B] (or [B, root_size]) of ``x`` [B, D]; with a ``missing`` mask the
+        marginal of the observed variables."""
+        prepared, observed = self.prepare(x, missing)
+        out = self.evaluate(prepared, observed).log_likelihood
+        return out.squeeze(1) if self.root_size == 1 else out
+
+    def log_likelihood(self, x: torch.Tensor, missing: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """``forward`` without gradients."""
+        with torch.no_grad():
+            return self(x, missing)
+
+    # ----- parameters ----------------------------------------------------------------------
+    def check_parameters(self) -> None:
+        """Raise ParameterError naming the first layer with NaN or unnormalised parameters."""
+        self.input_layer.check()
+        for i, layer in enumerate(self.layers):
+            layer.check(f"layer {i} ({type(layer).__name__})")
+        for i, mixer in enumerate(self.mixers):
+            mixer.check(f"mixing layer {i}")
+        self.root_sum.check("root sum")
+
+    def renormalise_(self) -> None:
+        """Project every parameter back to a valid distribution (after a gradient step)."""
+        self.input_layer.renormalise_()
+        for layer in self.sum_layers():
+            layer.renormalise_()
+
+
+def _check_settings(num_units: int, input: str, num_categories: int | None, product: str,
+                    root_size: int) -> None:
+    for name, value in (("num_units", num_units), ("root_size", root_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ParameterError(f"{name} must be a positive integer, got {value!r}")
+    if input not in INPUTS:
+        raise ParameterError(f"input must be one of {INPUTS}, got {input!r}")
+    if product not in PRODUCTS:
+        raise ParameterError(f"product must be one of {PRODUCTS}, got {product!r}")
+    if input == "categorical" and (isinstance(num_categories, bool) or
+                                   not isinstance(num_categories, int) or num_categories < 1):
+        raise ParameterError(f"categorical inputs need num_categories >= 1, got "
+                             f"{num_categories!r}")
+
+
+def _make_input(leaves: list[Region], num_units: int, kind: str, num_categories: int | None,
+                min_var: float, max_var: float, generator: torch.Generator) -> InputLayer:
+    """The input layer over the leaf regions (entries in leaf order)."""
+    entry_var = torch.tensor([v for leaf in leaves for v in leaf], dtype=torch.long)
+    entry_leaf = torch.tensor([i for i, leaf in enumerate(leaves) for _ in leaf],
+                              dtype=torch.long)
+    if kind == "categorical":
+        return CategoricalInput(entry_var, entry_leaf, len(leaves), num_units, num_categories,
+                                generator)
+    if kind == "bernoulli":
+        return BernoulliInput(entry_var, entry_leaf, len(leaves), num_units, generator)
+    return GaussianInput(entry_var, entry_leaf, len(leaves), num_units, min_var, max_var,
+                         generator)

@@ -1,0 +1,103 @@
+"""Categorical input distributions (e.g. 256 grey levels, or the words of an HMM), and the
+Bernoulli as the two-category case."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hmmlvd.errors import DataError
+from hmmlvd.pc.gumbel import pick_index
+from hmmlvd.pc.layers.input_layer import InputLayer, observed_entries
+from hmmlvd.pc.layers.sum_layer import check_log_probs
+from hmmlvd.pc.logspace import em_update, log_normalise
+
+
+class CategoricalInput(InputLayer):
+    """``log_prob`` [E, C, K]: log p(x = c | entry e, component k), normalised over C.
+
+    Stored category-major (C before K) so that looking up one observed value for all K
+    components reads one contiguous row: a batch's densities are a single ``index_select``.
+    """
+
+    def __init__(self, entry_var: torch.Tensor, entry_leaf: torch.Tensor, num_leaves: int,
+                 num_units: int, num_categories: int,
+                 generator: torch.Generator | None = None):
+        super().__init__(entry_var, entry_leaf, num_leaves, num_units)
+        self.num_categories = num_categories
+        raw = torch.rand(len(entry_var), num_categories, num_units, generator=generator) + 0.01
+        self.log_prob = nn.Parameter(log_normalise(torch.log(raw), (1,)))
+        self._counts: torch.Tensor | None = None
+
+    def check_data(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            if x.dtype == torch.bool and self.num_categories == 2:
+                return x.long()
+            raise DataError(f"categorical data must be integers, got dtype {x.dtype}")
+        x = torch.where(observed, x.long(), torch.zeros((), dtype=torch.long, device=x.device))
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.num_categories):
+            bad = ((x < 0) | (x >= self.num_categories)).nonzero()[0]
+            value = int(x[bad[0], bad[1]])
+            raise DataError(f"value {value} at sample {int(bad[0])}, variable {int(bad[1])} is "
+                            f"out of range 0..{self.num_categories - 1}")
+        return x
+
+    def _flat_index(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, D] values -> [B, E] row indices into log_prob viewed as [E * C, K]."""
+        values = x.index_select(1, self.entry_var)
+        offsets = torch.arange(self.num_entries, device=x.device) * self.num_categories
+        return values + offsets
+
+    def entry_log_density(self, x: torch.Tensor, normalise: bool = False) -> torch.Tensor:
+        log_prob = log_normalise(self.log_prob, (1,)) if normalise else self.log_prob
+        index = self._flat_index(x)
+        rows = log_prob.reshape(-1, self.num_units).index_select(0, index.flatten())
+        return rows.view(*index.shape, self.num_units)
+
+    @torch.no_grad()
+    def accumulate_(self, x: torch.Tensor, responsibility: torch.Tensor,
+                    observed: torch.Tensor | None) -> None:
+        mask = observed_entries(observed, self.entry_var)
+        if mask is not None:
+            responsibility = responsibility * mask[:, :, None]
+        if self._counts is None:
+            self._counts = torch.zeros_like(self.log_prob).view(-1, self.num_units)
+        self._counts.index_add_(0, self._flat_index(x).flatten(),
+                                responsibility.reshape(-1, self.num_units))
+
+    @torch.no_grad()
+    def maximize_(self, step_size: float, pseudocount: float) -> None:
+        if self._counts is None:
+            return
+        counts = self._counts.view_as(self.log_prob)
+        self.log_prob.copy_(em_update(self.log_prob, counts, (1,), step_size, pseudocount))
+        self._counts = None
+
+    @torch.no_grad()
+    def renormalise_(self) -> None:
+        self.log_prob.copy_(log_normalise(self.log_prob, (1,)))
+
+    def sample_values(self, entry: torch.Tensor, unit: torch.Tensor,
+                      generator: torch.Generator | None, greedy: bool) -> torch.Tensor:
+        logits = self.log_prob.detach()[entry, :, unit]  # [M, C]
+        return pick_index(logits, generator, greedy)
+
+    def num_parameters(self) -> int:
+        return self.log_prob.numel()
+
+    def check(self) -> None:
+        check_log_probs(self.log_prob, (1,), "categorical input log_prob")
+
+
+class BernoulliInput(CategoricalInput):
+    """Binary variables: a categorical with two categories (data 0/1 or bool)."""
+
+    def __init__(self, entry_var: torch.Tensor, entry_leaf: torch.Tensor, num_leaves: int,
+                 num_units: int, generator: torch.Generator | None = None):
+        super().__init__(entry_var, entry_leaf, num_leaves, num_units, 2, generator)
+
+    @property
+    def probability(self) -> torch.Tensor:
+        """[E, K] p(x = 1 | entry, component)."""
+        return self.log_prob.detach()[:, 1].exp()
+

@@ -1,0 +1,44 @@
+"""The log-einsum-exp trick shared by the sum layers.
+
+A sum layer computes ``log sum_j W[k, j] exp(P[j])`` for log-values P that may be very
+negative. Subtracting the (detached) max of P before exponentiating keeps every exponential in
+(0, 1]; the max is added back after the log. The result does not depend on the shift, so
+detaching it leaves the gradients exact. Rows whose values are all -inf (probability zero) get
+a shift of 0, so they stay -inf instead of turning into NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def exp_shifted(log_values: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split log-values into ``exp(log_values - shift)`` (entries in [0, 1]) and ``shift``.
+
+    ``shift`` is the detached max over ``dim`` (kept as a size-1 dim), 0 where that max is
+    -inf; so ``log_values == shift + log(scaled)`` wherever the values are finite.
+    """
+    shift = log_values.detach().amax(dim=dim, keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    return torch.exp(log_values - shift), shift
+
+
+def log_normalise(log_weights: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Log-weights normalised so that their exponentials sum to 1 over ``dims``."""
+    return log_weights - torch.logsumexp(log_weights, dim=dims, keepdim=True)
+
+
+def em_update(old_log: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...],
+              step_size: float, pseudocount: float,
+              valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The M-step of log-probabilities normalised over ``dims``: ``theta_new = (counts +
+    pseudocount) / sum``, restricted to the ``valid`` entries (the others stay -inf), mixed in
+    probability space as ``(1 - a) * theta + a * theta_new``. Rows with no count and no
+    pseudocount keep their old values. Returns the new log-probabilities."""
+    smoothed = counts + pseudocount
+    if valid is not None:
+        smoothed = smoothed * valid
+    total = smoothed.sum(dim=dims, keepdim=True)
+    new = smoothed / total.clamp_min(torch.finfo(counts.dtype).tiny)
+    step = step_size * (total > 0).to(counts.dtype)
+    return torch.log(torch.lerp(old_log.exp(), new, step))
