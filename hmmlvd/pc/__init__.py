@@ -1,8 +1,9 @@
 """Probabilistic circuits: region-graph structures (``structures``), the layers that compute
 them (``layers``), the compiled ``Circuit``, EM and Adam training (``em``), queries
-(``queries``: marginals, conditionals, sampling, inpainting) and the HMM as a circuit
-(``from_hmm``)."""
+(``queries``: marginals, conditionals, sampling, inpainting), the HMM as a circuit
+(``from_hmm``) and save/load (``checkpoint``)."""
 
+from hmmlvd.pc.checkpoint import load_circuit, save_circuit
 from hmmlvd.pc.circuit import Circuit
 from hmmlvd.pc.em import accumulate_counts, em_step, fit_adam, fit_em, maximize
 from hmmlvd.pc.from_hmm import from_hmm, to_hmm
@@ -31,6 +32,7 @@ __all__ = [
     "from_hmm",
     "hclt_region_graph",
     "inpaint",
+    "load_circuit",
     "log_conditional",
     "log_marginal",
     "maximize",
@@ -38,5 +40,6 @@ __all__ = [
     "poon_domingos",
     "random_binary_trees",
     "sample",
+    "save_circuit",
     "to_hmm",
 ]
