@@ -1,0 +1,125 @@
+"""Saving and loading circuits (hmmlvd.pc.checkpoint): round trips for every input and product
+kind, and every damaged folder raises CheckpointError."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from hmmlvd.errors import CheckpointError
+from hmmlvd.pc import (
+    Circuit,
+    chow_liu_tree,
+    hclt_region_graph,
+    load_circuit,
+    poon_domingos,
+    random_binary_trees,
+    save_circuit,
+)
+from hmmlvd.pc.checkpoint import CONFIG_FILE, TENSORS_FILE, graph_from_dict, graph_to_dict
+
+
+def _hclt_graph():
+    data = np.random.default_rng(0).integers(0, 3, size=(40, 5))
+    return hclt_region_graph(chow_liu_tree(data, 3), num_variables=5)
+
+
+CASES = [
+    (lambda: poon_domingos(2, 3, delta=1), "einsum", "categorical"),
+    (lambda: random_binary_trees(6, 2, 2, seed=1), "einsum", "gaussian"),
+    (_hclt_graph, "hadamard", "bernoulli"),
+]
+
+
+def _data(circuit: Circuit, n: int = 7) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(5)
+    if circuit.input_kind == "gaussian":
+        return torch.rand(n, circuit.num_variables, generator=gen)
+    return torch.randint(0, circuit.num_categories, (n, circuit.num_variables), generator=gen)
+
+
+@pytest.mark.parametrize(("graph", "product", "kind"), CASES)
+def test_round_trip_gives_the_same_circuit(tmp_path, graph, product, kind):
+    circuit = Circuit(graph(), 3, input=kind, num_categories=3, product=product, root_size=2,
+                      seed=9)
+    save_circuit(circuit, tmp_path / "c")
+    loaded = load_circuit(tmp_path / "c")
+    assert loaded.graph == circuit.graph
+    assert loaded.settings == circuit.settings
+    x = _data(circuit)
+    assert torch.equal(loaded.log_likelihood(x), circuit.log_likelihood(x))
+
+
+def test_graph_dict_round_trip():
+    graph = poon_domingos(3, 3, delta=1)
+    assert graph_from_dict(json.loads(json.dumps(graph_to_dict(graph)))) == graph
+
+
+@pytest.fixture
+def saved(tmp_path):
+    circuit = Circuit(poon_domingos(2, 2, delta=1), 2, num_categories=4, seed=3)
+    save_circuit(circuit, tmp_path / "c")
+    return tmp_path / "c"
+
+
+def test_missing_folder_or_files(tmp_path, saved):
+    with pytest.raises(CheckpointError, match="missing"):
+        load_circuit(tmp_path / "nowhere")
+    (saved / TENSORS_FILE).unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        load_circuit(saved)
+
+
+def _edit_config(folder, change):
+    path = folder / CONFIG_FILE
+    raw = json.loads(path.read_text())
+    change(raw)
+    path.write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("change", [
+    lambda raw: raw.update(format_version=99),
+    lambda raw: raw.update(model_type="hmm"),
+    lambda raw: raw.pop("graph"),
+    lambda raw: raw["settings"].update(num_units=0),
+    lambda raw: raw["graph"]["partitions"].pop(),
+])
+def test_bad_config(saved, change):
+    _edit_config(saved, change)
+    with pytest.raises(CheckpointError):
+        load_circuit(saved)
+
+
+def test_config_not_json(saved):
+    (saved / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="invalid"):
+        load_circuit(saved)
+
+
+def test_truncated_tensors(saved):
+    path = saved / TENSORS_FILE
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(CheckpointError, match="unreadable or truncated"):
+        load_circuit(saved)
+
+
+@pytest.mark.parametrize("damage", ["extra", "missing", "shape", "nan"])
+def test_wrong_tensors(saved, damage):
+    path = saved / TENSORS_FILE
+    tensors = load_file(str(path))
+    name = "root_sum.log_weight"
+    if damage == "extra":
+        tensors["surplus"] = torch.zeros(1)
+    elif damage == "missing":
+        del tensors[name]
+    elif damage == "shape":
+        tensors[name] = torch.zeros(3, 3)
+    else:
+        tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(path))
+    with pytest.raises(CheckpointError):
+        load_circuit(saved)
