@@ -1,0 +1,51 @@
+"""Square patches of images: split, merge, and the circuit variables each patch holds.
+
+Images are [N, H, W, C]; a patch size p must divide H and W. Patches are numbered row-major
+over the (H/p) x (W/p) grid, and a patch's values are its pixels row-major with channels
+innermost, [p * p * C] — the same order as the image's variables (pixel (r, c), channel ch is
+variable (r * W + c) * C + ch, as ``poon_domingos`` numbers them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hmmlvd.errors import DataError
+
+
+def patch_grid(height: int, width: int, patch: int) -> tuple[int, int]:
+    """(rows, cols) of the patch grid; DataError unless ``patch`` divides both sides."""
+    if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
+        raise DataError(f"patch size must be a positive integer, got {patch!r}")
+    if height % patch or width % patch:
+        raise DataError(f"patch size {patch} does not divide the {height}x{width} image")
+    return height // patch, width // patch
+
+
+def split_patches(images: np.ndarray, patch: int) -> np.ndarray:
+    """[N, H, W, C] -> [N, num_patches, patch * patch * C]."""
+    if images.ndim != 4:
+        raise DataError(f"images must be [N, H, W, C], got shape {images.shape}")
+    n, h, w, c = images.shape
+    rows, cols = patch_grid(h, w, patch)
+    grid = images.reshape(n, rows, patch, cols, patch, c).transpose(0, 1, 3, 2, 4, 5)
+    return grid.reshape(n, rows * cols, patch * patch * c)
+
+
+def merge_patches(patches: np.ndarray, height: int, width: int, patch: int) -> np.ndarray:
+    """Inverse of ``split_patches``: [N, num_patches, patch * patch * C] -> [N, H, W, C]."""
+    rows, cols = patch_grid(height, width, patch)
+    n, num, size = patches.shape
+    if num != rows * cols or size % (patch * patch):
+        raise DataError(f"patches of shape {patches.shape} do not tile a {height}x{width} image "
+                        f"with patch size {patch}")
+    c = size // (patch * patch)
+    grid = patches.reshape(n, rows, cols, patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+    return grid.reshape(n, height, width, c)
+
+
+def patch_variables(height: int, width: int, patch: int, channels: int = 1) -> np.ndarray:
+    """[num_patches, patch * patch * C]: the flattened-image variable index of every value of
+    every patch (so ``flat_images[:, patch_variables(...)[i]]`` is patch i)."""
+    index = np.arange(height * width * channels).reshape(1, height, width, channels)
+    return split_patches(index, patch)[0]
