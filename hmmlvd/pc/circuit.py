@@ -45,6 +45,16 @@ INPUTS = ("categorical", "bernoulli", "gaussian")
 PRODUCTS = ("einsum", "hadamard")
 
 
+def as_array(value: object, what: str, device: torch.device | str | None = None,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.as_tensor``, raising DataError (not a bare torch error) for ragged lists,
+    strings, None and other things that are not rectangular numeric arrays."""
+    try:
+        return torch.as_tensor(value, dtype=dtype, device=device)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise DataError(f"{what} must be a rectangular numeric array ({exc})") from exc
+
+
 @dataclass
 class Evaluation:
     """Everything one forward pass computed: ``log_likelihood`` [B, root_size], the region
@@ -240,7 +250,7 @@ class Circuit(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Check data ``x`` [B, D] and the optional ``missing`` mask [B, D] (True = unobserved);
         return x as the input layer needs it (on the circuit's device) and the observed mask."""
-        x = torch.as_tensor(x, device=self.device)
+        x = as_array(x, "data", self.device)
         if x.dim() != 2 or x.shape[1] != self.num_variables:
             raise DataError(f"data must have shape [batch, {self.num_variables}], "
                             f"got {tuple(x.shape)}")
@@ -248,7 +258,7 @@ class Circuit(nn.Module):
             raise DataError("data is empty (batch of 0 samples)")
         observed = None
         if missing is not None:
-            missing = torch.as_tensor(missing, device=self.device)
+            missing = as_array(missing, "missing", self.device)
             if missing.dtype != torch.bool or missing.shape != x.shape:
                 raise DataError(f"missing must be a bool mask of shape {tuple(x.shape)}, got "
                                 f"{missing.dtype} {tuple(missing.shape)}")

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hmmlvd.errors import DataError
-from hmmlvd.pc.circuit import Circuit
+from hmmlvd.pc.circuit import Circuit, as_array
 from hmmlvd.validate import check_int, check_pseudocount, check_step_size
 
 
@@ -51,6 +51,8 @@ def maximize(circuit: Circuit, step_size: float = 1.0, pseudocount: float = 0.0)
 def em_step(circuit: Circuit, x: torch.Tensor, step_size: float = 1.0,
             pseudocount: float = 0.0, missing: torch.Tensor | None = None) -> float:
     """One EM step on batch ``x``; returns its mean log-likelihood before the update."""
+    check_step_size(step_size)  # before the E-step: a refused step must leave no counts behind
+    check_pseudocount(pseudocount)
     total = accumulate_counts(circuit, x, missing)
     maximize(circuit, step_size, pseudocount)
     return total / len(x)
@@ -66,7 +68,7 @@ def _check_fit_args(circuit: Circuit, data: torch.Tensor, epochs: int, batch_siz
                     ) -> torch.Tensor:
     check_int(epochs, "epochs", 0)
     check_int(batch_size, "batch size", 1)
-    data = torch.as_tensor(data)
+    data = as_array(data, "training data")
     if data.dim() != 2 or data.shape[0] == 0:
         raise DataError(f"training data must be a non-empty [N, {circuit.num_variables}] "
                         f"array, got shape {tuple(data.shape)}")
@@ -88,6 +90,11 @@ def fit_em(circuit: Circuit, data: torch.Tensor, epochs: int = 1, batch_size: in
     data = _check_fit_args(circuit, data, epochs, batch_size)
     check_step_size(step_size)
     check_pseudocount(pseudocount)
+    if missing is not None:
+        missing = as_array(missing, "missing")
+        if missing.shape != data.shape:
+            raise DataError(f"missing must have the shape of the data {tuple(data.shape)}, "
+                            f"got {tuple(missing.shape)}")
     history = []
     for epoch in tqdm(range(epochs), desc="EM", unit="epoch", disable=not progress):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -109,7 +116,8 @@ def fit_adam(circuit: Circuit, data: torch.Tensor, epochs: int = 1, batch_size: 
     (normalised inside the forward pass and stored normalised after every step). Returns the
     mean training log-likelihood of each epoch."""
     data = _check_fit_args(circuit, data, epochs, batch_size)
-    if not (isinstance(learning_rate, float | int) and math.isfinite(learning_rate)
+    if isinstance(learning_rate, bool) or not (
+            isinstance(learning_rate, float | int) and math.isfinite(learning_rate)
             and learning_rate > 0):
         raise DataError(f"learning rate must be a positive number, got {learning_rate!r}")
     optimiser = torch.optim.Adam(circuit.parameters(), lr=learning_rate)

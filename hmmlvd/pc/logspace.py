@@ -23,6 +23,22 @@ def exp_shifted(log_values: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, 
     return torch.exp(log_values - shift), shift
 
 
+def safe_log(values: torch.Tensor) -> torch.Tensor:
+    """``log`` of non-negative values, -inf where a value is 0, with gradient 0 there instead
+    of NaN. (A unit of value 0 inside a circuit of positive likelihood gets an upstream gradient
+    of 0, which plain ``log``'s backward turns into 0 / 0 = NaN.)"""
+    positive = values > 0
+    logs = torch.log(torch.where(positive, values, torch.ones_like(values)))
+    return torch.where(positive, logs, torch.full_like(values, float("-inf")))
+
+
+def log_sum_exp(log_values: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``torch.logsumexp`` over ``dim`` whose gradient is 0, not NaN, where every value of a
+    row is -inf."""
+    scaled, shift = exp_shifted(log_values, dim)
+    return safe_log(scaled.sum(dim)) + shift.squeeze(dim)
+
+
 def log_normalise(log_weights: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """Log-weights normalised so that their exponentials sum to 1 over ``dims``."""
     return log_weights - torch.logsumexp(log_weights, dim=dims, keepdim=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from hmmlvd.errors import DataError
-from hmmlvd.pc.circuit import Circuit, Evaluation
+from hmmlvd.pc.circuit import Circuit, Evaluation, as_array
 from hmmlvd.pc.gumbel import pick_index
 from hmmlvd.pc.layers.sum_layer import Picker
 from hmmlvd.validate import check_int
@@ -32,10 +32,15 @@ def log_conditional(circuit: Circuit, x: torch.Tensor, query: torch.Tensor,
 
     ``query`` and ``evidence`` are bool masks [B, D] or [D]; evidence defaults to every
     variable not in the query. Variables in neither are summed out."""
-    x = torch.as_tensor(x)
-    query = torch.as_tensor(query, dtype=torch.bool).expand(x.shape)
-    evidence = ~query if evidence is None else torch.as_tensor(evidence, dtype=torch.bool)
-    evidence = evidence.expand(x.shape)
+    x = as_array(x, "data")
+    query = as_array(query, "query", dtype=torch.bool)
+    evidence = ~query if evidence is None else as_array(evidence, "evidence", dtype=torch.bool)
+    try:
+        query, evidence = query.expand(x.shape), evidence.expand(x.shape)
+    except RuntimeError as exc:
+        raise DataError(f"query and evidence must be masks of shape {tuple(x.shape)} or "
+                        f"broadcastable to it, got {tuple(query.shape)} and "
+                        f"{tuple(evidence.shape)}") from exc
     if (query & evidence).any():
         raise DataError("a variable cannot be both queried and given as evidence")
     joint = log_marginal(circuit, x, ~(query | evidence))

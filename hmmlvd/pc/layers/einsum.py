@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from hmmlvd.pc.layers.sum_layer import Choice, Picker, SumLayer
-from hmmlvd.pc.logspace import exp_shifted
+from hmmlvd.pc.logspace import exp_shifted, safe_log
 
 
 class EinsumLayer(SumLayer):
@@ -35,7 +35,7 @@ class EinsumLayer(SumLayer):
         weight = self.weights(normalise).exp()  # [P, K, K, K]
         outer = torch.einsum("bpi,bpj->pbij", left, right).flatten(2)  # [P, B, K*K]
         summed = torch.bmm(outer, weight.flatten(2).transpose(1, 2))  # [P, B, K]
-        return torch.log(summed.transpose(0, 1)) + left_shift + right_shift
+        return safe_log(summed.transpose(0, 1)) + left_shift + right_shift
 
     def choose_children(self, batch: torch.Tensor, partition: torch.Tensor, unit: torch.Tensor,
                         values: torch.Tensor, pick: Picker) -> list[Choice]:

@@ -14,7 +14,7 @@ import torch
 
 from hmmlvd.errors import ParameterError
 from hmmlvd.pc.layers.sum_layer import Choice, Picker, SumLayer
-from hmmlvd.pc.logspace import exp_shifted
+from hmmlvd.pc.logspace import exp_shifted, safe_log
 
 
 class HadamardLayer(SumLayer):
@@ -45,7 +45,7 @@ class HadamardLayer(SumLayer):
         children, shift = exp_shifted(values.index_select(1, self.edge_child))  # [B, E, K]
         weight = self.weights(normalise).exp()  # [E, K, K]
         mapped = torch.bmm(children.transpose(0, 1), weight.transpose(1, 2))  # [E, B, K]
-        log_mapped = torch.log(mapped.transpose(0, 1)) + shift  # [B, E, K]
+        log_mapped = safe_log(mapped.transpose(0, 1)) + shift  # [B, E, K]
         out = values.index_select(1, self.first)
         return out.index_add(1, self.edge_partition, log_mapped)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from hmmlvd.pc.layers.sum_layer import Picker, SumLayer
+from hmmlvd.pc.logspace import log_sum_exp
 
 
 class MixingLayer(SumLayer):
@@ -24,7 +25,7 @@ class MixingLayer(SumLayer):
     def forward(self, partition_values: torch.Tensor, normalise: bool = False) -> torch.Tensor:
         """[B, P, K] log-values of the layer's partitions -> [B, R, K] of the mixed regions."""
         gathered = partition_values[:, self.slots].transpose(2, 3)  # [B, R, K, P_max]
-        return torch.logsumexp(gathered + self.weights(normalise), dim=-1)
+        return log_sum_exp(gathered + self.weights(normalise), dim=-1)
 
     def choose_partition(self, batch: torch.Tensor, region: torch.Tensor, unit: torch.Tensor,
                          partition_values: torch.Tensor, pick: Picker) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from hmmlvd.pc.layers.sum_layer import Picker, SumLayer
+from hmmlvd.pc.logspace import log_sum_exp
 
 
 class RootSum(SumLayer):
@@ -15,7 +16,7 @@ class RootSum(SumLayer):
 
     def forward(self, root_values: torch.Tensor, normalise: bool = False) -> torch.Tensor:
         """[B, K] log-values of the root region -> [B, root_size] log-likelihoods."""
-        return torch.logsumexp(root_values[:, None, :] + self.weights(normalise), dim=-1)
+        return log_sum_exp(root_values[:, None, :] + self.weights(normalise), dim=-1)
 
     def choose_unit(self, root_values: torch.Tensor, output: int, pick: Picker) -> torch.Tensor:
         """[B] root-region units, picked with probability ∝ w[output, k] * root[k]."""
