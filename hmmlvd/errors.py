@@ -22,3 +22,9 @@ class CheckpointError(HMMLVDError):
 class EncoderError(HMMLVDError):
     """A text encoder cannot be loaded or used: the packaged default is not installed, a hub
     name is not available offline, a folder is not a model, or the tokenizer is unsuitable."""
+
+
+class InsufficientMemoryError(ParameterError):
+    """A model (or EM on a batch) would need more memory than the device has available: raised
+    before anything large is allocated, with the estimate, what is available and what to change
+    (see :mod:`hmmlvd.memory`)."""

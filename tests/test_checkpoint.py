@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
 
 import pytest
 import torch
@@ -123,6 +124,59 @@ def test_missing_tensor(saved):
     save_file(tensors, str(path))
     with pytest.raises(CheckpointError, match="transition"):
         HMM.from_pretrained(folder)
+
+
+def test_wrongly_shaped_tensor(saved):
+    """config.json unchanged, one tensor of another shape: refused from the file header, before
+    any tensor is read."""
+    folder, _ = saved
+    path = folder / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors["emission"] = tensors["emission"][:, :-1].contiguous()
+    save_file(tensors, str(path))
+    with pytest.raises(CheckpointError, match=r"emission has shape \(4, 4, 3\) but config"):
+        HMM.from_pretrained(folder)
+
+
+class _Payload:
+    """Unpickling this writes a marker file: proof that something ran pickle."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (pathlib.Path.write_text, (pathlib.Path(self.marker), "unpickled!"))
+
+
+def test_pickle_is_never_loaded(saved, tmp_path, monkeypatch):
+    """A pickle in place of model.safetensors is refused as unreadable without being run; pickle
+    files beside a valid model are ignored; and loading a model and a training checkpoint never
+    calls pickle or torch.load at all."""
+    import pickle
+
+    from hmmlvd.hmm.train import TrainConfig, TrainState, load_checkpoint, save_checkpoint
+
+    folder, hmm = saved
+    marker = tmp_path / "marker"
+    payload = pickle.dumps(_Payload(marker))
+    for name in ("pytorch_model.bin", "model.pt", "model.pkl"):
+        (folder / name).write_bytes(payload)
+    out = tmp_path / "run"
+    save_checkpoint(hmm, TrainConfig(batch_size=2), TrainState(step=1), out)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle used while loading")
+
+    for module, name in ((pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"),
+                         (torch, "load")):
+        monkeypatch.setattr(module, name, refuse)
+    loaded = HMM.from_pretrained(folder)
+    assert torch.equal(loaded.emission, hmm.emission)
+    assert torch.equal(load_checkpoint(out)[0].transition, hmm.transition)
+    (folder / "model.safetensors").write_bytes(payload)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        HMM.from_pretrained(folder)
+    assert not marker.exists()
 
 
 BAD_CONFIGS = {

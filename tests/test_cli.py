@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from hmmlvd import HMM
 from hmmlvd.cli import main
@@ -110,3 +111,46 @@ def test_errors_are_reported_without_traceback(argv, message, capsys):
 def test_resume_without_checkpoint(corpus, tmp_path, capsys):
     assert main([*train_args(corpus, tmp_path / "new"), "--resume"]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--max-windows", "0"], "max_windows is 0"),
+    (["--hidden-states", "0"], "num_states must be a positive integer, got 0"),
+    (["--length", "0"], "window length must be >= 1"),
+])
+def test_bad_sizes_are_one_line_errors(corpus, tmp_path, capsys, extra, message):
+    assert main([*train_args(corpus, tmp_path / "run"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_with_data_of_another_vocabulary(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out, "--no-eval")) == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    for split in ("train", "valid", "test"):  # one word more than the run's data
+        text = (corpus / f"wiki.{split}.tokens").read_text()
+        (other / f"wiki.{split}.tokens").write_text(text + "zebra the cat\n")
+    capsys.readouterr()
+    assert main([*train_args(other, out, "--no-eval"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "vocabulary differs" in err and "12 vs 13 words" in err and "Traceback" not in err
+
+
+def test_eval_on_data_with_words_outside_the_models_vocabulary(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out, "--no-eval")) == 0
+    (corpus / "wiki.test.tokens").write_text("the zebra sat\n")
+    capsys.readouterr()
+    assert main(["eval", "--model", str(out), "--data-dir", str(corpus), "--device",
+                 "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "wiki.test.tokens" in err and "'zebra'" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_asked_for_without_a_gpu(corpus, tmp_path, capsys):
+    argv = [*train_args(corpus, tmp_path / "run"), "--device", "cuda"]
+    assert main(argv) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err

@@ -135,6 +135,16 @@ def test_split_without_words(tmp_path):
         load_wikitext(write_corpus(tmp_path, valid="\n \n"))
 
 
+def test_all_unk_training_split_is_an_error(tmp_path):
+    """A train split of nothing but <unk> (typed in, or every word outside a given vocabulary)
+    leaves nothing to learn: a DataError, not a model of <unk> and <eos>."""
+    with pytest.raises(DataError, match=r"'train' .*only <unk> words \(3\)$"):
+        load_wikitext(write_corpus(tmp_path / "a", train="<unk> <unk>\n\n<unk>\n"))
+    vocab = Vocabulary([UNK, EOS, "zebra"])
+    with pytest.raises(DataError, match="none of its words is in the given vocabulary"):
+        load_wikitext(write_corpus(tmp_path / "b"), vocab=vocab)
+
+
 # ----- TokenWindows ------------------------------------------------------------------------
 
 
@@ -215,6 +225,11 @@ def test_max_windows_subset_is_sorted_seeded_and_correct():
     assert not np.array_equal(TokenWindows(stream, 5, max_windows=10, seed=5).starts, starts)
     batched = sorted(_starts(a.batches(3, shuffle=True)))
     assert batched == sorted((stream[starts]).tolist())
+
+
+def test_max_windows_zero_says_how_to_use_every_window():
+    with pytest.raises(DataError, match=r"max_windows is 0.*leave it out \(None\) to use every"):
+        TokenWindows(np.arange(10), 3, max_windows=0)
 
 
 def test_max_windows_larger_than_available_keeps_all():

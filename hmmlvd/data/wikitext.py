@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hmmlvd.data.vocab import EOS, Vocabulary
+from hmmlvd.data.vocab import EOS, UNK, Vocabulary
 from hmmlvd.errors import DataError
 
 SPLITS = ("train", "valid", "test")
@@ -84,7 +84,15 @@ def load_wikitext(data_dir: str | os.PathLike | None = None,
     for s in SPLITS:
         if not any(tok != EOS for tok in texts[s]):
             raise DataError(f"split {s!r} of WikiText has no words")
+    given = vocab is not None
     if vocab is None:
         vocab = Vocabulary.from_corpus(texts["train"])
     streams = {s: vocab.encode(texts[s], source=f"wiki.{s}.tokens") for s in SPLITS}
+    unk, eos = vocab.index.get(UNK), vocab.index.get(EOS)
+    train = streams["train"]
+    words = train[train != eos] if eos is not None else train
+    if unk is not None and len(words) and bool((words == unk).all()):  # nothing to learn from
+        why = (": none of its words is in the given vocabulary (is this the data the model was "
+               "trained on?)" if given else "")
+        raise DataError(f"split 'train' of WikiText has only {UNK} words ({len(words)}){why}")
     return WikiText(vocab=vocab, **streams)

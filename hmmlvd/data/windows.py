@@ -45,6 +45,9 @@ class TokenWindows:
         self.view = all_windows[::stride]
         self.starts: np.ndarray | None = None
         if max_windows is not None:
+            if not isinstance(max_windows, bool) and max_windows == 0:
+                raise DataError("max_windows is 0, which leaves no windows to train on; leave it "
+                                "out (None) to use every window")
             max_windows = check_int(max_windows, "max_windows", 1)
             if max_windows < len(self.view):
                 rng = np.random.default_rng(seed)

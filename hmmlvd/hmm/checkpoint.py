@@ -8,13 +8,14 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from hmmlvd.atomic import atomic_write, atomic_write_json
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.hmm.model import HMM, HMMConfig
+from hmmlvd.memory import check_model
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "model.safetensors"
@@ -63,18 +64,27 @@ def load_hmm(directory: Path, device: str | torch.device = "cpu") -> HMM:
     path = directory / TENSORS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
+    try:  # names and shapes from the header alone: nothing is allocated yet
+        with safe_open(str(path), framework="pt") as f:
+            names = f.keys()  # a safe_open handle is not a dict (SIM118 does not apply)
+            shapes = {name: tuple(f.get_slice(name).get_shape()) for name in names}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is unreadable or truncated: {exc}") from exc
+    expected = config.shapes()
+    if set(shapes) != set(expected):
+        raise CheckpointError(f"{path} holds tensors {sorted(shapes)}, expected "
+                              f"{sorted(expected)}")
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise CheckpointError(f"{path}: {name} has shape {shapes[name]} but config.json "
+                                  f"implies {shape}")
+    check_model(config, device, "load")  # before reading tensors that cannot fit
     try:
         tensors = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is unreadable or truncated: {exc}") from exc
-    expected = config.shapes()
-    if set(tensors) != set(expected):
-        raise CheckpointError(f"{path} holds tensors {sorted(tensors)}, expected "
-                              f"{sorted(expected)}")
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise CheckpointError(f"{path}: {name} has shape {tuple(tensors[name].shape)} but "
-                                  f"config.json implies {shape}")
+    if {k: tuple(v.shape) for k, v in tensors.items()} != shapes:  # changed since the header
+        raise CheckpointError(f"{path} changed while it was being read")
     try:
         vocab = (Vocabulary.load(directory / VOCAB_FILE) if (directory / VOCAB_FILE).is_file()
                  else None)

@@ -65,7 +65,8 @@ def expected_counts(hmm: HMM, x: torch.Tensor) -> ExpectedCounts:
     state_totals = emit_counts.sum(0)  # [T, H]
     if hmm.homogeneous:
         state_totals = state_totals.sum(0, keepdim=True)
-    return ExpectedCounts(initial=hmm.initial * g_init, transition=hmm.transition * g_trans,
+    # in place: g_trans is a fresh tensor, as large as the transitions
+    return ExpectedCounts(initial=g_init.mul_(hmm.initial), transition=g_trans.mul_(hmm.transition),
                           emission_rows=rows,
                           emission_values=emit_counts.reshape(-1, hmm.num_states),
                           state_totals=state_totals, log_likelihood=total.item(),
@@ -121,7 +122,8 @@ def maximize(hmm: HMM, counts: ExpectedCounts, step_size: float = 1.0,
 
 
 def _mix(theta: torch.Tensor, counts: torch.Tensor, step_size: float) -> None:
-    """theta <- (1 - a) theta + a counts / counts.sum(-1), in place; rows without counts stay."""
+    """theta <- (1 - a) theta + a counts / counts.sum(-1), in place; rows without counts stay.
+    ``counts`` is a temporary of the caller's and is overwritten (no copy of its size)."""
     total = counts.sum(-1, keepdim=True)
     step = step_size * (total > 0)
-    theta.mul_(1 - step).add_(step * counts / total.clamp_min(torch.finfo(total.dtype).tiny))
+    theta.mul_(1 - step).add_(counts.mul_(step / total.clamp_min(torch.finfo(total.dtype).tiny)))

@@ -34,13 +34,14 @@ class Perplexity:
 def sliding_token_log_probs(hmm: HMM, stream: np.ndarray, batch_size: int = 1024,
                             progress: bool = False) -> torch.Tensor:
     """log p(s_k | the up-to-(T-1) tokens before it) for every token of ``stream`` [N] -> [N]
-    (float64, on the CPU)."""
+    (float64, on the CPU). A token of probability 0 gets -inf, and so does every token whose
+    context contains one (p(ctx) = 0: the conditional is 0/0, never NaN)."""
     stream = np.asarray(stream)
     if stream.ndim != 1 or len(stream) == 0:
         raise DataError("stream must be a non-empty 1-D array of token ids")
     length = min(hmm.length, len(stream))
     first = hmm.run_forward(torch.as_tensor(stream[None, :length])).log_prefix[0]  # [L]
-    head = torch.diff(first, prepend=first.new_zeros(1)).double().cpu()
+    head = _conditional(first, torch.cat([first.new_zeros(1), first[:-1]])).double().cpu()
     if len(stream) <= hmm.length:
         return head
     windows = TokenWindows(stream, hmm.length)
@@ -48,8 +49,19 @@ def sliding_token_log_probs(hmm: HMM, stream: np.ndarray, batch_size: int = 1024
     starts = range(1, len(windows), batch_size)
     for s in tqdm(starts, desc="sliding eval", disable=not progress, unit="batch"):
         log_prefix = hmm.run_forward(windows[s:s + batch_size]).log_prefix
-        tail.append((log_prefix[:, -1] - log_prefix[:, -2]).double().cpu())
+        context = log_prefix[:, -2] if hmm.length > 1 else torch.zeros_like(log_prefix[:, -1])
+        tail.append(_conditional(log_prefix[:, -1], context).double().cpu())
     return torch.cat([head, *tail])
+
+
+def _conditional(joint: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """log p(ctx, s) - log p(ctx), and -inf where p(ctx) = 0 (-inf - -inf would be NaN)."""
+    return torch.where(torch.isneginf(context), -math.inf, joint - context)
+
+
+def _exp_neg(mean: float) -> float:
+    """exp(-mean), inf instead of an OverflowError."""
+    return math.exp(-mean) if -mean < 709 else math.inf
 
 
 def sliding_perplexity(hmm: HMM, stream: np.ndarray, batch_size: int = 1024,
@@ -57,7 +69,7 @@ def sliding_perplexity(hmm: HMM, stream: np.ndarray, batch_size: int = 1024,
     """The LVD paper's perplexity of a token stream (see the module docstring)."""
     log_probs = sliding_token_log_probs(hmm, stream, batch_size, progress)
     mean = log_probs.mean().item()
-    return Perplexity(perplexity=math.exp(-mean), count=len(log_probs), mean_log_prob=mean)
+    return Perplexity(perplexity=_exp_neg(mean), count=len(log_probs), mean_log_prob=mean)
 
 
 @torch.no_grad()
@@ -69,4 +81,4 @@ def window_perplexity(hmm: HMM, windows: TokenWindows, batch_size: int = 1024,
                   desc="window eval", disable=not progress, unit="batch"):
         total += hmm.log_likelihood(x).double().sum().item()
     mean = total / (len(windows) * windows.length)
-    return Perplexity(perplexity=math.exp(-mean), count=len(windows), mean_log_prob=mean)
+    return Perplexity(perplexity=_exp_neg(mean), count=len(windows), mean_log_prob=mean)

@@ -8,13 +8,16 @@ import torch
 
 from hmmlvd.errors import DataError
 from hmmlvd.hmm.model import HMM, HMMConfig
+from hmmlvd.memory import check_model
 from hmmlvd.validate import as_id_tensor, check_int, check_integer_dtype, check_pseudocount
 
 
 def random_parameters(config: HMMConfig, seed: int = 0, device: str | torch.device = "cpu"
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Uniform(0, 1) draws normalised into distributions, as hmmlearn initialises:
-    (initial [H], transition [P_A, H, H], emission [P_B, V, H])."""
+    (initial [H], transition [P_A, H, H], emission [P_B, V, H]). Raises
+    :class:`~hmmlvd.errors.InsufficientMemoryError` first if they cannot fit on ``device``."""
+    check_model(config, device, "random")
     gen = torch.Generator().manual_seed(seed)
     shapes = config.shapes()
     initial = torch.rand(shapes["initial"], generator=gen)
@@ -34,7 +37,8 @@ def mle_from_labels(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np
     initial[h] ∝ #(z_1 = h) + c,   transition[t, i, j] ∝ #(z_t = i, z_{t+1} = j) + c,
     emission[t, w, h] ∝ #(z_t = h, x_t = w) + c    (c = ``pseudocount``, counts per position;
     a homogeneous model pools all positions). Both arrays may be memory-mapped; they are read
-    in chunks of ``chunk_size`` windows.
+    in chunks of ``chunk_size`` windows. Raises :class:`~hmmlvd.errors.InsufficientMemoryError`
+    before counting if the counts and the model cannot fit on ``device``.
     """
     h, v, length = config.num_states, config.vocab_size, config.length
     tokens, labels = _id_array(tokens, "tokens"), _id_array(labels, "labels")
@@ -47,6 +51,7 @@ def mle_from_labels(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np
         raise DataError("no labelled windows to count")
     if tokens.shape[1] != length:
         raise DataError(f"windows have length {tokens.shape[1]}, the model needs T={length}")
+    check_model(config, device, "mle", num_windows=tokens.shape[0], chunk_size=chunk_size)
     pa, pb = config.transition_positions, config.emission_positions
     init_c = torch.zeros(h, dtype=torch.float64, device=device)
     trans_c = torch.zeros(pa * h * h, dtype=torch.float64, device=device)
@@ -71,12 +76,13 @@ def mle_from_labels(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np
                              or (emit_c.view(pb, v, h).sum(1) == 0).any()):
         raise DataError("some hidden state never occurs in the labels (at some position); with "
                         "pseudocount 0 its distributions are undefined: use pseudocount > 0")
-    initial = init_c + pseudocount
-    transition = trans_c.view(pa, h, h) + pseudocount
+    # normalised in place: the float64 transition counts are the largest temporary
+    initial = init_c.add_(pseudocount)
+    transition = trans_c.view(pa, h, h).add_(pseudocount)
     emission = emit_c.view(pb, v, h).add_(pseudocount)
     return HMM(h, v, length, config.homogeneous, device=device,
-               initial=(initial / initial.sum()).float(),
-               transition=(transition / transition.sum(-1, keepdim=True)).float(),
+               initial=initial.div_(initial.sum()).float(),
+               transition=transition.div_(transition.sum(-1, keepdim=True)).float(),
                emission=emission.div_(emission.sum(-2, keepdim=True)))
 
 

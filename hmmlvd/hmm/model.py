@@ -14,6 +14,7 @@ Parameters are probabilities (float32), kept on one device:
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -151,9 +152,14 @@ class HMM:
             if tuple(p.shape) != shape:
                 raise ParameterError(f"{name} has shape {tuple(p.shape)}, expected {shape} for "
                                      f"{self.config}")
-            if not torch.isfinite(p).all():
+            if not p.numel():
+                continue
+            # one reduction pass, no temporaries (isfinite would hold ~1.75 copies of p);
+            # aminmax propagates NaN
+            lo, hi = (v.item() for v in torch.aminmax(p))
+            if not (math.isfinite(lo) and math.isfinite(hi)):
                 raise ParameterError(f"{name} contains NaN or infinite values")
-            if (p < 0).any():
+            if lo < 0:
                 raise ParameterError(f"{name} contains negative probabilities")
         sums = {"initial": self.initial.sum(-1), "transition": self.transition.sum(-1),
                 "emission": self.emission.sum(-2)}
@@ -204,6 +210,8 @@ class HMM:
         transition = self.transition if transition is None else transition
         if self.homogeneous:
             return transition.expand(max(length - 1, 0), -1, -1)
+        if length - 1 == transition.shape[0]:
+            return transition  # not a slice: its backward would allocate another full copy
         return transition[: length - 1]
 
     def run_forward(self, x: torch.Tensor) -> ForwardResult:

@@ -80,7 +80,11 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
 
 def _why(source: str, local: bool) -> str:
     """Likely reason a load failed, for the error message."""
-    if Path(source).is_dir():
+    folder = Path(source)
+    if folder.is_dir():
+        if not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+            return ("the folder has only pickled PyTorch weights (*.bin), which hmmlvd never "
+                    "loads (unpickling can run code): convert them to model.safetensors")
         return "the folder exists but is not a loadable model"
     if local:
         return "it is not in the local Hugging Face cache and cannot be downloaded offline"
@@ -93,7 +97,8 @@ def _load_parts(source: str, name: str, local: bool, attn_implementation: str,
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local, use_fast=True)
         model = AutoModel.from_pretrained(source, local_files_only=local, dtype=dtype,
-                                          attn_implementation=attn_implementation)
+                                          attn_implementation=attn_implementation,
+                                          use_safetensors=True)  # never unpickle weights
     except (OSError, ValueError, KeyError, ImportError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else ""
         raise EncoderError(f"encoder {name!r} cannot be loaded: {_why(source, local)} "

@@ -1,0 +1,244 @@
+"""Memory estimates: the bytes an HMM and EM training on a batch need, checked against what the
+device has *before* anything large is allocated, so that an absurd H or batch fails at once
+with a message saying how much is needed, instead of the process being killed by the kernel
+(or hitting CUDA out-of-memory) after the data and encoder have been loaded.
+
+Estimates (parameters are float32; H states, V words, T positions, B windows a batch;
+P_A = T-1 or 1 transition matrices, P_B = T or 1 emission tables):
+
+- **parameters**: ``4 (H + P_A H^2 + P_B V H)`` bytes, exact. Random initialisation and
+  loading a checkpoint need just these.
+- **MLE from labels**: + the float64 transition counts ``8 P_A H^2`` (normalised in place)
+  + about 48 bytes of index temporaries per token of a chunk of windows.
+- **one EM step on B windows**: + activations ``4 B T (7 H + 16)`` (the gathered emissions
+  [B, T, H], the two [B, H] tensors each forward step saves for the backward pass, their
+  gradients, the emission counts and the M-step's per-token rows, plus int64 indices) + the
+  transition work ``4 (T-1) H^2 c`` (autograd holds a gradient per step before summing them,
+  then the counts and the M-step's normaliser: c = 3 non-homogeneous, 2 homogeneous)
+  + for full-batch EM a parameter-sized count accumulator and two emission-table temporaries.
+
+The constants were fitted to the peak resident memory (VmHWM) of one EM step on the CPU at
+H = 64..1536, V = 100..50,000, B = 16..16,384, T = 32; the estimate of the total lies within
+about 1.5x of the measured peak (``tests/test_memory.py`` re-measures one size). On CUDA the
+same tensors are allocated (through the caching allocator), so the same estimate is used.
+
+Set ``HMMLVD_SKIP_MEMORY_CHECK=1`` to skip the checks (e.g. when swap or unified memory is
+meant to absorb the difference).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from hmmlvd.errors import InsufficientMemoryError
+
+if TYPE_CHECKING:  # hmmlvd.hmm imports this module: no runtime import of it here
+    from hmmlvd.hmm.model import HMMConfig
+
+SKIP_ENV = "HMMLVD_SKIP_MEMORY_CHECK"
+FLOAT32 = 4
+# Fitted constants (see the module docstring).
+ACTIVATION_FLOATS_PER_STATE = 7  # [B, T, H]-sized float32 tensors alive at the peak
+INDEX_BYTES_PER_TOKEN = 64  # int64 token/row indices and [B, T] scalars per token
+TRANSITION_COPIES = {False: 3, True: 2}  # [T-1, H, H]-sized tensors at the peak, by homogeneous
+MLE_INDEX_BYTES_PER_TOKEN = 48
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes needed, in three parts: ``parameters`` (the model itself), ``counts`` (count
+    tables and their temporaries) and ``activations`` (per-batch or per-chunk tensors)."""
+
+    parameters: int
+    counts: int = 0
+    activations: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.counts + self.activations
+
+
+def parameter_bytes(config: HMMConfig) -> int:
+    """Exact size of the float32 parameters: initial [H], transition [P_A, H, H], emission
+    [P_B, V, H]."""
+    h, v = config.num_states, config.vocab_size
+    return FLOAT32 * (h + config.transition_positions * h * h
+                      + config.emission_positions * v * h)
+
+
+def model_estimate(config: HMMConfig, method: str = "random", num_windows: int = 0,
+                   chunk_size: int = 65536) -> MemoryEstimate:
+    """Peak bytes to create a model: ``random`` (seeded random initialisation), ``load`` (from a
+    checkpoint) or ``mle`` (closed form from ``num_windows`` labelled windows read in chunks of
+    ``chunk_size``)."""
+    params = parameter_bytes(config)
+    if method in ("random", "load"):
+        return MemoryEstimate(params)
+    if method != "mle":
+        raise ValueError(f"unknown method {method!r}")
+    h = config.num_states
+    counts = 8 * (h + config.transition_positions * h * h)  # float64 counts
+    tokens = min(max(num_windows, 0), chunk_size) * config.length
+    return MemoryEstimate(params, counts, MLE_INDEX_BYTES_PER_TOKEN * tokens)
+
+
+def training_estimate(config: HMMConfig, batch_size: int, full_batch: bool = False
+                      ) -> MemoryEstimate:
+    """Peak bytes of EM on batches of ``batch_size`` windows: parameters, count tables and
+    temporaries, and the forward/backward activations of one batch."""
+    h, v, length = config.num_states, config.vocab_size, config.length
+    params = parameter_bytes(config)
+    counts = FLOAT32 * max(length - 1, 0) * h * h * TRANSITION_COPIES[bool(config.homogeneous)]
+    if full_batch:  # CountAccumulator (parameter-sized) + two [P_B*V, H] M-step temporaries
+        counts += params + 2 * FLOAT32 * config.emission_positions * v * h
+    tokens = batch_size * length
+    activations = tokens * (FLOAT32 * ACTIVATION_FLOATS_PER_STATE * h + INDEX_BYTES_PER_TOKEN)
+    return MemoryEstimate(params, counts, activations)
+
+
+# ----- what the device has ------------------------------------------------------------------
+def available_bytes(device: str | torch.device) -> int | None:
+    """Memory this process can still allocate on ``device``, or None when unknown (then no
+    check is made). CPU: psutil's available memory if installed, else ``MemAvailable`` from
+    /proc/meminfo, capped by a cgroup memory limit if one is set. CUDA: free memory
+    (``torch.cuda.mem_get_info``) plus what PyTorch's caching allocator holds unused."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            free, _ = torch.cuda.mem_get_info(device)
+            cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        except (RuntimeError, AssertionError, ValueError):
+            return None
+        return int(free) + int(cached)
+    if device.type == "cpu":
+        return _cpu_available()
+    return None
+
+
+def _cpu_available() -> int | None:
+    try:
+        import psutil
+
+        system = int(psutil.virtual_memory().available)
+    except ImportError:
+        system = _meminfo_available()
+    found = [b for b in (system, _cgroup_available()) if b is not None]
+    return min(found) if found else None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+        return None if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def _stat(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _cgroup_available() -> int | None:
+    """limit - (usage - reclaimable page cache) of this container's memory cgroup (v2 or v1),
+    or None without a limit."""
+    root = Path("/sys/fs/cgroup")
+    for limit_file, usage_file, stat_key in (
+            (root / "memory.max", root / "memory.current", "inactive_file"),
+            (root / "memory" / "memory.limit_in_bytes", root / "memory" / "memory.usage_in_bytes",
+             "total_inactive_file")):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is None or usage is None or limit >= 2**60:
+            continue
+        used = usage - _stat(limit_file.parent / "memory.stat", stat_key)
+        return max(limit - max(used, 0), 0)
+    return None
+
+
+# ----- checks -------------------------------------------------------------------------------
+def format_bytes(n: float) -> str:
+    """Bytes as GB (or TB from 1000 GB), one decimal: ``851.9 GB``."""
+    if n >= 1e12:
+        return f"{n / 1e12:.1f} TB"
+    return f"{n / 1e9:.1f} GB"
+
+
+def skipped() -> bool:
+    """Whether ``HMMLVD_SKIP_MEMORY_CHECK`` turns the checks off."""
+    return os.environ.get(SKIP_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _sizes(config: HMMConfig) -> str:
+    hom = ", homogeneous" if config.homogeneous else ""
+    return f"H={config.num_states}, V={config.vocab_size}, T={config.length}{hom}"
+
+
+def _label(device: torch.device) -> str:
+    return "cpu" if device.type == "cpu" else str(device)
+
+
+def _fail(message: str, device: torch.device, batch: bool) -> None:
+    other = "--device cuda" if device.type == "cpu" else "--device cpu"
+    fixes = ("fewer hidden states, a smaller batch, or " if batch else "fewer hidden states or ")
+    raise InsufficientMemoryError(f"{message}. Use {fixes}{other} (or set {SKIP_ENV}=1 to skip "
+                                  "this check)")
+
+
+def check_model(config: HMMConfig, device: str | torch.device = "cpu", method: str = "random",
+                **kwargs: int) -> MemoryEstimate:
+    """Raise :class:`InsufficientMemoryError` if creating the model by ``method`` (see
+    :func:`model_estimate`) needs more memory than ``device`` has available."""
+    estimate = model_estimate(config, method, **kwargs)
+    device = torch.device(device)
+    if skipped():
+        return estimate
+    available = available_bytes(device)
+    if available is not None and estimate.total > available:
+        what = {"random": "random initialisation", "load": "loading",
+                "mle": "MLE from labels"}[method]
+        _fail(f"{_sizes(config)} needs about {format_bytes(estimate.total)} for its parameters "
+              f"({what}; the parameters alone are {format_bytes(estimate.parameters)}); this "
+              f"{_label(device)} has {format_bytes(available)} available", device, batch=False)
+    return estimate
+
+
+def check_training(config: HMMConfig, batch_size: int, device: str | torch.device = "cpu",
+                   full_batch: bool = False, allocated: bool = False) -> MemoryEstimate:
+    """Raise :class:`InsufficientMemoryError` if EM on batches of ``batch_size`` windows needs
+    more memory than ``device`` has available. ``allocated``: the parameters already exist on
+    the device (so only the rest has to fit into what is still available)."""
+    estimate = training_estimate(config, batch_size, full_batch)
+    device = torch.device(device)
+    if skipped():
+        return estimate
+    available = available_bytes(device)
+    needed = estimate.total - (estimate.parameters if allocated else 0)
+    if available is not None and needed > available:
+        mode = ", full-batch EM" if full_batch else ""
+        has = (f"besides the {format_bytes(estimate.parameters)} of parameters already loaded, "
+               f"this {_label(device)} has {format_bytes(available)} available" if allocated
+               else f"this {_label(device)} has {format_bytes(available)} available")
+        _fail(f"{_sizes(config)} needs about {format_bytes(estimate.total)} for parameters and "
+              f"EM counts (batch {batch_size}{mode}); {has}", device, batch=True)
+    return estimate
