@@ -4,6 +4,9 @@
     hmmlvd lvd --data-dir ../shared/data/wikitext-2 --max-windows 20000 --out runs/lvd64
     hmmlvd eval --model runs/h64 --data-dir ../shared/data/wikitext-2
     hmmlvd sample --model runs/h64 --prefix "the game" --num-samples 3
+
+Data-parallel over N processes (GPUs: NCCL, one per process; CPU: gloo):
+    torchrun --standalone --nproc-per-node N -m hmmlvd train ... (or lvd ...)
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from pathlib import Path
 
 import torch
 
+from hmmlvd import distributed, memory
 from hmmlvd.atomic import atomic_write_json
 from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.hmm.eval import sliding_perplexity, window_perplexity
-from hmmlvd.hmm.model import HMM
+from hmmlvd.hmm.model import HMM, HMMConfig
 from hmmlvd.hmm.train import (
     TrainConfig,
     TrainingInterrupted,
@@ -160,13 +164,15 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
 
 def run_training(args: argparse.Namespace, initialise: Callable[..., HMM]) -> None:
     """Shared by train and lvd: load data, initialise (or resume), run EM, save, evaluate.
-    ``initialise(data, windows, device, summary)`` returns the starting model."""
-    device = resolve_device(args.device)
+    ``initialise(data, windows, device, summary)`` returns the starting model. Under torchrun
+    every rank trains; rank 0 alone prints, saves, evaluates and writes results."""
+    device = distributed.init(resolve_device(args.device))
+    say = distributed.print_main
     data = load_wikitext(args.data_dir)
     windows = TokenWindows(data.train, args.length, max_windows=args.max_windows, seed=args.seed)
     config = train_config_from(args)
     summary: dict = {"command": args.command, "train_windows": len(windows),
-                     "train_config": asdict(config)}
+                     "train_config": asdict(config), "world_size": distributed.world_size()}
     subset = (f" (a seeded random subset of the {len(windows.view):,} train windows)"
               if len(windows) < len(windows.view) else "")
     if args.resume:
@@ -175,16 +181,27 @@ def run_training(args: argparse.Namespace, initialise: Callable[..., HMM]) -> No
             raise CheckpointError(f"--resume with different training settings than the "
                                   f"checkpoint in {args.out}: saved {saved}, given {config}")
         if hmm.vocab != data.vocab:
-            raise CheckpointError("the checkpoint's vocabulary differs from this data's")
-        print(f"resuming from epoch {state.epoch + 1}, batch {state.batch} (step {state.step})")
+            raise CheckpointError(
+                f"the checkpoint's vocabulary differs from this data's "
+                f"({len(hmm.vocab) if hmm.vocab else 'no'} vs {len(data.vocab)} words): resume "
+                "with the data folder the run was started with")
+        say(f"resuming from epoch {state.epoch + 1}, batch {state.batch} (step {state.step})")
     else:
+        # fail now, not after a long LVD initialisation, if the model and EM cannot fit
+        memory.check_training(HMMConfig(args.hidden_states, len(data.vocab), args.length,
+                                        args.homogeneous),
+                              -(-config.batch_size // distributed.world_size()), device,
+                              config.full_batch)
         hmm = initialise(data, windows, device, summary)
         state = TrainState()
-    print(f"training {hmm} on {len(windows):,} windows{subset}, "
-          f"{hmm.num_parameters:,} parameters")
+    ranks = f" on {distributed.world_size()} ranks" if distributed.is_distributed() else ""
+    say(f"training {hmm} on {len(windows):,} windows{subset}, "
+        f"{hmm.num_parameters:,} parameters{ranks}")
     started = time.perf_counter()
     state = train(hmm, windows, config, out=args.out, state=state)
     summary["train_seconds_this_run"] = time.perf_counter() - started
+    if not distributed.is_main():
+        return
     hmm.save_pretrained(args.out)
     print(f"saved model to {args.out} ({summary['train_seconds_this_run']:.1f} s of EM this run)")
     summary.update(model=hmm.config.to_dict(), history=state.history)
@@ -215,8 +232,10 @@ def cmd_lvd(args: argparse.Namespace) -> None:
     def initialise(data: WikiText, windows: TokenWindows, device: torch.device,
                    summary: dict) -> HMM:
         result = run_lvd(windows, args.hidden_states, data.vocab, settings,
-                         homogeneous=args.homogeneous, device=device)
-        print("LVD stages (s): " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
+                         homogeneous=args.homogeneous, device=device,
+                         progress=distributed.is_main())
+        distributed.print_main("LVD stages (s): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in result.seconds.items()))
         summary["lvd_seconds"] = result.seconds
         return result.hmm
 
@@ -252,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except TrainingInterrupted as exc:
-        print(f"\nhmmlvd {args.command}: {exc}", file=sys.stderr)
+        distributed.print_main(f"\nhmmlvd {args.command}: {exc}", file=sys.stderr)
         return 130
     except HMMLVDError as exc:
         print(f"hmmlvd {args.command}: error: {exc}", file=sys.stderr)
@@ -260,4 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nhmmlvd {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.teardown()
     return 0

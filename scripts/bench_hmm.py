@@ -136,11 +136,11 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int,
 
 
 def matmul_rate(m: int, k: int, n: int, count: int, device: torch.device, repeats: int,
-                warmup: int) -> float:
-    """FLOP/s of ``count`` back-to-back float32 [m,k] x [k,n] matmuls."""
-    a = torch.rand(m, k, device=device)
-    b = torch.rand(k, n, device=device)
-    out = torch.empty(m, n, device=device)
+                warmup: int, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of ``count`` back-to-back [m,k] x [k,n] matmuls in ``dtype`` (default float32)."""
+    a = torch.rand(m, k, device=device, dtype=dtype)
+    b = torch.rand(k, n, device=device, dtype=dtype)
+    out = torch.empty(m, n, device=device, dtype=dtype)
 
     def run() -> None:
         for _ in range(count):

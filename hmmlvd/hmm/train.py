@@ -5,11 +5,18 @@ Checkpoints live in ``out/checkpoints/step-XXXXXXXX/`` (the model files plus
 ``train_state.json``); ``out/checkpoints/latest`` names the newest complete one and is written
 last, so a run killed at any moment resumes from a complete checkpoint. Shuffling is fixed by
 (seed, epoch), so a resumed epoch replays exactly the batches an uninterrupted run would.
+
+Under ``torchrun`` (see :mod:`hmmlvd.distributed`) every rank runs this loop over the same
+batches: each computes the counts of its shard of a batch, the counts are summed over ranks and
+every rank applies the same M-step. Only rank 0 writes checkpoints and shows progress; the other
+ranks wait at a barrier while it writes. The checkpoint state does not depend on the number of
+ranks, so a run resumes with any number of them.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import threading
@@ -21,6 +28,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from hmmlvd import distributed, memory
 from hmmlvd.atomic import atomic_write_json, atomic_write_text
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
@@ -130,9 +138,13 @@ def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None
     """Train ``hmm`` in place by EM on ``windows``; checkpoint into ``out`` if given.
     ``state``: continue from it (from :func:`load_checkpoint`). Returns the final state.
     Ctrl-C stops after the current mini-batch, saves a checkpoint and raises
-    :class:`TrainingInterrupted`."""
+    :class:`TrainingInterrupted`. Raises :class:`~hmmlvd.errors.InsufficientMemoryError` before
+    the first batch if EM's counts and activations cannot fit next to the model."""
     if windows.length != hmm.length:
         raise DataError(f"windows have length {windows.length}, the model needs T={hmm.length}")
+    local_batch = -(-config.batch_size // distributed.world_size())  # this rank's shard
+    memory.check_training(hmm.config, local_batch, hmm.device, config.full_batch, allocated=True)
+    distributed.broadcast_parameters(hmm)  # every rank starts from rank 0's parameters
     with _sigint_requests_stop() as stop:
         return _train(hmm, windows, config, out, state or TrainState(), progress, stop)
 
@@ -144,7 +156,8 @@ def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | Non
     while state.epoch < len(plan):
         step_size = plan[state.epoch]
         started = time.perf_counter()
-        bar = tqdm(total=num_batches, initial=state.batch, disable=not progress, unit="batch",
+        bar = tqdm(total=num_batches, initial=state.batch, unit="batch",
+                   disable=not progress or not distributed.is_main(),
                    desc=f"epoch {state.epoch + 1}/{len(plan)}", dynamic_ncols=True)
         accumulator = CountAccumulator(hmm) if config.full_batch else None
         log_lik, tokens = 0.0, 0
@@ -152,34 +165,39 @@ def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | Non
                                   seed=_epoch_seed(config.seed, state.epoch),
                                   start_batch=0 if config.full_batch else state.batch)
         for x in batches:
-            counts = expected_counts(hmm, x)
+            part = distributed.shard(x)  # this rank's slice of the batch (all of it alone)
+            counts = expected_counts(hmm, part) if len(part) else distributed.zero_counts(hmm)
             if accumulator is not None:
-                accumulator.add(counts)
+                accumulator.add(counts)  # summed over ranks once, at the epoch end
+                log_lik += distributed.all_reduce_sum(counts.log_likelihood)[0]
             else:
+                counts = distributed.all_reduce_counts(counts, hmm)
                 maximize(hmm, counts, step_size, config.pseudocount)
                 state.batch += 1
                 state.step += 1
-            log_lik += counts.log_likelihood
+                log_lik += counts.log_likelihood
             tokens += x.numel()
             bar.update(1)
             bar.set_postfix(ll_per_token=f"{log_lik / tokens:.4f}")
             if (accumulator is None and out is not None and config.checkpoint_every
                     and state.step % config.checkpoint_every == 0 and state.batch < num_batches):
-                save_checkpoint(hmm, config, state, out)
-            if stop[0]:
+                _save(hmm, config, state, out)
+            if distributed.any_rank(stop[0]):
                 bar.close()
                 _stop(hmm, config, state, out, full_batch=accumulator is not None)
         bar.close()
         if accumulator is not None:
+            distributed.all_reduce_accumulator(accumulator)
             maximize(hmm, accumulator.total(), step_size, config.pseudocount)
             state.step += 1
+        distributed.broadcast_parameters(hmm)  # resync ranks (CUDA scatter-adds round freely)
         state.history.append({"epoch": state.epoch + 1, "step_size": step_size,
                               "train_ll_per_token": log_lik / max(tokens, 1),
                               "seconds": time.perf_counter() - started})
         state.epoch += 1
         state.batch = 0
         if out is not None:
-            save_checkpoint(hmm, config, state, out)
+            _save(hmm, config, state, out)
     return state
 
 
@@ -191,10 +209,19 @@ def _stop(hmm: HMM, config: TrainConfig, state: TrainState, out: Path | None,
         state.batch = 0
     if out is None:
         raise TrainingInterrupted("training interrupted (no output folder: nothing saved)")
-    folder = save_checkpoint(hmm, config, state, out)
+    folder = _save(hmm, config, state, out)
     raise TrainingInterrupted(f"training interrupted at epoch {state.epoch + 1}, batch "
                               f"{state.batch}; checkpoint saved in {folder}. Resume with the "
                               "same command plus --resume")
+
+
+def _save(hmm: HMM, config: TrainConfig, state: TrainState, out: Path) -> Path:
+    """:func:`save_checkpoint` on rank 0 while the other ranks wait; returns the folder."""
+    folder = out / "checkpoints" / f"step-{state.step:08d}"
+    if distributed.is_main():
+        folder = save_checkpoint(hmm, config, state, out)
+    distributed.barrier()
+    return folder
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -220,7 +247,14 @@ def load_checkpoint(out: Path, device: str = "cpu") -> tuple[HMM, TrainConfig, T
     latest = out / "checkpoints" / "latest"
     if not latest.is_file():
         raise CheckpointError(f"no checkpoint to resume from: {latest} does not exist")
-    folder = out / "checkpoints" / latest.read_text(encoding="utf-8").strip()
+    try:
+        name = latest.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{latest} is unreadable: {exc}") from exc
+    if not re.fullmatch(r"step-[0-9]+", name):  # never a path out of the checkpoints folder
+        raise CheckpointError(f"{latest} names {name[:80]!r}, not a checkpoint folder "
+                              "step-NNNNNNNN of this run")
+    folder = out / "checkpoints" / name
     if not (folder / STATE_FILE).is_file():
         raise CheckpointError(f"checkpoint {folder} has no {STATE_FILE}")
     try:

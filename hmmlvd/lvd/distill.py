@@ -1,5 +1,9 @@
 """The LVD pipeline for HMMs: suffix embeddings -> k-means labels per position -> closed-form
-MLE of the HMM from (tokens, labels) -> EM finetuning. Each stage's wall time is recorded."""
+MLE of the HMM from (tokens, labels) -> EM finetuning. Each stage's wall time is recorded.
+
+Under torchrun (:mod:`hmmlvd.distributed`) each rank embeds its share of the windows into the
+shared cache, rank 0 runs k-means (FAISS uses every GPU it sees) and broadcasts the labels,
+every rank fits the MLE, and EM runs data-parallel."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hmmlvd import distributed, memory
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import DataError
@@ -82,18 +87,25 @@ def run_lvd(windows: TokenWindows, num_states: int, vocab: Vocabulary,
     if len(windows) < num_states:
         raise DataError(f"H={num_states} hidden states need at least {num_states} windows to "
                         f"cluster, got {len(windows)}")
+    config = HMMConfig(num_states, len(vocab), windows.length, homogeneous)
+    # before the encoder runs: the MLE counts and EM must fit on the device
+    memory.check_model(config, device, "mle", num_windows=len(windows))
+    if train_config is not None:
+        memory.check_training(config, train_config.batch_size, device, train_config.full_batch)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     if embeddings is None:
         embeddings = embed(windows, vocab, settings, device, progress)
         seconds["embed"] = time.perf_counter() - started
     started = time.perf_counter()
-    labels = kmeans_labels(embeddings, num_states, sample=settings.kmeans_sample,
-                           niter=settings.kmeans_iters, seed=settings.seed,
-                           init=settings.kmeans_init, progress=progress)
+    labels = None
+    if distributed.is_main():
+        labels = kmeans_labels(embeddings, num_states, sample=settings.kmeans_sample,
+                               niter=settings.kmeans_iters, seed=settings.seed,
+                               init=settings.kmeans_init, progress=progress)
+    labels = distributed.broadcast_array(labels, (len(windows), windows.length), np.int32)
     seconds["cluster"] = time.perf_counter() - started
     started = time.perf_counter()
-    config = HMMConfig(num_states, len(vocab), windows.length, homogeneous)
     hmm = mle_from_labels(windows.as_array(), labels, config, pseudocount=settings.pseudocount,
                           device=device)
     hmm.vocab = vocab

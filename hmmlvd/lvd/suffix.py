@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hmmlvd import distributed
 from hmmlvd.atomic import atomic_write_json
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.data.windows import TokenWindows
@@ -363,6 +364,10 @@ def embed_windows(encoder: Encoder, windows: TokenWindows, vocab: Vocabulary,
     of similar token counts (sorted within the chunk); after each chunk is flushed,
     ``progress.json`` is rewritten atomically, so a killed run resumes at the first unfinished
     chunk and a finished cache is returned without calling the encoder.
+
+    Under torchrun every rank calls this with the same windows: rank 0 opens (or creates) the
+    store, then the ranks fill disjoint chunks (see :func:`_fill`); ``cache_dir`` must be on a
+    file system that every rank sees (one node, or a shared one across nodes).
     """
     check_mode(mode)
     if batch_size < 1 or chunk_size < 1:
@@ -375,24 +380,37 @@ def embed_windows(encoder: Encoder, windows: TokenWindows, vocab: Vocabulary,
     shape = (len(windows), windows.length, encoder.hidden_size)
     meta.update(shape=list(shape), dtype="float16")
     folder = Path(cache_dir) / meta["key"]
-    store, done = _open_store(folder, meta, shape)
+    store, done = _open_store(folder, meta, shape) if distributed.is_main() else (None, 0)
+    done = distributed.broadcast_int(done)  # also waits until rank 0 has created the store
     if done < shape[0]:
+        if store is None:
+            store = np.memmap(folder / "embeddings.f16", dtype=np.float16, mode="r+",
+                              shape=shape)
         _fill(store, encoder, windows, table, mode, done, batch_size, chunk_size, progress)
-        atomic_write_json(folder / "meta.json", {**meta, "complete": True})
+        if distributed.is_main():
+            atomic_write_json(folder / "meta.json", {**meta, "complete": True})
     del store
     return np.memmap(folder / "embeddings.f16", dtype=np.float16, mode="r", shape=shape)
 
 
 def _fill(store: np.memmap, encoder: Encoder, windows: TokenWindows, table: PieceTable,
           mode: str, done: int, batch_size: int, chunk_size: int, progress: bool) -> None:
-    """Compute windows ``done..N`` chunk by chunk into ``store``, recording progress."""
+    """Compute windows ``done..N`` chunk by chunk into ``store``, recording progress.
+
+    With several ranks the chunks are dealt out in rounds of ``world_size`` consecutive chunks:
+    rank r computes the r-th chunk of each round, every rank flushes and meets the others at a
+    barrier, then rank 0 records the whole round as done. ``progress.json`` thus stays a prefix
+    of finished windows, and a killed run resumes with any number of ranks."""
     progress_path = Path(store.filename).parent / "progress.json"
     total = len(windows)
-    bar = tqdm(total=total, initial=done, disable=not progress, unit="win",
+    rank, world = distributed.rank(), distributed.world_size()
+    bar = tqdm(total=total, initial=done, disable=not progress or rank != 0, unit="win",
                desc=f"suffix embeddings ({mode})", dynamic_ncols=True)
-    for lo in range(done, total, chunk_size):
-        hi = min(lo + chunk_size, total)
-        x = windows[lo:hi]  # [C, T]
+    for round_lo in range(done, total, chunk_size * world):
+        round_hi = min(round_lo + chunk_size * world, total)
+        lo = min(round_lo + rank * chunk_size, round_hi)
+        hi = min(lo + chunk_size, round_hi)
+        x = windows[lo:hi]  # [C, T] (C = 0 for a rank past the end of the last round)
         # Batches of windows with similar token counts: little padding (about 20% otherwise).
         order = torch.argsort(table.lengths[x].sum(1), stable=True)
         for i in range(0, len(order), batch_size):
@@ -401,5 +419,8 @@ def _fill(store: np.memmap, encoder: Encoder, windows: TokenWindows, table: Piec
             store[lo + rows.numpy()] = np.clip(emb.numpy(), -F16_MAX, F16_MAX).astype(np.float16)
             bar.update(len(rows))
         store.flush()
-        atomic_write_json(progress_path, {"windows_done": hi})
+        distributed.barrier()
+        if rank == 0:
+            atomic_write_json(progress_path, {"windows_done": round_hi})
+            bar.update(round_hi - round_lo - (hi - lo))  # the other ranks' chunks
     bar.close()

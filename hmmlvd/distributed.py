@@ -1,0 +1,265 @@
+"""Data-parallel EM over processes with ``torch.distributed`` (launched by ``torchrun``).
+
+Every rank holds the whole model. Each mini-batch is the same globally shuffled batch on every
+rank (the shuffle depends only on the seed and the epoch); rank r takes its contiguous slice
+(:func:`shard`), computes the expected counts of that slice, and the counts are summed over
+ranks (:func:`all_reduce_counts`). Every rank then applies the same M-step to the same summed
+counts, so parameters stay identical without sending them. Because the schedule and the
+checkpoint state do not depend on the number of ranks, a run can resume with any number of
+ranks, and N ranks give the parameters of one process up to float rounding.
+
+Process group: :func:`init` joins the group torchrun describes in the environment (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) with backend NCCL for CUDA
+(each rank on ``cuda:LOCAL_RANK``) or gloo for CPU; :func:`teardown` leaves it. Every helper
+here is a no-op (or the identity) in a single process, so callers need no special case.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from hmmlvd.errors import DataError
+from hmmlvd.hmm.em import CountAccumulator, ExpectedCounts, expected_counts
+from hmmlvd.hmm.model import HMM
+
+#: Seconds a collective may wait for the slowest rank (the others wait while rank 0 alone runs
+#: LVD's k-means or writes a checkpoint); override with $HMMLVD_DIST_TIMEOUT.
+DEFAULT_TIMEOUT_S = 3600
+
+_owned = False  # whether init() created the process group (teardown destroys only that one)
+
+
+# ----- process group -------------------------------------------------------------------------
+def launched() -> bool:
+    """True when started by torchrun (or similar) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group of two or more ranks."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process' rank (0 in a single process)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """Number of ranks (1 in a single process)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0, the only rank that writes files, logs and progress bars."""
+    return rank() == 0
+
+
+def init(device: torch.device) -> torch.device:
+    """Join torchrun's process group when ``WORLD_SIZE`` > 1 and return this rank's device:
+    ``cuda:LOCAL_RANK`` with backend NCCL when ``device`` is CUDA, else ``device`` with gloo.
+    A single process, or a group the caller already initialised, is left as it is."""
+    global _owned
+    if not launched() or dist.is_initialized():
+        return device
+    if not dist.is_available():
+        raise DataError("started with WORLD_SIZE > 1 but this torch has no torch.distributed")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    timeout = timedelta(seconds=float(os.environ.get("HMMLVD_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
+    if device.type == "cuda":
+        if device.index is not None and device.index != local_rank:
+            raise DataError(f"under torchrun each rank uses cuda:LOCAL_RANK (here cuda:"
+                            f"{local_rank}); pass --device cuda, not {device}")
+        if local_rank >= torch.cuda.device_count():
+            raise DataError(f"LOCAL_RANK={local_rank} but torch sees only "
+                            f"{torch.cuda.device_count()} GPU(s); use --nproc-per-node <= "
+                            "the number of GPUs")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", timeout=timeout, device_id=device)
+    else:
+        dist.init_process_group("gloo", timeout=timeout)
+    _owned = True
+    return device
+
+
+def teardown() -> None:
+    """Leave the process group :func:`init` joined (nothing otherwise)."""
+    global _owned
+    if _owned and dist.is_initialized():
+        dist.destroy_process_group()
+    _owned = False
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (used after rank 0 writes shared files)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def print_main(*args, **kwargs) -> None:
+    """``print`` on rank 0 only."""
+    if is_main():
+        print(*args, **kwargs)
+
+
+def _comm_device() -> torch.device:
+    """Where small tensors for collectives live: the current GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# ----- sharding ------------------------------------------------------------------------------
+def shard_bounds(n: int, rank_: int | None = None, world: int | None = None) -> tuple[int, int]:
+    """[lo, hi) of rank ``rank_``'s contiguous share of n items (sizes differ by at most 1)."""
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world is None else world
+    return n * r // w, n * (r + 1) // w
+
+
+def shard(x: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous slice of a batch (the whole batch in a single process). Slices
+    in rank order concatenate back to the batch, so gathered emission rows keep its order."""
+    lo, hi = shard_bounds(len(x))
+    return x[lo:hi]
+
+
+def zero_counts(hmm: HMM) -> ExpectedCounts:
+    """Counts of no windows (a rank whose shard of a small last batch is empty)."""
+    h = hmm.num_states
+    return ExpectedCounts(
+        initial=torch.zeros_like(hmm.initial), transition=torch.zeros_like(hmm.transition),
+        emission_rows=torch.zeros(0, dtype=torch.long, device=hmm.device),
+        emission_values=torch.zeros(0, h, device=hmm.device, dtype=hmm.emission.dtype),
+        state_totals=torch.zeros(hmm.config.emission_positions, h, device=hmm.device),
+        log_likelihood=0.0, num_windows=0)
+
+
+def local_expected_counts(hmm: HMM, x: torch.Tensor) -> ExpectedCounts:
+    """E-step on this rank's shard of the batch ``x`` [B, T] (not yet summed over ranks)."""
+    part = shard(x)
+    return expected_counts(hmm, part) if len(part) else zero_counts(hmm)
+
+
+# ----- reductions ----------------------------------------------------------------------------
+def all_reduce_sum(*values: float) -> list[float]:
+    """Python floats summed over ranks (in float64)."""
+    if not is_distributed():
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank (e.g. one rank got Ctrl-C)."""
+    return bool(all_reduce_sum(float(flag))[0] > 0) if is_distributed() else bool(flag)
+
+
+def all_reduce_counts(counts: ExpectedCounts, hmm: HMM, emission: str = "auto"
+                      ) -> ExpectedCounts:
+    """The counts of the whole batch: ``counts`` (this rank's shard) summed over ranks.
+
+    The dense tables (initial [H], transition [P_A, H, H], state totals [P_B, H]) and the
+    log-likelihood are summed with ``all_reduce``. Emission counts are sparse rows (one row of
+    H per token of the shard, indices ``p * V + w``), which ``all_reduce`` cannot add, so they
+    travel in one of two forms, whichever is smaller (``emission="auto"``):
+
+    - ``"rows"``: every rank's rows are gathered (``all_gather``; rank order = batch order)
+      and concatenated. Each rank receives B*T rows of H values for a batch of B windows of T
+      tokens. The M-step adds repeated rows with ``index_add_``.
+    - ``"dense"``: each rank scatters its rows into a [P_B * V, H] table and the tables are
+      summed with ``all_reduce``, which moves about twice the table per rank and needs a
+      second emission-sized table in memory.
+
+    For mini-batches B*T is far below P_B*V (a batch of 4,096 windows of 32 tokens gives
+    131,072 rows; the non-homogeneous table has 32 * 33,278 = 1,064,896), so gathering rows
+    moves and stores about 8x less than densifying. Densifying wins only when rows would
+    outnumber the table (a homogeneous model with a small vocabulary, or huge batches).
+    The tensors of ``counts`` are reduced in place.
+    """
+    if not is_distributed():
+        return counts
+    if emission not in ("auto", "rows", "dense"):
+        raise ValueError(f"emission must be 'auto', 'rows' or 'dense', got {emission!r}")
+    for t in (counts.initial, counts.transition, counts.state_totals):
+        dist.all_reduce(t)
+    log_likelihood, num_windows = all_reduce_sum(counts.log_likelihood, counts.num_windows)
+    device = counts.emission_values.device
+    size = torch.tensor([counts.emission_rows.numel()], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    table_rows = hmm.config.emission_positions * hmm.vocab_size
+    if emission == "dense" or (emission == "auto" and sum(sizes) > table_rows):
+        table = torch.zeros(table_rows, hmm.num_states, device=device,
+                            dtype=counts.emission_values.dtype)
+        table.index_add_(0, counts.emission_rows, counts.emission_values)
+        dist.all_reduce(table)
+        rows, values = torch.arange(table_rows, device=device), table
+    else:
+        rows = _all_gather_rows(counts.emission_rows, sizes)
+        values = _all_gather_rows(counts.emission_values, sizes)
+    return ExpectedCounts(counts.initial, counts.transition, rows, values, counts.state_totals,
+                          log_likelihood, int(num_windows))
+
+
+def _all_gather_rows(t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Concatenation over ranks (in rank order) of each rank's ``t`` [sizes[r], ...]; padded
+    to the largest size for ``all_gather``, which wants equal shapes."""
+    longest = max(sizes)
+    padded = t.new_zeros((longest, *t.shape[1:]))
+    padded[:len(t)] = t
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
+
+
+def all_reduce_accumulator(acc: CountAccumulator) -> None:
+    """Full-batch EM: sum every rank's dense count tables (one ``all_reduce`` each, once per
+    epoch) and the log-likelihoods, in place."""
+    if not is_distributed():
+        return
+    for t in (acc.initial, acc.transition, acc.emission, acc.state_totals):
+        dist.all_reduce(t)
+    acc.log_likelihood, num_windows = all_reduce_sum(acc.log_likelihood, acc.num_windows)
+    acc.num_windows = int(num_windows)
+
+
+# ----- broadcasts ----------------------------------------------------------------------------
+def broadcast_parameters(hmm: HMM) -> None:
+    """Overwrite every rank's parameters with rank 0's (in place). Called at the start of
+    training and at each epoch end: initialisers and CUDA ``index_add_`` (atomics over
+    repeated rows) need not be bitwise deterministic for the ranks to stay identical."""
+    if is_distributed():
+        for t in (hmm.initial, hmm.transition, hmm.emission):
+            dist.broadcast(t, src=0)
+
+
+def broadcast_int(value: int) -> int:
+    """Rank 0's ``value`` on every rank."""
+    if not is_distributed():
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.long, device=_comm_device())
+    dist.broadcast(t, src=0)
+    return int(t.item())
+
+
+def broadcast_array(array: np.ndarray | None, shape: tuple[int, ...],
+                    dtype: np.dtype) -> np.ndarray:
+    """Rank 0's ``array`` (of ``shape`` and ``dtype``; ignored elsewhere) on every rank."""
+    if not is_distributed():
+        return array
+    if is_main():
+        t = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype)).to(_comm_device())
+    else:
+        t = torch.empty(shape, dtype=torch.from_numpy(np.zeros(0, dtype)).dtype,
+                        device=_comm_device())
+    dist.broadcast(t, src=0)
+    return t.cpu().numpy()

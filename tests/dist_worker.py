@@ -1,0 +1,163 @@
+"""The ranks of tests/test_distributed.py: run by the test as
+``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/dist_worker.py TMP``
+(gloo on CPU, joined through :func:`hmmlvd.distributed.init` from torchrun's environment, one
+thread each). Every scenario runs in the same two processes, so they pay the torch and
+transformers imports once; the command line (``hmmlvd.cli.main``) runs last, as under
+``torchrun -m hmmlvd train``.
+
+Each scenario writes its final parameters to ``TMP/result-<scenario>-rank<r>.safetensors``
+(outside every training output folder); rank r trains into ``TMP/<scenario>-out-rank<r>``, so
+the test can check that only rank 0 wrote anything.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+from hmmlvd import HMM, distributed
+from hmmlvd.cli import main as main_cli
+from hmmlvd.data import TokenWindows
+from hmmlvd.hmm import Phase, TrainConfig, expected_counts, load_checkpoint, maximize, train
+
+H, V, T = 8, 50, 6
+NUM_WINDOWS = 257  # 4 batches of 64 and a last batch of 1 window: rank 1's shard is empty
+BATCH = 64
+
+
+def windows(num: int = NUM_WINDOWS, seed: int = 0) -> TokenWindows:
+    stream = np.random.default_rng(seed).integers(0, V, size=num + T - 1)
+    return TokenWindows(stream, T)
+
+
+def model(homogeneous: bool = False) -> HMM:
+    return HMM(H, V, T, homogeneous, seed=0)
+
+
+def config(full_batch: bool = False, checkpoint_every: int = 0) -> TrainConfig:
+    """Two epochs (step sizes 0.5 then 0.2); checkpoints kept so a test can resume from any."""
+    return TrainConfig(phases=[Phase(1, 0.5), Phase(1, 0.2)], batch_size=BATCH,
+                       full_batch=full_batch, seed=3, checkpoint_every=checkpoint_every,
+                       keep_checkpoints=100)
+
+
+def result_path(tmp: Path, scenario: str, rank: int) -> Path:
+    return tmp / f"result-{scenario}-rank{rank}.safetensors"
+
+
+def save_params(hmm: HMM, path: Path) -> None:
+    save_file({k: v.contiguous() for k, v in hmm.parameters().items()}, str(path))
+
+
+def main(tmp: Path) -> None:
+    torch.set_num_threads(1)
+    distributed.init(torch.device("cpu"))  # RANK, WORLD_SIZE, MASTER_ADDR/PORT from torchrun
+    assert distributed.world_size() == 2 and dist.get_backend() == "gloo"
+    rank = distributed.rank()
+    from lvd_tiny import build_tiny_bert  # transformers: imported by both ranks at once
+
+    if rank == 0:
+        build_tiny_bert(tmp / "bert")
+    distributed.barrier()
+    for name, scenario in SCENARIOS.items():
+        hmm = scenario(rank, tmp, str(tmp / "bert"))
+        if hmm is not None:
+            save_params(hmm, result_path(tmp, name, rank))
+    # last: hmmlvd's main leaves the process group when it ends
+    assert main_cli(cli_args(tmp / "corpus", tmp / "cli-two")) == 0
+
+
+def cli_args(corpus: Path, out: Path) -> list[str]:
+    return ["train", "--data-dir", str(corpus), "--hidden-states", "8", "--length", "6",
+            "--epochs", "2", "--batch-size", "32", "--device", "cpu", "--out", str(out),
+            "--checkpoint-every", "5"]
+
+
+# ----- scenarios: each returns the model whose parameters the test compares ------------------
+def minibatch(rank: int, tmp: Path, _: str) -> HMM:
+    hmm = model()
+    train(hmm, windows(), config(checkpoint_every=2), out=tmp / f"minibatch-out-rank{rank}",
+          progress=False)
+    return hmm
+
+
+def fullbatch(rank: int, tmp: Path, _: str) -> HMM:
+    hmm = model()
+    train(hmm, windows(), config(full_batch=True), out=tmp / f"fullbatch-out-rank{rank}",
+          progress=False)
+    return hmm
+
+
+def homogeneous(rank: int, tmp: Path, _: str) -> HMM:
+    hmm = model(homogeneous=True)  # 64 * 6 gathered rows > V = 50 table rows: dense path
+    train(hmm, windows(), config(), progress=False)
+    return hmm
+
+
+def resume_from_one_rank(rank: int, tmp: Path, _: str) -> HMM:
+    """Continue a single-process run (checkpoint prepared by the test) with two ranks."""
+    folder = tmp / "resume2"
+    hmm, saved, state = load_checkpoint(folder)
+    out = folder if rank == 0 else tmp / f"resume_from_one_rank-out-rank{rank}"
+    train(hmm, windows(), saved, out=out, state=state, progress=False)
+    return hmm
+
+
+def reduction_modes(rank: int, tmp: Path, _: str) -> None:
+    """Both emission forms of all_reduce_counts give the single-process counts' M-step."""
+    x = windows()[:100]
+    reference = model()
+    whole = expected_counts(reference, x)
+    maximize(reference, whole, 0.7)
+    for form in ("rows", "dense", "auto"):
+        hmm = model()
+        counts = distributed.all_reduce_counts(distributed.local_expected_counts(hmm, x), hmm,
+                                               emission=form)
+        assert counts.num_windows == 100
+        assert abs(counts.log_likelihood - whole.log_likelihood) < 1e-3
+        torch.testing.assert_close(counts.transition, whole.transition, rtol=1e-5, atol=1e-6)
+        maximize(hmm, counts, 0.7)
+        for name, p in hmm.parameters().items():
+            torch.testing.assert_close(p, reference.parameters()[name], rtol=1e-5, atol=1e-7,
+                                       msg=f"{form}: {name}")
+    return None
+
+
+def lvd(rank: int, tmp: Path, tiny_bert: str) -> HMM:
+    """Ranks fill disjoint chunks of one embedding cache; rank 0's k-means labels reach every
+    rank; the distilled model is the same on both."""
+    from lvd_tiny import TINY_WORDS, tiny_vocab
+
+    from hmmlvd.lvd import LVDSettings, embed_windows, load_encoder, run_lvd, suffix_embeddings
+
+    vocab = tiny_vocab()
+    stream = np.random.default_rng(4).integers(0, len(TINY_WORDS), size=104)
+    win = TokenWindows(stream, 5)  # 100 windows: chunks of 16 in rounds of 2, the last short
+    encoder = load_encoder(tiny_bert)
+    cache = tmp / "lvd-cache"
+    emb = embed_windows(encoder, win, vocab, cache, batch_size=8, chunk_size=16,
+                        progress=False)
+    want = suffix_embeddings(encoder, win[:], vocab).numpy()
+    np.testing.assert_allclose(emb.astype(np.float32), want, atol=2e-3, rtol=2e-3)
+    progress = json.loads(next(cache.glob("*/progress.json")).read_text())
+    assert progress == {"windows_done": len(win)}, progress
+    settings = LVDSettings(encoder=encoder, cache_dir=cache, kmeans_iters=3, seed=rank)
+    result = run_lvd(win, 4, vocab, settings, train_config=config(), embeddings=emb,
+                     progress=False)
+    np.save(tmp / f"lvd-labels-rank{rank}.npy", result.labels)
+    return result.hmm
+
+
+SCENARIOS = {"minibatch": minibatch, "fullbatch": fullbatch, "homogeneous": homogeneous,
+             "resume_from_one_rank": resume_from_one_rank, "reduction_modes": reduction_modes,
+             "lvd": lvd}
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

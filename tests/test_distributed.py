@@ -1,0 +1,162 @@
+"""Data-parallel EM with torch.distributed on CPU (gloo), two processes: the parameters after
+mini-batch and full-batch EM equal single-process EM on the same data and schedule; only rank 0
+writes; checkpoints resume with another number of ranks; LVD's sharded embedding cache and
+broadcast k-means labels; and the ``hmmlvd train`` command on two ranks end to end.
+
+One ``torchrun --standalone --nproc-per-node 2 tests/dist_worker.py`` runs every scenario."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dist_worker as w
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from hmmlvd import HMM, distributed
+from hmmlvd.cli import main
+from hmmlvd.hmm import load_checkpoint, train
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="torch.distributed with gloo is not available")
+
+MID_STEP = "step-00000004"  # epoch 1 (5 batches), after batch 4
+
+
+def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    for name in ("initial", "transition", "emission"):
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def params(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def point_latest_at(out: Path, step: str) -> None:
+    assert json.loads((out / "checkpoints" / step / "train_state.json").read_text())["batch"]
+    (out / "checkpoints" / "latest").write_text(step + "\n")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[Path, str]:
+    """Single-process references, then every scenario of dist_worker on two ranks under
+    torchrun; returns the folder and the ranks' stdout."""
+    tmp = tmp_path_factory.mktemp("dist")
+    for name, hmm, cfg, out in (
+            ("minibatch", w.model(), w.config(checkpoint_every=2), tmp / "single"),
+            ("fullbatch", w.model(), w.config(full_batch=True), None),
+            ("homogeneous", w.model(homogeneous=True), w.config(), None)):
+        train(hmm, w.windows(), cfg, out=out, progress=False)
+        w.save_params(hmm, tmp / f"single-{name}.safetensors")
+    shutil.copytree(tmp / "single", tmp / "resume2")  # a 1-rank run, continued on 2 ranks
+    point_latest_at(tmp / "resume2", MID_STEP)
+    write_corpus(tmp / "corpus")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "HMMLVD_DIST_TIMEOUT": "120"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", str(Path(w.__file__)), str(tmp)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return tmp, proc.stdout
+
+
+@pytest.mark.parametrize("scenario", ["minibatch", "fullbatch", "homogeneous"])
+def test_two_ranks_equal_one_process(runs, scenario):
+    runs, _ = runs
+    rank0 = params(w.result_path(runs, scenario, 0))
+    rank1 = params(w.result_path(runs, scenario, 1))
+    for name, p in rank0.items():
+        assert torch.equal(p, rank1[name]), name  # identical M-steps on identical counts
+    close(rank0, params(runs / f"single-{scenario}.safetensors"))
+
+
+def test_only_rank_0_writes(runs):
+    runs, _ = runs
+    assert not (runs / "minibatch-out-rank1").exists()
+    assert not (runs / "fullbatch-out-rank1").exists()
+    assert not (runs / "resume_from_one_rank-out-rank1").exists()
+    ours, single = runs / "minibatch-out-rank0" / "checkpoints", runs / "single" / "checkpoints"
+    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in single.iterdir())
+    assert (ours / "latest").read_text() == "step-00000010\n"
+    a = json.loads((ours / "step-00000010" / "train_state.json").read_text())
+    b = json.loads((single / "step-00000010" / "train_state.json").read_text())
+    assert (a["epoch"], a["batch"], a["step"]) == (b["epoch"], b["batch"], b["step"]) == (2, 0, 10)
+    for ra, rb in zip(a["history"], b["history"], strict=True):
+        assert ra["train_ll_per_token"] == pytest.approx(rb["train_ll_per_token"], abs=1e-5)
+
+
+def test_two_rank_checkpoint_resumes_with_one_process(runs, tmp_path):
+    runs, _ = runs
+    out = tmp_path / "run"
+    shutil.copytree(runs / "minibatch-out-rank0", out)
+    point_latest_at(out, MID_STEP)
+    hmm, config, state = load_checkpoint(out)
+    train(hmm, w.windows(), config, out=out, state=state, progress=False)
+    close(hmm.parameters(), params(w.result_path(runs, "minibatch", 0)))
+
+
+def test_one_process_checkpoint_resumes_with_two_ranks(runs):
+    runs, _ = runs
+    rank0 = params(w.result_path(runs, "resume_from_one_rank", 0))
+    close(rank0, params(runs / "single-minibatch.safetensors"))
+    close(rank0, HMM.from_pretrained(runs / "resume2" / "checkpoints" / "step-00000010")
+          .parameters())
+
+
+def test_lvd_shards_the_cache_and_shares_rank_0_labels(runs):
+    runs, _ = runs
+    # the ranks' k-means seeds differ (seed=rank), so equal labels mean rank 0's were broadcast
+    labels = [np.load(runs / f"lvd-labels-rank{r}.npy") for r in (0, 1)]
+    np.testing.assert_array_equal(labels[0], labels[1])
+    rank0, rank1 = (params(w.result_path(runs, "lvd", r)) for r in (0, 1))
+    for name, p in rank0.items():
+        assert torch.equal(p, rank1[name]), name
+
+
+def test_helpers_in_one_process():
+    x = torch.arange(10).view(5, 2)
+    assert distributed.world_size() == 1 and distributed.is_main()
+    assert torch.equal(distributed.shard(x), x)
+    assert [distributed.shard_bounds(5, r, 2) for r in (0, 1)] == [(0, 2), (2, 5)]
+    assert [distributed.shard_bounds(1, r, 2) for r in (0, 1)] == [(0, 0), (0, 1)]
+    assert distributed.all_reduce_sum(1.5, 2) == [1.5, 2.0]
+    assert distributed.any_rank(True) and not distributed.any_rank(False)
+    assert distributed.init(torch.device("cpu")) == torch.device("cpu")  # no WORLD_SIZE: no-op
+
+
+# ----- the command line under torchrun -------------------------------------------------------
+WORDS = [f"w{i}" for i in range(45)]
+
+
+def write_corpus(folder: Path) -> Path:
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for split, lines in (("train", 60), ("valid", 10), ("test", 10)):
+        text = "".join(" ".join(rng.choice(WORDS, size=rng.integers(3, 9))) + "\n"
+                       for _ in range(lines))
+        (folder / f"wiki.{split}.tokens").write_text(text)
+    return folder
+
+
+def test_train_command_on_two_ranks_matches_one_process(runs, tmp_path, capsys):
+    runs, stdout = runs
+    assert stdout.count("on 2 ranks") == 1  # rank 0 alone prints
+    assert stdout.count("sliding ppl") == 1  # and evaluates
+    one, two = tmp_path / "one", runs / "cli-two"
+    assert main(w.cli_args(runs / "corpus", one)) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in two.rglob("*")) == sorted(p.name for p in one.rglob("*"))
+    close(HMM.from_pretrained(two).parameters(), HMM.from_pretrained(one).parameters())
+    r1, r2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert r2["world_size"] == 2 and r1["world_size"] == 1
+    for split in ("valid", "test"):
+        assert r2["eval"][split]["sliding_ppl"] == pytest.approx(r1["eval"][split]["sliding_ppl"],
+                                                                rel=1e-4)
