@@ -1,9 +1,16 @@
 """hmmlvd: large tractable generative models (HMMs, probabilistic circuits) trained with
 latent variable distillation."""
 
-from hmmlvd.errors import CheckpointError, DataError, EncoderError, HMMLVDError, ParameterError
+from hmmlvd.errors import (
+    CheckpointError,
+    DataError,
+    EncoderError,
+    HMMLVDError,
+    InsufficientMemoryError,
+    ParameterError,
+)
 from hmmlvd.hmm import HMM
 
 __version__ = "0.1.0"
 __all__ = ["HMM", "CheckpointError", "DataError", "EncoderError", "HMMLVDError",
-           "ParameterError", "__version__"]
+           "InsufficientMemoryError", "ParameterError", "__version__"]

@@ -286,6 +286,42 @@ def test_refused_step_leaves_no_stale_counts():
         torch.testing.assert_close(p, q)
 
 
+
+def test_failed_full_batch_epoch_leaves_no_counts_behind():
+    """A full-batch epoch that fails on a later batch must not leave the earlier batches'
+    counts to be added to the next epoch's."""
+    circuit = make_circuit("chain4", "hadamard", "categorical", 2, seed=8)
+    with torch.no_grad():
+        circuit.input_layer.log_prob[2, 1] = -math.inf  # variable 2 can never be 1
+        circuit.input_layer.log_prob[2, 0] = math.log(0.5)
+        circuit.input_layer.log_prob[2, 2] = math.log(0.5)
+    before = copy.deepcopy(circuit)
+    x = torch.tensor([[0, 0, 0, 0]] * 4 + [[1, 1, 1, 1]])
+    with pytest.raises(DataError, match="probability zero"):
+        fit_em(circuit, x, batch_size=2, full_batch=True, progress=False)
+    assert all(layer.log_weight.grad is None for layer in circuit.sum_layers())
+    good = x[:4]
+    fit_em(circuit, good, batch_size=2, full_batch=True, progress=False)
+    fit_em(before, good, batch_size=2, full_batch=True, progress=False)
+    for p, q in zip(before.parameters(), circuit.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_pseudocount_leaves_unvisited_rows_alone():
+    """Rows that got no count in a step keep their values even with a pseudocount (it
+    smooths what the data reached; it does not pull the rest towards uniform)."""
+    circuit = make_circuit("chain4", "hadamard", "categorical", 2, seed=3)
+    layer = circuit.layers[0]  # log_weight [E, K, K], rows over the last dim
+    before = layer.log_weight.detach().clone()
+    counts = torch.zeros_like(before)
+    counts[0, 0] = torch.tensor([3.0, 1.0])  # only row (0, 0) saw data
+    layer.log_weight.grad = counts
+    layer.maximize_(1.0, 0.5)
+    after = layer.log_weight.detach()
+    torch.testing.assert_close(after[0, 0].exp(), torch.tensor([3.5, 1.5]) / 5.0)
+    assert torch.equal(after[0, 1:], before[0, 1:]) and torch.equal(after[1:], before[1:])
+
+
 # ----------------------------------------------------------------------------- closed forms
 
 

@@ -275,6 +275,13 @@ class Circuit(nn.Module):
         density = self.input_layer.entry_log_density(x, normalise)
         if track_density:
             density = density.detach().requires_grad_()
+        return self.evaluate_density(density, observed, normalise)
+
+    def evaluate_density(self, density: torch.Tensor, observed: torch.Tensor | None = None,
+                         normalise: bool = False) -> Evaluation:
+        """The forward pass from given input log-densities ``density`` [B, E, K] (entry e,
+        component k); ``evaluate`` computes them from data. Other densities, e.g. soft evidence
+        over a latent variable's values, give the circuit with those leaves substituted."""
         region_values = [self.input_layer(density, observed)]
         inbox: list[list[torch.Tensor]] = [[] for _ in self.layers]
         self._send(0, region_values[0], inbox)
@@ -297,6 +304,23 @@ class Circuit(nn.Module):
         root = region_values[source].select(1, offset)
         return Evaluation(self.root_sum(root, normalise), region_values, layer_inputs,
                           partition_values, density)
+
+    def region_values(self, evaluation: Evaluation, regions: torch.Tensor) -> torch.Tensor:
+        """[B, len(regions), K] values of the regions numbered ``regions`` [M] (in the
+        numbering of ``position``), gathered from the sources that hold them."""
+        bounds = torch.tensor([self.input_layer.num_leaves] + [
+            plan.start + plan.num_single + plan.num_mixed for plan in self.plans])
+        source = torch.bucketize(regions.cpu(), bounds, right=True)
+        starts = torch.cat([torch.zeros(1, dtype=torch.long), bounds[:-1]])
+        parts, order = [], []
+        for s in source.unique().tolist():
+            mine = (source == s).nonzero().squeeze(1)
+            offset = (regions.cpu()[mine] - starts[s]).to(evaluation.density.device)
+            parts.append(evaluation.region_values[s].index_select(1, offset))
+            order.append(mine)
+        values = torch.cat(parts, 1)
+        inverse = torch.argsort(torch.cat(order)).to(values.device)
+        return values.index_select(1, inverse)
 
     def _send(self, source: int, values: torch.Tensor, inbox: list[list[torch.Tensor]]) -> None:
         """Read everything later layers need from ``values`` (source ``source``) at once and

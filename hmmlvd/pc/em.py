@@ -24,6 +24,8 @@ def accumulate_counts(circuit: Circuit, x: torch.Tensor,
                       missing: torch.Tensor | None = None) -> float:
     """E-step on one batch ``x`` [B, D] (``missing`` [B, D] True where unobserved): add its
     expected counts to the circuit's accumulators and return the summed log-likelihood.
+    With ``root_size`` > 1 the counts are those of root output 0 (the other outputs' root
+    weights get none and keep their values).
 
     Raises DataError if a sample has probability zero (its posterior is undefined)."""
     prepared, observed = circuit.prepare(x, missing)
@@ -99,15 +101,26 @@ def fit_em(circuit: Circuit, data: torch.Tensor, epochs: int = 1, batch_size: in
     for epoch in tqdm(range(epochs), desc="EM", unit="epoch", disable=not progress):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         total = 0.0
-        for index in _batches(len(data), batch_size, None if full_batch else generator):
-            batch_missing = None if missing is None else missing[index]
-            total += accumulate_counts(circuit, data[index], batch_missing)
-            if not full_batch:
-                maximize(circuit, step_size, pseudocount)
+        try:
+            for index in _batches(len(data), batch_size, None if full_batch else generator):
+                batch_missing = None if missing is None else missing[index]
+                total += accumulate_counts(circuit, data[index], batch_missing)
+                if not full_batch:
+                    maximize(circuit, step_size, pseudocount)
+        except BaseException:
+            discard_counts(circuit)  # a failed epoch leaves no half-collected counts behind
+            raise
         if full_batch:
             maximize(circuit, step_size, pseudocount)
         history.append(total / len(data))
     return history
+
+
+def discard_counts(circuit: Circuit) -> None:
+    """Drop every accumulated count (after a failed E-step), keeping the parameters."""
+    circuit.input_layer.discard_counts_()
+    for layer in circuit.sum_layers():
+        layer.log_weight.grad = None
 
 
 def fit_adam(circuit: Circuit, data: torch.Tensor, epochs: int = 1, batch_size: int = 512,

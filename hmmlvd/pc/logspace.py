@@ -49,12 +49,14 @@ def em_update(old_log: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...]
               valid: torch.Tensor | None = None) -> torch.Tensor:
     """The M-step of log-probabilities normalised over ``dims``: ``theta_new = (counts +
     pseudocount) / sum``, restricted to the ``valid`` entries (the others stay -inf), mixed in
-    probability space as ``(1 - a) * theta + a * theta_new``. Rows with no count and no
-    pseudocount keep their old values. Returns the new log-probabilities."""
+    probability space as ``(1 - a) * theta + a * theta_new``. Rows with no count keep their
+    old values (the pseudocount smooths rows that saw data; it does not pull unvisited ones to
+    uniform). Returns the new log-probabilities."""
+    seen = counts.sum(dim=dims, keepdim=True) > 0
     smoothed = counts + pseudocount
     if valid is not None:
         smoothed = smoothed * valid
     total = smoothed.sum(dim=dims, keepdim=True)
     new = smoothed / total.clamp_min(torch.finfo(counts.dtype).tiny)
-    step = step_size * (total > 0).to(counts.dtype)
-    return torch.log(torch.lerp(old_log.exp(), new, step))
+    updated = torch.log(torch.lerp(old_log.exp(), new, step_size))
+    return torch.where(seen & (total > 0), updated, old_log)

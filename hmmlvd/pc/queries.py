@@ -81,7 +81,7 @@ def inpaint(circuit: Circuit, x: torch.Tensor, missing: torch.Tensor, seed: int 
             raise DataError(f"the observed values of sample {row} have probability zero; "
                             "there is nothing to condition on")
         unit = _choose_units(circuit, evaluation, root_output, pick)
-        return _fill_leaves(circuit, prepared, observed, unit, generator, greedy)
+        return fill_leaves(circuit, prepared, observed, unit, generator, greedy)
 
 
 def _choose_units(circuit: Circuit, evaluation: Evaluation, root_output: int, pick: Picker
@@ -91,6 +91,14 @@ def _choose_units(circuit: Circuit, evaluation: Evaluation, root_output: int, pi
     unit = torch.full((root.shape[0], circuit.num_regions), -1, dtype=torch.long,
                       device=root.device)
     unit[:, circuit.root_index] = circuit.root_sum.choose_unit(root, root_output, pick)
+    return descend(circuit, evaluation, unit, pick)
+
+
+def descend(circuit: Circuit, evaluation: Evaluation, unit: torch.Tensor, pick: Picker
+            ) -> torch.Tensor:
+    """Top-down from the regions already chosen in ``unit`` [B, R] (a unit per visited
+    region, -1 elsewhere): fill in the units of every region below them, each choice ∝
+    weight × the child's value in ``evaluation``. Returns ``unit``."""
     for index in reversed(range(len(circuit.layers))):
         plan = circuit.plans[index]
         width = plan.num_single + plan.num_mixed
@@ -112,7 +120,7 @@ def _choose_units(circuit: Circuit, evaluation: Evaluation, root_output: int, pi
     return unit
 
 
-def _fill_leaves(circuit: Circuit, x: torch.Tensor, observed: torch.Tensor | None,
+def fill_leaves(circuit: Circuit, x: torch.Tensor, observed: torch.Tensor | None,
                  unit: torch.Tensor, generator: torch.Generator, greedy: bool) -> torch.Tensor:
     """Draw every missing variable from the component its visited leaf chose."""
     layer = circuit.input_layer

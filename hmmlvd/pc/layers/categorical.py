@@ -10,7 +10,7 @@ from hmmlvd.errors import DataError
 from hmmlvd.pc.gumbel import pick_index
 from hmmlvd.pc.layers.input_layer import InputLayer, observed_entries
 from hmmlvd.pc.layers.sum_layer import check_log_probs
-from hmmlvd.pc.logspace import em_update, log_normalise
+from hmmlvd.pc.logspace import em_update, exp_shifted, log_normalise, safe_log
 
 
 class CategoricalInput(InputLayer):
@@ -54,6 +54,25 @@ class CategoricalInput(InputLayer):
         rows = log_prob.reshape(-1, self.num_units).index_select(0, index.flatten())
         return rows.view(*index.shape, self.num_units)
 
+    def soft_evidence_density(self, log_evidence: torch.Tensor) -> torch.Tensor:
+        """Entries whose variable is latent, known only through evidence: ``log_evidence``
+        [B, E, C] (log f_e(c), e.g. a sub-circuit's log-likelihood for each value c) ->
+        [B, E, K] ``log sum_c p(c | e, k) f_e(c)``. Differentiable in ``log_prob``: after
+        ``backward``, :meth:`take_gradient_counts_` collects the expected counts."""
+        scaled, shift = exp_shifted(log_evidence)  # [B, E, C]
+        mixed = torch.einsum("bec,eck->bek", scaled, self.log_prob.exp())
+        return safe_log(mixed) + shift
+
+    @torch.no_grad()
+    def take_gradient_counts_(self) -> None:
+        """Add ``log_prob.grad`` (the expected counts of a backward pass through
+        :meth:`soft_evidence_density`) to the statistics ``maximize_`` uses; clear it."""
+        if self.log_prob.grad is None:
+            return
+        counts = self.log_prob.grad.reshape(-1, self.num_units)
+        self._counts = counts.clone() if self._counts is None else self._counts + counts
+        self.log_prob.grad = None
+
     @torch.no_grad()
     def accumulate_(self, x: torch.Tensor, responsibility: torch.Tensor,
                     observed: torch.Tensor | None) -> None:
@@ -71,6 +90,9 @@ class CategoricalInput(InputLayer):
             return
         counts = self._counts.view_as(self.log_prob)
         self.log_prob.copy_(em_update(self.log_prob, counts, (1,), step_size, pseudocount))
+        self._counts = None
+
+    def discard_counts_(self) -> None:
         self._counts = None
 
     @torch.no_grad()

@@ -75,6 +75,9 @@ class GaussianInput(InputLayer):
         self.log_var.copy_(torch.log(torch.lerp(self._log_var().exp(), var, step_size)))
         self._stats = None
 
+    def discard_counts_(self) -> None:
+        self._stats = None
+
     @torch.no_grad()
     def renormalise_(self) -> None:
         self.log_var.copy_(self._log_var())

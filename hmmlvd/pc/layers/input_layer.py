@@ -63,6 +63,10 @@ class InputLayer(nn.Module):
         """M-step from the accumulated statistics (then cleared), mixed with step size a."""
         raise NotImplementedError
 
+    def discard_counts_(self) -> None:
+        """Drop the accumulated statistics without an M-step."""
+        raise NotImplementedError
+
     def renormalise_(self) -> None:
         """Project the parameters back to valid values after a gradient step."""
         raise NotImplementedError

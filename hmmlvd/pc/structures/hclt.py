@@ -9,6 +9,7 @@ compute them must handle products of more than two child vectors (or binarise th
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,18 +44,22 @@ def _check_data(data: np.ndarray, num_categories: int) -> np.ndarray:
 
 
 def mutual_information(
-    data: np.ndarray, num_categories: int, pseudocount: float = 0.01, block: int = 64
+    data: np.ndarray, num_categories: int, pseudocount: float = 0.01, block: int | None = None
 ) -> np.ndarray:
     """Pairwise plug-in mutual information [D, D] (nats) of categorical data [N, D].
 
     Joint counts come from one-hot matrix products (`block` variables at a time to bound
     memory); every cell of every pairwise table gets `pseudocount`, and the marginals are the
     sums of the smoothed joint, so each MI is >= 0 up to rounding. The diagonal is set to 0.
-    Memory is about N * D * C floats for the one-hot matrix: bin many-valued data first.
+    Memory is about N * D * C floats for the one-hot matrix plus a few block * D * C^2 tables
+    (``block`` defaults to what keeps those near 2^24 entries); time grows as D^2 C^2 N, so bin
+    many-valued data (e.g. 256 grey levels into 8) first.
     """
     data = _check_data(data, num_categories)
     n, d = data.shape
     c = num_categories
+    if block is None:
+        block = max(1, 2**24 // (d * c * c))
     onehot = _one_hot(data, c)
     total = n + pseudocount * c * c
     marg = (onehot.sum(0).reshape(d, c) + pseudocount * c) / total  # [D, C]
@@ -155,3 +160,45 @@ def hclt_region_graph(
     return RegionGraph.from_partitions(
         num_variables, partitions, extra_regions=[tuple(range(num_variables))]
     )
+
+
+def tree_centre(tree: Sequence[Edge], num_variables: int) -> int:
+    """A centre of the tree (the middle vertex of a longest path): rooting an HCLT there
+    minimises its depth, i.e. its number of layers."""
+    neighbours: list[list[int]] = [[] for _ in range(num_variables)]
+    for i, j in tree:
+        neighbours[i].append(j)
+        neighbours[j].append(i)
+
+    def farthest(start: int) -> list[int]:
+        """The path from ``start`` to a vertex farthest from it (that vertex first)."""
+        parent = [-1] * num_variables
+        seen = [False] * num_variables
+        seen[start] = True
+        queue, last = deque([start]), start
+        while queue:
+            last = queue.popleft()
+            for n in neighbours[last]:
+                if not seen[n]:
+                    seen[n], parent[n] = True, last
+                    queue.append(n)
+        path = [last]
+        while parent[path[-1]] >= 0:
+            path.append(parent[path[-1]])
+        return path
+
+    path = farthest(farthest(0)[0])
+    return path[len(path) // 2]
+
+
+def learn_hclt(data: np.ndarray, num_categories: int, bins: int | None = None) -> RegionGraph:
+    """The HCLT region graph of ``data`` [N, D] (values 0..num_categories-1): its Chow–Liu
+    tree, learned on values binned to ``bins`` levels if given (``v * bins // C``, what keeps
+    256 grey levels affordable), rooted at the tree's centre."""
+    data = _check_data(data, num_categories)
+    if bins is not None and bins < num_categories:
+        data, num_categories = data * bins // num_categories, bins
+    num_variables = data.shape[1]
+    tree = chow_liu_tree(data, num_categories)
+    return hclt_region_graph(tree, root=tree_centre(tree, num_variables),
+                             num_variables=num_variables)
