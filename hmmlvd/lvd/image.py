@@ -1,0 +1,160 @@
+"""Patch-based latent variable distillation for image circuits (see ``hmmlvd.pc.patch_circuit``).
+
+Pipeline: patch features (``patch_features``) -> per-position k-means latents Z_i with C values
+-> (a) each sub-PC (i, c) trained by EM on the patches assigned to c only -> (b) the top
+circuit fitted to the latent assignments -> (c) the whole circuit finetuned by mini-batch EM on
+the pixels alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hmmlvd.data.images import flatten
+from hmmlvd.data.patches import split_patches
+from hmmlvd.errors import DataError
+from hmmlvd.lvd.patch_features import make_featuriser, patch_latents
+from hmmlvd.pc.em import fit_em
+from hmmlvd.pc.patch_circuit import PatchCircuit
+from hmmlvd.pc.structures import RegionGraph, learn_hclt
+
+NUM_LEVELS = 256  # pixel values are categories 0..255
+
+
+@dataclass
+class PatchLVDConfig:
+    """Settings of :func:`train_patch_lvd`.
+
+    patch: patch side (must divide the image sides); num_latents: C, values of each patch
+    latent; sub_units / top_units: hidden size K of the sub-PCs (HCLT per patch and latent
+    value) and of the top HCLT over the latents; featuriser: "pca" or "mae"; feature_dim: size
+    of a patch feature; context: pixels of context around each patch that its feature sees;
+    tree_bins: grey levels are binned to this many values to learn the Chow–Liu trees;
+    *_epochs: EM epochs of stages (a), (b), (c); batch_size, step_size, pseudocount: mini-batch
+    EM settings; cache_dir: where featurisers cache what they train (None: no cache)."""
+
+    patch: int = 7
+    num_latents: int = 16
+    sub_units: int = 8
+    top_units: int = 16
+    featuriser: str = "pca"
+    feature_dim: int = 32
+    context: int = 4
+    tree_bins: int = 8
+    stage_a_epochs: int = 5
+    stage_b_epochs: int = 20
+    stage_c_epochs: int = 2
+    batch_size: int = 256
+    step_size: float = 0.1
+    pseudocount: float = 0.01
+    seed: int = 0
+    cache_dir: str | None = None
+
+
+def group_batches(labels: np.ndarray, num_latents: int, batch_size: int,
+                  generator: np.random.Generator) -> Iterator[np.ndarray]:
+    """One stage-(a) epoch: [B, G] sample ids, column g = i * C + c listing (shuffled) the
+    samples whose patch i has latent c, -1 where a group has run out. Every sample's patch
+    appears once in its group's column; the epoch lasts as long as the largest group."""
+    n = labels.shape[1]
+    members = [np.flatnonzero(labels[:, i] == c) for i in range(n) for c in range(num_latents)]
+    longest = max(len(m) for m in members)
+    columns = np.full((-(-longest // batch_size) * batch_size, len(members)), -1, np.int64)
+    for g, ids in enumerate(members):
+        columns[:len(ids), g] = generator.permutation(ids)
+    yield from columns.reshape(-1, batch_size, len(members))
+
+
+def structures(patches: np.ndarray, labels: np.ndarray, num_latents: int, num_categories: int,
+               bins: int) -> tuple[list[RegionGraph], RegionGraph]:
+    """HCLT region graphs: one per sub-circuit (i, c), learned from the patches at position i
+    assigned to c (from all patches at i when fewer than 2 are), and the top one over the
+    latents. ``patches`` [N, n, P], ``labels`` [N, n]."""
+    subs = []
+    for i in range(patches.shape[1]):
+        pooled = None
+        for c in range(num_latents):
+            mine = patches[labels[:, i] == c, i]
+            if len(mine) < 2:
+                if pooled is None:
+                    pooled = learn_hclt(patches[:, i], num_categories, bins)
+                subs.append(pooled)
+            else:
+                subs.append(learn_hclt(mine, num_categories, bins))
+    return subs, learn_hclt(labels, num_latents)
+
+
+def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: bool = True,
+                    device: str | torch.device = "cpu") -> tuple[PatchCircuit, dict]:
+    """Distil, build and train the patch-latent circuit of ``train_images`` [N, H, W, C]
+    (uint8 pixel levels). Returns the circuit and a history: per-stage mean log-likelihoods
+    per epoch and seconds per step of the pipeline."""
+    if train_images.ndim != 4 or len(train_images) < 2:
+        raise DataError(f"training images must be [N >= 2, H, W, C], got {train_images.shape}")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    featuriser = make_featuriser(config.featuriser, config.patch, context=config.context,
+                                 dim=config.feature_dim, seed=config.seed,
+                                 cache_dir=config.cache_dir, progress=progress)
+    features = featuriser.fit(train_images).transform(train_images)
+    timings["features"] = time.perf_counter() - started
+    labels = np.asarray(patch_latents(features, config.num_latents, seed=config.seed,
+                                      progress=progress))
+    timings["latents"] = time.perf_counter() - started - sum(timings.values())
+    patches = split_patches(train_images, config.patch).astype(np.int64)  # [N, n, P]
+    subs, top = structures(patches, labels, config.num_latents, NUM_LEVELS, config.tree_bins)
+    model = PatchCircuit(train_images.shape[1:], config.patch, subs, top, config.num_latents,
+                         config.sub_units, config.top_units, NUM_LEVELS, config.seed).to(device)
+    timings["structure"] = time.perf_counter() - started - sum(timings.values())
+    history: dict = {"timings": timings}
+    history["stage_a"] = _stage_a(model, patches, labels, config, progress)
+    timings["stage_a"] = time.perf_counter() - started - sum(timings.values())
+    history["stage_b"] = fit_em(model.top, torch.as_tensor(labels, device=device),
+                                config.stage_b_epochs, config.batch_size, config.step_size,
+                                config.pseudocount, seed=config.seed, progress=progress)
+    timings["stage_b"] = time.perf_counter() - started - sum(timings.values())
+    history["stage_c"] = _stage_c(model, flatten(train_images), config, progress)
+    timings["stage_c"] = time.perf_counter() - started - sum(timings.values())
+    return model, history
+
+
+def _stage_a(model: PatchCircuit, patches: np.ndarray, labels: np.ndarray,
+             config: PatchLVDConfig, progress: bool) -> list[float]:
+    """Stage (a): every sub-circuit (i, c) trained by EM on the patches at i labelled c."""
+    generator = np.random.default_rng(config.seed)
+    position = np.repeat(np.arange(patches.shape[1]), config.num_latents)  # group -> patch i
+    history = []
+    for epoch in range(config.stage_a_epochs):
+        total, count = 0.0, 0
+        batches = list(group_batches(labels, config.num_latents, config.batch_size, generator))
+        for ids in tqdm(batches, desc=f"LVD stage a, epoch {epoch + 1}", disable=not progress):
+            present = ids >= 0
+            batch = torch.as_tensor(patches[np.maximum(ids, 0), position[None, :]])
+            mean = model.group_em_step(batch.to(model.device), torch.as_tensor(present),
+                                       config.step_size, config.pseudocount)
+            total, count = total + mean * present.sum(), count + present.sum()
+        history.append(float(total / max(count, 1)))
+    return history
+
+
+def _stage_c(model: PatchCircuit, pixels: np.ndarray, config: PatchLVDConfig,
+             progress: bool) -> list[float]:
+    """Stage (c): the whole circuit finetuned by mini-batch EM on the pixels alone."""
+    data = torch.as_tensor(pixels)
+    history = []
+    for epoch in range(config.stage_c_epochs):
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(
+            config.seed * 1_000_003 + epoch))
+        total = 0.0
+        for ids in tqdm(order.split(config.batch_size), desc=f"LVD stage c, epoch {epoch + 1}",
+                        disable=not progress):
+            total += model.em_step(data[ids].to(model.device), config.step_size,
+                                   config.pseudocount) * len(ids)
+        history.append(total / len(data))
+    return history

@@ -1,0 +1,335 @@
+"""The patch-latent circuit of image LVD: p(x) = sum_z top(z) prod_i p_{i, z_i}(x_i).
+
+An image's pixels are split into n patches x_i (``hmmlvd.data.patches`` order). Patch position
+i has a latent Z_i with C values and, for each value c, its own sub-circuit p_{i,c} over the
+patch's P pixels (group g = i * C + c); the top circuit is a distribution over Z_1..Z_n.
+Summing the latents out is exact: the top circuit's input for Z_i becomes the soft evidence
+``sum_c theta[i, c, k] p_{i,c}(x_i)``, so the whole is one smooth, decomposable circuit whose
+log-likelihoods, marginals and samples are exact.
+
+The G = n * C sub-circuits are computed together as one :class:`Circuit` (``parts``) over
+G * P "virtual" variables: group g reads its patch into variables g*P .. g*P + P - 1, through
+its own region graph shifted there (:func:`disjoint_union`). The union needs a root, a product
+of every group's root; it is never used. Each group's density is a mixture of its root
+region's K units with its own weights (``group_root``). Groups share no parameters, so one
+batch can feed every group different patches: that is how stage (a) of LVD trains each
+sub-circuit on its own patches only (:meth:`PatchCircuit.group_em_step`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from hmmlvd.data.patches import patch_variables
+from hmmlvd.errors import DataError, ParameterError
+from hmmlvd.pc.circuit import Circuit, Evaluation, as_array
+from hmmlvd.pc.gumbel import pick_index
+from hmmlvd.pc.layers import SumLayer
+from hmmlvd.pc.logspace import log_sum_exp
+from hmmlvd.pc.queries import descend, fill_leaves
+from hmmlvd.pc.structures import Partition, Region, RegionGraph
+from hmmlvd.validate import check_int, check_pseudocount, check_step_size
+
+
+def disjoint_union(graphs: Sequence[RegionGraph]) -> tuple[RegionGraph, list[Region]]:
+    """One region graph over the variables of all ``graphs`` side by side (graph g's variable
+    v becomes ``offset_g + v``), rooted at a product of their roots. Returns it and the region
+    that is each graph's root."""
+    partitions: list[Partition] = []
+    regions: list[Region] = []
+    roots: list[Region] = []
+    offset = 0
+    for graph in graphs:
+        def shift(region: Region, offset: int = offset) -> Region:
+            return tuple(v + offset for v in region)
+        partitions += [Partition(shift(p.parent), tuple(shift(c) for c in p.children))
+                       for p in graph.partitions]
+        regions += [shift(r) for r in graph.regions]
+        roots.append(shift(graph.root))
+        offset += graph.num_variables
+    if len(roots) > 1:
+        partitions.insert(0, Partition(tuple(range(offset)), tuple(roots)))
+    return RegionGraph.from_partitions(offset, partitions, extra_regions=regions), roots
+
+
+class PatchCircuit(nn.Module):
+    """The circuit of image LVD over [B, H*W*C] images of categorical pixels.
+
+    Args:
+        image_shape: (height, width, channels).
+        patch: patch side (divides height and width).
+        sub_graphs: G = n * C region graphs over P = patch * patch * channels variables, the
+            structure of sub-circuit (i, c) at index ``i * C + c``.
+        top_graph: region graph over the n patch latents.
+        num_latents: C, the values of each latent.
+        sub_units, top_units: K of the sub-circuits and of the top circuit.
+        num_categories: pixel values 0..num_categories-1.
+        seed: seeds the random initial parameters.
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], patch: int,
+                 sub_graphs: Sequence[RegionGraph], top_graph: RegionGraph, num_latents: int,
+                 sub_units: int, top_units: int, num_categories: int = 256, seed: int = 0):
+        super().__init__()
+        height, width, channels = image_shape
+        index = torch.as_tensor(patch_variables(height, width, patch, channels))  # [n, P]
+        n, size = index.shape
+        check_int(num_latents, "number of latent values", 1)
+        if len(sub_graphs) != n * num_latents:
+            raise ParameterError(f"{n} patches x {num_latents} latent values need "
+                                 f"{n * num_latents} sub-circuit graphs, got {len(sub_graphs)}")
+        wrong = [g for g, graph in enumerate(sub_graphs) if graph.num_variables != size]
+        if wrong:
+            raise ParameterError(f"sub-circuit graph {wrong[0]} has "
+                                 f"{sub_graphs[wrong[0]].num_variables} variables; a "
+                                 f"{patch}x{patch}x{channels} patch has {size}")
+        if top_graph.num_variables != n:
+            raise ParameterError(f"the top graph has {top_graph.num_variables} variables, the "
+                                 f"image has {n} patches")
+        self.image_shape = (height, width, channels)
+        self.patch, self.num_latents, self.num_categories = patch, num_latents, num_categories
+        self.settings = {"image_shape": list(self.image_shape), "patch": patch,
+                         "num_latents": num_latents, "sub_units": sub_units,
+                         "top_units": top_units, "num_categories": num_categories}
+        union, roots = disjoint_union(sub_graphs)
+        self.parts = Circuit(union, sub_units, "categorical", num_categories, "hadamard",
+                             seed=seed)
+        self.top = Circuit(top_graph, top_units, "categorical", num_latents, "hadamard",
+                           seed=seed + 1)
+        self.group_root = SumLayer((len(sub_graphs), sub_units), (-1,),
+                                   torch.Generator().manual_seed(seed + 2))
+        self.register_buffer("patch_index", index, persistent=False)
+        self.register_buffer("group_regions", torch.tensor(
+            [self.parts.position[r] for r in roots], dtype=torch.long), persistent=False)
+
+    # ----- sizes ---------------------------------------------------------------------------
+    @property
+    def num_patches(self) -> int:
+        return self.patch_index.shape[0]
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_regions)
+
+    @property
+    def num_variables(self) -> int:
+        return self.patch_index.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.group_root.log_weight.device
+
+    def num_parameters(self) -> int:
+        """Free parameters: every sub-circuit, its root mixture, the top circuit (the unused
+        product over the groups' roots excluded)."""
+        unused = self.parts.root_sum.num_parameters()
+        if self.num_groups > 1:
+            unused += self.parts.layers[-1].num_parameters()
+        return (self.parts.num_parameters() - unused + self.group_root.num_parameters()
+                + self.top.num_parameters())
+
+    def summary(self) -> str:
+        return (f"patch LVD circuit: {self.num_patches} patches of {self.patch}x{self.patch}, "
+                f"C={self.num_latents} latent values, sub-circuits K={self.parts.num_units}, "
+                f"top K={self.top.num_units}; {self.num_parameters():,} parameters")
+
+    # ----- data ----------------------------------------------------------------------------
+    def check_images(self, x: torch.Tensor, missing: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Validate ``x`` [B, D] integer pixels (and the ``missing`` [B, D] bool mask);
+        return them on the circuit's device."""
+        x = as_array(x, "images", self.device)
+        if x.dim() != 2 or x.shape[1] != self.num_variables or x.shape[0] == 0:
+            raise DataError(f"images must have shape [batch >= 1, {self.num_variables}], got "
+                            f"{tuple(x.shape)}")
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise DataError(f"pixels must be integers, got dtype {x.dtype}")
+        if missing is not None:
+            missing = as_array(missing, "missing", self.device)
+            if missing.dtype != torch.bool or missing.shape != x.shape:
+                raise DataError(f"missing must be a bool mask of shape {tuple(x.shape)}, got "
+                                f"{missing.dtype} {tuple(missing.shape)}")
+        bad = (x < 0) | (x >= self.num_categories)
+        if missing is not None:
+            bad &= ~missing
+        if bad.any():
+            row, col = (int(i) for i in bad.nonzero()[0])
+            raise DataError(f"pixel value {int(x[row, col])} at image {row}, variable {col} is "
+                            f"out of range 0..{self.num_categories - 1}")
+        return x.long(), missing
+
+    def virtual(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, D] images (or masks) -> [B, G * P]: every group reads its patch."""
+        patches = x.index_select(1, self.patch_index.flatten()).view(
+            len(x), self.num_patches, 1, -1)
+        size = patches.shape[-1]
+        return patches.expand(-1, -1, self.num_latents, -1).reshape(len(x), -1, size).flatten(1)
+
+    # ----- evaluation ----------------------------------------------------------------------
+    def _groups(self, virtual_x: torch.Tensor, virtual_missing: torch.Tensor | None = None,
+                track_density: bool = False
+                ) -> tuple[torch.Tensor, Evaluation, torch.Tensor, torch.Tensor | None]:
+        """Every group on its virtual variables: (log p_g [B, G], the parts' evaluation,
+        the prepared data and observed mask)."""
+        prepared, observed = self.parts.prepare(virtual_x, virtual_missing)
+        evaluation = self.parts.evaluate(prepared, observed, track_density=track_density)
+        roots = self.parts.region_values(evaluation, self.group_regions)  # [B, G, K]
+        return log_sum_exp(roots + self.group_root.log_weight, -1), evaluation, prepared, observed
+
+    def _top(self, group_log_likelihood: torch.Tensor) -> Evaluation:
+        """The top circuit with each latent's input replaced by its soft evidence."""
+        evidence = group_log_likelihood.view(len(group_log_likelihood), self.num_patches,
+                                             self.num_latents)
+        layer = self.top.input_layer
+        density = layer.soft_evidence_density(evidence.index_select(1, layer.entry_var))
+        return self.top.evaluate_density(density)
+
+    def forward(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
+        """[B] log p(x) of images ``x`` [B, D]; with ``missing`` [B, D] the marginal of the
+        observed pixels."""
+        x, missing = self.check_images(x, missing)
+        virtual_missing = None if missing is None else self.virtual(missing)
+        groups = self._groups(self.virtual(x), virtual_missing)[0]
+        return self._top(groups).log_likelihood[:, 0]
+
+    def log_likelihood(self, x: torch.Tensor, missing: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """``forward`` without gradients."""
+        with torch.no_grad():
+            return self(x, missing)
+
+    def group_log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, n, C] log p_{i,c}(x_i) of every patch under every sub-circuit (no gradients)."""
+        x, _ = self.check_images(x)
+        with torch.no_grad():
+            groups = self._groups(self.virtual(x))[0]
+        return groups.view(len(x), self.num_patches, self.num_latents)
+
+    # ----- learning ------------------------------------------------------------------------
+    def group_em_step(self, patches: torch.Tensor, present: torch.Tensor,
+                      step_size: float = 1.0, pseudocount: float = 0.0) -> float:
+        """Stage (a) of LVD, one EM step of the sub-circuits alone: ``patches`` [B, G, P]
+        holds for each group its own patches, ``present`` [B, G] (bool) which of them are
+        real; each sub-circuit learns from its present patches only (a group with none keeps
+        its parameters). Returns the mean log-likelihood of the present patches."""
+        check_step_size(step_size)
+        check_pseudocount(pseudocount)
+        b, g, _ = patches.shape
+        present = present.to(self.device)
+        if g != self.num_groups or present.shape != (b, g) or not present.any():
+            raise DataError(f"group batches need patches [B, {self.num_groups}, P] and a "
+                            f"non-empty present mask [B, {self.num_groups}], got "
+                            f"{tuple(patches.shape)} and {tuple(present.shape)}")
+        log_p, evaluation, prepared, _ = self._groups(patches.reshape(b, -1),
+                                                      track_density=True)
+        chosen = torch.where(present, log_p, torch.zeros_like(log_p))
+        _check_finite(chosen, "a patch")
+        chosen.sum().backward()
+        self.parts.input_layer.accumulate_(prepared, evaluation.density.grad, None)
+        self._maximize(step_size, pseudocount, top=False)
+        return float(chosen.detach().sum()) / int(present.sum())
+
+    def em_step(self, x: torch.Tensor, step_size: float = 1.0, pseudocount: float = 0.0,
+                missing: torch.Tensor | None = None) -> float:
+        """One EM step of the whole circuit on images ``x`` [B, D] (stage (c) of LVD);
+        returns their mean log-likelihood before the update."""
+        check_step_size(step_size)
+        check_pseudocount(pseudocount)
+        x, missing = self.check_images(x, missing)
+        virtual_missing = None if missing is None else self.virtual(missing)
+        groups, evaluation, prepared, observed = self._groups(
+            self.virtual(x), virtual_missing, track_density=True)
+        log_likelihood = self._top(groups).log_likelihood[:, 0]
+        _check_finite(log_likelihood, "an image")
+        log_likelihood.sum().backward()
+        self.parts.input_layer.accumulate_(prepared, evaluation.density.grad, observed)
+        self.top.input_layer.take_gradient_counts_()
+        self._maximize(step_size, pseudocount, top=True)
+        return float(log_likelihood.detach().mean())
+
+    @torch.no_grad()
+    def _maximize(self, step_size: float, pseudocount: float, top: bool) -> None:
+        layers = [*self.parts.sum_layers(), self.group_root]
+        self.parts.input_layer.maximize_(step_size, pseudocount)
+        if top:
+            self.top.input_layer.maximize_(step_size, pseudocount)
+            layers += self.top.sum_layers()
+        for layer in layers:
+            layer.maximize_(step_size, pseudocount)
+
+    def check_parameters(self) -> None:
+        """Raise ParameterError if any part holds NaN or unnormalised parameters."""
+        self.parts.check_parameters()
+        self.group_root.check("sub-circuit root mixtures")
+        self.top.check_parameters()
+
+    # ----- sampling ------------------------------------------------------------------------
+    def sample(self, num_samples: int, seed: int = 0) -> torch.Tensor:
+        """[num_samples, D] images drawn from the circuit."""
+        check_int(num_samples, "number of samples", 1)
+        shape = (num_samples, self.num_variables)
+        x = torch.zeros(shape, dtype=torch.long, device=self.device)
+        return self.inpaint(x, torch.ones(shape, dtype=torch.bool, device=self.device), seed)
+
+    def inpaint(self, x: torch.Tensor, missing: torch.Tensor, seed: int = 0,
+                greedy: bool = False) -> torch.Tensor:
+        """Fill the ``missing`` [B, D] pixels of ``x`` [B, D] with a sample from
+        p(missing | observed) (``greedy``: the most likely choice at every step instead)."""
+        x, missing = self.check_images(x, missing)
+        generator = torch.Generator().manual_seed(seed)
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            return pick_index(logits, generator, greedy)
+
+        with torch.no_grad():
+            groups, evaluation, prepared, observed = self._groups(
+                self.virtual(x), self.virtual(missing))
+            top = self._top(groups)
+            _check_finite(top.log_likelihood[:, 0], "the observed part of an image")
+            latent = self._choose_latents(groups, top, pick)  # [B, n]
+            group = torch.arange(self.num_patches, device=x.device) * self.num_latents + latent
+            roots = self.parts.region_values(evaluation, self.group_regions)
+            logits = (self.group_root.log_weight[group]
+                      + roots.gather(1, group[:, :, None].expand(-1, -1, roots.shape[-1])))
+            unit = torch.full((len(x), self.parts.num_regions), -1, dtype=torch.long,
+                              device=x.device)
+            unit.scatter_(1, self.group_regions[group], pick(logits.flatten(0, 1)).view_as(group))
+            descend(self.parts, evaluation, unit, pick)
+            filled = fill_leaves(self.parts, prepared, observed, unit, generator, greedy)
+        size = self.patch_index.shape[1]
+        chosen = filled.view(len(x), self.num_groups, size).gather(
+            1, group[:, :, None].expand(-1, -1, size))  # [B, n, P]
+        out = x.clone()
+        out[:, self.patch_index.flatten()] = chosen.flatten(1)
+        return out
+
+    def _choose_latents(self, groups: torch.Tensor, top: Evaluation, pick
+                        ) -> torch.Tensor:
+        """Top-down through the top circuit, then each latent's value c with probability
+        ∝ theta[i, c, k] p_{i,c}(x_i) for its leaf's chosen unit k: [B, n]."""
+        circuit = self.top
+        root = circuit.region_values(top, torch.tensor([circuit.root_index]))[:, 0]
+        unit = torch.full((len(root), circuit.num_regions), -1, dtype=torch.long,
+                          device=root.device)
+        unit[:, circuit.root_index] = circuit.root_sum.choose_unit(root, 0, pick)
+        descend(circuit, top, unit, pick)
+        layer = circuit.input_layer
+        entry_unit = unit.index_select(1, layer.entry_leaf)  # [B, E]
+        evidence = groups.view(len(groups), self.num_patches, self.num_latents)
+        theta = layer.log_prob.detach()  # [E, C, K]
+        entries = torch.arange(layer.num_entries, device=root.device)
+        logits = (theta[entries[None, :], :, entry_unit]  # [B, E, C]
+                  + evidence.index_select(1, layer.entry_var))
+        latent = torch.empty(len(root), self.num_patches, dtype=torch.long, device=root.device)
+        latent[:, layer.entry_var] = pick(logits.flatten(0, 1)).view(len(root), -1)
+        return latent
+
+
+def _check_finite(log_likelihood: torch.Tensor, what: str) -> None:
+    bad = ~torch.isfinite(log_likelihood)
+    if bad.any():
+        raise DataError(f"{what} (sample {int(bad.nonzero()[0][0])}) has probability zero under "
+                        "the circuit, so EM cannot assign it; train with a pseudocount > 0")

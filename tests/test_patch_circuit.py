@@ -1,0 +1,169 @@
+"""The patch-latent circuit of image LVD, against brute force on tiny binary images."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from hmmlvd.errors import DataError, ParameterError
+from hmmlvd.lvd.image import group_batches
+from hmmlvd.pc.patch_circuit import PatchCircuit, disjoint_union
+from hmmlvd.pc.structures import hclt_region_graph, poon_domingos
+
+
+def chain(num_variables: int):
+    return hclt_region_graph([(j, j + 1) for j in range(num_variables - 1)],
+                             num_variables=num_variables)
+
+
+def build(height=2, width=4, patch=2, latents=3, sub_units=2, top_units=2, seed=1):
+    size = patch * patch
+    n = (height // patch) * (width // patch)
+    return PatchCircuit((height, width, 1), patch, [chain(size)] * (n * latents), chain(n),
+                        latents, sub_units, top_units, num_categories=2, seed=seed)
+
+
+def all_images(num_variables: int) -> torch.Tensor:
+    return torch.tensor(list(itertools.product([0, 1], repeat=num_variables)))
+
+
+def test_disjoint_union_is_a_valid_graph_with_shifted_roots():
+    graphs = [chain(3), poon_domingos(2, 2, delta=1)]
+    union, roots = disjoint_union(graphs)
+    union.validate()
+    assert union.num_variables == 7
+    assert roots == [(0, 1, 2), (3, 4, 5, 6)]
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 2), (2, 2, 1)])
+def test_probabilities_of_all_images_sum_to_one(shape):
+    height, width, patch = shape
+    model = build(height, width, patch)
+    x = all_images(height * width)
+    assert float(model.log_likelihood(x).exp().sum()) == pytest.approx(1.0, abs=1e-5)
+    for _ in range(3):
+        model.em_step(x[torch.randint(0, len(x), (32,))], 0.5, 0.01)
+    assert float(model.log_likelihood(x).exp().sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_likelihood_is_the_sum_over_latents_of_top_times_sub_circuits():
+    model = build()
+    x = all_images(8)
+    n, c = model.num_patches, model.num_latents
+    z = torch.tensor(list(itertools.product(range(c), repeat=n)))  # [C^n, n]
+    log_top = model.top.log_likelihood(z)  # [C^n]
+    log_sub = model.group_log_likelihood(x)  # [B, n, C]
+    picked = log_sub[:, torch.arange(n)[None, :], z].sum(-1)  # [B, C^n]
+    expected = torch.logsumexp(log_top[None, :] + picked, dim=1)
+    torch.testing.assert_close(model.log_likelihood(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_marginals_equal_brute_force_sums():
+    model = build()
+    x = all_images(8)
+    missing = torch.zeros_like(x, dtype=torch.bool)
+    missing[:, [1, 5]] = True  # pixels 1 and 5 (one in each patch) summed out
+    marginal = model.log_likelihood(x, missing).exp()
+    keep = [0, 2, 3, 4, 6, 7]
+    brute = {}
+    for row, p in zip(x.tolist(), model.log_likelihood(x).exp().tolist(), strict=True):
+        key = tuple(row[i] for i in keep)
+        brute[key] = brute.get(key, 0.0) + p
+    for row, m in zip(x.tolist(), marginal.tolist(), strict=True):
+        assert m == pytest.approx(brute[tuple(row[i] for i in keep)], abs=1e-6)
+
+
+def test_full_batch_em_never_decreases_likelihood():
+    model = build(latents=2, sub_units=3, top_units=2, seed=4)
+    data = all_images(8)[torch.randint(0, 256, (200,), generator=torch.Generator().manual_seed(0))]
+    previous = float(model.log_likelihood(data).mean())
+    for _ in range(6):
+        model.em_step(data, 1.0, 0.0)
+        current = float(model.log_likelihood(data).mean())
+        assert current >= previous - 1e-5
+        previous = current
+
+
+def test_group_step_touches_only_present_groups():
+    model = build(latents=3)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    patches = torch.randint(0, 2, (6, model.num_groups, 4))
+    present = torch.zeros(6, model.num_groups, dtype=torch.bool)
+    present[:4, 1] = True  # group 1 = patch 0, latent 1
+    present[2:, 5] = True  # group 5 = patch 1, latent 2
+    model.group_em_step(patches, present, 1.0, 0.1)
+    weights = model.group_root.log_weight.detach()
+    changed = (weights != before["group_root.log_weight"]).any(1)
+    assert changed.tolist() == [g in (1, 5) for g in range(model.num_groups)]
+    log_prob = model.parts.input_layer.log_prob.detach()  # [E, 2, K]
+    entry_group = model.parts.input_layer.entry_var // 4
+    moved = (log_prob != before["parts.input_layer.log_prob"]).flatten(1).any(1)
+    assert set(entry_group[moved].tolist()) == {1, 5}
+    for name, p in model.top.named_parameters():
+        torch.testing.assert_close(p.detach(), before[f"top.{name}"], rtol=0, atol=0)
+
+
+def test_group_step_raises_present_groups_likelihood():
+    model = build(latents=2, sub_units=3)
+    gen = torch.Generator().manual_seed(0)
+    patches = torch.randint(0, 2, (40, model.num_groups, 4), generator=gen)
+    present = torch.rand(40, model.num_groups, generator=gen) < 0.7
+    before = model.group_em_step(patches, present, 1.0, 0.0)
+    after = model.group_em_step(patches, present, 1.0, 0.0)
+    assert after >= before - 1e-6
+
+
+def test_samples_follow_the_distribution():
+    model = build(2, 2, 1, latents=2, sub_units=2, top_units=3, seed=2)
+    x = all_images(4)
+    probs = model.log_likelihood(x).exp()
+    samples = model.sample(20000, seed=3)
+    codes = (samples * torch.tensor([8, 4, 2, 1])).sum(1)
+    counts = torch.bincount(codes, minlength=16).double()
+    expected = probs.double() * 20000
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 45.0  # 15 degrees of freedom: p < 1e-4 under the null
+
+
+def test_inpainting_keeps_evidence_and_samples_the_conditional():
+    model = build(seed=5)
+    evidence = torch.tensor([[1, 0, 1, 1, 0, 0, 0, 0]])
+    missing = torch.zeros(1, 8, dtype=torch.bool)
+    missing[0, 4:] = True
+    filled = model.inpaint(evidence.expand(8000, -1), missing.expand(8000, -1), seed=1)
+    assert (filled[:, :4] == evidence[:, :4]).all()
+    x = all_images(8)
+    rows = (x[:, :4] == evidence[:, :4]).all(1)
+    joint = model.log_likelihood(x[rows]).exp().double()
+    conditional = joint / joint.sum()
+    codes = (filled[:, 4:] * torch.tensor([8, 4, 2, 1])).sum(1)
+    counts = torch.bincount(codes, minlength=16).double()
+    chi2 = float(((counts - 8000 * conditional) ** 2 / (8000 * conditional)).sum())
+    assert chi2 < 45.0
+
+
+def test_bad_input_is_named():
+    model = build()
+    with pytest.raises(DataError, match="shape"):
+        model.log_likelihood(torch.zeros(2, 7, dtype=torch.long))
+    with pytest.raises(DataError, match="out of range"):
+        model.log_likelihood(torch.full((1, 8), 2))
+    with pytest.raises(DataError, match="integers"):
+        model.log_likelihood(torch.zeros(1, 8))
+    with pytest.raises(ParameterError, match="sub-circuit graphs"):
+        PatchCircuit((2, 4, 1), 2, [chain(4)] * 3, chain(2), 2, 2, 2, num_categories=2)
+    with pytest.raises(ParameterError, match="variables"):
+        PatchCircuit((2, 4, 1), 2, [chain(4)] * 4, chain(3), 2, 2, 2, num_categories=2)
+
+
+def test_group_batches_list_every_patch_once_in_its_group():
+    labels = np.random.default_rng(0).integers(0, 3, size=(50, 2))
+    batches = list(group_batches(labels, 3, 8, np.random.default_rng(1)))
+    ids = np.concatenate(batches)  # [rows, G]
+    for i in range(2):
+        for c in range(3):
+            column = ids[:, i * 3 + c]
+            assert sorted(column[column >= 0]) == sorted(np.flatnonzero(labels[:, i] == c))
