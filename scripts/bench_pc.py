@@ -46,7 +46,6 @@ import argparse
 import os
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +57,8 @@ from tqdm import tqdm
 from hmmlvd.errors import DataError
 from hmmlvd.pc import Circuit, chow_liu_tree, em_step, hclt_region_graph, poon_domingos
 from hmmlvd.pc.layers import EinsumLayer, HadamardLayer
-from hmmlvd.pc.structures import RegionGraph
-from hmmlvd.report import device_name, provenance, write_section
+from hmmlvd.pc.structures import RegionGraph, tree_centre
+from hmmlvd.report import bench_device, device_name, provenance, write_section
 
 # The timing helpers of the HMM benchmark, imported from its file next to this one (scripts/ is
 # not a package; it is on sys.path when this file runs as a script, not when a test loads it).
@@ -150,35 +149,6 @@ def as_input(pixels: np.ndarray, kind: str) -> np.ndarray:
     if kind == "bernoulli":
         return (pixels > THRESHOLD).astype(np.int64)
     return pixels.astype(np.int64)
-
-
-def tree_centre(tree: Sequence[tuple[int, int]], num_variables: int) -> int:
-    """A centre of the tree (a middle vertex of a longest path): rooting there minimises the
-    depth of the HCLT, i.e. its number of layers."""
-    neighbours: list[list[int]] = [[] for _ in range(num_variables)]
-    for i, j in tree:
-        neighbours[i].append(j)
-        neighbours[j].append(i)
-
-    def farthest(start: int) -> tuple[int, list[int]]:
-        parent = [-1] * num_variables
-        seen = [False] * num_variables
-        seen[start] = True
-        queue, last = deque([start]), start
-        while queue:
-            last = queue.popleft()
-            for n in neighbours[last]:
-                if not seen[n]:
-                    seen[n], parent[n] = True, last
-                    queue.append(n)
-        path = [last]
-        while parent[path[-1]] >= 0:
-            path.append(parent[path[-1]])
-        return last, path
-
-    end, _ = farthest(0)
-    _, path = farthest(end)
-    return path[len(path) // 2]
 
 
 def hclt_graph(pixels: np.ndarray, kind: str, args: argparse.Namespace
@@ -472,9 +442,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--write", type=Path, default=None, metavar="MARKDOWN",
                    help="also write the report into this file's bench_pc section")
     args = p.parse_args(argv)
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda was asked for but torch sees no CUDA GPU")
+    try:
+        args.device = bench_device(args.device)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.batch_size is None:
         args.batch_size = 2048 if args.device.type == "cuda" else 512
     if args.sizes is not None:

@@ -1,12 +1,20 @@
 """Probabilistic circuits: region-graph structures (``structures``), the layers that compute
 them (``layers``), the compiled ``Circuit``, EM and Adam training (``em``), queries
 (``queries``: marginals, conditionals, sampling, inpainting), the HMM as a circuit
-(``from_hmm``) and save/load (``checkpoint``)."""
+(``from_hmm``), the patch-latent circuit of image LVD (``patch_circuit``), save/load
+(``checkpoint``) and bits per dimension (``bpd``)."""
 
-from hmmlvd.pc.checkpoint import load_circuit, save_circuit
+from hmmlvd.pc.bpd import bits_per_dimension, evaluate_bpd
+from hmmlvd.pc.checkpoint import (
+    load_circuit,
+    load_patch_circuit,
+    save_circuit,
+    save_patch_circuit,
+)
 from hmmlvd.pc.circuit import Circuit
 from hmmlvd.pc.em import accumulate_counts, em_step, fit_adam, fit_em, maximize
 from hmmlvd.pc.from_hmm import from_hmm, to_hmm
+from hmmlvd.pc.patch_circuit import PatchCircuit
 from hmmlvd.pc.queries import inpaint, log_conditional, log_marginal, sample
 from hmmlvd.pc.structures import (
     Partition,
@@ -22,17 +30,21 @@ from hmmlvd.pc.structures import (
 __all__ = [
     "Circuit",
     "Partition",
+    "PatchCircuit",
     "RegionGraph",
     "accumulate_counts",
+    "bits_per_dimension",
     "chain_region_graph",
     "chow_liu_tree",
     "em_step",
+    "evaluate_bpd",
     "fit_adam",
     "fit_em",
     "from_hmm",
     "hclt_region_graph",
     "inpaint",
     "load_circuit",
+    "load_patch_circuit",
     "log_conditional",
     "log_marginal",
     "maximize",
@@ -41,5 +53,6 @@ __all__ = [
     "random_binary_trees",
     "sample",
     "save_circuit",
+    "save_patch_circuit",
     "to_hmm",
 ]

@@ -1,0 +1,143 @@
+"""scripts/image_bpd.py and scripts/image_sweep.py on a small synthetic MNIST (IDX files of
+28x28 images with one bright bar each): tiny runs of every model train, beat the uniform 8
+bpd, record their JSON line and circuit, draw pictures; the sweep writes its section and
+PNGs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from script_loading import load_script
+
+from hmmlvd.pc import load_circuit, load_patch_circuit
+
+TINY = ["--train-size", "200", "--eval-size", "100", "--epochs", "1", "--batch-size", "100",
+        "--tree-images", "200", "--repetitions", "2", "--quiet", "--device", "cpu"]
+FIELDS = {"model", "size", "params", "train_seconds", "valid_bpd", "test_bpd", "command",
+          "settings"}
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory) -> Path:
+    """5,300 train (5,000 become valid) and 200 test images: black, with one horizontal or
+    vertical bar of bright pixels at a random place."""
+    folder = tmp_path_factory.mktemp("mnist")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 5300), ("t10k", 200)):
+        images = np.zeros((n, 28, 28), dtype=np.uint8)
+        at = rng.integers(4, 24, size=n)
+        bright = rng.integers(200, 256, size=(n, 28))
+        for i in range(n):
+            if i % 2:
+                images[i, at[i], 4:24] = bright[i, 4:24]
+            else:
+                images[i, 4:24, at[i]] = bright[i, 4:24]
+        write_idx(folder / f"{split}-images-idx3-ubyte", images, 2051)
+        write_idx(folder / f"{split}-labels-idx1-ubyte", np.arange(n) % 10, 2049)
+    return folder
+
+
+def test_baselines_train_evaluate_and_record(mnist_dir, tmp_path, capsys, monkeypatch):
+    bpd = load_script("image_bpd", monkeypatch)
+    pictures = ["--samples", str(tmp_path / "samples.png"), "--inpaint",
+                str(tmp_path / "inpaint.png")]
+    for model in ("hclt", "pd", "rat"):
+        bpd.main([*TINY, "--data-dir", str(mnist_dir), "--model", model, "--size", "2",
+                  "--out", str(tmp_path / "runs"), *(pictures if model == "pd" else [])])
+    printed = capsys.readouterr().out
+    lines = (tmp_path / "runs" / "results.jsonl").read_text().splitlines()
+    results = [json.loads(line) for line in lines]
+    assert [r["model"] for r in results] == ["hclt", "pd", "rat"]
+    for r in results:
+        assert set(r) >= FIELDS and r["size"] == 2 and r["train_images"] == 200
+        assert 0 < r["valid_bpd"] < 8 and 0 < r["test_bpd"] < 8  # beats uniform (8 bits)
+        assert r["command"].startswith("python scripts/image_bpd.py ")
+        assert r["settings"]["epochs"] == 1 and r["train_seconds"] > 0
+        saved = load_circuit(tmp_path / "runs" / f"{r['model']}-2")
+        assert saved.num_parameters() == r["params"]
+        assert f"{r['model']} K=2: {r['params']:,} parameters" in printed
+    assert "depth=6 x 2 repetitions" in results[2]["structure"]
+    for name in ("samples.png", "inpaint.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_lvd_flags_map_to_the_config(monkeypatch):
+    bpd = load_script("image_bpd", monkeypatch)
+    args = bpd.parse_args(["--model", "lvd", "--size", "3", "--epochs", "2", "--num-latents",
+                           "5", "--batch-size", "64", "--tree-bins", "4", "--patch", "4"])
+    config = bpd.lvd_config(args)
+    assert (config.sub_units, config.stage_c_epochs, config.num_latents, config.batch_size,
+            config.tree_bins, config.patch) == (3, 2, 5, 64, 4, 4)
+    with pytest.raises(SystemExit):  # LVD flags belong to --model lvd only
+        bpd.parse_args(["--model", "pd", "--size", "3", "--num-latents", "5"])
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path, monkeypatch):
+    bpd = load_script("image_bpd", monkeypatch)
+    with pytest.raises(SystemExit, match=r"cannot load cifar10 .*--data-dir"):
+        bpd.main(["--dataset", "cifar10", "--data-dir", str(tmp_path / "none"), "--model",
+                  "pd", "--size", "2"])
+
+
+def test_sweep_writes_table_plot_and_pictures(mnist_dir, tmp_path, capsys, monkeypatch):
+    sweep = load_script("image_sweep", monkeypatch)
+    results = tmp_path / "docs" / "results.md"
+    results.parent.mkdir()
+    results.write_text("# Results\n\nkept\n")
+    pngs = {name: tmp_path / "docs" / f"{name}.png" for name in ("plot", "samples", "inpaint")}
+    sweep.main(["--tiny", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "runs"),
+                "--quiet", "--device", "cpu", "--write", str(results),
+                *(f for name, path in pngs.items() for f in (f"--{name}", str(path)))])
+    printed = capsys.readouterr().out
+    for name in ("HCLT", "PD", "RAT-SPN", "LVD (patch latents)"):
+        assert f"| {name} | 2 |" in printed
+    text = results.read_text()
+    assert text.startswith("# Results\n\nkept\n")
+    assert "<!-- image_bpd:begin -->" in text and "<!-- image_bpd:end -->" in text
+    assert "Command: `python" in text and "![samples](samples.png)" in text
+    assert "RAT-SPN 1.67" in text and "**" in text  # published reference, best valid in bold
+    for path in pngs.values():
+        assert path.stat().st_size > 0
+    lines = (tmp_path / "runs" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    lvd = next(json.loads(line) for line in lines if json.loads(line)["model"] == "lvd")
+    assert load_patch_circuit(tmp_path / "runs" / "lvd-2").num_parameters() == lvd["params"]
+
+
+def test_sweep_dry_run_prints_the_commands(capsys, monkeypatch):
+    sweep = load_script("image_sweep", monkeypatch)
+    sweep.main(["--dry-run", "--epochs", "3", "--lvd-flags", "--num-latents 32"])
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == len(sweep.DEFAULT_CONFIGS)
+    assert all("--epochs 3" in c for c in commands)
+    assert ["--num-latents 32" in c for c in commands] == [
+        c.startswith("lvd:") for c in sweep.DEFAULT_CONFIGS]
+
+
+def test_sweep_reuses_finished_runs_and_keeps_variants_apart(mnist_dir, tmp_path, capsys,
+                                                             monkeypatch):
+    sweep = load_script("image_sweep", monkeypatch)
+    flags = ["--tiny", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "runs"),
+             "--quiet", "--device", "cpu", "--configs", "pd:2", "lvd-tied:2",
+             *(f for name in ("plot", "samples", "inpaint")
+               for f in (f"--{name}", str(tmp_path / f"{name}.png")))]
+    sweep.main(flags)
+    first = capsys.readouterr().out
+    assert "| LVD, tied inputs | 2 |" in first and "| PD | 2 |" in first
+    assert (tmp_path / "runs" / "lvd-tied-2" / "config.json").is_file()
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(sweep.image_bpd, "run", no_training)
+    sweep.main([*flags, "--reuse"])
+    again = capsys.readouterr().out
+    assert again.startswith("mnist: 200 training images") and first.endswith(again)
