@@ -57,7 +57,7 @@ from bench_hmm import (  # a sibling script, not a package
 
 from hmmlvd.hmm.em import expected_counts
 from hmmlvd.hmm.model import HMM, HMMConfig
-from hmmlvd.report import device_name, provenance, write_section
+from hmmlvd.report import bench_device, device_name, provenance, write_section
 
 SECTION = "bench_gpu"
 GIB = 2**30
@@ -356,9 +356,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--write", type=Path, default=None, metavar="MARKDOWN",
                    help="also write the report into this file's bench_gpu section")
     args = p.parse_args(argv)
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda was asked for but torch sees no CUDA GPU")
+    try:
+        args.device = bench_device(args.device)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.square_size is None:
         args.square_size = 8192 if args.device.type == "cuda" else 512
     for name in ("vocab_size", "length", "batch_size", "pyjuice_batch_size", "repeats",

@@ -49,7 +49,7 @@ from tqdm import tqdm
 
 from hmmlvd.hmm.em import expected_counts, maximize
 from hmmlvd.hmm.model import HMM
-from hmmlvd.report import device_name, provenance, write_section
+from hmmlvd.report import bench_device, device_name, provenance, write_section
 
 if TYPE_CHECKING:
     from hmmlearn.hmm import CategoricalHMM
@@ -382,9 +382,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--write", type=Path, default=None, metavar="MARKDOWN",
                    help="also write the report into this file's bench_hmm section")
     args = p.parse_args(argv)
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda was asked for but torch sees no CUDA GPU")
+    try:
+        args.device = bench_device(args.device)
+    except ValueError as exc:
+        p.error(str(exc))
     if args.batch_size is None:
         args.batch_size = 8192 if args.device.type == "cuda" else 1024
     for name in ("vocab_size", "length", "batch_size", "repeats", "hmmlearn_repeats"):

@@ -4,25 +4,12 @@ with the reason. Nothing is written to docs/."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_gpu.py"
-
-
-def load_script(monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_gpu", module)  # dataclasses look it up
-    spec.loader.exec_module(module)
-    return module
+from script_loading import load_script
 
 
 def test_tiny_cpu_run_prints_both_tables(monkeypatch, capsys):
-    bench = load_script(monkeypatch)
+    bench = load_script("bench_gpu", monkeypatch)
     fits = bench.estimate_bytes(4, 50, 8, 8)
     too_big = bench.estimate_bytes(8, 50, 8, 8)
     assert fits < too_big
@@ -41,7 +28,7 @@ def test_tiny_cpu_run_prints_both_tables(monkeypatch, capsys):
 
 
 def test_estimate_and_oom_detection(monkeypatch):
-    bench = load_script(monkeypatch)
+    bench = load_script("bench_gpu", monkeypatch)
     # H=4096, V=33,278, T=32, B=512: the emission table alone is 32*33278*4096 floats.
     est = bench.estimate_bytes(4096, 33278, 32, 512)
     assert 4 * 32 * 33278 * 4096 < est < 30 * 2**30

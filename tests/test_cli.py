@@ -8,26 +8,18 @@ import json
 import numpy as np
 import pytest
 import torch
+from word_corpus import WORDS, write_word_corpus
 
 from hmmlvd import HMM
 from hmmlvd.cli import main
 from hmmlvd.data import load_wikitext
 from hmmlvd.hmm import sliding_perplexity
 
-WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "park"]
-
 
 @pytest.fixture
 def corpus(tmp_path):
     """A WikiText-style folder with random lines over 11 words."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "wt"
-    folder.mkdir()
-    for split, lines in (("train", 60), ("valid", 10), ("test", 10)):
-        text = "".join(" ".join(rng.choice(WORDS, size=rng.integers(3, 9))) + "\n"
-                       for _ in range(lines))
-        (folder / f"wiki.{split}.tokens").write_text(text)
-    return folder
+    return write_word_corpus(tmp_path / "wt")
 
 
 def train_args(corpus, out, *extra):

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
+from word_corpus import write_word_corpus
 
 from hmmlvd import HMM, distributed
 from hmmlvd.cli import main
@@ -137,13 +138,7 @@ WORDS = [f"w{i}" for i in range(45)]
 
 
 def write_corpus(folder: Path) -> Path:
-    rng = np.random.default_rng(0)
-    folder.mkdir()
-    for split, lines in (("train", 60), ("valid", 10), ("test", 10)):
-        text = "".join(" ".join(rng.choice(WORDS, size=rng.integers(3, 9))) + "\n"
-                       for _ in range(lines))
-        (folder / f"wiki.{split}.tokens").write_text(text)
-    return folder
+    return write_word_corpus(folder, WORDS)
 
 
 def test_train_command_on_two_ranks_matches_one_process(runs, tmp_path, capsys):

@@ -3,27 +3,14 @@ trained and evaluated for every H, and the table, plot and results section are w
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 from lvd_tiny import build_tiny_bert, write_tiny_wikitext
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "lvd_vs_random.py"
-
-
-def load_script(monkeypatch):
-    spec = importlib.util.spec_from_file_location("lvd_vs_random", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "lvd_vs_random", module)  # dataclasses look it up
-    spec.loader.exec_module(module)
-    return module
+from script_loading import load_script
 
 
 def test_script_writes_table_plot_and_section(tmp_path, capsys, monkeypatch):
     data = write_tiny_wikitext(tmp_path / "wt", (30, 6, 6), words_per_line=5, seed=2)
     results = tmp_path / "docs" / "results.md"
-    load_script(monkeypatch).main([
+    load_script("lvd_vs_random", monkeypatch).main([
         "--data-dir", str(data), "--hidden-states", "2", "3", "--max-windows", "100",
         "--length", "4", "--epochs", "1", "--phase2-epochs", "1", "--batch-size", "32",
         "--encoder", str(build_tiny_bert(tmp_path / "bert")), "--cache-dir",

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from word_corpus import write_word_corpus
 
 from hmmlvd import memory
 from hmmlvd.cli import main
@@ -152,18 +153,9 @@ def test_available_bytes_reads_this_machine():
     assert memory.available_bytes("meta") is None
 
 
-WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "park"]
-
-
 @pytest.fixture
 def corpus(tmp_path):
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "wt"
-    folder.mkdir()
-    for split in ("train", "valid", "test"):
-        text = "".join(" ".join(rng.choice(WORDS, size=6)) + "\n" for _ in range(10))
-        (folder / f"wiki.{split}.tokens").write_text(text)
-    return folder
+    return write_word_corpus(tmp_path / "wt")
 
 
 @pytest.mark.parametrize("command", ["train", "lvd"])

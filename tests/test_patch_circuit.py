@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from hmmlvd.errors import DataError, ParameterError
+from hmmlvd.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.lvd.image import group_batches
+from hmmlvd.pc.checkpoint import load_circuit, load_patch_circuit, save_patch_circuit
 from hmmlvd.pc.patch_circuit import PatchCircuit, disjoint_union
-from hmmlvd.pc.structures import hclt_region_graph, poon_domingos
+from hmmlvd.pc.structures import hclt_region_graph, poon_domingos, random_binary_trees
 
 
 def chain(num_variables: int):
@@ -19,11 +20,12 @@ def chain(num_variables: int):
                              num_variables=num_variables)
 
 
-def build(height=2, width=4, patch=2, latents=3, sub_units=2, top_units=2, seed=1):
+def build(height=2, width=4, patch=2, latents=3, sub_units=2, top_units=2, seed=1, tie=False):
     size = patch * patch
     n = (height // patch) * (width // patch)
     return PatchCircuit((height, width, 1), patch, [chain(size)] * (n * latents), chain(n),
-                        latents, sub_units, top_units, num_categories=2, seed=seed)
+                        latents, sub_units, top_units, num_categories=2, seed=seed,
+                        tie_inputs=tie)
 
 
 def all_images(num_variables: int) -> torch.Tensor:
@@ -38,10 +40,11 @@ def test_disjoint_union_is_a_valid_graph_with_shifted_roots():
     assert roots == [(0, 1, 2), (3, 4, 5, 6)]
 
 
+@pytest.mark.parametrize("tie", [False, True])
 @pytest.mark.parametrize("shape", [(2, 4, 2), (2, 2, 1)])
-def test_probabilities_of_all_images_sum_to_one(shape):
+def test_probabilities_of_all_images_sum_to_one(shape, tie):
     height, width, patch = shape
-    model = build(height, width, patch)
+    model = build(height, width, patch, tie=tie)
     x = all_images(height * width)
     assert float(model.log_likelihood(x).exp().sum()) == pytest.approx(1.0, abs=1e-5)
     for _ in range(3):
@@ -49,8 +52,9 @@ def test_probabilities_of_all_images_sum_to_one(shape):
     assert float(model.log_likelihood(x).exp().sum()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_likelihood_is_the_sum_over_latents_of_top_times_sub_circuits():
-    model = build()
+@pytest.mark.parametrize("tie", [False, True])
+def test_likelihood_is_the_sum_over_latents_of_top_times_sub_circuits(tie):
+    model = build(tie=tie)
     x = all_images(8)
     n, c = model.num_patches, model.num_latents
     z = torch.tensor(list(itertools.product(range(c), repeat=n)))  # [C^n, n]
@@ -76,8 +80,9 @@ def test_marginals_equal_brute_force_sums():
         assert m == pytest.approx(brute[tuple(row[i] for i in keep)], abs=1e-6)
 
 
-def test_full_batch_em_never_decreases_likelihood():
-    model = build(latents=2, sub_units=3, top_units=2, seed=4)
+@pytest.mark.parametrize("tie", [False, True])
+def test_full_batch_em_never_decreases_likelihood(tie):
+    model = build(latents=2, sub_units=3, top_units=2, seed=4, tie=tie)
     data = all_images(8)[torch.randint(0, 256, (200,), generator=torch.Generator().manual_seed(0))]
     previous = float(model.log_likelihood(data).mean())
     for _ in range(6):
@@ -167,3 +172,34 @@ def test_group_batches_list_every_patch_once_in_its_group():
         for c in range(3):
             column = ids[:, i * 3 + c]
             assert sorted(column[column >= 0]) == sorted(np.flatnonzero(labels[:, i] == c))
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_save_and_load_round_trip(tmp_path, tie):
+    model = build(seed=7, tie=tie)
+    x = all_images(8)
+    model.em_step(x[:40], 0.5, 0.01)
+    save_patch_circuit(model, tmp_path / "lvd")
+    loaded = load_patch_circuit(tmp_path / "lvd")
+    torch.testing.assert_close(loaded.log_likelihood(x), model.log_likelihood(x))
+    assert loaded.num_parameters() == model.num_parameters()
+    with pytest.raises(CheckpointError, match="not a 'circuit'"):
+        load_circuit(tmp_path / "lvd")
+    (tmp_path / "lvd" / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match="unreadable or truncated"):
+        load_patch_circuit(tmp_path / "lvd")
+
+
+def test_tied_inputs_are_shared_over_latent_values():
+    untied, tied = build(latents=3, sub_units=2), build(latents=3, sub_units=2, tie=True)
+    layer = tied.parts.input_layer
+    assert layer.log_prob.shape == (8, 2, 2)  # (2 patches x 4 pixels), 2 values, K=2
+    assert untied.num_parameters() - tied.num_parameters() == (24 - 8) * 2 * 2
+    tied.em_step(all_images(8)[:50], 1.0, 0.01)
+    group = layer.entry_var // 4
+    position, pixel = group // 3, layer.entry_var % 4
+    torch.testing.assert_close(layer.entry_row, position * 4 + pixel)
+    repeated = random_binary_trees(4, depth=1, num_repetitions=3, seed=1)  # pixels in 2 leaves
+    with pytest.raises(ParameterError, match="one leaf"):
+        PatchCircuit((2, 4, 1), 2, [repeated] * 4, chain(2), 2, 2, 2,
+                     num_categories=2, tie_inputs=True)

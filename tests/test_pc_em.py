@@ -252,12 +252,17 @@ def test_counts_stay_finite_when_some_units_have_probability_zero():
     assert torch.isfinite(circuit.log_likelihood(x)).all()
 
 
-def test_em_refuses_zero_probability_samples():
+def circuit_where_variable_2_cannot_be_1() -> Circuit:
     circuit = make_circuit("chain4", "hadamard", "categorical", 2, seed=8)
     with torch.no_grad():
-        circuit.input_layer.log_prob[2, 1] = -math.inf  # variable 2 can never be 1
+        circuit.input_layer.log_prob[2, 1] = -math.inf
         circuit.input_layer.log_prob[2, 0] = math.log(0.5)
         circuit.input_layer.log_prob[2, 2] = math.log(0.5)
+    return circuit
+
+
+def test_em_refuses_zero_probability_samples():
+    circuit = circuit_where_variable_2_cannot_be_1()
     before = copy.deepcopy(circuit)
     x = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]])
     with pytest.raises(DataError, match="probability zero"):
@@ -290,11 +295,7 @@ def test_refused_step_leaves_no_stale_counts():
 def test_failed_full_batch_epoch_leaves_no_counts_behind():
     """A full-batch epoch that fails on a later batch must not leave the earlier batches'
     counts to be added to the next epoch's."""
-    circuit = make_circuit("chain4", "hadamard", "categorical", 2, seed=8)
-    with torch.no_grad():
-        circuit.input_layer.log_prob[2, 1] = -math.inf  # variable 2 can never be 1
-        circuit.input_layer.log_prob[2, 0] = math.log(0.5)
-        circuit.input_layer.log_prob[2, 2] = math.log(0.5)
+    circuit = circuit_where_variable_2_cannot_be_1()
     before = copy.deepcopy(circuit)
     x = torch.tensor([[0, 0, 0, 0]] * 4 + [[1, 1, 1, 1]])
     with pytest.raises(DataError, match="probability zero"):

@@ -37,7 +37,9 @@ class PatchLVDConfig:
     of a patch feature; context: pixels of context around each patch that its feature sees;
     tree_bins: grey levels are binned to this many values to learn the Chow–Liu trees;
     *_epochs: EM epochs of stages (a), (b), (c); batch_size, step_size, pseudocount: mini-batch
-    EM settings; cache_dir: where featurisers cache what they train (None: no cache)."""
+    EM settings; cache_dir: where featurisers cache what they train (None: no cache);
+    tie_inputs: sub-circuits of a patch position share input distributions (see
+    :class:`~hmmlvd.pc.patch_circuit.PatchCircuit`)."""
 
     patch: int = 7
     num_latents: int = 16
@@ -55,6 +57,7 @@ class PatchLVDConfig:
     pseudocount: float = 0.01
     seed: int = 0
     cache_dir: str | None = None
+    tie_inputs: bool = False
 
 
 def group_batches(labels: np.ndarray, num_latents: int, batch_size: int,
@@ -110,7 +113,8 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
     patches = split_patches(train_images, config.patch).astype(np.int64)  # [N, n, P]
     subs, top = structures(patches, labels, config.num_latents, NUM_LEVELS, config.tree_bins)
     model = PatchCircuit(train_images.shape[1:], config.patch, subs, top, config.num_latents,
-                         config.sub_units, config.top_units, NUM_LEVELS, config.seed).to(device)
+                         config.sub_units, config.top_units, NUM_LEVELS, config.seed,
+                         config.tie_inputs).to(device)
     timings["structure"] = time.perf_counter() - started - sum(timings.values())
     history: dict = {"timings": timings}
     history["stage_a"] = _stage_a(model, patches, labels, config, progress)

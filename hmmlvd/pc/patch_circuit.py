@@ -68,11 +68,16 @@ class PatchCircuit(nn.Module):
         sub_units, top_units: K of the sub-circuits and of the top circuit.
         num_categories: pixel values 0..num_categories-1.
         seed: seeds the random initial parameters.
+        tie_inputs: the sub-circuits of one patch position share their input distributions
+            (pixel p of patch i has the same K components under every latent value; the
+            sums stay separate). Cuts the input parameters C-fold and lets every patch train
+            them; needs sub-graphs in which every variable lies in one leaf (HCLT, PD).
     """
 
     def __init__(self, image_shape: tuple[int, int, int], patch: int,
                  sub_graphs: Sequence[RegionGraph], top_graph: RegionGraph, num_latents: int,
-                 sub_units: int, top_units: int, num_categories: int = 256, seed: int = 0):
+                 sub_units: int, top_units: int, num_categories: int = 256, seed: int = 0,
+                 tie_inputs: bool = False):
         super().__init__()
         height, width, channels = image_shape
         index = torch.as_tensor(patch_variables(height, width, patch, channels))  # [n, P]
@@ -93,10 +98,14 @@ class PatchCircuit(nn.Module):
         self.patch, self.num_latents, self.num_categories = patch, num_latents, num_categories
         self.settings = {"image_shape": list(self.image_shape), "patch": patch,
                          "num_latents": num_latents, "sub_units": sub_units,
-                         "top_units": top_units, "num_categories": num_categories}
+                         "top_units": top_units, "num_categories": num_categories,
+                         "tie_inputs": tie_inputs}
+        self.sub_graphs = list(sub_graphs)
         union, roots = disjoint_union(sub_graphs)
         self.parts = Circuit(union, sub_units, "categorical", num_categories, "hadamard",
                              seed=seed)
+        if tie_inputs:
+            self._tie_inputs(size)
         self.top = Circuit(top_graph, top_units, "categorical", num_latents, "hadamard",
                            seed=seed + 1)
         self.group_root = SumLayer((len(sub_graphs), sub_units), (-1,),
@@ -104,6 +113,15 @@ class PatchCircuit(nn.Module):
         self.register_buffer("patch_index", index, persistent=False)
         self.register_buffer("group_regions", torch.tensor(
             [self.parts.position[r] for r in roots], dtype=torch.long), persistent=False)
+
+    def _tie_inputs(self, size: int) -> None:
+        """Share each (patch position, pixel)'s input distributions over the latent values."""
+        layer = self.parts.input_layer
+        if len(layer.entry_var) != self.parts.num_variables:
+            raise ParameterError("tie_inputs needs sub-circuit graphs in which every variable "
+                                 "lies in one leaf (HCLT, PD; not RAT-SPN repetitions)")
+        group, pixel = layer.entry_var // size, layer.entry_var % size
+        layer.tie_((group // self.num_latents) * size + pixel)
 
     # ----- sizes ---------------------------------------------------------------------------
     @property
@@ -319,7 +337,7 @@ class PatchCircuit(nn.Module):
         layer = circuit.input_layer
         entry_unit = unit.index_select(1, layer.entry_leaf)  # [B, E]
         evidence = groups.view(len(groups), self.num_patches, self.num_latents)
-        theta = layer.log_prob.detach()  # [E, C, K]
+        theta = layer.log_prob.detach()[layer.entry_row]  # [E, C, K]
         entries = torch.arange(layer.num_entries, device=root.device)
         logits = (theta[entries[None, :], :, entry_unit]  # [B, E, C]
                   + evidence.index_select(1, layer.entry_var))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hmmlvd.errors import DataError
+from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.pc.gumbel import pick_index
 from hmmlvd.pc.layers.input_layer import InputLayer, observed_entries
 from hmmlvd.pc.layers.sum_layer import check_log_probs
@@ -14,7 +14,8 @@ from hmmlvd.pc.logspace import em_update, exp_shifted, log_normalise, safe_log
 
 
 class CategoricalInput(InputLayer):
-    """``log_prob`` [E, C, K]: log p(x = c | entry e, component k), normalised over C.
+    """``log_prob`` [R, C, K]: log p(x = c | row r, component k), normalised over C; entry e
+    uses row ``entry_row[e]`` (R = E and row e for entry e unless :meth:`tie_` shares rows).
 
     Stored category-major (C before K) so that looking up one observed value for all K
     components reads one contiguous row: a batch's densities are a single ``index_select``.
@@ -27,7 +28,22 @@ class CategoricalInput(InputLayer):
         self.num_categories = num_categories
         raw = torch.rand(len(entry_var), num_categories, num_units, generator=generator) + 0.01
         self.log_prob = nn.Parameter(log_normalise(torch.log(raw), (1,)))
+        self.register_buffer("entry_row", torch.arange(len(entry_var)), persistent=False)
         self._counts: torch.Tensor | None = None
+
+    def tie_(self, entry_row: torch.Tensor) -> None:
+        """Share parameters: entry e uses row ``entry_row[e]`` [E] of a new ``log_prob``
+        [max + 1, C, K], each row initialised from its first entry's distribution (every
+        row must be used). EM then pools the counts of the entries sharing a row."""
+        rows = int(entry_row.max()) + 1
+        if entry_row.shape != self.entry_var.shape or set(entry_row.tolist()) != set(range(rows)):
+            raise ParameterError(f"tying needs a row for each of the {self.num_entries} "
+                                 f"entries, using every row 0..R-1")
+        first = torch.full((rows,), self.num_entries, dtype=torch.long).scatter_reduce(
+            0, entry_row.cpu(), torch.arange(self.num_entries), "amin")
+        with torch.no_grad():
+            self.log_prob = nn.Parameter(self.log_prob[first.to(self.log_prob.device)].clone())
+        self.entry_row = entry_row.to(self.entry_var.device).clone()
 
     def check_data(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
@@ -43,10 +59,8 @@ class CategoricalInput(InputLayer):
         return x
 
     def _flat_index(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, D] values -> [B, E] row indices into log_prob viewed as [E * C, K]."""
-        values = x.index_select(1, self.entry_var)
-        offsets = torch.arange(self.num_entries, device=x.device) * self.num_categories
-        return values + offsets
+        """[B, D] values -> [B, E] row indices into log_prob viewed as [R * C, K]."""
+        return x.index_select(1, self.entry_var) + self.entry_row * self.num_categories
 
     def entry_log_density(self, x: torch.Tensor, normalise: bool = False) -> torch.Tensor:
         log_prob = log_normalise(self.log_prob, (1,)) if normalise else self.log_prob
@@ -60,7 +74,8 @@ class CategoricalInput(InputLayer):
         [B, E, K] ``log sum_c p(c | e, k) f_e(c)``. Differentiable in ``log_prob``: after
         ``backward``, :meth:`take_gradient_counts_` collects the expected counts."""
         scaled, shift = exp_shifted(log_evidence)  # [B, E, C]
-        mixed = torch.einsum("bec,eck->bek", scaled, self.log_prob.exp())
+        theta = self.log_prob.exp().index_select(0, self.entry_row)
+        mixed = torch.einsum("bec,eck->bek", scaled, theta)
         return safe_log(mixed) + shift
 
     @torch.no_grad()
@@ -101,7 +116,7 @@ class CategoricalInput(InputLayer):
 
     def sample_values(self, entry: torch.Tensor, unit: torch.Tensor,
                       generator: torch.Generator | None, greedy: bool) -> torch.Tensor:
-        logits = self.log_prob.detach()[entry, :, unit]  # [M, C]
+        logits = self.log_prob.detach()[self.entry_row[entry], :, unit]  # [M, C]
         return pick_index(logits, generator, greedy)
 
     def num_parameters(self) -> int:
@@ -121,5 +136,5 @@ class BernoulliInput(CategoricalInput):
     @property
     def probability(self) -> torch.Tensor:
         """[E, K] p(x = 1 | entry, component)."""
-        return self.log_prob.detach()[:, 1].exp()
+        return self.log_prob.detach()[self.entry_row, 1].exp()
 
