@@ -50,8 +50,10 @@ if _SCRIPTS not in sys.path:
 import image_bpd  # noqa: E402
 
 SECTION = "image_bpd"
-DEFAULT_CONFIGS = ("hclt:8", "hclt:16", "hclt:32", "pd:4", "pd:8", "pd:16", "rat:2", "rat:4",
-                   "lvd:4", "lvd:8")
+#: Baselines from below to above the LVD models' parameter counts (about 20-25 minutes on 2
+#: CPU cores with the default 10,000 training images and 5 epochs).
+DEFAULT_CONFIGS = ("hclt:16", "hclt:32", "hclt:64", "pd:8", "pd:16", "pd:32", "rat:2", "rat:4",
+                   "lvd:2", "lvd:4")
 TINY_CONFIGS = ("hclt:2", "pd:2", "rat:2", "lvd:2")
 TINY_FLAGS = ("--train-size", "200", "--eval-size", "100", "--epochs", "1", "--batch-size",
               "100", "--tree-images", "200", "--repetitions", "2")
@@ -91,9 +93,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
                    help=f"smoke test: {' '.join(TINY_CONFIGS)} with {' '.join(TINY_FLAGS)}")
     p.add_argument("--dry-run", action="store_true", help="print the runs' commands and stop")
     p.add_argument("--reuse", action="store_true",
-                   help="take a run whose exact command already has a line in the out "
-                        "folder's results.jsonl from there (and its saved model) instead of "
-                        "training it again: an interrupted or extended sweep goes on")
+                   help="take a run whose command and settings (defaults included) already "
+                        "have a line in the out folder's results.jsonl from there (and its "
+                        "saved model) instead of training it again: an interrupted or "
+                        "extended sweep goes on")
     p.add_argument("--write", type=Path, default=None, metavar="MARKDOWN",
                    help=f"write the table into this file's {SECTION} section")
     p.add_argument("--plot", type=Path, default=Path("docs/image_bpd.png"), metavar="PNG",
@@ -225,8 +228,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         results, best, best_model, best_args = [], None, None, None
         for i, run_args in enumerate(runs, 1):
             print(f"[{i}/{len(runs)}] {run_args.command}", file=sys.stderr, flush=True)
-            if run_args.command in done:
-                result, model = done[run_args.command], None
+            previous = done.get(run_args.command)
+            if previous is not None and previous["settings"] == image_bpd.jsonable(run_args):
+                result, model = previous, None
                 print("  reused from results.jsonl", file=sys.stderr, flush=True)
             else:
                 result, model = image_bpd.run(run_args, data)
