@@ -190,6 +190,7 @@ class Circuit(nn.Module):
         consuming layer (``self.chunks[s]``: (layer, size) pairs in layer order)."""
         bounds = [self.input_layer.num_leaves] + [
             plan.start + plan.num_single + plan.num_mixed for plan in self.plans]
+        self.source_bounds = bounds  # source s holds regions source_bounds[s-1] .. [s] - 1
         starts = [0, *bounds[:-1]]
         self.chunks: list[list[tuple[int, int]]] = [[] for _ in bounds]
         reads: list[list[int]] = [[] for _ in bounds]
@@ -308,14 +309,13 @@ class Circuit(nn.Module):
     def region_values(self, evaluation: Evaluation, regions: torch.Tensor) -> torch.Tensor:
         """[B, len(regions), K] values of the regions numbered ``regions`` [M] (in the
         numbering of ``position``), gathered from the sources that hold them."""
-        bounds = torch.tensor([self.input_layer.num_leaves] + [
-            plan.start + plan.num_single + plan.num_mixed for plan in self.plans])
+        bounds = torch.tensor(self.source_bounds)
         source = torch.bucketize(regions.cpu(), bounds, right=True)
-        starts = torch.cat([torch.zeros(1, dtype=torch.long), bounds[:-1]])
         parts, order = [], []
         for s in source.unique().tolist():
             mine = (source == s).nonzero().squeeze(1)
-            offset = (regions.cpu()[mine] - starts[s]).to(evaluation.density.device)
+            start = self.source_bounds[s - 1] if s else 0
+            offset = (regions.cpu()[mine] - start).to(evaluation.density.device)
             parts.append(evaluation.region_values[s].index_select(1, offset))
             order.append(mine)
         values = torch.cat(parts, 1)

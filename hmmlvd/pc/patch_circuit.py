@@ -29,7 +29,7 @@ from hmmlvd.pc.circuit import Circuit, Evaluation, as_array
 from hmmlvd.pc.gumbel import pick_index
 from hmmlvd.pc.layers import SumLayer
 from hmmlvd.pc.logspace import log_sum_exp
-from hmmlvd.pc.queries import descend, fill_leaves
+from hmmlvd.pc.queries import choose_units, descend, fill_leaves
 from hmmlvd.pc.structures import Partition, Region, RegionGraph
 from hmmlvd.validate import check_int, check_pseudocount, check_step_size
 
@@ -328,21 +328,16 @@ class PatchCircuit(nn.Module):
                         ) -> torch.Tensor:
         """Top-down through the top circuit, then each latent's value c with probability
         ∝ theta[i, c, k] p_{i,c}(x_i) for its leaf's chosen unit k: [B, n]."""
-        circuit = self.top
-        root = circuit.region_values(top, torch.tensor([circuit.root_index]))[:, 0]
-        unit = torch.full((len(root), circuit.num_regions), -1, dtype=torch.long,
-                          device=root.device)
-        unit[:, circuit.root_index] = circuit.root_sum.choose_unit(root, 0, pick)
-        descend(circuit, top, unit, pick)
-        layer = circuit.input_layer
+        unit = choose_units(self.top, top, 0, pick)
+        layer = self.top.input_layer
         entry_unit = unit.index_select(1, layer.entry_leaf)  # [B, E]
         evidence = groups.view(len(groups), self.num_patches, self.num_latents)
         theta = layer.log_prob.detach()[layer.entry_row]  # [E, C, K]
-        entries = torch.arange(layer.num_entries, device=root.device)
+        entries = torch.arange(layer.num_entries, device=unit.device)
         logits = (theta[entries[None, :], :, entry_unit]  # [B, E, C]
                   + evidence.index_select(1, layer.entry_var))
-        latent = torch.empty(len(root), self.num_patches, dtype=torch.long, device=root.device)
-        latent[:, layer.entry_var] = pick(logits.flatten(0, 1)).view(len(root), -1)
+        latent = torch.empty(len(unit), self.num_patches, dtype=torch.long, device=unit.device)
+        latent[:, layer.entry_var] = pick(logits.flatten(0, 1)).view(len(unit), -1)
         return latent
 
 

@@ -80,12 +80,12 @@ def inpaint(circuit: Circuit, x: torch.Tensor, missing: torch.Tensor, seed: int 
             row = int((~torch.isfinite(evidence)).nonzero()[0])
             raise DataError(f"the observed values of sample {row} have probability zero; "
                             "there is nothing to condition on")
-        unit = _choose_units(circuit, evaluation, root_output, pick)
+        unit = choose_units(circuit, evaluation, root_output, pick)
         return fill_leaves(circuit, prepared, observed, unit, generator, greedy)
 
 
-def _choose_units(circuit: Circuit, evaluation: Evaluation, root_output: int, pick: Picker
-                  ) -> torch.Tensor:
+def choose_units(circuit: Circuit, evaluation: Evaluation, root_output: int, pick: Picker
+                 ) -> torch.Tensor:
     """Top-down pass: [B, R] chosen unit of every visited region (-1 for the others)."""
     root = evaluation.region_values[circuit.root_location[0]][:, circuit.root_location[1]]
     unit = torch.full((root.shape[0], circuit.num_regions), -1, dtype=torch.long,
