@@ -1,10 +1,12 @@
 """Latent variable distillation: text encoders, suffix embeddings (cached on disk), k-means
-labels per position, the distillation pipeline, and patch features and latents for images."""
+labels per position, the distillation pipeline; for images, patch features and latents and the
+patch-LVD training pipeline (``image``)."""
 
 from hmmlvd.errors import EncoderError
 from hmmlvd.lvd.cluster import KMeansResult, kmeans_labels, kmeans_per_position
 from hmmlvd.lvd.distill import LVDResult, LVDSettings, distill, embed, run_lvd
 from hmmlvd.lvd.encoder import Encoder, load_encoder, word_to_text
+from hmmlvd.lvd.image import PatchLVDConfig, train_patch_lvd
 from hmmlvd.lvd.patch_features import (
     FEATURISERS,
     PatchFeaturiser,
@@ -29,6 +31,7 @@ __all__ = [
     "MAEFeaturiser",
     "PCAFeaturiser",
     "PatchFeaturiser",
+    "PatchLVDConfig",
     "PatchLatents",
     "distill",
     "embed",
@@ -42,5 +45,6 @@ __all__ = [
     "patch_with_context",
     "run_lvd",
     "suffix_embeddings",
+    "train_patch_lvd",
     "word_to_text",
 ]
