@@ -20,7 +20,7 @@ from hmmlvd.data.images import flatten
 from hmmlvd.data.patches import split_patches
 from hmmlvd.errors import DataError
 from hmmlvd.lvd.patch_features import make_featuriser, patch_latents
-from hmmlvd.pc.em import fit_em
+from hmmlvd.pc.em import epoch_batches, fit_em
 from hmmlvd.pc.patch_circuit import PatchCircuit
 from hmmlvd.pc.structures import RegionGraph, learn_hclt
 
@@ -102,29 +102,34 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
         raise DataError(f"training images must be [N >= 2, H, W, C], got {train_images.shape}")
     timings: dict[str, float] = {}
     started = time.perf_counter()
+
+    def lap(name: str) -> None:
+        """Record the seconds since the previous lap as step ``name``."""
+        timings[name] = time.perf_counter() - started - sum(timings.values())
+
     featuriser = make_featuriser(config.featuriser, config.patch, context=config.context,
                                  dim=config.feature_dim, seed=config.seed,
                                  cache_dir=config.cache_dir, progress=progress)
     features = featuriser.fit(train_images).transform(train_images)
-    timings["features"] = time.perf_counter() - started
+    lap("features")
     labels = np.asarray(patch_latents(features, config.num_latents, seed=config.seed,
                                       progress=progress))
-    timings["latents"] = time.perf_counter() - started - sum(timings.values())
+    lap("latents")
     patches = split_patches(train_images, config.patch).astype(np.int64)  # [N, n, P]
     subs, top = structures(patches, labels, config.num_latents, NUM_LEVELS, config.tree_bins)
     model = PatchCircuit(train_images.shape[1:], config.patch, subs, top, config.num_latents,
                          config.sub_units, config.top_units, NUM_LEVELS, config.seed,
                          config.tie_inputs).to(device)
-    timings["structure"] = time.perf_counter() - started - sum(timings.values())
+    lap("structure")
     history: dict = {"timings": timings}
     history["stage_a"] = _stage_a(model, patches, labels, config, progress)
-    timings["stage_a"] = time.perf_counter() - started - sum(timings.values())
+    lap("stage_a")
     history["stage_b"] = fit_em(model.top, torch.as_tensor(labels, device=device),
                                 config.stage_b_epochs, config.batch_size, config.step_size,
                                 config.pseudocount, seed=config.seed, progress=progress)
-    timings["stage_b"] = time.perf_counter() - started - sum(timings.values())
+    lap("stage_b")
     history["stage_c"] = _stage_c(model, flatten(train_images), config, progress)
-    timings["stage_c"] = time.perf_counter() - started - sum(timings.values())
+    lap("stage_c")
     return model, history
 
 
@@ -153,11 +158,9 @@ def _stage_c(model: PatchCircuit, pixels: np.ndarray, config: PatchLVDConfig,
     data = torch.as_tensor(pixels)
     history = []
     for epoch in range(config.stage_c_epochs):
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(
-            config.seed * 1_000_003 + epoch))
+        batches = epoch_batches(len(data), config.batch_size, config.seed, epoch)
         total = 0.0
-        for ids in tqdm(order.split(config.batch_size), desc=f"LVD stage c, epoch {epoch + 1}",
-                        disable=not progress):
+        for ids in tqdm(batches, desc=f"LVD stage c, epoch {epoch + 1}", disable=not progress):
             total += model.em_step(data[ids].to(model.device), config.step_size,
                                    config.pseudocount) * len(ids)
         history.append(total / len(data))

@@ -55,6 +55,25 @@ def as_array(value: object, what: str, device: torch.device | str | None = None,
         raise DataError(f"{what} must be a rectangular numeric array ({exc})") from exc
 
 
+def check_batch(x: object, missing: object, num_variables: int,
+                device: torch.device | str | None = None, what: str = "data"
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch ``x`` [B >= 1, num_variables] and its optional ``missing`` bool mask of the same
+    shape, as tensors on ``device``; DataError naming ``what`` otherwise. (Values are the
+    input layer's to check.)"""
+    x = as_array(x, what, device)
+    if x.dim() != 2 or x.shape[1] != num_variables:
+        raise DataError(f"{what} must have shape [batch, {num_variables}], got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise DataError(f"{what}: the batch is empty (0 samples)")
+    if missing is not None:
+        missing = as_array(missing, "missing", device)
+        if missing.dtype != torch.bool or missing.shape != x.shape:
+            raise DataError(f"missing must be a bool mask of shape {tuple(x.shape)}, got "
+                            f"{missing.dtype} {tuple(missing.shape)}")
+    return x, missing
+
+
 @dataclass
 class Evaluation:
     """Everything one forward pass computed: ``log_likelihood`` [B, root_size], the region
@@ -251,19 +270,8 @@ class Circuit(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Check data ``x`` [B, D] and the optional ``missing`` mask [B, D] (True = unobserved);
         return x as the input layer needs it (on the circuit's device) and the observed mask."""
-        x = as_array(x, "data", self.device)
-        if x.dim() != 2 or x.shape[1] != self.num_variables:
-            raise DataError(f"data must have shape [batch, {self.num_variables}], "
-                            f"got {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise DataError("data is empty (batch of 0 samples)")
-        observed = None
-        if missing is not None:
-            missing = as_array(missing, "missing", self.device)
-            if missing.dtype != torch.bool or missing.shape != x.shape:
-                raise DataError(f"missing must be a bool mask of shape {tuple(x.shape)}, got "
-                                f"{missing.dtype} {tuple(missing.shape)}")
-            observed = ~missing
+        x, missing = check_batch(x, missing, self.num_variables, self.device)
+        observed = None if missing is None else ~missing
         mask = observed if observed is not None else torch.ones_like(x, dtype=torch.bool)
         return self.input_layer.check_data(x, mask), observed
 

@@ -60,10 +60,15 @@ def em_step(circuit: Circuit, x: torch.Tensor, step_size: float = 1.0,
     return total / len(x)
 
 
-def _batches(num: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
-    """Index batches over ``num`` samples, shuffled when a generator is given."""
-    order = torch.randperm(num, generator=generator) if generator is not None else torch.arange(num)
-    return list(order.split(batch_size))
+def epoch_batches(num: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True
+                  ) -> list[torch.Tensor]:
+    """Index batches over ``num`` samples for one epoch: shuffled by a generator seeded from
+    (``seed``, ``epoch``), so every epoch has its own fixed order; in order if not
+    ``shuffle``."""
+    if not shuffle:
+        return list(torch.arange(num).split(batch_size))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return list(torch.randperm(num, generator=generator).split(batch_size))
 
 
 def _check_fit_args(circuit: Circuit, data: torch.Tensor, epochs: int, batch_size: int
@@ -99,10 +104,9 @@ def fit_em(circuit: Circuit, data: torch.Tensor, epochs: int = 1, batch_size: in
                             f"got {tuple(missing.shape)}")
     history = []
     for epoch in tqdm(range(epochs), desc="EM", unit="epoch", disable=not progress):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         total = 0.0
         try:
-            for index in _batches(len(data), batch_size, None if full_batch else generator):
+            for index in epoch_batches(len(data), batch_size, seed, epoch, not full_batch):
                 batch_missing = None if missing is None else missing[index]
                 total += accumulate_counts(circuit, data[index], batch_missing)
                 if not full_batch:
@@ -136,9 +140,8 @@ def fit_adam(circuit: Circuit, data: torch.Tensor, epochs: int = 1, batch_size: 
     optimiser = torch.optim.Adam(circuit.parameters(), lr=learning_rate)
     history = []
     for epoch in tqdm(range(epochs), desc="Adam", unit="epoch", disable=not progress):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         total = 0.0
-        for index in _batches(len(data), batch_size, generator):
+        for index in epoch_batches(len(data), batch_size, seed, epoch):
             prepared, observed = circuit.prepare(data[index])
             log_likelihood = circuit.evaluate(prepared, observed, normalise=True).log_likelihood
             optimiser.zero_grad()

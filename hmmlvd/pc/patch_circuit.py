@@ -25,7 +25,7 @@ from torch import nn
 
 from hmmlvd.data.patches import patch_variables
 from hmmlvd.errors import DataError, ParameterError
-from hmmlvd.pc.circuit import Circuit, Evaluation, as_array
+from hmmlvd.pc.circuit import Circuit, Evaluation, check_batch
 from hmmlvd.pc.gumbel import pick_index
 from hmmlvd.pc.layers import SumLayer
 from hmmlvd.pc.logspace import log_sum_exp
@@ -158,26 +158,10 @@ class PatchCircuit(nn.Module):
     def check_images(self, x: torch.Tensor, missing: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Validate ``x`` [B, D] integer pixels (and the ``missing`` [B, D] bool mask);
-        return them on the circuit's device."""
-        x = as_array(x, "images", self.device)
-        if x.dim() != 2 or x.shape[1] != self.num_variables or x.shape[0] == 0:
-            raise DataError(f"images must have shape [batch >= 1, {self.num_variables}], got "
-                            f"{tuple(x.shape)}")
-        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-            raise DataError(f"pixels must be integers, got dtype {x.dtype}")
-        if missing is not None:
-            missing = as_array(missing, "missing", self.device)
-            if missing.dtype != torch.bool or missing.shape != x.shape:
-                raise DataError(f"missing must be a bool mask of shape {tuple(x.shape)}, got "
-                                f"{missing.dtype} {tuple(missing.shape)}")
-        bad = (x < 0) | (x >= self.num_categories)
-        if missing is not None:
-            bad &= ~missing
-        if bad.any():
-            row, col = (int(i) for i in bad.nonzero()[0])
-            raise DataError(f"pixel value {int(x[row, col])} at image {row}, variable {col} is "
-                            f"out of range 0..{self.num_categories - 1}")
-        return x.long(), missing
+        return them on the circuit's device (missing pixels' values replaced by 0)."""
+        x, missing = check_batch(x, missing, self.num_variables, self.device, "images")
+        observed = torch.ones_like(x, dtype=torch.bool) if missing is None else ~missing
+        return self.parts.input_layer.check_data(x, observed), missing
 
     def virtual(self, x: torch.Tensor) -> torch.Tensor:
         """[B, D] images (or masks) -> [B, G * P]: every group reads its patch."""
