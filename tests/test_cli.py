@@ -14,6 +14,7 @@ from hmmlvd import HMM
 from hmmlvd.cli import main
 from hmmlvd.data import load_wikitext
 from hmmlvd.hmm import sliding_perplexity
+from hmmlvd.ngram import KneserNey
 
 
 @pytest.fixture
@@ -146,3 +147,53 @@ def test_cuda_asked_for_without_a_gpu(corpus, tmp_path, capsys):
     argv = [*train_args(corpus, tmp_path / "run"), "--device", "cuda"]
     assert main(argv) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_train_init_refuses_a_model_of_other_vocabulary_or_shape(corpus, tmp_path, capsys):
+    saved = tmp_path / "saved"
+    assert main(train_args(corpus, saved, "--no-eval")) == 0  # H=3, T=6 on this corpus
+    other = write_word_corpus(tmp_path / "other", words=WORDS[:5])  # fewer word types
+    cases = [
+        (["--data-dir", str(other)], "vocab_size"),
+        (["--data-dir", str(corpus), "--length", "5"], "--length 5 contradicts"),
+        (["--data-dir", str(corpus), "--hidden-states", "4"], "--hidden-states 4 contradicts"),
+        (["--data-dir", str(corpus), "--homogeneous"], "--homogeneous"),
+    ]
+    for extra, message in cases:
+        capsys.readouterr()
+        argv = ["train", "--init", str(saved), "--device", "cpu", "--no-eval", "--out",
+                str(tmp_path / "run"), *extra]
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("hmmlvd train: error:") and message in err, err
+        assert "Traceback" not in err
+    argv = ["train", "--init", str(tmp_path / "missing"), "--data-dir", str(corpus), "--out",
+            str(tmp_path / "run")]
+    assert main(argv) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_train_init_starts_from_the_saved_parameters(corpus, tmp_path):
+    saved = tmp_path / "saved"
+    assert main(train_args(corpus, saved, "--no-eval")) == 0
+    out = tmp_path / "zero"
+    argv = ["train", "--init", str(saved), "--data-dir", str(corpus), "--epochs", "0",
+            "--device", "cpu", "--no-eval", "--out", str(out)]
+    assert main(argv) == 0
+    before, after = HMM.from_pretrained(saved), HMM.from_pretrained(out)
+    for name, p in before.parameters().items():
+        assert torch.equal(after.parameters()[name], p), name
+
+
+def test_results_show_ngram_baselines_on_the_same_tokens(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out, "--max-eval-tokens", "40")) == 0
+    printed = capsys.readouterr().out
+    data = load_wikitext(corpus)
+    results = json.loads((out / "results.json").read_text())
+    for split in ("valid", "test"):
+        stream = data.split(split)[:40]  # the baselines score the tokens the HMM was scored on
+        for order, name in ((1, "unigram"), (2, "Kneser–Ney 2-gram"), (3, "Kneser–Ney 3-gram")):
+            want = KneserNey(len(data.vocab), order).fit(data.train).score(stream).perplexity
+            assert results["eval"][split]["baselines"][name] == pytest.approx(want)
+            assert f"{want:.2f}" in printed and name in printed

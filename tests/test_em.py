@@ -11,6 +11,7 @@ import torch
 
 from hmmlvd.errors import HMMLVDError
 from hmmlvd.hmm import HMM, CountAccumulator, expected_counts, maximize
+from hmmlvd.hmm.em import ScaledEmission
 
 
 def dense_emission(hmm: HMM, counts) -> torch.Tensor:
@@ -241,3 +242,55 @@ def test_maximize_rejects_bad_values_before_touching_the_model(make_hmm, windows
         maximize(hmm, counts, pseudocount=-0.5)
     for name, value in hmm.parameters().items():
         assert torch.equal(value, old[name])
+
+
+def dense_m_step(hmm: HMM, x: torch.Tensor, step_size: float, pseudocount: float) -> None:
+    """Reference M-step written out densely in float64: every emission entry is recomputed as
+    (1 - a) e + a (n + c) / (N + V c), with n from brute-force scatter of the batch's rows."""
+    counts = expected_counts(hmm, x)
+    n = dense_emission(hmm, counts)  # [P_B, V, H]
+    c, a = pseudocount, step_size
+    new = (n + c) / (n.sum(1, keepdim=True) + hmm.vocab_size * c)
+    hmm.emission.copy_(((1 - a) * hmm.emission.double() + a * new).float())
+    for name, table in (("initial", counts.initial), ("transition", counts.transition)):
+        theta = getattr(hmm, name)
+        fresh = (table.double() + c) / (table.double() + c).sum(-1, keepdim=True)
+        theta.copy_(((1 - a) * theta.double() + a * fresh).float())
+
+
+@pytest.mark.parametrize("homogeneous", [False, True])
+@pytest.mark.parametrize("step_size", [0.5, 0.1, 1.0])
+def test_scaled_emission_m_steps_equal_dense_m_steps(make_hmm, windows_factory, homogeneous,
+                                                     step_size):
+    """Mini-batch EM through ScaledEmission (lazy per-(position, state) scale and offset, the
+    table written out only when the scale gets small) equals the dense M-step to rounding, over
+    enough steps at a = 0.5 that the scale falls below MIN_SCALE and is written out midway."""
+    hmm = make_hmm(3, 7, 4, homogeneous, seed=5)
+    reference = clone_hmm(hmm)
+    scaled = ScaledEmission(hmm)
+    steps = 60
+    for i in range(steps):
+        x = windows_factory(6, 4, 7, seed=100 + i)  # a batch touches a few of the V rows
+        counts = expected_counts(hmm, x, scaled)
+        maximize(hmm, counts, step_size, 1e-2, scaled)
+        dense_m_step(reference, x, step_size, 1e-2)
+        if i == 20:  # the gathered emissions equal those of the written-out reference
+            assert torch.allclose(scaled.gather(x), reference.gather_emissions(x), rtol=1e-5)
+    if step_size < 1.0:
+        assert not scaled.exact  # the last steps were lazy
+    scaled.materialise()
+    for name, p in reference.parameters().items():
+        assert torch.allclose(hmm.parameters()[name], p, rtol=1e-4, atol=1e-7), name
+    hmm.validate(tolerance=1e-5)
+
+
+def test_scaled_emission_is_written_out_when_the_scale_gets_small(make_hmm, windows_factory):
+    hmm = make_hmm(2, 5, 3, False, seed=1)
+    scaled = ScaledEmission(hmm)
+    writes = 0
+    for i in range(45):  # 0.5 ** 40 < MIN_SCALE = 1e-12
+        maximize(hmm, expected_counts(hmm, windows_factory(4, 3, 5, seed=i), scaled), 0.5,
+                 1e-3, scaled)
+        writes += scaled.exact
+        assert scaled.scale.min() >= ScaledEmission.MIN_SCALE
+    assert writes == 1  # once, at step 40 (a = 0.5 halves the scale every step)

@@ -4,21 +4,25 @@ its errors."""
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
 import pytest
+import torch
 from lvd_tiny import TINY_WORDS, build_tiny_bert, tiny_vocab, write_tiny_wikitext
 
 from hmmlvd import HMM
 from hmmlvd.cli import main
-from hmmlvd.data import TokenWindows
+from hmmlvd.data import TokenWindows, load_wikitext
 from hmmlvd.errors import DataError
 from hmmlvd.hmm import HMMConfig, Phase, TrainConfig, mle_from_labels
+from hmmlvd.hmm.train import train
 from hmmlvd.lvd import suffix
-from hmmlvd.lvd.distill import LVDSettings, distill, embed, run_lvd
+from hmmlvd.lvd.distill import LVDSettings, distill, embed, lvd_subset, run_lvd
 
 LENGTH = 5
+distill_module = importlib.import_module("hmmlvd.lvd.distill")  # the name `distill` is the function
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +68,39 @@ def test_second_run_reads_the_cache_and_calls_no_encoder(encoder_dir, windows, t
     assert (first.labels == second.labels).all()
 
 
-def test_distill_finetunes_with_em(encoder_dir, windows, tmp_path):
+def test_distill_is_the_mle_init_and_train_finetunes_it(encoder_dir, windows, tmp_path):
     settings = settings_for(encoder_dir, tmp_path)
-    config = TrainConfig(phases=[Phase(3, 1.0)], batch_size=32, full_batch=True)  # monotone
     init = run_lvd(windows, 3, tiny_vocab(), settings, progress=False).hmm
-    tuned = distill(windows, 3, tiny_vocab(), train_config=config, settings=settings,
-                    progress=False)
+    tuned = distill(windows, 3, tiny_vocab(), settings=settings, progress=False)
+    for name, p in init.parameters().items():  # distillation runs no EM of its own
+        assert torch.equal(tuned.parameters()[name], p), name
+    config = TrainConfig(phases=[Phase(3, 1.0)], batch_size=32, full_batch=True)  # monotone
+    train(tuned, windows, config, progress=False)
     x = windows[np.arange(len(windows))]
     assert tuned.log_likelihood(x).sum() > init.log_likelihood(x).sum()
+
+
+def test_lvd_subset_sizes_and_errors():
+    stream = np.arange(200) % 7
+    every = TokenWindows(stream, LENGTH)
+    assert len(lvd_subset(stream, LENGTH, None)) == len(every)  # fewer than the default
+    some = lvd_subset(stream, LENGTH, 50, seed=3)
+    assert len(some) == 50 and len(set(some.starts.tolist())) == 50
+    assert np.array_equal(some.as_array(), lvd_subset(stream, LENGTH, 50, seed=3).as_array())
+    assert not np.array_equal(some.starts, lvd_subset(stream, LENGTH, 50, seed=4).starts)
+    assert len(lvd_subset(stream, LENGTH, len(every))) == len(every)
+    with pytest.raises(DataError, match="at least 1, got 0"):
+        lvd_subset(stream, LENGTH, 0)
+    with pytest.raises(DataError, match=f"only {len(every)} windows"):
+        lvd_subset(stream, LENGTH, len(every) + 1)
+    with pytest.raises(DataError, match="must be an integer"):
+        lvd_subset(stream, LENGTH, 2.5)
+
+
+def test_lvd_subset_default_caps_large_streams(monkeypatch):
+    monkeypatch.setattr(distill_module, "DEFAULT_LVD_WINDOWS", 30)
+    stream = np.arange(200) % 7
+    assert len(lvd_subset(stream, LENGTH)) == 30
 
 
 def test_more_states_than_windows_is_a_clear_error(encoder_dir, tmp_path):
@@ -136,3 +165,71 @@ def test_lvd_command_on_an_empty_corpus(encoder_dir, tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "'train'" in err and "no words" in err and "Traceback" not in err
+
+
+def lvd_argv(folder, encoder_dir, tmp_path, out, *extra):
+    return ["lvd", "--data-dir", str(folder), "--encoder", str(encoder_dir), "--hidden-states",
+            "3", "--length", str(LENGTH), "--batch-size", "64", "--device", "cpu",
+            "--cache-dir", str(tmp_path / "cache"), "--kmeans-iters", "5", "--out", str(out),
+            *extra]
+
+
+def test_lvd_embeds_lvd_windows_and_trains_on_max_windows(encoder_dir, tmp_path, capsys,
+                                                          monkeypatch):
+    folder = write_tiny_wikitext(tmp_path / "wt", (40, 8, 8), words_per_line=6, seed=1)
+    embedded = []
+    original = distill_module.embed
+    monkeypatch.setattr(distill_module, "embed",
+                        lambda w, *a, **k: embedded.append(len(w)) or original(w, *a, **k))
+    out = tmp_path / "run"
+    argv = lvd_argv(folder, encoder_dir, tmp_path, out, "--lvd-windows", "37", "--epochs", "1",
+                    "--no-eval")
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    train_windows = len(load_wikitext(folder).train) - LENGTH + 1
+    assert embedded == [37]  # only the LVD subset goes through the encoder ...
+    assert results["lvd_windows"] == 37
+    assert results["train_windows"] == train_windows  # ... while EM sees every window
+    assert "37 of the" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value, message", [("0", "at least 1, got 0"),
+                                            ("100000", "only")])
+def test_lvd_windows_bad_values_are_one_line_errors(encoder_dir, tmp_path, capsys, value,
+                                                    message):
+    folder = write_tiny_wikitext(tmp_path / "wt", (40, 8, 8), words_per_line=6, seed=1)
+    argv = lvd_argv(folder, encoder_dir, tmp_path, tmp_path / "run", "--lvd-windows", value)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hmmlvd lvd: error:") and message in err and "Traceback" not in err
+
+
+def test_lvd_init_saved_with_zero_epochs_then_train_init_continues(encoder_dir, tmp_path,
+                                                                    capsys):
+    folder = write_tiny_wikitext(tmp_path / "wt", (40, 8, 8), words_per_line=6, seed=1)
+    init_dir = tmp_path / "init"
+    assert main(lvd_argv(folder, encoder_dir, tmp_path, init_dir, "--epochs", "0",
+                         "--no-eval")) == 0
+    init = HMM.from_pretrained(init_dir)
+    data = load_wikitext(folder)
+    windows = TokenWindows(data.train, LENGTH)
+    labels_hmm = run_lvd(windows, 3, data.vocab,
+                         settings_for(encoder_dir, tmp_path / "cache"), progress=False).hmm
+    for name, p in labels_hmm.parameters().items():  # --epochs 0: the MLE init itself
+        assert torch.allclose(init.parameters()[name], p, atol=1e-6), name
+    out = tmp_path / "em"
+    argv = ["train", "--data-dir", str(folder), "--init", str(init_dir), "--epochs", "2",
+            "--batch-size", "1000", "--step-size", "1.0", "--full-batch", "--device", "cpu",
+            "--no-eval", "--out", str(out)]
+    assert main(argv) == 0
+    tuned = HMM.from_pretrained(out)
+    assert tuned.config == init.config
+    reference = labels_hmm  # the same two full-batch EM epochs, run here by the library
+    train(reference, windows, TrainConfig(phases=[Phase(2, 1.0)], batch_size=1000,
+                                          full_batch=True), progress=False)
+    for name, p in reference.parameters().items():
+        assert torch.allclose(tuned.parameters()[name], p, atol=1e-5), name
+    x = windows[np.arange(len(windows))]
+    assert tuned.log_likelihood(x).sum() > init.log_likelihood(x).sum()
+    results = json.loads((out / "results.json").read_text())
+    assert results["init"] == str(init_dir)

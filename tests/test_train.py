@@ -67,11 +67,11 @@ def crash_after(monkeypatch, calls: int) -> None:
     real = train_module.expected_counts
     seen = {"n": 0}
 
-    def counting(hmm, x):
+    def counting(hmm, x, *rest):
         if seen["n"] == calls:
             raise Crash
         seen["n"] += 1
-        return real(hmm, x)
+        return real(hmm, x, *rest)
 
     monkeypatch.setattr(train_module, "expected_counts", counting)
 

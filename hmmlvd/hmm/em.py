@@ -7,6 +7,14 @@ the gathered emissions [B, T, H] is one row of H counts per (position, token) oc
 
 M-step: ``theta_new = normalise(counts + pseudocount)``, mixed into the model as
 ``theta <- (1 - a) * theta + a * theta_new`` (a = 1 is the classic full M-step).
+
+For the emissions that update is ``e[p, w, h] <- alpha[p, h] * e[p, w, h] + beta[p, h]`` for
+every word (``alpha = 1 - a``, ``beta = a c / (N[p, h] + V c)``) plus a sparse add over the rows
+the batch touched. :class:`ScaledEmission` keeps the table as ``e = scale * stored + offset``
+with per-(position, state) ``scale`` and ``offset`` [P_B, H], so the dense part costs O(P_B H)
+and a mini-batch M-step costs in proportion to the rows it touches; the table is written out
+(:meth:`ScaledEmission.materialise`) only when the scale gets small, and before anyone else
+reads it (checkpoints, evaluation, epoch ends).
 """
 
 from __future__ import annotations
@@ -40,13 +48,74 @@ class ExpectedCounts:
     num_windows: int
 
 
-def expected_counts(hmm: HMM, x: torch.Tensor) -> ExpectedCounts:
-    """E-step on full windows x [B, T]: one forward and one backward pass."""
+class ScaledEmission:
+    """An HMM's emission table held as ``emission = scale * stored + offset`` during mini-batch
+    EM. ``stored`` is ``hmm.emission`` itself [P_B, V, H]; ``scale`` and ``offset`` are
+    [P_B, H] (broadcast over words). While :attr:`exact` is False, ``hmm.emission`` does not
+    hold the probabilities: read them through :meth:`gather`, or call :meth:`materialise`.
+    """
+
+    #: write the table out once some scale falls below this (and at a = 1, where it is 0)
+    MIN_SCALE = 1e-12
+
+    def __init__(self, hmm: HMM):
+        self.hmm = hmm
+        shape = (hmm.config.emission_positions, hmm.num_states)
+        self.scale = torch.ones(shape, dtype=hmm.emission.dtype, device=hmm.device)
+        self.offset = torch.zeros(shape, dtype=hmm.emission.dtype, device=hmm.device)
+        self.exact = True
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Emission probabilities of the tokens of checked windows x [B, L] -> [B, L, H]
+        (:meth:`HMM.gather_emissions` of the true table)."""
+        stored = self.hmm.gather_emissions(x)
+        if self.exact:
+            return stored
+        scale, offset = self.scale, self.offset  # [P_B, H]
+        if not self.hmm.homogeneous:
+            scale, offset = scale[: x.shape[1]], offset[: x.shape[1]]
+        return torch.addcmul(offset, stored, scale)  # [B, L, H], same layout as ``stored``
+
+    def update(self, alpha: torch.Tensor, beta: torch.Tensor, rows: torch.Tensor,
+               values: torch.Tensor) -> None:
+        """``e <- alpha * e + beta`` for every word (alpha, beta [P_B, H]), then
+        ``e.view(-1, H)[rows] += values`` (rows [N] flat ``p * V + w``, may repeat; values
+        [N, H]). Costs O(P_B H + N H) unless the table has to be written out."""
+        table = self.hmm.emission
+        flat = table.view(-1, self.hmm.num_states)
+        scale = self.scale * alpha
+        if scale.min() < self.MIN_SCALE:  # also a = 1 (alpha = 0): update the table itself
+            self.materialise()
+            table.mul_(alpha.unsqueeze(1)).add_(beta.unsqueeze(1))
+            flat.index_add_(0, rows, values)
+            return
+        self.offset.mul_(alpha).add_(beta)
+        self.scale = scale
+        # e' = scale' * stored + offset' + values  <=>  stored += values / scale'
+        inverse = scale.reciprocal().index_select(0, rows // self.hmm.vocab_size)  # [N, H]
+        flat.index_add_(0, rows, values * inverse)
+        self.exact = False
+
+    def materialise(self) -> None:
+        """Write the true probabilities into ``hmm.emission`` (one pass over the table)."""
+        if self.exact:
+            return
+        self.hmm.emission.mul_(self.scale.unsqueeze(1)).add_(self.offset.unsqueeze(1))
+        self.scale.fill_(1.0)
+        self.offset.zero_()
+        self.exact = True
+
+
+def expected_counts(hmm: HMM, x: torch.Tensor,
+                    emission: ScaledEmission | None = None) -> ExpectedCounts:
+    """E-step on full windows x [B, T]: one forward and one backward pass. ``emission``: the
+    table's :class:`ScaledEmission` while mini-batch EM holds it scaled."""
     x = hmm.check_windows(x, exact_length=True)
     batch, length = x.shape
     initial = hmm.initial.detach().requires_grad_()
     transition = hmm.transition.detach().requires_grad_()
-    emissions = hmm.gather_emissions(x).requires_grad_()  # [B, T, H] leaf
+    gathered = hmm.gather_emissions(x) if emission is None else emission.gather(x)
+    emissions = gathered.requires_grad_()  # [B, T, H] leaf
     with torch.enable_grad():
         log_lik = forward(initial, hmm.transitions_for(length, transition), emissions,
                           prefix_grads=False)
@@ -101,8 +170,10 @@ class CountAccumulator:
 
 
 def maximize(hmm: HMM, counts: ExpectedCounts, step_size: float = 1.0,
-             pseudocount: float = 1e-3) -> None:
-    """M-step in place: theta <- (1 - a) * theta + a * normalise(counts + pseudocount)."""
+             pseudocount: float = 1e-3, emission: ScaledEmission | None = None) -> None:
+    """M-step in place: theta <- (1 - a) * theta + a * normalise(counts + pseudocount).
+    ``emission``: keep the emission table scaled in it (mini-batch EM; the caller
+    materialises it before reading ``hmm.emission``); None updates ``hmm.emission`` now."""
     a = check_step_size(step_size)
     c = check_pseudocount(pseudocount, hmm.vocab_size)
     if not all(torch.isfinite(t).all() for t in (counts.initial, counts.transition,
@@ -110,15 +181,17 @@ def maximize(hmm: HMM, counts: ExpectedCounts, step_size: float = 1.0,
         raise DataError("expected counts contain NaN or infinite values")
     _mix(hmm.initial, counts.initial + c, a)
     _mix(hmm.transition, counts.transition + c, a)
-    # emission[p, w, h] <- (1-a) emission + a (c + n[p, w, h]) / (N[p, h] + V c), applied as a
-    # dense scale-and-shift plus a sparse add over the rows the batch touched.
+    # emission[p, w, h] <- (1-a) emission + a (c + n[p, w, h]) / (N[p, h] + V c): a
+    # scale-and-shift of every word plus a sparse add over the rows the batch touched.
     norm = counts.state_totals + hmm.vocab_size * c  # [P_B, H]
     step = a * (norm > 0)  # a state with no counts and no pseudocount keeps its distribution
     norm = norm.clamp_min(torch.finfo(norm.dtype).tiny)
-    hmm.emission.lerp_((c / norm).unsqueeze(1), step.unsqueeze(1))  # one pass over the table
     row_scale = (step / norm).index_select(0, counts.emission_rows // hmm.vocab_size)  # [N, H]
-    hmm.emission.view(-1, hmm.num_states).index_add_(
-        0, counts.emission_rows, counts.emission_values * row_scale)
+    scaled = emission or ScaledEmission(hmm)
+    scaled.update(1 - step, c * step / norm, counts.emission_rows,
+                  counts.emission_values * row_scale)
+    if emission is None:
+        scaled.materialise()
 
 
 def _mix(theta: torch.Tensor, counts: torch.Tensor, step_size: float) -> None:

@@ -33,7 +33,7 @@ from hmmlvd.atomic import atomic_write_json, atomic_write_text
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.hmm.checkpoint import load_hmm, save_hmm
-from hmmlvd.hmm.em import CountAccumulator, expected_counts, maximize
+from hmmlvd.hmm.em import CountAccumulator, ScaledEmission, expected_counts, maximize
 from hmmlvd.hmm.model import HMM
 from hmmlvd.validate import check_int, check_pseudocount, check_step_size
 
@@ -160,19 +160,23 @@ def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | Non
                    disable=not progress or not distributed.is_main(),
                    desc=f"epoch {state.epoch + 1}/{len(plan)}", dynamic_ncols=True)
         accumulator = CountAccumulator(hmm) if config.full_batch else None
+        # mini-batch M-steps keep the emission table scaled (cost ~ rows touched); it is
+        # written out before every checkpoint and at the epoch end
+        emission = None if config.full_batch else ScaledEmission(hmm)
         log_lik, tokens = 0.0, 0
         batches = windows.batches(config.batch_size, shuffle=True,
                                   seed=_epoch_seed(config.seed, state.epoch),
                                   start_batch=0 if config.full_batch else state.batch)
         for x in batches:
             part = distributed.shard(x)  # this rank's slice of the batch (all of it alone)
-            counts = expected_counts(hmm, part) if len(part) else distributed.zero_counts(hmm)
+            counts = (expected_counts(hmm, part, emission) if len(part)
+                      else distributed.zero_counts(hmm))
             if accumulator is not None:
                 accumulator.add(counts)  # summed over ranks once, at the epoch end
                 log_lik += distributed.all_reduce_sum(counts.log_likelihood)[0]
             else:
                 counts = distributed.all_reduce_counts(counts, hmm)
-                maximize(hmm, counts, step_size, config.pseudocount)
+                maximize(hmm, counts, step_size, config.pseudocount, emission)
                 state.batch += 1
                 state.step += 1
                 log_lik += counts.log_likelihood
@@ -181,11 +185,16 @@ def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | Non
             bar.set_postfix(ll_per_token=f"{log_lik / tokens:.4f}")
             if (accumulator is None and out is not None and config.checkpoint_every
                     and state.step % config.checkpoint_every == 0 and state.batch < num_batches):
+                emission.materialise()
                 _save(hmm, config, state, out)
             if distributed.any_rank(stop[0]):
                 bar.close()
+                if emission is not None:
+                    emission.materialise()
                 _stop(hmm, config, state, out, full_batch=accumulator is not None)
         bar.close()
+        if emission is not None:
+            emission.materialise()
         if accumulator is not None:
             distributed.all_reduce_accumulator(accumulator)
             maximize(hmm, accumulator.total(), step_size, config.pseudocount)

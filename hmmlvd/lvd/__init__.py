@@ -4,7 +4,7 @@ patch-LVD training pipeline (``image``)."""
 
 from hmmlvd.errors import EncoderError
 from hmmlvd.lvd.cluster import KMeansResult, kmeans_labels, kmeans_per_position
-from hmmlvd.lvd.distill import LVDResult, LVDSettings, distill, embed, run_lvd
+from hmmlvd.lvd.distill import LVDResult, LVDSettings, distill, embed, lvd_subset, run_lvd
 from hmmlvd.lvd.encoder import Encoder, load_encoder, word_to_text
 from hmmlvd.lvd.image import PatchLVDConfig, train_patch_lvd
 from hmmlvd.lvd.patch_features import (
@@ -40,6 +40,7 @@ __all__ = [
     "kmeans_labels",
     "kmeans_per_position",
     "load_encoder",
+    "lvd_subset",
     "make_featuriser",
     "patch_latents",
     "patch_with_context",

@@ -1,9 +1,13 @@
 """The LVD pipeline for HMMs: suffix embeddings -> k-means labels per position -> closed-form
-MLE of the HMM from (tokens, labels) -> EM finetuning. Each stage's wall time is recorded.
+MLE of the HMM from (tokens, labels). Each stage's wall time is recorded.
+
+Distillation only initialises: EM finetuning is :func:`hmmlvd.hmm.train`'s job, usually on many
+more windows than LVD embeds (``hmmlvd lvd --lvd-windows N --max-windows M``): embedding costs
+an encoder pass per window, EM a forward pass.
 
 Under torchrun (:mod:`hmmlvd.distributed`) each rank embeds its share of the windows into the
 shared cache, rank 0 runs k-means (FAISS uses every GPU it sees) and broadcasts the labels,
-every rank fits the MLE, and EM runs data-parallel."""
+and every rank fits the same MLE."""
 
 from __future__ import annotations
 
@@ -21,12 +25,12 @@ from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import DataError
 from hmmlvd.hmm.init import mle_from_labels
 from hmmlvd.hmm.model import HMM, HMMConfig
-from hmmlvd.hmm.train import TrainConfig, train
 from hmmlvd.lvd.cluster import kmeans_labels
 from hmmlvd.lvd.encoder import Encoder, load_encoder
 from hmmlvd.lvd.suffix import embed_windows
 
 ENCODER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DEFAULT_LVD_WINDOWS = 50_000  # windows embedded and clustered by default (all, when fewer)
 DEFAULT_CACHE = Path(os.environ.get("HMMLVD_CACHE", Path.home() / ".cache" / "hmmlvd"))
 
 
@@ -55,7 +59,8 @@ class LVDSettings:
 
 @dataclass
 class LVDResult:
-    """The distilled (and finetuned, if asked) model, its labels [N, T] and stage seconds."""
+    """The distilled model (closed-form MLE, before any EM), its labels [N, T] and the seconds of
+    each stage (``embed``, ``cluster``, ``mle``)."""
 
     hmm: HMM
     labels: np.ndarray
@@ -77,12 +82,12 @@ def embed(windows: TokenWindows, vocab: Vocabulary, settings: LVDSettings,
 
 
 def run_lvd(windows: TokenWindows, num_states: int, vocab: Vocabulary,
-            settings: LVDSettings | None = None, train_config: TrainConfig | None = None,
-            homogeneous: bool = False, device: str | torch.device = "cpu",
-            embeddings: np.ndarray | None = None, out: Path | None = None,
+            settings: LVDSettings | None = None, homogeneous: bool = False,
+            device: str | torch.device = "cpu", embeddings: np.ndarray | None = None,
             progress: bool = True) -> LVDResult:
-    """Run every LVD stage; ``embeddings`` (from :func:`embed`) skips the first, so several H
-    can share one embedding pass. ``train_config`` None stops after the MLE initialisation."""
+    """Embed ``windows`` (the LVD subset, [N, T]), cluster each position's suffix embeddings
+    into H labels, and fit the HMM to (tokens, labels) in closed form. ``embeddings`` (from
+    :func:`embed`) skips the first stage, so several H can share one embedding pass."""
     settings = settings or LVDSettings()
     if len(windows) < num_states:
         raise DataError(f"H={num_states} hidden states need at least {num_states} windows to "
@@ -90,8 +95,6 @@ def run_lvd(windows: TokenWindows, num_states: int, vocab: Vocabulary,
     config = HMMConfig(num_states, len(vocab), windows.length, homogeneous)
     # before the encoder runs: the MLE counts and EM must fit on the device
     memory.check_model(config, device, "mle", num_windows=len(windows))
-    if train_config is not None:
-        memory.check_training(config, train_config.batch_size, device, train_config.full_batch)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     if embeddings is None:
@@ -110,16 +113,32 @@ def run_lvd(windows: TokenWindows, num_states: int, vocab: Vocabulary,
                           device=device)
     hmm.vocab = vocab
     seconds["mle"] = time.perf_counter() - started
-    if train_config is not None:
-        started = time.perf_counter()
-        train(hmm, windows, train_config, out=out, progress=progress)
-        seconds["em"] = time.perf_counter() - started
     return LVDResult(hmm=hmm, labels=labels, seconds=seconds)
 
 
-def distill(windows: TokenWindows, num_states: int, vocab: Vocabulary,
-            train_config: TrainConfig | None = None, **kwargs) -> HMM:
-    """Latent variable distillation of an HMM from ``windows``: returns the model after the
-    MLE initialisation and, if ``train_config`` is given, EM finetuning. Keyword arguments are
-    those of :func:`run_lvd` (``settings``, ``homogeneous``, ``device``, ...)."""
-    return run_lvd(windows, num_states, vocab, train_config=train_config, **kwargs).hmm
+def distill(windows: TokenWindows, num_states: int, vocab: Vocabulary, **kwargs) -> HMM:
+    """Latent variable distillation of an H-state HMM from ``windows``: the closed-form MLE
+    initialisation, ready for EM (:func:`hmmlvd.hmm.train`). Keyword arguments are those of
+    :func:`run_lvd` (``settings``, ``homogeneous``, ``device``, ...)."""
+    return run_lvd(windows, num_states, vocab, **kwargs).hmm
+
+
+def lvd_subset(stream: np.ndarray, length: int, lvd_windows: int | None = None,
+               seed: int = 0) -> TokenWindows:
+    """The seeded random subset of ``lvd_windows`` length-T windows of ``stream`` that LVD
+    embeds and clusters (None: :data:`DEFAULT_LVD_WINDOWS`, or every window when the stream has
+    fewer). Asking for more windows than the stream has, or for 0, is an error naming the
+    number available."""
+    everything = TokenWindows(stream, length)
+    if lvd_windows is None:
+        if len(everything) <= DEFAULT_LVD_WINDOWS:
+            return everything
+        lvd_windows = DEFAULT_LVD_WINDOWS
+    if isinstance(lvd_windows, bool) or not isinstance(lvd_windows, int | np.integer):
+        raise DataError(f"the number of LVD windows must be an integer, got {lvd_windows!r}")
+    if lvd_windows < 1:
+        raise DataError(f"the number of LVD windows must be at least 1, got {lvd_windows}")
+    if lvd_windows > len(everything):
+        raise DataError(f"{lvd_windows:,} LVD windows asked for, but the train stream has only "
+                        f"{len(everything):,} windows of length {length}")
+    return TokenWindows(stream, length, max_windows=int(lvd_windows), seed=seed)
