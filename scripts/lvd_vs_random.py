@@ -59,6 +59,7 @@ from hmmlvd.lvd.distill import (
     lvd_subset,
     run_lvd,
 )
+from hmmlvd.lvd.encoder import resolve_encoder_dtype
 from hmmlvd.ngram import BaselineRow, baseline_perplexities
 from hmmlvd.report import provenance, write_section
 
@@ -314,7 +315,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16384)
     p.add_argument("--pseudocount", type=float, default=1e-3)
     p.add_argument("--encoder", default=None, help="default: the packaged all-MiniLM-L6-v2")
-    p.add_argument("--encoder-dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--encoder-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="auto (default): bfloat16 where the hardware has native bf16")
     p.add_argument("--embedding-mode", choices=["masked", "exact"], default="masked")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--kmeans-sample", type=int, default=None)
@@ -340,6 +342,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.max_windows < 0 or args.lvd_windows < 1:
         p.error("--max-windows must be >= 0 and --lvd-windows >= 1")
     args.device = resolve_device(args.device)
+    # the dtype that runs, so that run folders and the report name it (not "auto")
+    args.encoder_dtype = str(resolve_encoder_dtype(args.encoder_dtype, args.device)
+                             ).removeprefix("torch.")
     if args.plot is None:
         args.plot = (args.write.parent if args.write else args.out) / "lvd_vs_random.png"
     return args

@@ -157,7 +157,7 @@ def write_corpus(folder: Path) -> Path:
 def test_train_command_on_two_ranks_matches_one_process(runs, tmp_path, capsys):
     runs, stdout = runs
     assert stdout.count("on 2 ranks") == 1  # rank 0 alone prints
-    assert stdout.count("sliding ppl") == 1  # and evaluates
+    assert stdout.count("this HMM") == 1  # and evaluates
     one, two = tmp_path / "one", runs / "cli-two"
     assert main(w.cli_args(runs / "corpus", one)) == 0
     capsys.readouterr()

