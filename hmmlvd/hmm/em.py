@@ -77,24 +77,25 @@ class ScaledEmission:
         return torch.addcmul(offset, stored, scale)  # [B, L, H], same layout as ``stored``
 
     def update(self, alpha: torch.Tensor, beta: torch.Tensor, rows: torch.Tensor,
-               values: torch.Tensor) -> None:
+               values: torch.Tensor, weight: torch.Tensor) -> None:
         """``e <- alpha * e + beta`` for every word (alpha, beta [P_B, H]), then
-        ``e.view(-1, H)[rows] += values`` (rows [N] flat ``p * V + w``, may repeat; values
-        [N, H]). Costs O(P_B H + N H) unless the table has to be written out."""
+        ``e.view(-1, H)[rows] += values * weight[p]`` (rows [N] flat ``p * V + w``, may
+        repeat; values [N, H]; weight [P_B, H]). Costs O(P_B H + N H) unless the table has to
+        be written out."""
         table = self.hmm.emission
         flat = table.view(-1, self.hmm.num_states)
         scale = self.scale * alpha
         if scale.min() < self.MIN_SCALE:  # also a = 1 (alpha = 0): update the table itself
             self.materialise()
             table.mul_(alpha.unsqueeze(1)).add_(beta.unsqueeze(1))
-            flat.index_add_(0, rows, values)
-            return
-        self.offset.mul_(alpha).add_(beta)
-        self.scale = scale
-        # e' = scale' * stored + offset' + values  <=>  stored += values / scale'
-        inverse = scale.reciprocal().index_select(0, rows // self.hmm.vocab_size)  # [N, H]
-        flat.index_add_(0, rows, values * inverse)
-        self.exact = False
+        else:
+            self.offset.mul_(alpha).add_(beta)
+            self.scale = scale
+            self.exact = False
+            # e' = scale' * stored + offset' + values * weight <=> stored += values * weight/scale'
+            weight = weight / scale
+        flat.index_add_(0, rows, _times_position_weight(values, rows // self.hmm.vocab_size,
+                                                        weight))
 
     def materialise(self) -> None:
         """Write the true probabilities into ``hmm.emission`` (one pass over the table)."""
@@ -104,6 +105,21 @@ class ScaledEmission:
         self.scale.fill_(1.0)
         self.offset.zero_()
         self.exact = True
+
+
+def _times_position_weight(values: torch.Tensor, positions: torch.Tensor,
+                           weight: torch.Tensor) -> torch.Tensor:
+    """values [N, H] times weight[positions] ([P, H] rows picked per value row) -> [N, H].
+    The rows of a batch's counts cycle through positions 0..P-1 (window by window), which a
+    broadcast multiply serves without gathering N rows of weights."""
+    num = weight.shape[0]
+    if num == 1:
+        return values * weight
+    if len(positions) % num == 0 and torch.equal(
+            positions.view(-1, num), torch.arange(num, device=positions.device).expand(
+                len(positions) // num, num)):
+        return (values.view(-1, num, values.shape[1]) * weight).view_as(values)
+    return weight.index_select(0, positions).mul_(values)
 
 
 def expected_counts(hmm: HMM, x: torch.Tensor,
@@ -176,7 +192,8 @@ def maximize(hmm: HMM, counts: ExpectedCounts, step_size: float = 1.0,
     materialises it before reading ``hmm.emission``); None updates ``hmm.emission`` now."""
     a = check_step_size(step_size)
     c = check_pseudocount(pseudocount, hmm.vocab_size)
-    if not all(torch.isfinite(t).all() for t in (counts.initial, counts.transition,
+    # one sum per table: NaN or inf anywhere makes it non-finite (counts are >= 0)
+    if not all(torch.isfinite(t.sum()) for t in (counts.initial, counts.transition,
                                                   counts.emission_values)):
         raise DataError("expected counts contain NaN or infinite values")
     _mix(hmm.initial, counts.initial + c, a)
@@ -186,10 +203,9 @@ def maximize(hmm: HMM, counts: ExpectedCounts, step_size: float = 1.0,
     norm = counts.state_totals + hmm.vocab_size * c  # [P_B, H]
     step = a * (norm > 0)  # a state with no counts and no pseudocount keeps its distribution
     norm = norm.clamp_min(torch.finfo(norm.dtype).tiny)
-    row_scale = (step / norm).index_select(0, counts.emission_rows // hmm.vocab_size)  # [N, H]
     scaled = emission or ScaledEmission(hmm)
-    scaled.update(1 - step, c * step / norm, counts.emission_rows,
-                  counts.emission_values * row_scale)
+    scaled.update(1 - step, c * step / norm, counts.emission_rows, counts.emission_values,
+                  step / norm)
     if emission is None:
         scaled.materialise()
 
