@@ -86,6 +86,9 @@ def add_train_args(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--pseudocount", type=float, default=1e-3)
     tr.add_argument("--full-batch", action="store_true",
                     help="one M-step per epoch from all windows (classic EM)")
+    tr.add_argument("--final-full-batch", type=int, default=0, metavar="N",
+                    help="end with N full-batch epochs (step size 1) after the mini-batch "
+                         "phases (default 0)")
     tr.add_argument("--max-windows", type=int, default=None,
                     help="run EM on a seeded random subset of N windows (default: all)")
     tr.add_argument("--seed", type=int, default=0)
@@ -183,7 +186,7 @@ def evaluate(hmm: HMM, data: WikiText, args: argparse.Namespace) -> dict[str, di
 def train_config_from(args: argparse.Namespace) -> TrainConfig:
     """The EM schedule and settings named by the train/lvd flags."""
     phases = two_phase_schedule(args.epochs, args.step_size, args.phase2_epochs,
-                                args.phase2_step_size)
+                                args.phase2_step_size, args.final_full_batch)
     return TrainConfig(phases=phases, batch_size=args.batch_size, pseudocount=args.pseudocount,
                        full_batch=args.full_batch, seed=args.seed,
                        checkpoint_every=args.checkpoint_every)
@@ -243,7 +246,7 @@ def run_training(args: argparse.Namespace, initialise: Callable[..., HMM]) -> No
         memory.check_training(HMMConfig(args.hidden_states, len(data.vocab), args.length,
                                         args.homogeneous),
                               -(-config.batch_size // distributed.world_size()), device,
-                              config.full_batch)
+                              config.any_full_batch)
         hmm = initialise(data, windows, device, summary)
         state = TrainState()
     ranks = f" on {distributed.world_size()} ranks" if distributed.is_distributed() else ""

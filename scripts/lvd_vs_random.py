@@ -85,7 +85,8 @@ class Row:
 # ----- settings and run folders ---------------------------------------------------------------
 def train_config(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(phases=two_phase_schedule(args.epochs, args.step_size,
-                                                 args.phase2_epochs, args.phase2_step_size),
+                                                 args.phase2_epochs, args.phase2_step_size,
+                                                 args.final_full_batch),
                        batch_size=args.batch_size, pseudocount=args.pseudocount, seed=args.seed,
                        checkpoint_every=args.checkpoint_every, keep_checkpoints=1)
 
@@ -288,7 +289,9 @@ def search_table(out: Path) -> str:
              " | valid ppl |", "|---:|---|---:|---:|---|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r.num_states, r.init, r.ppl["valid"])):
         c = r.settings["train_config"]
-        phases = ", ".join(f"{p['epochs']} x {p['step_size']}" for p in c["phases"])
+        phases = ", ".join(f"{p['epochs']} x {'full batch' if p.get('full_batch') else ''}"
+                           f"{'' if p.get('full_batch') else p['step_size']}"
+                           for p in c["phases"])
         lvd = r.settings.get("lvd", {}).get("lvd_windows")
         lines.append(f"| {r.num_states} | {r.init} | {r.settings['train_windows']:,} | "
                      f"{c['batch_size']} | {phases} | {c['pseudocount']} | "
@@ -312,6 +315,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step-size", type=float, default=0.3)
     p.add_argument("--phase2-epochs", type=int, default=1)
     p.add_argument("--phase2-step-size", type=float, default=0.1)
+    p.add_argument("--final-full-batch", type=int, default=0, metavar="N",
+                   help="end with N full-batch EM epochs (step size 1)")
     p.add_argument("--batch-size", type=int, default=16384)
     p.add_argument("--pseudocount", type=float, default=1e-3)
     p.add_argument("--encoder", default=None, help="default: the packaged all-MiniLM-L6-v2")

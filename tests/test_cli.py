@@ -197,3 +197,11 @@ def test_results_show_ngram_baselines_on_the_same_tokens(corpus, tmp_path, capsy
             want = KneserNey(len(data.vocab), order).fit(data.train).score(stream).perplexity
             assert results["eval"][split]["baselines"][name] == pytest.approx(want)
             assert f"{want:.2f}" in printed and name in printed
+
+
+def test_final_full_batch_flag_ends_with_full_batch_epochs(corpus, tmp_path):
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out, "--final-full-batch", "1", "--no-eval")) == 0
+    history = json.loads((out / "results.json").read_text())["history"]
+    assert [(row["step_size"], row["full_batch"]) for row in history] == [
+        (0.5, False), (0.5, False), (1.0, True)]

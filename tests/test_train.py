@@ -199,3 +199,34 @@ def test_finished_state_trains_no_more(windows):
     train(hmm, windows, TrainConfig(phases=[Phase(1, 0.5)]), state=state, progress=False)
     for name, value in hmm.parameters().items():
         assert torch.equal(value, before[name])
+
+
+def test_a_final_full_batch_phase_is_one_exact_m_step_per_epoch(windows):
+    """Mini-batch phases then Phase(1, 1.0, full_batch=True) equal training the mini-batch
+    phases, then one classic EM step from the counts of every window (computed here with the
+    accumulator directly)."""
+    from hmmlvd.hmm import CountAccumulator, expected_counts, maximize
+
+    config = TrainConfig(phases=[Phase(1, 0.6), Phase(1, 1.0, full_batch=True)],
+                         batch_size=60, seed=3)
+    assert config.full_batch_plan() == [False, True] and config.any_full_batch
+    hmm = student()
+    state = train(hmm, windows, config, progress=False)
+    assert [row["full_batch"] for row in state.history] == [False, True]
+    assert state.step == windows.num_batches(60) + 1
+
+    reference = student()
+    train(reference, windows, TrainConfig(phases=[Phase(1, 0.6)], batch_size=60, seed=3),
+          progress=False)
+    accumulator = CountAccumulator(reference)
+    for x in windows.batches(25):
+        accumulator.add(expected_counts(reference, x))
+    maximize(reference, accumulator.total(), 1.0, config.pseudocount)
+    assert_same_parameters(hmm, reference)
+
+
+def test_two_phase_schedule_with_final_full_batch():
+    phases = train_module.two_phase_schedule(2, 0.3, 1, 0.1, final_full_batch=1)
+    assert phases == [Phase(2, 0.3), Phase(1, 0.1), Phase(1, 1.0, full_batch=True)]
+    with pytest.raises(DataError, match="epochs"):
+        TrainConfig(phases=train_module.two_phase_schedule(1, 0.3, final_full_batch=-1))

@@ -68,26 +68,33 @@ def _sigint_requests_stop() -> Iterator[list[bool]]:
 
 @dataclass
 class Phase:
-    """``epochs`` passes over the data with EM step size ``step_size``."""
+    """``epochs`` passes over the data with EM step size ``step_size``; ``full_batch``: one
+    M-step per epoch from the counts of all windows (e.g. a final ``Phase(1, 1.0, True)``
+    replaces the noisy mini-batch estimates by the exact M-step on the whole data)."""
 
     epochs: int
     step_size: float
+    full_batch: bool = False
 
 
 def two_phase_schedule(epochs: int, step_size: float, phase2_epochs: int = 0,
-                       phase2_step_size: float = 0.1) -> list[Phase]:
+                       phase2_step_size: float = 0.1, final_full_batch: int = 0) -> list[Phase]:
     """The LVD paper's schedule: ``epochs`` at ``step_size``, then (if ``phase2_epochs``)
-    ``phase2_epochs`` at ``phase2_step_size``."""
+    ``phase2_epochs`` at ``phase2_step_size``; then ``final_full_batch`` full-batch epochs
+    (classic EM, step size 1)."""
     phases = [Phase(epochs, step_size)]
     if phase2_epochs:
         phases.append(Phase(phase2_epochs, phase2_step_size))
+    if final_full_batch:
+        phases.append(Phase(final_full_batch, 1.0, full_batch=True))
     return phases
 
 
 @dataclass
 class TrainConfig:
     """How to run EM. ``phases``: e.g. the LVD paper's [Phase(20, a1), Phase(5, a2)].
-    ``full_batch``: one M-step per epoch from the counts of all windows (step size still mixes).
+    ``full_batch``: every epoch is full-batch (one M-step from the counts of all windows; step
+    size still mixes), as if each phase said so.
     ``checkpoint_every``: also checkpoint every this many mini-batch steps (0: epoch ends only).
     """
 
@@ -112,10 +119,20 @@ class TrainConfig:
         for p in self.phases:
             check_int(p.epochs, "phase epochs", 0)
             check_step_size(p.step_size)
+            if not isinstance(p.full_batch, bool):
+                raise DataError(f"Phase.full_batch must be True or False, got {p.full_batch!r}")
 
     def epoch_plan(self) -> list[float]:
         """The step size of every epoch, in order."""
         return [p.step_size for p in self.phases for _ in range(p.epochs)]
+
+    def full_batch_plan(self) -> list[bool]:
+        """Whether each epoch, in order, is full-batch."""
+        return [self.full_batch or p.full_batch for p in self.phases for _ in range(p.epochs)]
+
+    @property
+    def any_full_batch(self) -> bool:
+        return any(self.full_batch_plan())
 
     @classmethod
     def from_dict(cls, raw: dict) -> TrainConfig:
@@ -143,7 +160,8 @@ def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None
     if windows.length != hmm.length:
         raise DataError(f"windows have length {windows.length}, the model needs T={hmm.length}")
     local_batch = -(-config.batch_size // distributed.world_size())  # this rank's shard
-    memory.check_training(hmm.config, local_batch, hmm.device, config.full_batch, allocated=True)
+    memory.check_training(hmm.config, local_batch, hmm.device, config.any_full_batch,
+                          allocated=True)
     distributed.broadcast_parameters(hmm)  # every rank starts from rank 0's parameters
     with _sigint_requests_stop() as stop:
         return _train(hmm, windows, config, out, state or TrainState(), progress, stop)
@@ -151,7 +169,7 @@ def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None
 
 def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None,
            state: TrainState, progress: bool, stop: list[bool]) -> TrainState:
-    plan = config.epoch_plan()
+    plan, full_batch_plan = config.epoch_plan(), config.full_batch_plan()
     num_batches = windows.num_batches(config.batch_size)
     while state.epoch < len(plan):
         step_size = plan[state.epoch]
@@ -159,14 +177,15 @@ def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | Non
         bar = tqdm(total=num_batches, initial=state.batch, unit="batch",
                    disable=not progress or not distributed.is_main(),
                    desc=f"epoch {state.epoch + 1}/{len(plan)}", dynamic_ncols=True)
-        accumulator = CountAccumulator(hmm) if config.full_batch else None
+        full_batch = full_batch_plan[state.epoch]
+        accumulator = CountAccumulator(hmm) if full_batch else None
         # mini-batch M-steps keep the emission table scaled (cost ~ rows touched); it is
         # written out before every checkpoint and at the epoch end
-        emission = None if config.full_batch else ScaledEmission(hmm)
+        emission = None if full_batch else ScaledEmission(hmm)
         log_lik, tokens = 0.0, 0
         batches = windows.batches(config.batch_size, shuffle=True,
                                   seed=_epoch_seed(config.seed, state.epoch),
-                                  start_batch=0 if config.full_batch else state.batch)
+                                  start_batch=0 if full_batch else state.batch)
         for x in batches:
             part = distributed.shard(x)  # this rank's slice of the batch (all of it alone)
             counts = (expected_counts(hmm, part, emission) if len(part)
@@ -201,6 +220,7 @@ def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | Non
             state.step += 1
         distributed.broadcast_parameters(hmm)  # resync ranks (CUDA scatter-adds round freely)
         state.history.append({"epoch": state.epoch + 1, "step_size": step_size,
+                              "full_batch": full_batch,
                               "train_ll_per_token": log_lik / max(tokens, 1),
                               "seconds": time.perf_counter() - started})
         state.epoch += 1
