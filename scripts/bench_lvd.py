@@ -40,6 +40,7 @@ from hmmlvd.lvd.suffix import (
     layout_windows,
     length_sorted_batches,
     masked_suffix_embeddings,
+    piece_table_from_encodings,
 )
 from hmmlvd.report import provenance, write_section
 
@@ -55,15 +56,7 @@ def legacy_piece_table(vocab: Vocabulary, tokenizer,
     texts = [[word_to_text(w, tokenizer)] for w in vocab.tokens]
     encoded = tokenizer.backend_tokenizer.encode_batch(texts, is_pretokenized=True,
                                                        add_special_tokens=False)
-    pieces = torch.full((len(vocab), max_pieces_per_word), tokenizer.pad_token_id,
-                        dtype=torch.int64)
-    lengths = torch.empty(len(vocab), dtype=torch.int64)
-    for i, enc in enumerate(encoded):
-        ids = enc.ids[:max_pieces_per_word] or [tokenizer.unk_token_id]
-        pieces[i, :len(ids)] = torch.as_tensor(ids)
-        lengths[i] = len(ids)
-    return PieceTable(pieces, lengths, int(tokenizer.cls_token_id), int(tokenizer.sep_token_id),
-                      int(tokenizer.pad_token_id))
+    return piece_table_from_encodings(encoded, tokenizer, max_pieces_per_word)
 
 
 # ----- timing --------------------------------------------------------------------------------

@@ -97,9 +97,15 @@ def build_piece_table(vocab: Vocabulary, tokenizer,
     # add_special_tokens=False), 5x faster on a 33k-word vocabulary.
     encoded = _unpadded_backend(tokenizer).encode_batch(texts, is_pretokenized=True,
                                                         add_special_tokens=False)
-    pieces = torch.full((len(vocab), max_pieces_per_word), tokenizer.pad_token_id,
+    return piece_table_from_encodings(encoded, tokenizer, max_pieces_per_word)
+
+
+def piece_table_from_encodings(encoded: list, tokenizer, max_pieces_per_word: int) -> PieceTable:
+    """The :class:`PieceTable` of one backend encoding per vocabulary word (each cut to
+    ``max_pieces_per_word`` ids; an empty one becomes the unknown token)."""
+    pieces = torch.full((len(encoded), max_pieces_per_word), tokenizer.pad_token_id,
                         dtype=torch.int64)
-    lengths = torch.empty(len(vocab), dtype=torch.int64)
+    lengths = torch.empty(len(encoded), dtype=torch.int64)
     for i, enc in enumerate(encoded):
         ids = enc.ids[:max_pieces_per_word] or [tokenizer.unk_token_id]
         pieces[i, :len(ids)] = torch.as_tensor(ids)
