@@ -14,6 +14,7 @@ Data-parallel over N processes (GPUs: NCCL, one per process; CPU: gloo):
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ import torch
 
 from hmmlvd import distributed, memory
 from hmmlvd.atomic import atomic_write_json
+from hmmlvd.data.vocab import UNK
 from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
@@ -39,6 +41,8 @@ from hmmlvd.hmm.train import (
     two_phase_schedule,
 )
 from hmmlvd.ngram import baseline_perplexities
+from hmmlvd.outdir import output_folder
+from hmmlvd.provenance import check_same_training, setting_differences, training_record
 
 BASELINE_ORDERS = (1, 2, 3)  # unigram, Kneser–Ney bigram and trigram beside every result
 DEFAULT_STATES = 64
@@ -46,13 +50,75 @@ DEFAULT_LENGTH = 32
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; otherwise the named device, checked."""
+    """``auto`` -> cuda when available, else cpu; otherwise cpu, cuda or cuda:N, checked (other
+    torch devices, such as mps, meta or xla, are not supported)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (
+            device.type == "cpu" and device.index not in (None, 0)):
+        raise DataError(f"--device {name} is not supported: use cpu, cuda, cuda:N or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda was asked for but torch sees no CUDA GPU")
+        raise DataError(f"--device {name} was asked for but torch sees no CUDA GPU")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise DataError(f"--device {name}: torch sees only {count} CUDA GPU(s), cuda:0 to "
+                        f"cuda:{count - 1}")
     return device
+
+
+#: The smallest value of each integer flag (None, the default, is always fine), checked before
+#: any work. --hidden-states, --length, --max-windows and --lvd-windows are checked where they
+#: are used, with messages of their own.
+INT_MINIMUMS = {"epochs": 0, "phase2_epochs": 0, "final_full_batch": 0, "batch_size": 1,
+                "checkpoint_every": 0, "eval_batch_size": 1, "max_eval_tokens": 1,
+                "embed_batch_size": 1, "kmeans_sample": 1, "kmeans_iters": 1,
+                "num_samples": 1}
+SEED_LIMIT = 2**63  # seeds lie in [0, 2**63): what torch and numpy generators all accept
+
+
+def flag_name(dest: str) -> str:
+    """``eval_batch_size`` -> ``--eval-batch-size``."""
+    return "--" + dest.replace("_", "-")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Raise :class:`DataError` naming the flag for an integer argument out of its range."""
+    for dest, minimum in INT_MINIMUMS.items():
+        value = getattr(args, dest, None)
+        if value is not None and value < minimum:
+            raise DataError(f"{flag_name(dest)} must be >= {minimum}, got {value}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise DataError(f"--seed must lie in [0, 2**63), got {seed}")
+
+
+def describe_os_error(exc: OSError, args: argparse.Namespace) -> str:
+    """One line for an OS error: the reason and the file(s) it names, or, when it names none
+    (disk full while writing), the paths the command was given."""
+    reason = (exc.strerror or str(exc) or type(exc).__name__).strip().splitlines()[0]
+    files = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    if files:
+        return f"{reason}: {' -> '.join(files)}"
+    paths = [f"{flag_name(k)} {v}" for k, v in vars(args).items() if isinstance(v, Path)]
+    return f"{reason} (while using {', '.join(paths)})" if paths else reason
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """MemoryError, CUDA out-of-memory, or the CPU allocator's RuntimeError."""
+    return isinstance(exc, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
+
+
+def describe_memory_error(exc: BaseException) -> str:
+    """One line for a failed allocation, with what to change."""
+    lines = str(exc).strip().splitlines()
+    detail = lines[0] if lines else "an allocation failed"
+    return (f"out of memory ({detail}); use a smaller model, batch or sample count, or a device "
+            "with more memory")
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -219,8 +285,16 @@ def resolve_model_shape(args: argparse.Namespace, vocab_size: int) -> None:
 def run_training(args: argparse.Namespace, initialise: Callable[..., HMM]) -> None:
     """Shared by train and lvd: load data, initialise (or resume), run EM, save, evaluate.
     ``initialise(data, windows, device, summary)`` returns the starting model. Under torchrun
-    every rank trains; rank 0 alone prints, saves, evaluates and writes results."""
+    every rank trains; rank 0 alone prints, saves, evaluates and writes results. ``--out`` is
+    checked, locked and cleared of temporary files first (:mod:`hmmlvd.outdir`)."""
     device = distributed.init(resolve_device(args.device))
+    with output_folder(args.out):
+        train_in_folder(args, initialise, device)
+
+
+def train_in_folder(args: argparse.Namespace, initialise: Callable[..., HMM],
+                    device: torch.device) -> None:
+    """The work of :func:`run_training`, while ``args.out`` is locked."""
     say = distributed.print_main
     data = load_wikitext(args.data_dir)
     resolve_model_shape(args, len(data.vocab))
@@ -228,18 +302,24 @@ def run_training(args: argparse.Namespace, initialise: Callable[..., HMM]) -> No
     config = train_config_from(args)
     summary: dict = {"command": args.command, "train_windows": len(windows),
                      "train_config": asdict(config), "world_size": distributed.world_size()}
+    trained_on = training_record(args.command, data.train, len(windows), args.max_windows,
+                                 args.seed, args.hidden_states, args.length, args.homogeneous)
+    summary["trained_on"] = trained_on
     subset = (f" (a seeded random subset of the {len(windows.view):,} train windows)"
               if len(windows) < len(windows.view) else "")
     if args.resume:
         hmm, saved, state = load_checkpoint(args.out, device=device)
         if saved != config:
             raise CheckpointError(f"--resume with different training settings than the "
-                                  f"checkpoint in {args.out}: saved {saved}, given {config}")
+                                  f"checkpoint in {args.out}: "
+                                  f"{setting_differences(asdict(saved), asdict(config))}")
         if hmm.vocab != data.vocab:
             raise CheckpointError(
                 f"the checkpoint's vocabulary differs from this data's "
                 f"({len(hmm.vocab) if hmm.vocab else 'no'} vs {len(data.vocab)} words): resume "
                 "with the data folder the run was started with")
+        check_same_training(state.trained_on, trained_on, args.out)
+        state.trained_on = trained_on
         say(f"resuming from epoch {state.epoch + 1}, batch {state.batch} (step {state.step})")
     else:
         # fail now, not after a long LVD initialisation, if the model and EM cannot fit
@@ -248,10 +328,13 @@ def run_training(args: argparse.Namespace, initialise: Callable[..., HMM]) -> No
                               -(-config.batch_size // distributed.world_size()), device,
                               config.any_full_batch)
         hmm = initialise(data, windows, device, summary)
-        state = TrainState()
+        state = TrainState(trained_on=trained_on)
     ranks = f" on {distributed.world_size()} ranks" if distributed.is_distributed() else ""
-    say(f"training {hmm} on {len(windows):,} windows{subset}, "
-        f"{hmm.num_parameters:,} parameters{ranks}")
+    if not config.epoch_plan():
+        say("no EM epochs: saving the initial model")
+    else:
+        say(f"training {hmm} on {len(windows):,} windows{subset}, "
+            f"{hmm.num_parameters:,} parameters{ranks}")
     started = time.perf_counter()
     state = train(hmm, windows, config, out=args.out, state=state)
     summary["train_seconds_this_run"] = time.perf_counter() - started
@@ -323,12 +406,31 @@ def cmd_sample(args: argparse.Namespace) -> None:
     hmm = HMM.from_pretrained(args.model, device=resolve_device(args.device))
     if hmm.vocab is None:
         raise CheckpointError(f"{args.model} has no vocab.txt: cannot turn samples into words")
-    words = args.prefix.split()
-    prefix = torch.as_tensor(hmm.vocab.encode(words, source="--prefix"), dtype=torch.long)
+    prefix = prefix_ids(hmm, args.prefix)
     gen = torch.Generator(device=hmm.device).manual_seed(args.seed)
-    samples = hmm.sample(args.num_samples, prefix=prefix if words else None, generator=gen)
-    for row in samples.tolist():
-        print(" ".join(hmm.vocab.decode(row)))
+    samples = hmm.sample(args.num_samples, prefix=prefix, generator=gen)
+    for start in range(0, len(samples), 4096):  # no Python list of every sample at once
+        for row in samples[start:start + 4096].tolist():
+            print(" ".join(hmm.vocab.decode(row)))
+
+
+def prefix_ids(hmm: HMM, text: str) -> torch.Tensor | None:
+    """The ``--prefix`` words as ids [L] (None for no words): at most T-1 words, so that
+    something is left to sample, each in the model's vocabulary (``<unk>`` only when written
+    out, never in place of an unknown word)."""
+    words = text.split()
+    if not words:
+        return None
+    if len(words) >= hmm.length:
+        raise DataError(f"--prefix has {len(words)} words but the model's windows have "
+                        f"T={hmm.length}: give at most {hmm.length - 1} (T-1), so that something "
+                        "is left to sample")
+    unknown = next((w for w in words if w not in hmm.vocab.index), None)
+    if unknown is not None:
+        hint = (f"; write {UNK} to ask for the unknown-word token" if UNK in hmm.vocab.index
+                else f" (which has no {UNK} token)")
+        raise DataError(f"--prefix: word {unknown!r} is not in the model's vocabulary{hint}")
+    return torch.as_tensor(hmm.vocab.encode(words, source="--prefix"), dtype=torch.long)
 
 
 COMMANDS = {"train": cmd_train, "lvd": cmd_lvd, "eval": cmd_eval, "sample": cmd_sample}
@@ -337,16 +439,25 @@ COMMANDS = {"train": cmd_train, "lvd": cmd_lvd, "eval": cmd_eval, "sample": cmd_
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)
         COMMANDS[args.command](args)
     except TrainingInterrupted as exc:
         distributed.print_main(f"\nhmmlvd {args.command}: {exc}", file=sys.stderr)
-        return 130
+        return 128 + exc.signal  # 130 after Ctrl-C, 143 after SIGTERM
     except HMMLVDError as exc:
         print(f"hmmlvd {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OSError as exc:  # permission denied, disk full, is a directory, ...
+        print(f"hmmlvd {args.command}: error: {describe_os_error(exc, args)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        if not is_allocation_failure(exc):
+            raise
+        print(f"hmmlvd {args.command}: error: {describe_memory_error(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:  # a second signal while training stops: exc.signal
         print(f"\nhmmlvd {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signal", signal.SIGINT)
     finally:
         distributed.teardown()
     return 0

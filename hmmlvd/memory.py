@@ -47,6 +47,7 @@ ACTIVATION_FLOATS_PER_STATE = 7  # [B, T, H]-sized float32 tensors alive at the 
 INDEX_BYTES_PER_TOKEN = 64  # int64 token/row indices and [B, T] scalars per token
 TRANSITION_COPIES = {False: 3, True: 2}  # [T-1, H, H]-sized tensors at the peak, by homogeneous
 MLE_INDEX_BYTES_PER_TOKEN = 48
+SAMPLE_COPIES = 3  # [N, H]- and [N, V]-sized float32 tensors alive in one sampling step
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,19 @@ def training_estimate(config: HMMConfig, batch_size: int, full_batch: bool = Fal
     tokens = batch_size * length
     activations = tokens * (FLOAT32 * ACTIVATION_FLOATS_PER_STATE * h + INDEX_BYTES_PER_TOKEN)
     return MemoryEstimate(params, counts, activations)
+
+
+def sampling_estimate(config: HMMConfig, num_samples: int, prefix_length: int = 0
+                      ) -> MemoryEstimate:
+    """Peak bytes of drawing ``num_samples`` windows: the parameters, and as activations the
+    int64 output [N, T], one step's state and word distributions [N, H], [N, V] (gathered rows
+    and the copies ``torch.multinomial`` makes) and the forward pass over a prefix of
+    ``prefix_length`` tokens."""
+    h, v = config.num_states, config.vocab_size
+    per_sample = (8 * config.length + SAMPLE_COPIES * FLOAT32 * (h + v)
+                  + prefix_length * (FLOAT32 * ACTIVATION_FLOATS_PER_STATE * h
+                                     + INDEX_BYTES_PER_TOKEN))
+    return MemoryEstimate(parameter_bytes(config), 0, num_samples * per_sample)
 
 
 # ----- what the device has ------------------------------------------------------------------
@@ -241,4 +255,23 @@ def check_training(config: HMMConfig, batch_size: int, device: str | torch.devic
                else f"this {_label(device)} has {format_bytes(available)} available")
         _fail(f"{_sizes(config)} needs about {format_bytes(estimate.total)} for parameters and "
               f"EM counts (batch {batch_size}{mode}); {has}", device, batch=True)
+    return estimate
+
+
+def check_sampling(config: HMMConfig, num_samples: int, device: str | torch.device = "cpu",
+                   prefix_length: int = 0) -> MemoryEstimate:
+    """Raise :class:`InsufficientMemoryError` if drawing ``num_samples`` windows (see
+    :func:`sampling_estimate`) needs more memory than ``device`` has available besides the
+    model's parameters, which exist already."""
+    estimate = sampling_estimate(config, num_samples, prefix_length)
+    device = torch.device(device)
+    if skipped():
+        return estimate
+    available = available_bytes(device)
+    if available is not None and estimate.activations > available:
+        raise InsufficientMemoryError(
+            f"drawing {num_samples:,} samples from {_sizes(config)} needs about "
+            f"{format_bytes(estimate.activations)} besides the parameters; this "
+            f"{_label(device)} has {format_bytes(available)} available. Ask for fewer samples "
+            f"(or set {SKIP_ENV}=1 to skip this check)")
     return estimate

@@ -7,7 +7,7 @@ Convention (the usual word-LM one): each line is split on whitespace and followe
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,11 +52,43 @@ def _read_local(data_dir: Path) -> dict[str, list[str]]:
     if missing:
         raise DataError(f"data folder {data_dir} is missing {', '.join(missing)}; it must hold "
                         "wiki.train.tokens, wiki.valid.tokens and wiki.test.tokens")
-    out = {}
-    for s in SPLITS:
-        with open(data_dir / f"wiki.{s}.tokens", encoding="utf-8") as f:
-            out[s] = tokenize_lines(f)
-    return out
+    return {s: read_token_file(data_dir / f"wiki.{s}.tokens") for s in SPLITS}
+
+
+def read_token_file(path: Path) -> list[str]:
+    """The tokens of one UTF-8 text file (see :func:`tokenize_lines`); :class:`DataError`
+    naming the file when it is not UTF-8: undecodable bytes, or NUL characters (UTF-16 text of
+    ASCII words decodes as UTF-8 with a NUL after every letter). OS errors (permission denied)
+    pass through, naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return tokenize_lines(_checked_lines(f, path))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text: {_first_bad_byte(path)}; convert it to "
+                        "UTF-8, e.g. with iconv -t UTF-8") from exc
+
+
+def _first_bad_byte(path: Path) -> str:
+    """Where the first byte that is not UTF-8 lies in ``path`` (read again, only to say so)."""
+    raw = path.read_bytes()
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bom = " (a UTF-16 byte order mark)" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return (f"byte {exc.start} (line {line}), "
+                f"{raw[exc.start:exc.start + 1]!r}{bom}, {exc.reason}")
+    return "it changed while being read"
+
+
+def _checked_lines(lines: Iterable[str], path: Path) -> Iterator[str]:
+    """``lines``, refusing a line with a NUL character (UTF-16 or binary data)."""
+    for number, line in enumerate(lines, 1):
+        if "\x00" in line:
+            raise DataError(f"{path} is not UTF-8 text: line {number} holds NUL characters "
+                            "(UTF-16 or binary data?); convert it to UTF-8, e.g. with iconv "
+                            "-t UTF-8")
+        yield line
 
 
 def _read_hub() -> dict[str, list[str]]:

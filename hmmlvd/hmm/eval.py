@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import DataError
 from hmmlvd.hmm.model import HMM
+from hmmlvd.validate import check_int
 
 
 @dataclass
@@ -35,7 +36,9 @@ def sliding_token_log_probs(hmm: HMM, stream: np.ndarray, batch_size: int = 1024
                             progress: bool = False) -> torch.Tensor:
     """log p(s_k | the up-to-(T-1) tokens before it) for every token of ``stream`` [N] -> [N]
     (float64, on the CPU). A token of probability 0 gets -inf, and so does every token whose
-    context contains one (p(ctx) = 0: the conditional is 0/0, never NaN)."""
+    context contains one (p(ctx) = 0: the conditional is 0/0, never NaN). ``batch_size`` >= 1
+    windows go through the forward pass at once."""
+    batch_size = check_int(batch_size, "batch_size", 1)
     stream = np.asarray(stream)
     if stream.ndim != 1 or len(stream) == 0:
         raise DataError("stream must be a non-empty 1-D array of token ids")
@@ -75,7 +78,9 @@ def sliding_perplexity(hmm: HMM, stream: np.ndarray, batch_size: int = 1024,
 @torch.no_grad()
 def window_perplexity(hmm: HMM, windows: TokenWindows, batch_size: int = 1024,
                       progress: bool = False) -> Perplexity:
-    """exp(-mean log p(window) / T) over every window of ``windows``."""
+    """exp(-mean log p(window) / T) over every window of ``windows``, ``batch_size`` >= 1
+    windows at a time."""
+    batch_size = check_int(batch_size, "batch_size", 1)
     total = 0.0
     for x in tqdm(windows.batches(batch_size), total=windows.num_batches(batch_size),
                   desc="window eval", disable=not progress, unit="batch"):

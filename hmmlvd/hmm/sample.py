@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from hmmlvd import memory
 from hmmlvd.errors import DataError
 from hmmlvd.hmm.model import HMM
 from hmmlvd.validate import as_id_tensor, check_int
@@ -19,14 +20,19 @@ def sample(hmm: HMM, num_samples: int, prefix: torch.Tensor | None = None,
     """Draw ``num_samples`` windows [N, T] (int64, on the model's device).
 
     ``prefix``: [L] (shared by all samples) or [N, L] token ids, 0 <= L <= T; the first L
-    tokens of each sample are the prefix. ``generator`` must live on the model's device.
+    tokens of each sample are the prefix. ``generator`` must live on the model's device. Raises
+    :class:`~hmmlvd.errors.InsufficientMemoryError` before allocating when the samples cannot
+    fit (see :func:`hmmlvd.memory.check_sampling`).
     """
     num_samples = check_int(num_samples, "num_samples", 1)
     device = hmm.device
-    out = torch.empty(num_samples, hmm.length, dtype=torch.long, device=device)
     prefix = None if prefix is None else as_id_tensor(prefix, "prefix")
     if prefix is not None and prefix.dim() not in (1, 2):
         raise DataError(f"prefix must have shape [L] or [N, L], got {tuple(prefix.shape)}")
+    # before anything of size N is allocated
+    memory.check_sampling(hmm.config, num_samples, device,
+                          prefix_length=0 if prefix is None else prefix.shape[-1])
+    out = torch.empty(num_samples, hmm.length, dtype=torch.long, device=device)
     if prefix is None or prefix.numel() == 0:
         start = 0
         state_dist = hmm.initial.expand(num_samples, -1)

@@ -5,6 +5,10 @@ Checkpoints live in ``out/checkpoints/step-XXXXXXXX/`` (the model files plus
 ``train_state.json``); ``out/checkpoints/latest`` names the newest complete one and is written
 last, so a run killed at any moment resumes from a complete checkpoint. Shuffling is fixed by
 (seed, epoch), so a resumed epoch replays exactly the batches an uninterrupted run would.
+Every run has a ``run_id`` (kept by a resumed run) recorded in its checkpoints: rotation deletes
+only this run's older checkpoints, by step number, never those another run left in ``out``.
+SIGINT (Ctrl-C) and SIGTERM (schedulers, ``torchrun``) both stop training after the current
+batch with a checkpoint.
 
 Under ``torchrun`` (see :mod:`hmmlvd.distributed`) every rank runs this loop over the same
 batches: each computes the counts of its shard of a batch, the counts are summed over ranks and
@@ -21,6 +25,7 @@ import shutil
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -38,32 +43,49 @@ from hmmlvd.hmm.model import HMM
 from hmmlvd.validate import check_int, check_pseudocount, check_step_size
 
 STATE_FILE = "train_state.json"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both stop training after a checkpoint
 
 
 class TrainingInterrupted(HMMLVDError):
-    """Ctrl-C (SIGINT) stopped training after a complete mini-batch; the message says where the
-    checkpoint is and how to resume."""
+    """Ctrl-C (SIGINT) or SIGTERM stopped training after a complete mini-batch; the message
+    says where the checkpoint is and how to resume; ``signal`` is the signal number (the
+    command line exits with 128 + it: 130, 143)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signal = int(signum)
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM while training was already stopping: no checkpoint is
+    written; ``signal`` is the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signal = int(signum)
 
 
 @contextmanager
-def _sigint_requests_stop() -> Iterator[list[bool]]:
-    """While active, a first Ctrl-C only sets ``flag[0]`` (training stops at the next batch
-    boundary, after a checkpoint); a second one interrupts at once."""
-    flag = [False]
+def _signals_request_stop() -> Iterator[list[int]]:
+    """While active, a first SIGINT or SIGTERM only sets ``flag[0]`` to its number (training
+    stops at the next batch boundary, after a checkpoint); a second one raises
+    :class:`StoppedAtOnce`. Outside the main thread signals cannot be caught: nothing changes."""
+    flag = [0]
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def request_stop(signum: int, frame: object) -> None:
         if flag[0]:
-            raise KeyboardInterrupt
-        flag[0] = True
+            raise StoppedAtOnce(signum)
+        flag[0] = signum
 
-    previous = signal.signal(signal.SIGINT, request_stop)
+    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -142,19 +164,23 @@ class TrainConfig:
 @dataclass
 class TrainState:
     """Where training stands: ``epoch`` (0-based) and ``batch`` (batches of it done), the
-    global ``step`` count, and per-epoch ``history`` rows."""
+    global ``step`` count, and per-epoch ``history`` rows. ``run_id``: set when training
+    starts, kept on resume (rotation deletes only checkpoints of this id); ``trained_on``: what
+    the caller records about the data and settings (see :mod:`hmmlvd.provenance`)."""
 
     epoch: int = 0
     batch: int = 0
     step: int = 0
     history: list[dict] = field(default_factory=list)
+    run_id: str = ""
+    trained_on: dict = field(default_factory=dict)
 
 
 def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None = None,
           state: TrainState | None = None, progress: bool = True) -> TrainState:
     """Train ``hmm`` in place by EM on ``windows``; checkpoint into ``out`` if given.
     ``state``: continue from it (from :func:`load_checkpoint`). Returns the final state.
-    Ctrl-C stops after the current mini-batch, saves a checkpoint and raises
+    Ctrl-C or SIGTERM stops after the current mini-batch, saves a checkpoint and raises
     :class:`TrainingInterrupted`. Raises :class:`~hmmlvd.errors.InsufficientMemoryError` before
     the first batch if EM's counts and activations cannot fit next to the model."""
     if windows.length != hmm.length:
@@ -163,12 +189,19 @@ def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None
     memory.check_training(hmm.config, local_batch, hmm.device, config.any_full_batch,
                           allocated=True)
     distributed.broadcast_parameters(hmm)  # every rank starts from rank 0's parameters
-    with _sigint_requests_stop() as stop:
-        return _train(hmm, windows, config, out, state or TrainState(), progress, stop)
+    state = state or TrainState()
+    state.run_id = state.run_id or new_run_id()
+    with _signals_request_stop() as stop:
+        return _train(hmm, windows, config, out, state, progress, stop)
+
+
+def new_run_id() -> str:
+    """A fresh random id for a training run."""
+    return uuid.uuid4().hex
 
 
 def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None,
-           state: TrainState, progress: bool, stop: list[bool]) -> TrainState:
+           state: TrainState, progress: bool, stop: list[int]) -> TrainState:
     plan, full_batch_plan = config.epoch_plan(), config.full_batch_plan()
     num_batches = windows.num_batches(config.batch_size)
     while state.epoch < len(plan):
@@ -206,11 +239,12 @@ def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | Non
                     and state.step % config.checkpoint_every == 0 and state.batch < num_batches):
                 emission.materialise()
                 _save(hmm, config, state, out)
-            if distributed.any_rank(stop[0]):
+            if distributed.any_rank(bool(stop[0])):
                 bar.close()
                 if emission is not None:
                     emission.materialise()
-                _stop(hmm, config, state, out, full_batch=accumulator is not None)
+                _stop(hmm, config, state, out, full_batch=accumulator is not None,
+                      signum=stop[0] or signal.SIGINT)
         bar.close()
         if emission is not None:
             emission.materialise()
@@ -231,17 +265,19 @@ def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | Non
 
 
 def _stop(hmm: HMM, config: TrainConfig, state: TrainState, out: Path | None,
-          full_batch: bool) -> None:
+          full_batch: bool, signum: int) -> None:
     """Checkpoint where training stands (a full-batch epoch restarts: its model is unchanged)
-    and raise :class:`TrainingInterrupted`."""
+    and raise :class:`TrainingInterrupted` for signal ``signum`` (on another rank: SIGINT)."""
     if full_batch:
         state.batch = 0
+    by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
     if out is None:
-        raise TrainingInterrupted("training interrupted (no output folder: nothing saved)")
+        raise TrainingInterrupted(f"training interrupted{by} (no output folder: nothing "
+                                  "saved)", signum)
     folder = _save(hmm, config, state, out)
-    raise TrainingInterrupted(f"training interrupted at epoch {state.epoch + 1}, batch "
+    raise TrainingInterrupted(f"training interrupted{by} at epoch {state.epoch + 1}, batch "
                               f"{state.batch}; checkpoint saved in {folder}. Resume with the "
-                              "same command plus --resume")
+                              "same command plus --resume", signum)
 
 
 def _save(hmm: HMM, config: TrainConfig, state: TrainState, out: Path) -> Path:
@@ -259,16 +295,35 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 def save_checkpoint(hmm: HMM, config: TrainConfig, state: TrainState, out: Path) -> Path:
     """Write a complete checkpoint folder, then point ``latest`` at it; keep the newest
-    ``config.keep_checkpoints``."""
+    ``config.keep_checkpoints`` of this run (``state.run_id``, given one if it has none), by
+    step number. Checkpoints of other runs in ``out`` are never deleted."""
+    state.run_id = state.run_id or new_run_id()
     root = out / "checkpoints"
     folder = root / f"step-{state.step:08d}"
     save_hmm(hmm, folder)
     atomic_write_json(folder / STATE_FILE, {"train_config": asdict(config), **asdict(state)})
     atomic_write_text(root / "latest", folder.name + "\n")
-    old = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for stale in old[:-max(config.keep_checkpoints, 1)]:
-        shutil.rmtree(stale, ignore_errors=True)
+    mine = sorted(_checkpoints_of_run(root, state.run_id))
+    for _, stale in mine[:-max(config.keep_checkpoints, 1)]:
+        if stale != folder:
+            shutil.rmtree(stale, ignore_errors=True)
     return folder
+
+
+def _checkpoints_of_run(root: Path, run_id: str) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint under ``root`` written by run ``run_id``
+    (its ``train_state.json`` says so); unreadable ones count as another run's."""
+    found = []
+    for folder in root.glob("step-*"):
+        if not re.fullmatch(r"step-[0-9]+", folder.name) or not folder.is_dir():
+            continue
+        try:
+            raw = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(raw, dict) and raw.get("run_id") == run_id:
+            found.append((int(folder.name.removeprefix("step-")), folder))
+    return found
 
 
 def load_checkpoint(out: Path, device: str = "cpu") -> tuple[HMM, TrainConfig, TrainState]:
@@ -292,6 +347,8 @@ def load_checkpoint(out: Path, device: str = "cpu") -> tuple[HMM, TrainConfig, T
         state = TrainState(**raw)
         for name in ("epoch", "batch", "step"):
             check_int(getattr(state, name), name, 0)
+        if not isinstance(state.run_id, str) or not isinstance(state.trained_on, dict):
+            raise TypeError("run_id must be a string and trained_on an object")
     except (ValueError, TypeError, KeyError, AttributeError, DataError) as exc:
         raise CheckpointError(f"{folder / STATE_FILE} is damaged or not from hmmlvd: "
                               f"{type(exc).__name__}: {exc}") from exc

@@ -16,14 +16,22 @@ table ``word id -> pieces`` built once replaces per-window tokenisation; each wo
 ``max_pieces_per_word`` pieces.
 
 :func:`embed_windows` computes the embeddings of a whole :class:`TokenWindows` into a float16
-memmap on disk, chunk by chunk, resuming after a crash and reusing finished work.
+memmap on disk, chunk by chunk, resuming after a crash and reusing finished work; each finished
+chunk's SHA-256 is recorded and checked before reuse, and runs sharing a cache entry take turns
+under its lock.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +51,11 @@ SUFFIX_MODES = ("masked", "exact")
 DEFAULT_MAX_PIECES = 4
 CACHE_VERSION = 1
 F16_MAX = float(np.finfo(np.float16).max)
+# Files of a cache entry ``<cache_dir>/<key>/``.
+DATA_FILE, META_FILE = "embeddings.f16", "meta.json"
+CHUNKS_FILE, PROGRESS_FILE, LOCK_FILE = "chunks.json", "progress.json", "lock"
+MAX_RECORD_BYTES = 64 * 2**20  # a larger meta or chunk record is damaged: not read
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # the file system cannot lock
 
 
 # ----- word -> word-piece table --------------------------------------------------------------
@@ -338,28 +351,6 @@ def cache_key(encoder: Encoder, windows: TokenWindows, table: PieceTable, mode: 
     return {"key": digest, **inputs}
 
 
-def _read_done(progress_path: Path, total: int) -> int:
-    """Windows finished by an earlier run (0 when there is no readable progress record)."""
-    try:
-        done = int(json.loads(progress_path.read_text())["windows_done"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-    return done if 0 <= done <= total else 0
-
-
-def _open_store(folder: Path, meta: dict, shape: tuple[int, int, int]) -> tuple[np.memmap, int]:
-    """Open (or create) the float16 memmap and return it with the windows already done."""
-    data_path, progress_path = folder / "embeddings.f16", folder / "progress.json"
-    nbytes = int(np.prod(shape)) * 2
-    done = _read_done(progress_path, shape[0])
-    if done and data_path.is_file() and data_path.stat().st_size == nbytes:
-        return np.memmap(data_path, dtype=np.float16, mode="r+", shape=shape), done
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "meta.json", meta)
-    atomic_write_json(progress_path, {"windows_done": 0})
-    return np.memmap(data_path, dtype=np.float16, mode="w+", shape=shape), 0
-
-
 def max_window_tokens(windows: TokenWindows, table: PieceTable) -> int:
     """Most tokens (pieces + [CLS] + [SEP]) of any window, from sliding sums of piece counts
     over the stream: checked before a long run rather than failing in its middle."""
@@ -383,6 +374,151 @@ def length_sorted_batches(x: torch.Tensor, table: PieceTable,
     return list(order.split(batch_size)) if len(order) else []
 
 
+# ----- the cache entry: lock, store, per-chunk records ---------------------------------------
+@contextmanager
+def _entry_lock(folder: Path) -> Iterator[None]:
+    """Hold the cache entry's exclusive lock (``flock`` on ``folder/lock``) while the block
+    runs; while another process holds it, say so on stderr and wait. The kernel releases the
+    lock when its holder ends, however it ends. On a file system without locks, warn and go on
+    (the chunk checksums still keep damaged data out)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    with open(path, "a+b") as handle:  # "a": created if missing, never truncated
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"hmmlvd: waiting for another process writing the embedding cache {folder} "
+                  f"(it holds {path})", file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in NO_LOCKS:
+                raise
+            print(f"hmmlvd: warning: cannot lock the embedding cache {folder} ({exc.strerror}):"
+                  " runs sharing it may compute the same chunks twice", file=sys.stderr)
+        yield
+
+
+def _read_small_json(path: Path) -> dict | None:
+    """A JSON object of at most :data:`MAX_RECORD_BYTES` from disk; None when it is missing,
+    larger, damaged or not an object."""
+    try:
+        if path.stat().st_size > MAX_RECORD_BYTES:
+            return None
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def _read_records(folder: Path, chunk_size: int) -> tuple[int, dict[int, str]]:
+    """The entry's chunk size and the recorded SHA-256 of each finished chunk, by the chunk's
+    first window; (``chunk_size``, no records) when nothing valid is recorded."""
+    raw = _read_small_json(folder / CHUNKS_FILE) or {}
+    size, digests = raw.get("chunk_size"), raw.get("sha256")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 \
+            or not isinstance(digests, dict):
+        return chunk_size, {}
+    try:
+        return size, {int(lo): str(digest) for lo, digest in digests.items()}
+    except ValueError:
+        return chunk_size, {}
+
+
+def _open_data(path: Path, shape: tuple[int, int, int]) -> np.memmap:
+    """The entry's float16 store, opened for update (``r+``): what earlier or concurrent runs
+    wrote is never truncated. A missing file, or one of the wrong size, is replaced by a new
+    zero-filled one, allocated under a temporary name (disk full shows here, not as a SIGBUS
+    while writing through the map) and renamed into place. Call it holding the entry's lock."""
+    nbytes = int(np.prod(shape)) * 2
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # of a killed lock holder
+        leftover.unlink(missing_ok=True)
+    if not (path.is_file() and path.stat().st_size == nbytes):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            try:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fd, 0, nbytes)
+                else:
+                    os.ftruncate(fd, nbytes)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return np.memmap(path, dtype=np.float16, mode="r+", shape=shape)
+
+
+def _chunk_digest(store: np.memmap, lo: int, hi: int) -> str:
+    """SHA-256 of the bytes of windows ``lo..hi-1`` (about 2 GB/s)."""
+    return hashlib.sha256(np.ascontiguousarray(store[lo:hi]).view(np.uint8)).hexdigest()
+
+
+@dataclass
+class _Entry:
+    """An open cache entry: the ``store``, its ``chunk_size`` and the SHA-256 of each chunk
+    verified (or computed) so far, by the chunk's first window."""
+
+    folder: Path
+    store: np.memmap
+    chunk_size: int
+    digests: dict[int, str]
+
+    def bounds(self, lo: int) -> tuple[int, int]:
+        """Windows ``lo..hi-1`` of the chunk starting at ``lo``."""
+        return lo, min(lo + self.chunk_size, self.store.shape[0])
+
+    def pending(self) -> list[int]:
+        """First windows of the chunks not yet verified."""
+        return [lo for lo in range(0, self.store.shape[0], self.chunk_size)
+                if lo not in self.digests]
+
+    def record(self, starts: list[int]) -> None:
+        """Checksum the (flushed) chunks starting at ``starts`` and rewrite the records:
+        ``chunks.json`` (chunk size, SHA-256 per finished chunk) and ``progress.json``
+        (``windows_done``: the windows before the first unfinished chunk)."""
+        for lo in starts:
+            self.digests[lo] = _chunk_digest(self.store, *self.bounds(lo))
+        atomic_write_json(self.folder / CHUNKS_FILE, {
+            "chunk_size": self.chunk_size,
+            "sha256": {str(lo): d for lo, d in sorted(self.digests.items())}})
+        pending = self.pending()
+        done = pending[0] if pending else self.store.shape[0]
+        atomic_write_json(self.folder / PROGRESS_FILE, {"windows_done": done})
+
+
+def _open_entry(folder: Path, shape: tuple[int, int, int], chunk_size: int) -> _Entry:
+    """Open the entry's store and verify every recorded chunk against its checksum: a chunk
+    with no record (unfinished, or written by a version without checksums) or whose bytes no
+    longer match (damaged) is pending again. The recorded chunk size wins over
+    ``chunk_size``. Call it holding the entry's lock."""
+    size, records = _read_records(folder, chunk_size)
+    entry = _Entry(folder, _open_data(folder / DATA_FILE, shape), size, {})
+    for lo, digest in records.items():
+        if lo % size == 0 and 0 <= lo < shape[0] \
+                and _chunk_digest(entry.store, *entry.bounds(lo)) == digest:
+            entry.digests[lo] = digest
+    return entry
+
+
+def _write_meta(folder: Path, meta: dict) -> None:
+    """Rewrite ``meta.json`` unless it already says exactly ``meta``."""
+    if _read_small_json(folder / META_FILE) != meta:
+        atomic_write_json(folder / META_FILE, meta)
+
+
+def _share_pending(entry: _Entry | None, num_windows: int) -> tuple[int, list[int]]:
+    """Rank 0's chunk size and pending chunks on every rank (``entry`` is rank 0's)."""
+    chunk_size = distributed.broadcast_int(entry.chunk_size if entry else 0)
+    num_chunks = -(-num_windows // chunk_size)
+    mask = None
+    if entry is not None:
+        mask = np.zeros(num_chunks, dtype=np.int8)
+        mask[[lo // chunk_size for lo in entry.pending()]] = 1
+    mask = distributed.broadcast_array(mask, (num_chunks,), np.int8)
+    return chunk_size, [int(i) * chunk_size for i in np.flatnonzero(mask)]
+
+
 def embed_windows(encoder: Encoder, windows: TokenWindows, vocab: Vocabulary,
                   cache_dir: str | os.PathLike, mode: str = "masked", batch_size: int = 64,
                   chunk_size: int = 4096, max_pieces_per_word: int = DEFAULT_MAX_PIECES,
@@ -392,13 +528,20 @@ def embed_windows(encoder: Encoder, windows: TokenWindows, vocab: Vocabulary,
     config, weights), mode, piece cap, vocabulary tokenisation, window length, stream and starts.
 
     Work goes in chunks of ``chunk_size`` windows, each run in batches of ``batch_size`` windows
-    of similar token counts (sorted within the chunk); after each chunk is flushed,
-    ``progress.json`` is rewritten atomically, so a killed run resumes at the first unfinished
-    chunk and a finished cache is returned without calling the encoder.
+    of similar token counts (sorted within the chunk). After each chunk is flushed, its SHA-256
+    is recorded in ``chunks.json`` (and ``progress.json`` says how many leading windows are
+    done), atomically. Every run verifies every recorded chunk first: a killed run resumes with
+    the unfinished chunks, a damaged chunk is recomputed (never used), and a finished, intact
+    cache is returned without calling the encoder.
 
-    Under torchrun every rank calls this with the same windows: rank 0 opens (or creates) the
-    store, then the ranks fill disjoint chunks (see :func:`_fill`); ``cache_dir`` must be on a
-    file system that every rank sees (one node, or a shared one across nodes).
+    Runs sharing ``cache_dir`` take the entry's lock (``flock`` on ``<key>/lock``) for the
+    whole check-and-fill: a second run waits (saying so on stderr), then finds the chunks the
+    first one finished. The store is opened for update and never truncated.
+
+    Under torchrun every rank calls this with the same windows: rank 0 takes the lock and opens
+    (or creates) the store, then the ranks fill disjoint chunks (see :func:`_fill`);
+    ``cache_dir`` must be on a file system that every rank sees (one node, or a shared one
+    across nodes).
     """
     check_mode(mode)
     if batch_size < 1 or chunk_size < 1:
@@ -411,44 +554,59 @@ def embed_windows(encoder: Encoder, windows: TokenWindows, vocab: Vocabulary,
     shape = (len(windows), windows.length, encoder.hidden_size)
     meta.update(shape=list(shape), dtype="float16")
     folder = Path(cache_dir) / meta["key"]
-    store, done = _open_store(folder, meta, shape) if distributed.is_main() else (None, 0)
-    done = distributed.broadcast_int(done)  # also waits until rank 0 has created the store
-    if done < shape[0]:
-        if store is None:
-            store = np.memmap(folder / "embeddings.f16", dtype=np.float16, mode="r+",
-                              shape=shape)
-        _fill(store, encoder, windows, table, mode, done, batch_size, chunk_size, progress)
-        if distributed.is_main():
-            atomic_write_json(folder / "meta.json", {**meta, "complete": True})
-    del store
-    return np.memmap(folder / "embeddings.f16", dtype=np.float16, mode="r", shape=shape)
+    main = distributed.is_main()
+    with _entry_lock(folder) if main else nullcontext():
+        entry = _open_entry(folder, shape, chunk_size) if main else None
+        chunk_size, pending = _share_pending(entry, shape[0])  # the ranks wait for rank 0 here
+        if pending:
+            if main:
+                _write_meta(folder, meta)
+            store = entry.store if main else np.memmap(folder / DATA_FILE, dtype=np.float16,
+                                                       mode="r+", shape=shape)
+            _fill(store, encoder, windows, table, mode, pending, batch_size, chunk_size,
+                  progress, entry.record if main else None)
+            del store
+        if main:
+            _write_meta(folder, {**meta, "complete": True})
+        del entry
+        distributed.barrier()  # every rank returns a recorded, complete entry
+    return np.memmap(folder / DATA_FILE, dtype=np.float16, mode="r", shape=shape)
+
+
+def _embed_chunk(store: np.memmap, encoder: Encoder, windows: TokenWindows, lo: int, hi: int,
+                 table: PieceTable, mode: str, batch_size: int, bar: tqdm) -> None:
+    """Compute windows ``lo..hi-1`` into ``store`` in length-sorted batches, then flush."""
+    x = windows[lo:hi]  # [C, T]
+    for rows in length_sorted_batches(x, table, batch_size):
+        emb = suffix_embeddings(encoder, x[rows], table, mode)
+        store[lo + rows.numpy()] = np.clip(emb.numpy(), -F16_MAX, F16_MAX).astype(np.float16)
+        bar.update(len(rows))
+    store.flush()
 
 
 def _fill(store: np.memmap, encoder: Encoder, windows: TokenWindows, table: PieceTable,
-          mode: str, done: int, batch_size: int, chunk_size: int, progress: bool) -> None:
-    """Compute windows ``done..N`` chunk by chunk into ``store``, recording progress.
+          mode: str, pending: list[int], batch_size: int, chunk_size: int, progress: bool,
+          record: Callable[[list[int]], None] | None) -> None:
+    """Compute the chunks starting at windows ``pending`` into ``store``, recording each.
 
-    With several ranks the chunks are dealt out in rounds of ``world_size`` consecutive chunks:
-    rank r computes the r-th chunk of each round, every rank flushes and meets the others at a
-    barrier, then rank 0 records the whole round as done. ``progress.json`` thus stays a prefix
-    of finished windows, and a killed run resumes with any number of ranks."""
-    progress_path = Path(store.filename).parent / "progress.json"
+    With several ranks the pending chunks are dealt out in rounds of ``world_size``: rank r
+    computes the r-th chunk of each round, every rank flushes and meets the others at a
+    barrier, then rank 0 checksums and records the whole round (``record``, rank 0's only). A
+    killed run thus resumes with any number of ranks."""
     total = len(windows)
     rank, world = distributed.rank(), distributed.world_size()
-    bar = tqdm(total=total, initial=done, disable=not progress or rank != 0, unit="win",
-               desc=f"suffix embeddings ({mode})", dynamic_ncols=True)
-    for round_lo in range(done, total, chunk_size * world):
-        round_hi = min(round_lo + chunk_size * world, total)
-        lo = min(round_lo + rank * chunk_size, round_hi)
-        hi = min(lo + chunk_size, round_hi)
-        x = windows[lo:hi]  # [C, T] (C = 0 for a rank past the end of the last round)
-        for rows in length_sorted_batches(x, table, batch_size):
-            emb = suffix_embeddings(encoder, x[rows], table, mode)
-            store[lo + rows.numpy()] = np.clip(emb.numpy(), -F16_MAX, F16_MAX).astype(np.float16)
-            bar.update(len(rows))
-        store.flush()
+    left = sum(min(lo + chunk_size, total) - lo for lo in pending)
+    bar = tqdm(total=total, initial=total - left, disable=not progress or rank != 0,
+               unit="win", desc=f"suffix embeddings ({mode})", dynamic_ncols=True)
+    for first in range(0, len(pending), world):
+        round_starts = pending[first:first + world]
+        if rank < len(round_starts):
+            lo = round_starts[rank]
+            _embed_chunk(store, encoder, windows, lo, min(lo + chunk_size, total), table, mode,
+                         batch_size, bar)
         distributed.barrier()
-        if rank == 0:
-            atomic_write_json(progress_path, {"windows_done": round_hi})
-            bar.update(round_hi - round_lo - (hi - lo))  # the other ranks' chunks
+        if record is not None:
+            record(round_starts)
+            others = [lo for i, lo in enumerate(round_starts) if i != rank]
+            bar.update(sum(min(lo + chunk_size, total) - lo for lo in others))
     bar.close()

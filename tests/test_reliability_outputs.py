@@ -1,0 +1,391 @@
+"""Reliability, round two (issue 14): output folders, checkpoints, resume and signals.
+
+An output folder reused from a longer run, two runs on one folder, a hand-edited vocab.txt,
+``--resume`` with other settings or another command, an output path that is a file or cannot be
+written, SIGTERM, ``--epochs 0``, temporary files left by a kill, file permissions under the
+umask, and saving a model onto a file. Each test failed before the fix it checks."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from word_corpus import write_word_corpus
+
+from hmmlvd import HMM
+from hmmlvd.atomic import atomic_write_text
+from hmmlvd.cli import main
+from hmmlvd.data import Vocabulary
+from hmmlvd.errors import CheckpointError
+from hmmlvd.hmm import Phase, TrainConfig, TrainState, load_checkpoint
+
+train_module = importlib.import_module("hmmlvd.hmm.train")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    """A WikiText-style folder with random lines over 11 words."""
+    return write_word_corpus(tmp_path / "wt")
+
+
+def train_args(corpus: Path, out: Path, *extra: str, command: str = "train") -> list[str]:
+    """A `hmmlvd train` (or lvd) command line that runs in a second: H=3, T=6, 2 epochs."""
+    return [command, "--data-dir", str(corpus), "--hidden-states", "3", "--length", "6",
+            "--epochs", "2", "--batch-size", "32", "--step-size", "0.5", "--device", "cpu",
+            "--no-eval", "--out", str(out), *extra]
+
+
+def one_line_error(err: str, command: str = "train") -> str:
+    """The single `hmmlvd <command>: error: ...` line of ``err`` (asserts there is no more)."""
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"hmmlvd {command}: error: "), err
+    return lines[0]
+
+
+def tiny_hmm(seed: int = 0) -> HMM:
+    return HMM(2, 4, 3, seed=seed, vocab=Vocabulary(["a", "b", "c", "d"]))
+
+
+# ----- 1. an output folder reused from an earlier, longer run ---------------------------------
+def test_reused_out_rotation_keeps_the_new_runs_checkpoints(corpus, tmp_path, capsys):
+    """A longer run left step-000000NN folders with higher numbers; the new, shorter run in
+    the same --out must keep its own newest checkpoints (rotation deleted each one right after
+    writing it, leaving `latest` pointing at a missing folder), and never delete the old run's
+    folders: it did not write them."""
+    out = tmp_path / "run"
+    long_run = train_args(corpus, out, "--checkpoint-every", "1", "--epochs", "4")
+    assert main(long_run) == 0
+    old = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
+    assert len(old) == 2
+    short = train_args(corpus, out, "--checkpoint-every", "1", "--epochs", "1",
+                       "--hidden-states", "2")
+    assert main(short) == 0
+    root = out / "checkpoints"
+    latest = (root / "latest").read_text().strip()
+    assert (root / latest / "train_state.json").is_file(), sorted(os.listdir(root))
+    hmm, _, state = load_checkpoint(out)
+    assert hmm.num_states == 2 and state.epoch == 1
+    for name in old:  # the longer run's checkpoints are not this run's to delete
+        assert (root / name / "train_state.json").is_file(), name
+    new = [p.name for p in root.glob("step-*") if p.name not in old]
+    assert len(new) == 2, new
+    capsys.readouterr()
+    assert main([*short, "--resume"]) == 0
+
+
+def test_rotation_orders_checkpoints_by_step_number_not_by_name(tmp_path):
+    """step-100000000 sorts before step-99999999 by name; the older one must go."""
+    config = TrainConfig(batch_size=2, keep_checkpoints=1)
+    state = TrainState(step=99_999_999)
+    train_module.save_checkpoint(tiny_hmm(), config, state, tmp_path)
+    state.step = 100_000_000
+    train_module.save_checkpoint(tiny_hmm(1), config, state, tmp_path)
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-100000000"]
+    assert load_checkpoint(tmp_path)[2].step == 100_000_000
+
+
+def test_rotation_never_deletes_checkpoints_of_another_run(tmp_path):
+    """Checkpoints in --out that another run wrote (another run id) are never rotated away."""
+    config = TrainConfig(batch_size=2, keep_checkpoints=1)
+    train_module.save_checkpoint(tiny_hmm(), config, TrainState(step=50), tmp_path)
+    mine = TrainState(step=1)
+    for step in (1, 2, 3):
+        mine.step = step
+        train_module.save_checkpoint(tiny_hmm(step), config, mine, tmp_path)
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.glob("step-*")) == ["step-00000003", "step-00000050"]
+
+
+# ----- 3. two runs on the same --out at once --------------------------------------------------
+LOCK_HOLDER = """
+import sys
+from pathlib import Path
+from hmmlvd.lock import output_lock
+with output_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_second_run_on_a_locked_out_fails_at_once_naming_the_folder_and_process(
+        corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out)], cwd=REPO,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        started = time.monotonic()
+        assert main(train_args(corpus, out)) == 2
+        assert time.monotonic() - started < 30  # fails at once, does not wait or train
+        line = one_line_error(capsys.readouterr().err)
+        assert str(out) in line and f"process {holder.pid}" in line, line
+        assert not (out / "model.safetensors").exists()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert main(train_args(corpus, out)) == 0  # free again once the holder is gone
+
+
+def test_lock_is_exclusive_between_file_descriptors(tmp_path):
+    from hmmlvd.lock import FolderLockedError, output_lock
+
+    with (output_lock(tmp_path), pytest.raises(FolderLockedError, match=str(os.getpid())),
+          output_lock(tmp_path)):
+        pass
+    with output_lock(tmp_path):  # released on exit
+        pass
+
+
+# ----- 5. vocab.txt edited by hand -------------------------------------------------------------
+def test_swapped_vocab_lines_are_refused(tmp_path):
+    folder = tmp_path / "model"
+    tiny_hmm().save_pretrained(folder)
+    assert "vocab_sha256" in json.loads((folder / "config.json").read_text())
+    words = (folder / "vocab.txt").read_text().splitlines()
+    words[0], words[1] = words[1], words[0]
+    (folder / "vocab.txt").write_text("".join(w + "\n" for w in words))
+    with pytest.raises(CheckpointError, match=r"vocab\.txt does not match"):
+        HMM.from_pretrained(folder)
+
+
+def test_checkpoints_without_a_vocab_digest_still_load(tmp_path):
+    folder = tmp_path / "model"
+    tiny_hmm().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["vocab_sha256"]  # as written before the digest existed
+    (folder / "config.json").write_text(json.dumps(config))
+    assert HMM.from_pretrained(folder).vocab == tiny_hmm().vocab
+
+
+# ----- --resume checks what the checkpoint was trained on --------------------------------------
+@pytest.mark.parametrize("change, message", [
+    (["--hidden-states", "4"], "--hidden-states 4, but the checkpoint"),
+    (["--homogeneous"], "--homogeneous, but the checkpoint"),
+    (["--max-windows", "20"], "--max-windows 20, but the checkpoint"),
+    (["--length", "5"], "--length 5, but the checkpoint"),
+])
+def test_resume_refuses_other_model_or_window_settings(corpus, tmp_path, capsys, change,
+                                                       message):
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out, "--checkpoint-every", "1")) == 0
+    capsys.readouterr()
+    assert main([*train_args(corpus, out, "--checkpoint-every", "1"), *change, "--resume"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert message in line and str(out) in line, line
+
+
+def test_lvd_resume_refuses_a_folder_made_by_train(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out)) == 0
+    capsys.readouterr()
+    assert main([*train_args(corpus, out, command="lvd"), "--resume"]) == 2
+    line = one_line_error(capsys.readouterr().err, "lvd")
+    assert "made by `hmmlvd train`, not `hmmlvd lvd`" in line, line
+
+
+def test_resume_refuses_other_training_data_of_the_same_vocabulary(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out)) == 0
+    train_file = corpus / "wiki.train.tokens"
+    lines = train_file.read_text().splitlines()  # same words in the same first-seen order
+    train_file.write_text("\n".join([*lines, lines[0]]) + "\n")  # but another token stream
+    capsys.readouterr()
+    assert main([*train_args(corpus, out), "--resume"]) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert "training data differs" in line, line
+
+
+def test_checkpoints_record_what_they_were_trained_on(corpus, tmp_path):
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out, "--max-windows", "50", "--seed", "3")) == 0
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    record = json.loads((out / "checkpoints" / latest / "train_state.json").read_text())
+    trained_on = record["trained_on"]
+    assert trained_on["command"] == "train"
+    assert trained_on["hidden_states"] == 3 and trained_on["length"] == 6
+    assert trained_on["homogeneous"] is False
+    assert trained_on["max_windows"] == 50 and trained_on["seed"] == 3
+    assert trained_on["num_windows"] == 50
+    assert trained_on["data_sha256"].startswith("sha256:")
+    assert json.loads((out / "results.json").read_text())["trained_on"] == trained_on
+
+
+# ----- --out that is a file or cannot be written -------------------------------------------------
+def test_out_that_is_a_file_fails_before_any_work(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.write_text("not a folder")
+    assert main(train_args(corpus, out)) == 2
+    captured = capsys.readouterr()
+    line = one_line_error(captured.err)
+    assert str(out) in line and "is a file" in line, line
+    assert captured.out == ""  # nothing loaded or trained
+    assert main(train_args(corpus, out / "below")) == 2
+    line = one_line_error(capsys.readouterr().err)
+    assert str(out) in line, line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_out_under_a_read_only_folder_fails_before_any_work(corpus, tmp_path, capsys):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        assert main(train_args(corpus, parent / "run")) == 2
+        captured = capsys.readouterr()
+        line = one_line_error(captured.err)
+        assert str(parent / "run") in line, line
+        assert captured.out == ""
+        out = parent
+        assert main(train_args(corpus, out)) == 2
+        line = one_line_error(capsys.readouterr().err)
+        assert "not writable" in line and str(out) in line, line
+    finally:
+        parent.chmod(0o755)
+
+
+def test_unwritable_out_is_reported_before_any_work(corpus, tmp_path, capsys, monkeypatch):
+    """The writability probe (root ignores permissions, so the failure is simulated)."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out)) == 2
+    captured = capsys.readouterr()
+    line = one_line_error(captured.err)
+    assert "not writable" in line and str(out) in line and "Permission denied" in line, line
+    assert captured.out == ""
+
+
+# ----- SIGTERM ---------------------------------------------------------------------------------
+def test_sigterm_saves_a_checkpoint_and_exits_143(corpus, tmp_path):
+    out = tmp_path / "run"
+    args = train_args(corpus, out, "--checkpoint-every", "1", "--epochs", "10",
+                      "--batch-size", "8")
+    proc = subprocess.Popen([sys.executable, "-m", "hmmlvd", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if latest.is_file() and latest.read_text().strip():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
+    name = latest.read_text().strip()
+    state = json.loads((out / "checkpoints" / name / "train_state.json").read_text())
+    assert state["epoch"] < 10
+    assert main([*args, "--resume"]) == 0
+    assert HMM.from_pretrained(out).num_states == 3
+
+
+def test_sigterm_in_process_stops_training_like_ctrl_c(tmp_path):
+    """In the library: SIGTERM during train() stops after the batch, with a checkpoint."""
+    from hmmlvd.data import TokenWindows
+
+    windows = TokenWindows(torch.arange(200).remainder(4).numpy(), 3)
+    hmm = HMM(2, 4, 3, seed=0)
+    real = train_module.expected_counts
+    calls = {"n": 0}
+
+    def terminate_on_third(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    def unhandled(signum: int, frame: object) -> None:  # instead of killing pytest
+        raise AssertionError("SIGTERM reached the handler outside train()")
+
+    config = TrainConfig(phases=[Phase(3, 0.5)], batch_size=10)
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        train_module.expected_counts = terminate_on_third
+        with pytest.raises(train_module.TrainingInterrupted) as info:
+            train_module.train(hmm, windows, config, out=tmp_path, progress=False)
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # handler restored
+    finally:
+        train_module.expected_counts = real
+        signal.signal(signal.SIGTERM, previous)
+    assert info.value.signal == signal.SIGTERM
+    assert load_checkpoint(tmp_path)[2].step == 3
+
+
+# ----- --epochs 0, temporary files, permissions --------------------------------------------------
+def test_epochs_zero_says_it_saves_the_initial_model(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(corpus, out, "--epochs", "0")) == 0
+    printed = capsys.readouterr().out
+    assert "no EM epochs: saving the initial model" in printed.splitlines()
+    assert HMM.from_pretrained(out).num_states == 3
+
+
+def test_temporary_files_of_a_killed_run_are_removed_on_start(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    step = out / "checkpoints" / "step-00000001"
+    step.mkdir(parents=True)
+    left = [out / ".model.safetensors.hmmlvd-k2j4x9_a.tmp",
+            step / ".model.safetensors.hmmlvd-0a1b2c3d.tmp",
+            out / "checkpoints" / ".latest.hmmlvd-zz99yy88.tmp"]
+    for path in left:
+        path.write_bytes(b"\0" * 1000)
+    mine = out / "notes.tmp"
+    mine.write_text("the user's own file")
+    assert main(train_args(corpus, out)) == 0
+    assert not [p for p in left if p.exists()]
+    assert mine.read_text() == "the user's own file"
+    assert "removed 3 temporary files" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_files_are_created_with_the_umasks_permissions(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "hello\n")
+        tiny_hmm().save_pretrained(tmp_path / "model")
+    finally:
+        os.umask(previous)
+    want = 0o666 & ~umask
+    for path in (tmp_path / "a.txt", tmp_path / "model" / "model.safetensors",
+                 tmp_path / "model" / "config.json", tmp_path / "model" / "vocab.txt"):
+        assert stat.S_IMODE(path.stat().st_mode) == want, (path, oct(path.stat().st_mode))
+
+
+# ----- saving onto a file ------------------------------------------------------------------------
+def test_save_pretrained_onto_a_file_is_a_checkpoint_error(tmp_path):
+    target = tmp_path / "model"
+    target.write_text("a file")
+    with pytest.raises(CheckpointError, match="is a file, not a folder"):
+        tiny_hmm().save_pretrained(target)
+    with pytest.raises(CheckpointError, match="is a file, not a folder"):
+        tiny_hmm().save_pretrained(target / "below")
+    assert target.read_text() == "a file"
+
+
+def test_save_circuit_onto_a_file_is_a_checkpoint_error(tmp_path):
+    from hmmlvd.pc import Circuit, poon_domingos, save_circuit
+
+    target = tmp_path / "circuit"
+    target.write_text("a file")
+    circuit = Circuit(poon_domingos(2, 2, delta=1), 2, num_categories=3, seed=0)
+    with pytest.raises(CheckpointError, match="is a file, not a folder"):
+        save_circuit(circuit, target)
+    assert target.read_text() == "a file"
