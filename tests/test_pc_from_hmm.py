@@ -182,3 +182,31 @@ def test_to_hmm_refuses_circuits_that_are_not_hmms():
     for circuit in others:
         with pytest.raises(ParameterError):
             to_hmm(circuit)
+
+
+@pytest.mark.parametrize(("step_size", "pseudocount"), [(1.0, 0.1), (0.5, 0.1), (0.3, 1e-3)])
+def test_zero_count_rows_keep_their_values_in_both_with_a_pseudocount(step_size, pseudocount):
+    """State 2 is unreachable (initial 0, no transition into it), so its transition row and its
+    emission columns get no counts at all: with a pseudocount > 0 both the HMM's M-step and the
+    circuit's leave them exactly as they were, and the two models stay equal."""
+    hmm = peaked_hmm(3, 5, 4, seed=11)
+    with torch.no_grad():
+        hmm.initial.copy_(torch.tensor([0.6, 0.4, 0.0]))
+        hmm.transition[:, :, 2] = 0.0
+        hmm.transition /= hmm.transition.sum(-1, keepdim=True)
+    hmm.validate()
+    before = {k: v.clone() for k, v in hmm.parameters().items()}
+    circuit = from_hmm(copy_hmm(hmm))
+    x = hmm.sample(30, generator=torch.Generator().manual_seed(1))
+    counts = expected_counts(hmm, x)
+    assert float(counts.transition[:, 2].sum()) == 0.0 and float(
+        counts.state_totals[:, 2].sum()) == 0.0
+    maximize(hmm, counts, step_size=step_size, pseudocount=pseudocount)
+    em_step(circuit, x, step_size=step_size, pseudocount=pseudocount)
+    assert torch.equal(hmm.transition[:, 2], before["transition"][:, 2])
+    assert torch.equal(hmm.emission[:, :, 2], before["emission"][:, :, 2])
+    assert not torch.equal(hmm.transition[:, 0], before["transition"][:, 0])  # rows that saw data
+    learned = to_hmm(circuit)
+    for name in ("initial", "transition", "emission"):
+        torch.testing.assert_close(getattr(learned, name), getattr(hmm, name), rtol=1e-4,
+                                   atol=1e-5, msg=name)

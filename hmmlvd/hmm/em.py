@@ -6,7 +6,11 @@ E-step: the expected count of every parameter over a batch is ``theta * d(sum lo
 the gathered emissions [B, T, H] is one row of H counts per (position, token) occurrence.
 
 M-step: ``theta_new = normalise(counts + pseudocount)``, mixed into the model as
-``theta <- (1 - a) * theta + a * theta_new`` (a = 1 is the classic full M-step).
+``theta <- (1 - a) * theta + a * theta_new`` (a = 1 is the classic full M-step). A row (a
+distribution) whose counts are all zero keeps its values: the pseudocount smooths what the data
+reached and never pulls an unvisited state toward uniform — the same policy as the circuits'
+M-step (:func:`hmmlvd.pc.logspace.em_update`), so an HMM and its circuit (``from_hmm``) take
+the same EM step.
 
 For the emissions that update is ``e[p, w, h] <- alpha[p, h] * e[p, w, h] + beta[p, h]`` for
 every word (``alpha = 1 - a``, ``beta = a c / (N[p, h] + V c)``) plus a sparse add over the rows
@@ -196,13 +200,13 @@ def maximize(hmm: HMM, counts: ExpectedCounts, step_size: float = 1.0,
     if not all(torch.isfinite(t.sum()) for t in (counts.initial, counts.transition,
                                                   counts.emission_values)):
         raise DataError("expected counts contain NaN or infinite values")
-    _mix(hmm.initial, counts.initial + c, a)
-    _mix(hmm.transition, counts.transition + c, a)
+    _mix(hmm.initial, counts.initial.clone(), c, a)
+    _mix(hmm.transition, counts.transition.clone(), c, a)
     # emission[p, w, h] <- (1-a) emission + a (c + n[p, w, h]) / (N[p, h] + V c): a
-    # scale-and-shift of every word plus a sparse add over the rows the batch touched.
-    norm = counts.state_totals + hmm.vocab_size * c  # [P_B, H]
-    step = a * (norm > 0)  # a state with no counts and no pseudocount keeps its distribution
-    norm = norm.clamp_min(torch.finfo(norm.dtype).tiny)
+    # scale-and-shift of every word plus a sparse add over the rows the batch touched. A state
+    # without counts at a position keeps its distribution there (pseudocount or not).
+    step = a * (counts.state_totals > 0)  # [P_B, H]
+    norm = (counts.state_totals + hmm.vocab_size * c).clamp_min(torch.finfo(step.dtype).tiny)
     scaled = emission or ScaledEmission(hmm)
     scaled.update(1 - step, c * step / norm, counts.emission_rows, counts.emission_values,
                   step / norm)
@@ -210,9 +214,14 @@ def maximize(hmm: HMM, counts: ExpectedCounts, step_size: float = 1.0,
         scaled.materialise()
 
 
-def _mix(theta: torch.Tensor, counts: torch.Tensor, step_size: float) -> None:
-    """theta <- (1 - a) theta + a counts / counts.sum(-1), in place; rows without counts stay.
-    ``counts`` is a temporary of the caller's and is overwritten (no copy of its size)."""
-    total = counts.sum(-1, keepdim=True)
-    step = step_size * (total > 0)
-    theta.mul_(1 - step).add_(counts.mul_(step / total.clamp_min(torch.finfo(total.dtype).tiny)))
+def _mix(theta: torch.Tensor, counts: torch.Tensor, pseudocount: float,
+         step_size: float) -> None:
+    """theta <- (1 - a) theta + a (counts + c) / (counts + c).sum(-1), in place, for every row
+    that has counts; a row without counts keeps its values (the policy of every M-step in
+    hmmlvd, circuits included). ``counts`` is a temporary of the caller's and is overwritten
+    (no copy of its size)."""
+    seen = counts.sum(-1, keepdim=True)
+    step = step_size * (seen > 0)
+    total = seen + counts.shape[-1] * pseudocount
+    theta.mul_(1 - step).add_(counts.add_(pseudocount).mul_(
+        step / total.clamp_min(torch.finfo(total.dtype).tiny)))
