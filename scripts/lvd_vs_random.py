@@ -12,7 +12,8 @@ Every run lives in its own folder under ``--out`` (named by init, H and a digest
 setting), with checkpoints while it trains and ``results.json`` when done: rerunning the same
 command skips finished runs and resumes unfinished ones from their last checkpoint (a killed
 sweep loses at most ``--checkpoint-every`` EM steps), and a changed setting starts new runs
-instead of mixing old ones in. Ctrl-C (or SIGTERM) checkpoints and stops.
+instead of mixing old ones in. Ctrl-C or SIGTERM during EM checkpoints and stops (exit 130 or
+143).
 
 Writes a markdown table and a PNG plot (test perplexity vs H, baselines as horizontal lines):
 
@@ -34,11 +35,9 @@ import argparse
 import hashlib
 import json
 import shutil
-import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -204,16 +203,6 @@ def run_one(init: str, h: int, data: WikiText, windows: TokenWindows, embeddings
     return row
 
 
-@contextmanager
-def sigterm_as_sigint() -> Iterator[None]:
-    """SIGTERM (a scheduler or a session ending) checkpoints and stops like Ctrl-C."""
-    previous = signal.signal(signal.SIGTERM, lambda s, f: signal.raise_signal(signal.SIGINT))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 # ----- report ---------------------------------------------------------------------------------
 def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
@@ -367,11 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "", f"Runs under `{args.out}`; chosen by valid perplexity only.", "",
                     report]))
             return 0
-        with sigterm_as_sigint():
-            sweep(args)
-    except TrainingInterrupted as exc:
-        print(f"\nlvd_vs_random: {exc}; rerun the same command to resume", file=sys.stderr)
-        return 130
+        sweep(args)
+    except TrainingInterrupted as exc:  # the run in progress saved a checkpoint first
+        print(f"\nlvd_vs_random: stopped by signal {exc.signal}; every run is saved: rerun the "
+              "same command to resume", file=sys.stderr)
+        return 128 + exc.signal
     except KeyboardInterrupt:
         print("\nlvd_vs_random: interrupted; rerun the same command to resume",
               file=sys.stderr)

@@ -100,7 +100,7 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(corpus, bert, 
 
     monkeypatch.setattr(train_module, "expected_counts", stop_after_five)
     split = tmp_path / "split"
-    assert script.main(argv(corpus, bert, tmp_path, *extra, "--out", str(split))) == 130
+    assert script.main(argv(corpus, bert, tmp_path, *extra, "--out", str(split))) == 143
     assert "rerun the same command to resume" in capsys.readouterr().err
     monkeypatch.setattr(train_module, "expected_counts", real)
     assert script.main(argv(corpus, bert, tmp_path, *extra, "--out", str(split))) == 0
