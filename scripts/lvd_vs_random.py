@@ -60,6 +60,7 @@ from hmmlvd.lvd.distill import (
 )
 from hmmlvd.lvd.encoder import resolve_encoder_dtype
 from hmmlvd.ngram import BaselineRow, baseline_perplexities
+from hmmlvd.outdir import output_folder
 from hmmlvd.report import provenance, write_section
 
 SECTION = "lvd_vs_random"
@@ -356,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "", f"Runs under `{args.out}`; chosen by valid perplexity only.", "",
                     report]))
             return 0
-        sweep(args)
+        with output_folder(args.out):  # one sweep at a time per --out
+            sweep(args)
     except TrainingInterrupted as exc:  # the run in progress saved a checkpoint first
         print(f"\nlvd_vs_random: stopped by signal {exc.signal}; every run is saved: rerun the "
               "same command to resume", file=sys.stderr)

@@ -131,3 +131,14 @@ def test_bad_lvd_windows_is_a_one_line_error(corpus, bert, tmp_path, capsys, mon
     assert script.main(argv(corpus, bert, tmp_path, "--lvd-windows", "100000")) == 2
     err = capsys.readouterr().err
     assert err.startswith("lvd_vs_random: error:") and "only" in err
+
+
+def test_a_second_sweep_on_the_same_out_is_refused(corpus, bert, tmp_path, capsys, monkeypatch):
+    from hmmlvd.lock import output_lock
+
+    script = load_script("lvd_vs_random", monkeypatch)
+    (tmp_path / "runs").mkdir()
+    with output_lock(tmp_path / "runs"):
+        assert script.main(argv(corpus, bert, tmp_path, "--inits", "random")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lvd_vs_random: error:") and "in use" in err
