@@ -1,4 +1,5 @@
-"""Command line: ``hmmlvd train | lvd | eval | sample``.
+"""Command line: ``hmmlvd train | lvd | eval | sample`` (text HMMs) and ``hmmlvd image train |
+eval | sample | inpaint`` (image circuits: :mod:`hmmlvd.cli_image`).
 
     hmmlvd train --data-dir ../shared/data/wikitext-2 --hidden-states 64 --out runs/h64
     hmmlvd lvd --data-dir ../shared/data/wikitext-2 --lvd-windows 50000 --out runs/lvd64
@@ -6,6 +7,7 @@
     hmmlvd train --data-dir ../shared/data/wikitext-2 --init runs/init64 --out runs/em64
     hmmlvd eval --model runs/h64 --data-dir ../shared/data/wikitext-2
     hmmlvd sample --model runs/h64 --prefix "the game" --num-samples 3
+    hmmlvd image train --model hclt --size 16 --data-dir ../shared/data/mnist --out runs/hclt16
 
 Data-parallel over N processes (GPUs: NCCL, one per process; CPU: gloo):
     torchrun --standalone --nproc-per-node N -m hmmlvd train ... (or lvd ...)
@@ -24,7 +26,8 @@ from pathlib import Path
 import torch
 
 from hmmlvd import distributed, memory
-from hmmlvd.atomic import atomic_write_json
+from hmmlvd.atomic import atomic_write_json, check_writable, make_folder
+from hmmlvd.cli_image import parse_image_args
 from hmmlvd.data.vocab import UNK
 from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
@@ -213,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--prefix", default="", help="words to continue (space separated)")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--device", default="auto")
+
+    # parsed by hmmlvd.cli_image (main routes `hmmlvd image ...` there); listed here for --help
+    sub.add_parser("image", help="image circuits (HCLT, PD, RAT-SPN, image LVD): train, eval, "
+                                 "sample, inpaint; see `hmmlvd image --help`")
     return parser
 
 
@@ -369,9 +376,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_lvd(args: argparse.Namespace) -> None:
     from hmmlvd.lvd.distill import DEFAULT_CACHE, LVDSettings, lvd_subset, run_lvd
 
+    cache_dir = args.cache_dir or DEFAULT_CACHE
+    if distributed.is_main():  # before any work: a file, or a folder that cannot be written
+        check_writable(make_folder(cache_dir, "embedding cache folder"), "embedding cache folder")
     settings = LVDSettings(encoder=args.encoder, encoder_dtype=args.encoder_dtype,
                            mode=args.embedding_mode,
-                           cache_dir=args.cache_dir or DEFAULT_CACHE,
+                           cache_dir=cache_dir,
                            embed_batch_size=args.embed_batch_size,
                            kmeans_sample=args.kmeans_sample, kmeans_iters=args.kmeans_iters,
                            pseudocount=args.pseudocount, seed=args.seed)
@@ -433,11 +443,21 @@ def prefix_ids(hmm: HMM, text: str) -> torch.Tensor | None:
     return torch.as_tensor(hmm.vocab.encode(words, source="--prefix"), dtype=torch.long)
 
 
-COMMANDS = {"train": cmd_train, "lvd": cmd_lvd, "eval": cmd_eval, "sample": cmd_sample}
+def cmd_image(args: argparse.Namespace) -> None:
+    """``hmmlvd image <subcommand>`` (parsed by :func:`hmmlvd.cli_image.parse_image_args`)."""
+    args.device = resolve_device(args.device)
+    args.run(args)
+
+
+COMMANDS = {"train": cmd_train, "lvd": cmd_lvd, "eval": cmd_eval, "sample": cmd_sample,
+            "image": cmd_image}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `hmmlvd image ...` has its own parser: its LVD flags exist only with --model lvd
+    args = (parse_image_args(argv[1:]) if argv[:1] == ["image"]
+            else build_parser().parse_args(argv))
     try:
         check_arguments(args)
         COMMANDS[args.command](args)

@@ -436,3 +436,19 @@ def test_oversized_patch_circuit_config_is_refused_before_allocating(tmp_path, e
     edit_config(tmp_path / "p", edit)
     with pytest.raises(CheckpointError, match=message):
         load_patch_circuit(tmp_path / "p")
+
+
+def test_cache_dir_that_is_a_file_fails_before_any_work(corpus, tmp_path, capsys, monkeypatch):
+    """--cache-dir is checked before the data and the encoder are loaded."""
+    import hmmlvd.cli as cli
+
+    loaded = []
+    monkeypatch.setattr(cli, "load_wikitext", lambda *a, **k: loaded.append(1))
+    cache = tmp_path / "cache"
+    cache.write_text("a file")
+    argv = ["lvd", "--data-dir", str(corpus), "--hidden-states", "2", "--length", "4",
+            "--device", "cpu", "--cache-dir", str(cache), "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = one_line_error(capsys, "lvd")
+    assert "embedding cache folder" in err and "is a file" in err and str(cache) in err
+    assert loaded == []
