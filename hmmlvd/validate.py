@@ -49,6 +49,16 @@ def as_id_tensor(x: object, what: str) -> torch.Tensor:
     return tensor.to(torch.int64)
 
 
+def as_array(value: object, what: str, device: torch.device | str | None = None,
+             dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``torch.as_tensor``, raising DataError (not a bare torch error) for ragged lists,
+    strings, None and other things that are not rectangular numeric arrays."""
+    try:
+        return torch.as_tensor(value, dtype=dtype, device=device)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise DataError(f"{what} must be a rectangular numeric array ({exc})") from exc
+
+
 def check_int(value: object, name: str, minimum: int) -> int:
     """``value`` as an int >= ``minimum`` (bools and floats refused)."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):

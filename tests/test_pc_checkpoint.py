@@ -49,7 +49,7 @@ def test_round_trip_gives_the_same_circuit(tmp_path, graph, product, kind):
     save_circuit(circuit, tmp_path / "c")
     loaded = load_circuit(tmp_path / "c")
     assert loaded.graph == circuit.graph
-    assert loaded.settings == circuit.settings
+    assert loaded.config == circuit.config
     x = _data(circuit)
     assert torch.equal(loaded.log_likelihood(x), circuit.log_likelihood(x))
 

@@ -53,6 +53,31 @@ class TokenWindows:
                 rng = np.random.default_rng(seed)
                 self.starts = np.sort(rng.choice(len(self.view), size=max_windows, replace=False))
 
+    @classmethod
+    def from_rows(cls, rows: np.ndarray | torch.Tensor) -> TokenWindows:
+        """Windows given directly as the rows of an [N, T] integer array (N >= 1; ids in
+        [0, 2**31)), e.g. to train on a tensor of windows; batches and shuffling work as for
+        windows of a stream. ``stream`` is then the rows laid end to end."""
+        if isinstance(rows, torch.Tensor):
+            rows = rows.detach().cpu().numpy()
+        try:
+            rows = np.asarray(rows)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise DataError(f"windows must be an [N, T] integer array ({exc})") from exc
+        if rows.ndim != 2 or not rows.size or not np.issubdtype(rows.dtype, np.integer):
+            raise DataError(f"windows must be a non-empty [N, T] integer array, got shape "
+                            f"{rows.shape} and dtype {rows.dtype}")
+        int32 = np.iinfo(np.int32)
+        if rows.min() < 0 or rows.max() > int32.max:
+            raise DataError(f"token ids must lie in [0, {int32.max}], got "
+                            f"[{rows.min()}, {rows.max()}]")
+        windows = cls.__new__(cls)
+        windows.view = np.ascontiguousarray(rows, dtype=np.int32)
+        windows.stream = windows.view.reshape(-1)
+        windows.length = rows.shape[1]
+        windows.starts = None
+        return windows
+
     def __len__(self) -> int:
         return len(self.view) if self.starts is None else len(self.starts)
 

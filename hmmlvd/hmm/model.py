@@ -18,13 +18,19 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from hmmlvd.data.vocab import Vocabulary
+from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.hmm.forward import ForwardResult, forward
-from hmmlvd.validate import as_id_tensor
+from hmmlvd.validate import as_id_tensor, check_int
+
+if TYPE_CHECKING:
+    from hmmlvd.hmm.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,10 @@ class HMM:
 
     ``HMM(num_states, vocab_size, length=32, homogeneous=False, seed=0)`` draws random
     parameters; pass ``initial``, ``transition`` and ``emission`` to set them instead.
+
+    The sklearn-like verbs ``fit`` / ``score`` / ``log_likelihood`` / ``sample`` (and
+    ``save_pretrained`` / ``from_pretrained``) are the same on
+    :class:`~hmmlvd.pc.circuit.Circuit` and :class:`~hmmlvd.pc.patch_circuit.PatchCircuit`.
     """
 
     def __init__(self, num_states: int, vocab_size: int, length: int = 32,
@@ -90,6 +100,7 @@ class HMM:
             raise DataError(f"vocabulary has {len(vocab)} words but the model has "
                             f"vocab_size={vocab_size}")
         self.vocab = vocab
+        self.fit_history: list[float] = []  # mean log-likelihood per epoch of the last fit
         self.validate()
 
     # ----- sizes and placement -------------------------------------------------------------
@@ -255,12 +266,59 @@ class HMM:
         return result.alpha @ self.transition_matrix(prefix.shape[1] - 1)
 
     def sample(self, num_samples: int, prefix: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, *, seed: int | None = None
+               ) -> torch.Tensor:
         """Draw windows [N, T]; with ``prefix`` [L] or [N, L], draw the rest of each window
-        from p(x_{L+1..T} | prefix). See :mod:`hmmlvd.hmm.sample`."""
-        from hmmlvd.hmm.sample import sample
+        from p(x_{L+1..T} | prefix). ``seed``: draw with a generator seeded by it on the
+        model's device (instead of ``generator``; the same seed gives the same windows). See
+        :mod:`hmmlvd.hmm.sample`."""
+        from hmmlvd.hmm.sample import sample  # sample imports this module
 
+        if seed is not None:
+            if generator is not None:
+                raise DataError("give a seed or a generator, not both")
+            seed = check_int(seed, "seed", 0)
+            generator = torch.Generator(device=self.device).manual_seed(seed)
         return sample(self, num_samples, prefix=prefix, generator=generator)
+
+    # ----- sklearn-like verbs (the same on Circuit and PatchCircuit) -----------------------
+    def fit(self, data: TokenWindows | torch.Tensor | np.ndarray,
+            config: TrainConfig | None = None, *, out: str | os.PathLike | None = None,
+            progress: bool = True) -> HMM:
+        """Train in place by EM on ``data``, a :class:`~hmmlvd.data.windows.TokenWindows` or
+        token windows [N, T], with ``config`` (a :class:`~hmmlvd.hmm.train.TrainConfig`;
+        default ``TrainConfig()``), checkpointing into ``out`` if given; returns self.
+        ``fit_history`` then holds the mean training log-likelihood per window of each epoch
+        (per-token value x T). See :func:`hmmlvd.hmm.train.train`, which this calls."""
+        from hmmlvd.hmm.train import TrainConfig, train  # train imports this module
+
+        config = TrainConfig() if config is None else config
+        if not isinstance(config, TrainConfig):
+            raise DataError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if not isinstance(data, TokenWindows):
+            data = TokenWindows.from_rows(self.check_windows(data, exact_length=True))
+        state = train(self, data, config, out=None if out is None else Path(out),
+                      progress=progress)
+        self.fit_history = [row["train_ll_per_token"] * self.length for row in state.history]
+        return self
+
+    @torch.no_grad()
+    def score(self, data: TokenWindows | torch.Tensor | np.ndarray, batch_size: int = 1024
+              ) -> float:
+        """Mean log-likelihood per window, in nats, of ``data`` (a
+        :class:`~hmmlvd.data.windows.TokenWindows` or windows [N, L], L <= T): sklearn's
+        ``score``, the per-sample average of :meth:`log_likelihood`, higher is better;
+        computed in batches of ``batch_size``; -inf if a window has probability zero."""
+        batch_size = check_int(batch_size, "batch size", 1)
+        if isinstance(data, TokenWindows):
+            batches, count = data.batches(batch_size), len(data)
+        else:
+            data = self.check_windows(data)
+            batches, count = data.split(batch_size), len(data)
+        total = torch.zeros((), dtype=torch.float64)
+        for x in batches:
+            total += self.log_likelihood(x).double().sum().cpu()
+        return float(total) / count
 
     # ----- persistence ---------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:

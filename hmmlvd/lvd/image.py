@@ -3,7 +3,7 @@
 Pipeline: patch features (``patch_features``) -> per-position k-means latents Z_i with C values
 -> (a) each sub-PC (i, c) trained by EM on the patches assigned to c only -> (b) the top
 circuit fitted to the latent assignments -> (c) the whole circuit finetuned by mini-batch EM on
-the pixels alone.
+the pixels alone (``PatchCircuit.fit``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from hmmlvd.data.images import flatten
 from hmmlvd.data.patches import split_patches
 from hmmlvd.errors import DataError
 from hmmlvd.lvd.patch_features import make_featuriser, patch_latents
-from hmmlvd.pc.em import epoch_batches, fit_em
+from hmmlvd.pc.em import EMConfig, fit_em
 from hmmlvd.pc.patch_circuit import PatchCircuit
 from hmmlvd.pc.structures import RegionGraph, learn_hclt
 
@@ -93,6 +93,12 @@ def structures(patches: np.ndarray, labels: np.ndarray, num_latents: int, num_ca
     return subs, learn_hclt(labels, num_latents)
 
 
+def em_settings(config: PatchLVDConfig, epochs: int) -> EMConfig:
+    """The mini-batch EM settings of a stage of ``epochs`` epochs."""
+    return EMConfig(epochs=epochs, batch_size=config.batch_size, step_size=config.step_size,
+                    pseudocount=config.pseudocount, seed=config.seed)
+
+
 def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: bool = True,
                     device: str | torch.device = "cpu") -> tuple[PatchCircuit, dict]:
     """Distil, build and train the patch-latent circuit of ``train_images`` [N, H, W, C]
@@ -125,10 +131,12 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
     history["stage_a"] = _stage_a(model, patches, labels, config, progress)
     lap("stage_a")
     history["stage_b"] = fit_em(model.top, torch.as_tensor(labels, device=device),
-                                config.stage_b_epochs, config.batch_size, config.step_size,
-                                config.pseudocount, seed=config.seed, progress=progress)
+                                em_settings(config, config.stage_b_epochs),
+                                progress=progress, desc="LVD stage b")
     lap("stage_b")
-    history["stage_c"] = _stage_c(model, flatten(train_images), config, progress)
+    model.fit(torch.as_tensor(flatten(train_images)),
+              em_settings(config, config.stage_c_epochs), progress=progress)
+    history["stage_c"] = model.fit_history
     lap("stage_c")
     return model, history
 
@@ -149,19 +157,4 @@ def _stage_a(model: PatchCircuit, patches: np.ndarray, labels: np.ndarray,
                                        config.step_size, config.pseudocount)
             total, count = total + mean * present.sum(), count + present.sum()
         history.append(float(total / max(count, 1)))
-    return history
-
-
-def _stage_c(model: PatchCircuit, pixels: np.ndarray, config: PatchLVDConfig,
-             progress: bool) -> list[float]:
-    """Stage (c): the whole circuit finetuned by mini-batch EM on the pixels alone."""
-    data = torch.as_tensor(pixels)
-    history = []
-    for epoch in range(config.stage_c_epochs):
-        batches = epoch_batches(len(data), config.batch_size, config.seed, epoch)
-        total = 0.0
-        for ids in tqdm(batches, desc=f"LVD stage c, epoch {epoch + 1}", disable=not progress):
-            total += model.em_step(data[ids].to(model.device), config.step_size,
-                                   config.pseudocount) * len(ids)
-        history.append(total / len(data))
     return history

@@ -2,19 +2,25 @@
 them (``layers``), the compiled ``Circuit``, EM and Adam training (``em``), queries
 (``queries``: marginals, conditionals, sampling, inpainting), the HMM as a circuit
 (``from_hmm``), the patch-latent circuit of image LVD (``patch_circuit``), save/load
-(``checkpoint``) and bits per dimension (``bpd``)."""
+(``checkpoint``), bits per dimension (``bpd``), and image models end to end
+(``image_models``, ``image_pipeline``, ``image_grids``: what ``hmmlvd image`` runs).
+
+``Circuit`` and ``PatchCircuit`` share the verbs ``fit(data, EMConfig)``, ``score(data)``,
+``log_likelihood(x)``, ``sample(n, seed=...)``, ``inpaint`` and ``save_pretrained`` with
+:class:`hmmlvd.HMM` (whose ``fit`` takes a ``TrainConfig``)."""
 
 from hmmlvd.pc.bpd import bits_per_dimension, evaluate_bpd
 from hmmlvd.pc.checkpoint import (
     load_circuit,
     load_patch_circuit,
+    load_pretrained,
     save_circuit,
     save_patch_circuit,
 )
-from hmmlvd.pc.circuit import Circuit
-from hmmlvd.pc.em import accumulate_counts, em_step, fit_adam, fit_em, maximize
+from hmmlvd.pc.circuit import Circuit, CircuitConfig
+from hmmlvd.pc.em import EMConfig, accumulate_counts, em_step, fit_adam, fit_em, maximize
 from hmmlvd.pc.from_hmm import from_hmm, to_hmm
-from hmmlvd.pc.patch_circuit import PatchCircuit
+from hmmlvd.pc.patch_circuit import PatchCircuit, PatchCircuitConfig
 from hmmlvd.pc.queries import inpaint, log_conditional, log_marginal, sample
 from hmmlvd.pc.structures import (
     Partition,
@@ -29,8 +35,11 @@ from hmmlvd.pc.structures import (
 
 __all__ = [
     "Circuit",
+    "CircuitConfig",
+    "EMConfig",
     "Partition",
     "PatchCircuit",
+    "PatchCircuitConfig",
     "RegionGraph",
     "accumulate_counts",
     "bits_per_dimension",
@@ -45,6 +54,7 @@ __all__ = [
     "inpaint",
     "load_circuit",
     "load_patch_circuit",
+    "load_pretrained",
     "log_conditional",
     "log_marginal",
     "maximize",

@@ -21,8 +21,8 @@ from torch import nn
 from hmmlvd import memory
 from hmmlvd.atomic import atomic_write, atomic_write_json, make_folder
 from hmmlvd.errors import CheckpointError, HMMLVDError, ParameterError
-from hmmlvd.pc.circuit import Circuit
-from hmmlvd.pc.patch_circuit import PatchCircuit
+from hmmlvd.pc.circuit import Circuit, CircuitConfig
+from hmmlvd.pc.patch_circuit import PatchCircuit, PatchCircuitConfig
 from hmmlvd.pc.structures import Partition, RegionGraph
 
 FORMAT_VERSION = 1
@@ -68,13 +68,14 @@ def graph_from_dict(raw: dict) -> RegionGraph:
 
 def save_circuit(circuit: Circuit, directory: str | Path) -> None:
     """Write ``circuit`` into ``directory`` (created if needed)."""
-    _save(circuit, directory, {"model_type": "circuit", "settings": circuit.settings,
+    _save(circuit, directory, {"model_type": "circuit", "settings": circuit.config.to_dict(),
                                "graph": graph_to_dict(circuit.graph)})
 
 
 def save_patch_circuit(model: PatchCircuit, directory: str | Path) -> None:
     """Write the patch-latent circuit of image LVD into ``directory`` (created if needed)."""
-    _save(model, directory, {"model_type": "patch_circuit", "settings": model.settings,
+    _save(model, directory, {"model_type": "patch_circuit",
+                             "settings": model.config.to_dict(),
                              "sub_graphs": [graph_to_dict(g) for g in model.sub_graphs],
                              "top_graph": graph_to_dict(model.top.graph)})
 
@@ -82,9 +83,10 @@ def save_patch_circuit(model: PatchCircuit, directory: str | Path) -> None:
 def load_circuit(directory: str | Path, device: str | torch.device = "cpu") -> Circuit:
     """Load and check a folder written by ``save_circuit``."""
     def build(raw: dict) -> Circuit:
-        graph, settings = graph_from_dict(raw["graph"]), raw["settings"]
+        config = CircuitConfig.from_dict(raw["settings"])
+        graph, settings = graph_from_dict(raw["graph"]), config.to_dict()
         _check_memory(_circuit_floats(graph, settings), settings)
-        return Circuit(graph, **settings)
+        return Circuit.from_config(graph, config)
     return _load(directory, "circuit", build, device)
 
 
@@ -92,14 +94,18 @@ def load_patch_circuit(directory: str | Path, device: str | torch.device = "cpu"
                        ) -> PatchCircuit:
     """Load and check a folder written by ``save_patch_circuit``."""
     def build(raw: dict) -> PatchCircuit:
-        settings = dict(raw["settings"])
-        settings["image_shape"] = tuple(settings["image_shape"])
+        config = PatchCircuitConfig.from_dict(raw["settings"])
+        settings = config.to_dict()
         sub_graphs = [graph_from_dict(g) for g in raw["sub_graphs"]]
         top_graph = graph_from_dict(raw["top_graph"])
-        _check_image_shape(settings["image_shape"], sub_graphs)
+        _check_image_shape(config.image_shape, sub_graphs)
         _check_memory(_patch_circuit_floats(sub_graphs, top_graph, settings), settings)
-        return PatchCircuit(sub_graphs=sub_graphs, top_graph=top_graph, **settings)
+        return PatchCircuit.from_config(sub_graphs, top_graph, config)
     return _load(directory, "patch_circuit", build, device)
+
+
+LOADERS: dict[str, Callable[..., Circuit | PatchCircuit]] = {
+    "circuit": load_circuit, "patch_circuit": load_patch_circuit}
 
 
 # ----- sizes named by a config, checked before anything of that size is built --------------
@@ -177,18 +183,43 @@ def _save(model: nn.Module, directory: str | Path, config: dict) -> None:
     atomic_write_json(directory / CONFIG_FILE, {"format_version": FORMAT_VERSION, **config})
 
 
-def _load(directory: str | Path, model_type: str, build: Callable[[dict], Model],
-          device: str | torch.device) -> Model:
-    """Read the config, ``build`` the model it describes, fill in and check its tensors."""
-    directory = Path(directory)
+def _config_path(directory: Path, what: str) -> Path:
+    """``directory/config.json``, if it exists and is no larger than MAX_CONFIG_BYTES."""
     path = directory / CONFIG_FILE
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing: {directory} is not a saved hmmlvd "
-                              f"{model_type.replace('_', ' ')}")
+        raise CheckpointError(f"{path} is missing: {directory} is not a saved hmmlvd {what}")
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
         raise CheckpointError(f"{path} is {size:,} bytes, larger than the {MAX_CONFIG_BYTES:,} "
                               "a circuit config may have: not read (damaged, or not a config)")
+    return path
+
+
+def saved_model_type(directory: str | Path) -> str:
+    """The ``model_type`` of a saved circuit folder: "circuit" or "patch_circuit"."""
+    path = _config_path(Path(directory), "circuit")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path} is invalid: {exc}") from exc
+    kind = raw.get("model_type") if isinstance(raw, dict) else None
+    if kind not in LOADERS:
+        raise CheckpointError(f"{path} holds a {kind!r:.40}, not a circuit or a patch circuit")
+    return kind
+
+
+def load_pretrained(directory: str | Path, device: str | torch.device = "cpu"
+                    ) -> Circuit | PatchCircuit:
+    """A circuit or patch circuit saved by ``save_pretrained`` (or ``save_circuit`` /
+    ``save_patch_circuit``), whichever the folder's config names."""
+    return LOADERS[saved_model_type(directory)](directory, device)
+
+
+def _load(directory: str | Path, model_type: str, build: Callable[[dict], Model],
+          device: str | torch.device) -> Model:
+    """Read the config, ``build`` the model it describes, fill in and check its tensors."""
+    directory = Path(directory)
+    path = _config_path(directory, model_type.replace("_", " "))
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
         version = raw["format_version"]

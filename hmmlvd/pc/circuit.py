@@ -22,12 +22,17 @@ block of HCLTs and HMMs; partitions of any arity).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from hmmlvd.errors import DataError, ParameterError
+from hmmlvd.pc.bpd import mean_log_likelihood
+from hmmlvd.pc.em import EMConfig, fit_em
 from hmmlvd.pc.layers import (
     BernoulliInput,
     CategoricalInput,
@@ -39,20 +44,87 @@ from hmmlvd.pc.layers import (
     RootSum,
     SumLayer,
 )
+from hmmlvd.pc.queries import inpaint as inpaint_circuit
+from hmmlvd.pc.queries import sample as sample_circuit
 from hmmlvd.pc.structures import Partition, Region, RegionGraph
+from hmmlvd.validate import as_array
 
 INPUTS = ("categorical", "bernoulli", "gaussian")
 PRODUCTS = ("einsum", "hadamard")
 
 
-def as_array(value: object, what: str, device: torch.device | str | None = None,
-             dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``torch.as_tensor``, raising DataError (not a bare torch error) for ragged lists,
-    strings, None and other things that are not rectangular numeric arrays."""
-    try:
-        return torch.as_tensor(value, dtype=dtype, device=device)
-    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-        raise DataError(f"{what} must be a rectangular numeric array ({exc})") from exc
+@dataclass(frozen=True)
+class CircuitConfig:
+    """The settings of a :class:`Circuit` besides its region graph, checked when made
+    (:class:`~hmmlvd.errors.ParameterError` naming the bad value); what a checkpoint's
+    ``config.json`` stores under ``settings``.
+
+    ``num_units``: K, units per region; ``input``: "categorical" (needs ``num_categories``),
+    "bernoulli" (``num_categories`` becomes 2) or "gaussian" (``num_categories`` becomes None;
+    variances clamped to [``min_var``, ``max_var``]); ``product``: "einsum" or "hadamard";
+    ``root_size``: number of root sums."""
+
+    num_units: int
+    input: str = "categorical"
+    num_categories: int | None = None
+    product: str = "einsum"
+    root_size: int = 1
+    min_var: float = 1e-6
+    max_var: float = 1e-2
+
+    def __post_init__(self) -> None:
+        for name in ("num_units", "root_size"):
+            positive_int(getattr(self, name), name)
+        if not isinstance(self.input, str) or self.input not in INPUTS:
+            raise ParameterError(f"input must be one of {INPUTS}, got {self.input!r}")
+        if not isinstance(self.product, str) or self.product not in PRODUCTS:
+            raise ParameterError(f"product must be one of {PRODUCTS}, got {self.product!r}")
+        categories = {"bernoulli": 2, "gaussian": None}.get(self.input, self.num_categories)
+        if self.input == "categorical":
+            positive_int(categories, "num_categories",
+                          "categorical inputs need num_categories >= 1")
+        object.__setattr__(self, "num_categories", categories)
+        for name in ("min_var", "max_var"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ParameterError(f"{name} must be a number, got {value!r}")
+        if not 0 < self.min_var <= self.max_var:
+            raise ParameterError(f"need 0 < min_var <= max_var, got {self.min_var}, "
+                                 f"{self.max_var}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields (the inverse of :meth:`from_dict`)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> CircuitConfig:
+        """A config from :meth:`to_dict`'s form; unknown or missing keys are a
+        :class:`~hmmlvd.errors.ParameterError`."""
+        return config_from_dict(cls, raw)
+
+
+def positive_int(value: object, name: str, message: str | None = None) -> int:
+    """``value`` if it is an int >= 1 (not a bool), else :class:`ParameterError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParameterError(f"{message or f'{name} must be a positive integer'}, got "
+                             f"{value!r}")
+    return value
+
+
+def config_from_dict(cls: type, raw: object) -> object:
+    """``cls(**raw)`` for a dataclass ``cls``, naming unknown or missing keys."""
+    if not isinstance(raw, dict):
+        raise ParameterError(f"{cls.__name__} settings must be a JSON object, got "
+                             f"{type(raw).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ParameterError(f"unknown {cls.__name__} settings {unknown}")
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    if required - set(raw):
+        raise ParameterError(f"{cls.__name__} settings lack {sorted(required - set(raw))}")
+    return cls(**raw)
 
 
 def check_batch(x: object, missing: object, num_variables: int,
@@ -115,6 +187,12 @@ class Circuit(nn.Module):
         root_size: number of root sums (1 for a density; more for e.g. one per class).
         seed: seeds the random initial parameters.
         min_var, max_var: Gaussian variance bounds (see GaussianInput).
+
+    The settings are kept, checked, as ``config`` (a :class:`CircuitConfig`);
+    ``Circuit.from_config(graph, config)`` builds from one. The sklearn-like verbs
+    ``fit`` / ``score`` / ``log_likelihood`` / ``sample`` (and ``inpaint``,
+    ``save_pretrained``) are the same on :class:`~hmmlvd.hmm.HMM` and
+    :class:`~hmmlvd.pc.patch_circuit.PatchCircuit`.
     """
 
     def __init__(self, graph: RegionGraph, num_units: int, input: str = "categorical",
@@ -122,23 +200,21 @@ class Circuit(nn.Module):
                  root_size: int = 1, seed: int = 0, min_var: float = 1e-6,
                  max_var: float = 1e-2):
         super().__init__()
-        _check_settings(num_units, input, num_categories, product, root_size)
+        self.config = CircuitConfig(num_units, input, num_categories, product, root_size,
+                                    min_var, max_var)
         graph.validate()
         self.graph = graph
         self.num_units = num_units
         self.input_kind = input
-        self.num_categories = 2 if input == "bernoulli" else num_categories
+        self.num_categories = self.config.num_categories
         self.product = product
         self.root_size = root_size
-        self.settings = {"num_units": num_units, "input": input,
-                         "num_categories": self.num_categories, "product": product,
-                         "root_size": root_size, "min_var": min_var, "max_var": max_var}
+        self.fit_history: list[float] = []  # mean log-likelihood per epoch of the last fit
         generator = torch.Generator().manual_seed(seed)
 
         leaves = graph.leaves()
         self.position: dict[Region, int] = {r: i for i, r in enumerate(leaves)}
-        self.input_layer = _make_input(leaves, num_units, input, self.num_categories,
-                                       min_var, max_var, generator)
+        self.input_layer = _make_input(leaves, self.config, generator)
         self.plans: list[LayerPlan] = []
         self.layers = nn.ModuleList()
         self.mixers = nn.ModuleList()
@@ -353,6 +429,62 @@ class Circuit(nn.Module):
         with torch.no_grad():
             return self(x, missing)
 
+    # ----- sklearn-like verbs (the same on HMM and PatchCircuit) ---------------------------
+    def fit(self, data: torch.Tensor, config: EMConfig | None = None, *,
+            missing: torch.Tensor | None = None, progress: bool = True) -> Circuit:
+        """Train by EM on ``data`` [N, D] (``missing`` [N, D]: True where unobserved) with
+        ``config`` (an :class:`~hmmlvd.pc.em.EMConfig`; default ``EMConfig()``); returns
+        self. ``fit_history`` then holds the mean training log-likelihood of each epoch. See
+        :func:`hmmlvd.pc.em.fit_em`, which this calls."""
+        self.fit_history = fit_em(self, data, config, missing=missing, progress=progress)
+        return self
+
+    def score(self, data: torch.Tensor, batch_size: int = 512) -> float:
+        """Mean log-likelihood per sample, in nats, of ``data`` [N, D] (sklearn's ``score``:
+        the per-sample average, higher is better; root output 0 when ``root_size`` > 1),
+        computed in batches of ``batch_size``; -inf if a sample has probability zero."""
+        return mean_log_likelihood(self._root_output_0, data, batch_size)
+
+    def _root_output_0(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.log_likelihood(x)
+        return out if self.root_size == 1 else out[:, 0]
+
+    def sample(self, num_samples: int, seed: int = 0, root_output: int = 0) -> torch.Tensor:
+        """[num_samples, D] samples (from root output ``root_output``), drawn by
+        :func:`hmmlvd.pc.queries.sample` with a generator seeded by ``seed``."""
+        return sample_circuit(self, num_samples, seed=seed, root_output=root_output)
+
+    def inpaint(self, x: torch.Tensor, missing: torch.Tensor, seed: int = 0,
+                greedy: bool = False, root_output: int = 0) -> torch.Tensor:
+        """``x`` [B, D] with its ``missing`` [B, D] entries drawn from p(missing | observed):
+        :func:`hmmlvd.pc.queries.inpaint`."""
+        return inpaint_circuit(self, x, missing, seed=seed, greedy=greedy,
+                               root_output=root_output)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``model.safetensors`` and ``config.json`` into ``directory``
+        (:func:`hmmlvd.pc.checkpoint.save_circuit`)."""
+        from hmmlvd.pc.checkpoint import save_circuit  # checkpoint imports this module
+
+        save_circuit(self, Path(directory))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike,
+                        device: str | torch.device = "cpu") -> Circuit:
+        """Load a circuit written by :meth:`save_pretrained`."""
+        from hmmlvd.pc.checkpoint import load_circuit  # checkpoint imports this module
+
+        return load_circuit(Path(directory), device=device)
+
+    @classmethod
+    def from_config(cls, graph: RegionGraph, config: CircuitConfig, seed: int = 0) -> Circuit:
+        """A circuit over ``graph`` with the settings of ``config``, parameters seeded by
+        ``seed``."""
+        if not isinstance(config, CircuitConfig):
+            raise ParameterError(f"config must be a CircuitConfig, got "
+                                 f"{type(config).__name__}")
+        return cls(graph, seed=seed, **config.to_dict())
+
     # ----- parameters ----------------------------------------------------------------------
     def check_parameters(self) -> None:
         """Raise ParameterError naming the first layer with NaN or unnormalised parameters."""
@@ -370,31 +502,17 @@ class Circuit(nn.Module):
             layer.renormalise_()
 
 
-def _check_settings(num_units: int, input: str, num_categories: int | None, product: str,
-                    root_size: int) -> None:
-    for name, value in (("num_units", num_units), ("root_size", root_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ParameterError(f"{name} must be a positive integer, got {value!r}")
-    if input not in INPUTS:
-        raise ParameterError(f"input must be one of {INPUTS}, got {input!r}")
-    if product not in PRODUCTS:
-        raise ParameterError(f"product must be one of {PRODUCTS}, got {product!r}")
-    if input == "categorical" and (isinstance(num_categories, bool) or
-                                   not isinstance(num_categories, int) or num_categories < 1):
-        raise ParameterError(f"categorical inputs need num_categories >= 1, got "
-                             f"{num_categories!r}")
-
-
-def _make_input(leaves: list[Region], num_units: int, kind: str, num_categories: int | None,
-                min_var: float, max_var: float, generator: torch.Generator) -> InputLayer:
+def _make_input(leaves: list[Region], config: CircuitConfig, generator: torch.Generator
+                ) -> InputLayer:
     """The input layer over the leaf regions (entries in leaf order)."""
+    num_units, kind = config.num_units, config.input
     entry_var = torch.tensor([v for leaf in leaves for v in leaf], dtype=torch.long)
     entry_leaf = torch.tensor([i for i, leaf in enumerate(leaves) for _ in leaf],
                               dtype=torch.long)
     if kind == "categorical":
-        return CategoricalInput(entry_var, entry_leaf, len(leaves), num_units, num_categories,
-                                generator)
+        return CategoricalInput(entry_var, entry_leaf, len(leaves), num_units,
+                                config.num_categories, generator)
     if kind == "bernoulli":
         return BernoulliInput(entry_var, entry_leaf, len(leaves), num_units, generator)
-    return GaussianInput(entry_var, entry_leaf, len(leaves), num_units, min_var, max_var,
-                         generator)
+    return GaussianInput(entry_var, entry_leaf, len(leaves), num_units, config.min_var,
+                         config.max_var, generator)

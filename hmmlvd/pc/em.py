@@ -6,18 +6,78 @@ each sum layer's log-weights is its expected counts (accumulating over batches),
 gradient w.r.t. the input log-densities gives the responsibilities from which the input layer
 collects its sufficient statistics. M-step: every layer normalises its counts (+ pseudocount)
 and mixes, ``theta <- (1 - a) * theta + a * theta_new``.
+
+The epoch loop (:func:`run_em`) is shared by :func:`fit_em` (a :class:`Circuit`) and
+:meth:`PatchCircuit.fit <hmmlvd.pc.patch_circuit.PatchCircuit.fit>`; its settings are one
+:class:`EMConfig`, validated when it is made.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from hmmlvd.errors import DataError
-from hmmlvd.pc.circuit import Circuit, as_array
-from hmmlvd.validate import check_int, check_pseudocount, check_step_size
+from hmmlvd.validate import as_array, check_int, check_pseudocount, check_step_size
+
+if TYPE_CHECKING:  # circuit.py imports this module (Circuit.fit); nothing here needs it at run
+    from hmmlvd.pc.circuit import Circuit
+
+SEED_LIMIT = 2**63  # seeds lie in [0, 2**63), as on the command line
+
+
+@dataclass(frozen=True)
+class EMConfig:
+    """Settings of circuit EM, checked when made (:class:`~hmmlvd.errors.DataError` naming
+    the bad value).
+
+    ``epochs`` passes over the data (0: none); ``batch_size`` samples per E-step;
+    ``step_size`` a in (0, 1]: mini-batch EM mixes ``theta <- (1 - a) theta + a theta_new``
+    after every batch; ``pseudocount`` (>= 0) added to every count before normalising;
+    ``full_batch``: sum the counts of all batches, then one M-step per epoch (``a = 1`` is
+    classic EM and never lowers the likelihood); ``seed`` fixes each epoch's batch order
+    (see :func:`epoch_batches`)."""
+
+    epochs: int = 1
+    batch_size: int = 512
+    step_size: float = 1.0
+    pseudocount: float = 0.0
+    full_batch: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: store the checked, normalised values
+        set_(self, "epochs", check_int(self.epochs, "epochs", 0))
+        set_(self, "batch_size", check_int(self.batch_size, "batch size", 1))
+        set_(self, "step_size", check_step_size(self.step_size))
+        set_(self, "pseudocount", check_pseudocount(self.pseudocount))
+        if not isinstance(self.full_batch, bool):
+            raise DataError(f"full_batch must be True or False, got {self.full_batch!r}")
+        seed = check_int(self.seed, "seed", 0)
+        if seed >= SEED_LIMIT:
+            raise DataError(f"seed must lie in [0, 2**63), got {seed}")
+        set_(self, "seed", seed)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def em_config(config: EMConfig | None = None, **changes: object) -> EMConfig:
+    """``config`` (default ``EMConfig()``) with the fields in ``changes`` that are not None
+    replaced, checked again. A ``config`` that is not an EMConfig is a DataError."""
+    if config is None:
+        config = EMConfig()
+    elif not isinstance(config, EMConfig):
+        raise DataError(f"config must be an EMConfig, got {type(config).__name__} "
+                        "(give epochs, batch_size, ... by keyword)")
+    given = {k: v for k, v in changes.items() if v is not None}
+    return dataclasses.replace(config, **given) if given else config
 
 
 def accumulate_counts(circuit: Circuit, x: torch.Tensor,
@@ -67,57 +127,98 @@ def epoch_batches(num: int, batch_size: int, seed: int, epoch: int, shuffle: boo
     ``shuffle``."""
     if not shuffle:
         return list(torch.arange(num).split(batch_size))
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % SEED_LIMIT)
     return list(torch.randperm(num, generator=generator).split(batch_size))
 
 
-def _check_fit_args(circuit: Circuit, data: torch.Tensor, epochs: int, batch_size: int
-                    ) -> torch.Tensor:
-    check_int(epochs, "epochs", 0)
-    check_int(batch_size, "batch size", 1)
+def check_training_data(data: object, num_variables: int,
+                        missing: object = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Training data as a non-empty [N, D] tensor (and its ``missing`` mask of the same
+    shape); DataError otherwise. Values are checked batch by batch by the model."""
     data = as_array(data, "training data")
     if data.dim() != 2 or data.shape[0] == 0:
-        raise DataError(f"training data must be a non-empty [N, {circuit.num_variables}] "
+        raise DataError(f"training data must be a non-empty [N, {num_variables}] "
                         f"array, got shape {tuple(data.shape)}")
-    return data
-
-
-def fit_em(circuit: Circuit, data: torch.Tensor, epochs: int = 1, batch_size: int = 512,
-           step_size: float = 1.0, pseudocount: float = 0.0, full_batch: bool = False,
-           missing: torch.Tensor | None = None, seed: int = 0,
-           progress: bool = True) -> list[float]:
-    """Train with EM; returns the mean training log-likelihood of each epoch (measured during
-    its E-steps, i.e. before each batch's update).
-
-    Mini-batch (default): one M-step per shuffled batch with step size ``a``. ``full_batch``:
-    counts of all batches are summed, then one M-step per epoch (``a = 1`` is classic EM and
-    never decreases the likelihood). ``data`` [N, D] may live on the CPU; batches are moved to
-    the circuit's device.
-    """
-    data = _check_fit_args(circuit, data, epochs, batch_size)
-    check_step_size(step_size)
-    check_pseudocount(pseudocount)
     if missing is not None:
         missing = as_array(missing, "missing")
         if missing.shape != data.shape:
             raise DataError(f"missing must have the shape of the data {tuple(data.shape)}, "
                             f"got {tuple(missing.shape)}")
-    history = []
-    for epoch in tqdm(range(epochs), desc="EM", unit="epoch", disable=not progress):
-        total = 0.0
-        try:
-            for index in epoch_batches(len(data), batch_size, seed, epoch, not full_batch):
-                batch_missing = None if missing is None else missing[index]
-                total += accumulate_counts(circuit, data[index], batch_missing)
-                if not full_batch:
-                    maximize(circuit, step_size, pseudocount)
-        except BaseException:
-            discard_counts(circuit)  # a failed epoch leaves no half-collected counts behind
-            raise
-        if full_batch:
-            maximize(circuit, step_size, pseudocount)
-        history.append(total / len(data))
+    return data, missing
+
+
+#: E-step on a batch (x [B, D], missing [B, D] or None) -> summed log-likelihood.
+Accumulate = Callable[[torch.Tensor, "torch.Tensor | None"], float]
+
+
+def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None],
+           discard: Callable[[], None], data: torch.Tensor, config: EMConfig,
+           missing: torch.Tensor | None = None, progress: bool = True, desc: str = "EM"
+           ) -> list[float]:
+    """The EM epoch loop over checked ``data`` [N, D] (and ``missing`` [N, D]): per batch
+    ``accumulate(x, missing)`` (the E-step, adding to the model's counts), then
+    ``maximize_step(step_size, pseudocount)`` after every batch, or once per epoch when
+    ``config.full_batch``. A failed epoch calls ``discard()`` (no half-collected counts stay
+    behind). Returns the mean log-likelihood per sample of each epoch, measured during its
+    E-steps (before each batch's update). One progress bar counts the batches."""
+    batches_per_epoch = -(-len(data) // config.batch_size)
+    history: list[float] = []
+    with tqdm(total=config.epochs * batches_per_epoch, desc=f"{desc} epoch 1/{config.epochs}",
+              unit="batch", disable=not progress, dynamic_ncols=True) as bar:
+        for epoch in range(config.epochs):
+            bar.set_description(f"{desc} epoch {epoch + 1}/{config.epochs}")
+            total, seen = 0.0, 0
+            order = epoch_batches(len(data), config.batch_size, config.seed, epoch,
+                                  not config.full_batch)
+            try:
+                for index in order:
+                    total += accumulate(data[index], None if missing is None
+                                        else missing[index])
+                    if not config.full_batch:
+                        maximize_step(config.step_size, config.pseudocount)
+                    seen += len(index)
+                    bar.update(1)
+                    bar.set_postfix(ll=f"{total / seen:.4f}")
+            except BaseException:
+                discard()  # a failed epoch leaves no half-collected counts behind
+                raise
+            if config.full_batch:
+                maximize_step(config.step_size, config.pseudocount)
+            history.append(total / len(data))
     return history
+
+
+def fit_em(circuit: Circuit, data: torch.Tensor, config: EMConfig | None = None, *,
+           epochs: int | None = None, batch_size: int | None = None,
+           step_size: float | None = None, pseudocount: float | None = None,
+           full_batch: bool | None = None, seed: int | None = None,
+           missing: torch.Tensor | None = None, progress: bool = True, desc: str = "EM"
+           ) -> list[float]:
+    """Train ``circuit`` with EM on ``data`` [N, D] (``missing`` [N, D]: True where a value
+    is unobserved); returns the mean training log-likelihood of each epoch (measured during
+    its E-steps, i.e. before each batch's update).
+
+    Settings: ``config`` (default ``EMConfig()``: 1 epoch, batches of 512, step size 1,
+    pseudocount 0, mini-batch, seed 0); any of ``epochs``, ``batch_size``, ``step_size``,
+    ``pseudocount``, ``full_batch``, ``seed`` given by keyword replaces the config's value,
+    so ``fit_em(c, x, epochs=2, step_size=0.5)`` and ``fit_em(c, x, EMConfig(epochs=2,
+    step_size=0.5))`` are the same. Everything is checked before the first batch.
+
+    Mini-batch (default): one M-step per shuffled batch. ``full_batch``: counts of all
+    batches are summed, then one M-step per epoch. ``data`` may live on the CPU; batches are
+    moved to the circuit's device."""
+    config = em_config(config, epochs=epochs, batch_size=batch_size, step_size=step_size,
+                       pseudocount=pseudocount, full_batch=full_batch, seed=seed)
+    data, missing = check_training_data(data, circuit.num_variables, missing)
+
+    def accumulate(x: torch.Tensor, mask: torch.Tensor | None) -> float:
+        return accumulate_counts(circuit, x, mask)
+
+    def maximize_step(step: float, pseudo: float) -> None:
+        maximize(circuit, step, pseudo)
+
+    return run_em(accumulate, maximize_step, lambda: discard_counts(circuit), data, config,
+                  missing, progress, desc)
 
 
 def discard_counts(circuit: Circuit) -> None:
@@ -132,7 +233,9 @@ def fit_adam(circuit: Circuit, data: torch.Tensor, epochs: int = 1, batch_size: 
     """Maximise the log-likelihood by gradient ascent with Adam, all weights treated as logits
     (normalised inside the forward pass and stored normalised after every step). Returns the
     mean training log-likelihood of each epoch."""
-    data = _check_fit_args(circuit, data, epochs, batch_size)
+    check_int(epochs, "epochs", 0)
+    check_int(batch_size, "batch size", 1)
+    data, _ = check_training_data(data, circuit.num_variables)
     if isinstance(learning_rate, bool) or not (
             isinstance(learning_rate, float | int) and math.isfinite(learning_rate)
             and learning_rate > 0):

@@ -19,6 +19,7 @@ categorical inputs over ``num_categories`` grey levels and K units per region.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,6 +31,40 @@ from hmmlvd.validate import check_int
 BASELINES = ("hclt", "pd", "rat")
 PRODUCT = {"hclt": "hadamard", "pd": "einsum", "rat": "einsum"}
 RAT_MIN_LEAF = 8  # default RAT depth: the deepest whose leaves keep >= this many variables
+
+
+@dataclass(frozen=True)
+class StructureConfig:
+    """Structure settings of the baselines, checked when made (DataError): ``delta`` (PD
+    split step; None: :func:`default_delta`), ``depth`` and ``repetitions`` (RAT-SPN; depth
+    None: :func:`default_depth`), ``tree_bins`` and ``tree_images`` (HCLT's Chow–Liu tree:
+    grey levels binned to ``tree_bins``, learned from the first ``tree_images`` images)."""
+
+    delta: int | None = None
+    depth: int | None = None
+    repetitions: int = 10
+    tree_bins: int = 8
+    tree_images: int = 5000
+
+    def __post_init__(self) -> None:
+        for name in ("delta", "depth"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, 1)
+        check_int(self.repetitions, "repetitions", 1)
+        check_int(self.tree_bins, "tree bins", 2)
+        check_int(self.tree_images, "tree images", 1)
+
+    def describe(self, kind: str, shape: tuple[int, int, int], train_size: int) -> str:
+        """Baseline ``kind``'s structure in words (defaults resolved) for images of
+        ``shape`` and ``train_size`` training images."""
+        if kind == "pd":
+            delta = default_delta(shape) if self.delta is None else self.delta
+            return f"split step delta={delta}, einsum layers"
+        if kind == "rat":
+            depth = default_depth(math.prod(shape)) if self.depth is None else self.depth
+            return f"depth={depth} x {self.repetitions} repetitions, einsum layers"
+        return (f"Chow–Liu tree of {min(self.tree_images, train_size)} training images "
+                f"binned to {self.tree_bins} levels, rooted at its centre, Hadamard layers")
 
 
 def default_delta(shape: tuple[int, int, int]) -> int:
@@ -81,3 +116,12 @@ def build_baseline(kind: str, train: np.ndarray, shape: tuple[int, int, int], si
                            tree_bins, tree_images)
     return Circuit(graph, size, input="categorical", num_categories=num_categories,
                    product=PRODUCT[kind], seed=seed)
+
+
+def baseline_from_config(kind: str, train: np.ndarray, shape: tuple[int, int, int], size: int,
+                         structure: StructureConfig, seed: int = 0,
+                         num_categories: int = 256) -> Circuit:
+    """:func:`build_baseline` with the structure settings of ``structure``."""
+    return build_baseline(kind, train, shape, size, seed, num_categories, structure.delta,
+                          structure.depth, structure.repetitions, structure.tree_bins,
+                          structure.tree_images)

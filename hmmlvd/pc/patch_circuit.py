@@ -18,20 +18,64 @@ sub-circuit on its own patches only (:meth:`PatchCircuit.group_em_step`).
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from hmmlvd.data.patches import patch_variables
 from hmmlvd.errors import DataError, ParameterError
-from hmmlvd.pc.circuit import Circuit, Evaluation, check_batch
+from hmmlvd.pc.bpd import mean_log_likelihood
+from hmmlvd.pc.circuit import Circuit, Evaluation, check_batch, config_from_dict, positive_int
+from hmmlvd.pc.em import EMConfig, check_training_data, em_config, run_em
 from hmmlvd.pc.gumbel import pick_index
 from hmmlvd.pc.layers import SumLayer
 from hmmlvd.pc.logspace import log_sum_exp
 from hmmlvd.pc.queries import choose_units, descend, fill_leaves
 from hmmlvd.pc.structures import Partition, Region, RegionGraph
 from hmmlvd.validate import check_int, check_pseudocount, check_step_size
+
+
+@dataclass(frozen=True)
+class PatchCircuitConfig:
+    """The settings of a :class:`PatchCircuit` besides its region graphs, checked when made
+    (:class:`~hmmlvd.errors.ParameterError` naming the bad value); what a checkpoint's
+    ``config.json`` stores under ``settings``. Fields as the arguments of
+    :class:`PatchCircuit`; ``image_shape`` is (height, width, channels)."""
+
+    image_shape: tuple[int, int, int]
+    patch: int
+    num_latents: int
+    sub_units: int
+    top_units: int
+    num_categories: int = 256
+    tie_inputs: bool = False
+
+    def __post_init__(self) -> None:
+        shape = self.image_shape
+        if (not isinstance(shape, tuple | list) or len(shape) != 3 or
+                any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape)):
+            raise ParameterError(f"image_shape must be three positive integers (height, "
+                                 f"width, channels), got {shape!r:.60}")
+        object.__setattr__(self, "image_shape", tuple(shape))
+        for name in ("patch", "num_latents", "sub_units", "top_units", "num_categories"):
+            positive_int(getattr(self, name), name)
+        if not isinstance(self.tie_inputs, bool):
+            raise ParameterError(f"tie_inputs must be True or False, got {self.tie_inputs!r}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields (``image_shape`` as a list); the inverse of :meth:`from_dict`."""
+        return {**dataclasses.asdict(self), "image_shape": list(self.image_shape)}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> PatchCircuitConfig:
+        """A config from :meth:`to_dict`'s form; unknown or missing keys are a
+        :class:`~hmmlvd.errors.ParameterError`."""
+        return config_from_dict(cls, raw)
 
 
 def disjoint_union(graphs: Sequence[RegionGraph]) -> tuple[RegionGraph, list[Region]]:
@@ -72,6 +116,11 @@ class PatchCircuit(nn.Module):
             (pixel p of patch i has the same K components under every latent value; the
             sums stay separate). Cuts the input parameters C-fold and lets every patch train
             them; needs sub-graphs in which every variable lies in one leaf (HCLT, PD).
+
+    The settings are kept, checked, as ``config`` (a :class:`PatchCircuitConfig`);
+    ``PatchCircuit.from_config(sub_graphs, top_graph, config)`` builds from one. The verbs
+    ``fit`` / ``score`` / ``log_likelihood`` / ``sample`` / ``inpaint`` /
+    ``save_pretrained`` are those of :class:`~hmmlvd.pc.circuit.Circuit`.
     """
 
     def __init__(self, image_shape: tuple[int, int, int], patch: int,
@@ -79,10 +128,11 @@ class PatchCircuit(nn.Module):
                  sub_units: int, top_units: int, num_categories: int = 256, seed: int = 0,
                  tie_inputs: bool = False):
         super().__init__()
-        height, width, channels = image_shape
+        self.config = PatchCircuitConfig(image_shape, patch, num_latents, sub_units, top_units,
+                                         num_categories, tie_inputs)
+        height, width, channels = self.config.image_shape
         index = torch.as_tensor(patch_variables(height, width, patch, channels))  # [n, P]
         n, size = index.shape
-        check_int(num_latents, "number of latent values", 1)
         if len(sub_graphs) != n * num_latents:
             raise ParameterError(f"{n} patches x {num_latents} latent values need "
                                  f"{n * num_latents} sub-circuit graphs, got {len(sub_graphs)}")
@@ -96,10 +146,7 @@ class PatchCircuit(nn.Module):
                                  f"image has {n} patches")
         self.image_shape = (height, width, channels)
         self.patch, self.num_latents, self.num_categories = patch, num_latents, num_categories
-        self.settings = {"image_shape": list(self.image_shape), "patch": patch,
-                         "num_latents": num_latents, "sub_units": sub_units,
-                         "top_units": top_units, "num_categories": num_categories,
-                         "tie_inputs": tie_inputs}
+        self.fit_history: list[float] = []  # mean log-likelihood per epoch of the last fit
         self.sub_graphs = list(sub_graphs)
         union, roots = disjoint_union(sub_graphs)
         self.parts = Circuit(union, sub_units, "categorical", num_categories, "hadamard",
@@ -240,6 +287,15 @@ class PatchCircuit(nn.Module):
         returns their mean log-likelihood before the update."""
         check_step_size(step_size)
         check_pseudocount(pseudocount)
+        total = self.accumulate_counts(x, missing)
+        self.maximize(step_size, pseudocount)
+        return total / len(x)
+
+    def accumulate_counts(self, x: torch.Tensor, missing: torch.Tensor | None = None
+                          ) -> float:
+        """E-step of the whole circuit on images ``x`` [B, D] (``missing`` [B, D]): add the
+        expected counts of every part to its accumulators; returns the summed
+        log-likelihood. DataError if an image has probability zero."""
         x, missing = self.check_images(x, missing)
         virtual_missing = None if missing is None else self.virtual(missing)
         groups, evaluation, prepared, observed = self._groups(
@@ -249,8 +305,21 @@ class PatchCircuit(nn.Module):
         log_likelihood.sum().backward()
         self.parts.input_layer.accumulate_(prepared, evaluation.density.grad, observed)
         self.top.input_layer.take_gradient_counts_()
+        return float(log_likelihood.detach().sum())
+
+    def maximize(self, step_size: float = 1.0, pseudocount: float = 0.0) -> None:
+        """M-step of every part from the counts :meth:`accumulate_counts` collected."""
+        check_step_size(step_size)
+        check_pseudocount(pseudocount)
         self._maximize(step_size, pseudocount, top=True)
-        return float(log_likelihood.detach().mean())
+
+    def discard_counts(self) -> None:
+        """Drop every accumulated count (after a failed E-step), keeping the parameters."""
+        for circuit in (self.parts, self.top):
+            circuit.input_layer.discard_counts_()
+        self.top.input_layer.log_prob.grad = None
+        for layer in [*self.parts.sum_layers(), self.group_root, *self.top.sum_layers()]:
+            layer.log_weight.grad = None
 
     @torch.no_grad()
     def _maximize(self, step_size: float, pseudocount: float, top: bool) -> None:
@@ -261,6 +330,51 @@ class PatchCircuit(nn.Module):
             layers += self.top.sum_layers()
         for layer in layers:
             layer.maximize_(step_size, pseudocount)
+
+    # ----- sklearn-like verbs (the same on Circuit and HMM) --------------------------------
+    def fit(self, data: torch.Tensor, config: EMConfig | None = None, *,
+            missing: torch.Tensor | None = None, progress: bool = True) -> PatchCircuit:
+        """Train the whole circuit by joint EM (stage (c) of LVD) on images ``data`` [N, D]
+        with ``config`` (an :class:`~hmmlvd.pc.em.EMConfig`; default ``EMConfig()``); returns
+        self. ``fit_history`` then holds the mean training log-likelihood of each epoch. The
+        epoch loop is :func:`hmmlvd.pc.em.run_em`, the one :func:`~hmmlvd.pc.em.fit_em`
+        runs."""
+        config = em_config(config)
+        data, missing = check_training_data(data, self.num_variables, missing)
+        self.fit_history = run_em(self.accumulate_counts, self.maximize, self.discard_counts,
+                                  data, config, missing, progress)
+        return self
+
+    def score(self, data: torch.Tensor, batch_size: int = 512) -> float:
+        """Mean log-likelihood per image, in nats, of ``data`` [N, D] (sklearn's ``score``,
+        as :meth:`Circuit.score <hmmlvd.pc.circuit.Circuit.score>`); -inf if an image has
+        probability zero."""
+        return mean_log_likelihood(self.log_likelihood, data, batch_size)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``model.safetensors`` and ``config.json`` into ``directory``
+        (:func:`hmmlvd.pc.checkpoint.save_patch_circuit`)."""
+        from hmmlvd.pc.checkpoint import save_patch_circuit  # checkpoint imports this module
+
+        save_patch_circuit(self, Path(directory))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike,
+                        device: str | torch.device = "cpu") -> PatchCircuit:
+        """Load a patch circuit written by :meth:`save_pretrained`."""
+        from hmmlvd.pc.checkpoint import load_patch_circuit  # checkpoint imports this module
+
+        return load_patch_circuit(Path(directory), device=device)
+
+    @classmethod
+    def from_config(cls, sub_graphs: Sequence[RegionGraph], top_graph: RegionGraph,
+                    config: PatchCircuitConfig, seed: int = 0) -> PatchCircuit:
+        """A patch circuit over these graphs with the settings of ``config``."""
+        if not isinstance(config, PatchCircuitConfig):
+            raise ParameterError(f"config must be a PatchCircuitConfig, got "
+                                 f"{type(config).__name__}")
+        return cls(sub_graphs=sub_graphs, top_graph=top_graph, seed=seed,
+                   **{**config.to_dict(), "image_shape": config.image_shape})
 
     def check_parameters(self) -> None:
         """Raise ParameterError if any part holds NaN or unnormalised parameters."""

@@ -11,13 +11,17 @@ Visited leaves finally draw their missing variables from the chosen input compon
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from hmmlvd.errors import DataError
-from hmmlvd.pc.circuit import Circuit, Evaluation, as_array
 from hmmlvd.pc.gumbel import pick_index
 from hmmlvd.pc.layers.sum_layer import Picker
-from hmmlvd.validate import check_int
+from hmmlvd.validate import as_array, check_int
+
+if TYPE_CHECKING:  # circuit.py imports this module (Circuit.sample); nothing here needs it at run
+    from hmmlvd.pc.circuit import Circuit, Evaluation
 
 
 def log_marginal(circuit: Circuit, x: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:

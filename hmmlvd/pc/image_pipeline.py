@@ -1,0 +1,162 @@
+"""Image models end to end, what ``hmmlvd image`` and ``scripts/image_bpd.py`` run: build and
+train a baseline circuit (HCLT, PD, RAT-SPN: :mod:`hmmlvd.pc.image_models`) or image LVD
+(:func:`hmmlvd.lvd.image.train_patch_lvd`) on images [N, H, W, C] of 256 grey levels, measure
+bits per dimension, save and load the model with an ``image.json`` record of what it models.
+
+Every model here is a :class:`~hmmlvd.pc.circuit.Circuit` or a
+:class:`~hmmlvd.pc.patch_circuit.PatchCircuit`; both have the verbs ``fit``, ``score``,
+``log_likelihood``, ``sample``, ``inpaint`` and ``save_pretrained``, so nothing below asks
+which one it holds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hmmlvd.atomic import atomic_write_json
+from hmmlvd.data.images import flatten
+from hmmlvd.errors import CheckpointError, DataError
+from hmmlvd.pc.bpd import evaluate_bpd
+from hmmlvd.pc.checkpoint import load_pretrained
+from hmmlvd.pc.circuit import Circuit
+from hmmlvd.pc.em import EMConfig
+from hmmlvd.pc.image_models import BASELINES, StructureConfig, baseline_from_config
+from hmmlvd.pc.patch_circuit import PatchCircuit
+
+MODELS = ("lvd", *BASELINES)
+LEVELS = 256  # pixels are categorical grey levels 0..255
+IMAGE_FILE = "image.json"  # beside config.json: what the model's variables are
+#: Image shapes of the datasets, to read models saved without an image.json.
+DATASET_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+#: PatchLVDConfig fields set from the shared settings (size, EM, structure), not by name.
+LVD_SHARED = ("sub_units", "stage_c_epochs", "batch_size", "step_size", "pseudocount", "seed",
+              "tree_bins")
+
+ImageModel = Circuit | PatchCircuit
+
+
+@dataclass
+class TrainedImageModel:
+    """A trained model; ``history``: ``timings`` (seconds per step) and the mean training
+    log-likelihood of each epoch (``em`` for a baseline; ``stage_a``, ``stage_b``,
+    ``stage_c`` for LVD); ``structure``: the structure in words; ``seconds``: wall time of
+    structure learning and training."""
+
+    model: ImageModel
+    history: dict
+    structure: str
+    seconds: float
+
+
+def lvd_config(size: int, em: EMConfig, structure: StructureConfig,
+               **fields: Any) -> Any:
+    """The :class:`~hmmlvd.lvd.image.PatchLVDConfig` of image LVD with sub-circuits of K =
+    ``size``, finetuned (stage c) for ``em.epochs`` epochs with ``em``'s batch size, step
+    size, pseudocount and seed, trees binned to ``structure.tree_bins``; ``fields``: its
+    other fields (patch, num_latents, top_units, featuriser, ...)."""
+    from hmmlvd.lvd.image import PatchLVDConfig  # hmmlvd.lvd loads transformers
+
+    clash = sorted(set(fields) & set(LVD_SHARED))
+    if clash:
+        raise DataError(f"{clash} come from the shared size, EM and structure settings")
+    return PatchLVDConfig(sub_units=size, stage_c_epochs=em.epochs, batch_size=em.batch_size,
+                          step_size=em.step_size, pseudocount=em.pseudocount, seed=em.seed,
+                          tree_bins=structure.tree_bins, **fields)
+
+
+def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConfig,
+                      structure: StructureConfig | None = None,
+                      lvd_fields: dict | None = None, device: str | torch.device = "cpu",
+                      progress: bool = True) -> TrainedImageModel:
+    """Build model ``kind`` (one of :data:`MODELS`) with K = ``size`` on ``train_images``
+    [N, H, W, C] uint8 and train it: a baseline by ``fit`` (EM with ``em``), LVD by its
+    pipeline (:func:`lvd_config` maps ``em`` and ``structure``; ``lvd_fields``: the other
+    PatchLVDConfig fields)."""
+    structure = StructureConfig() if structure is None else structure
+    train_images = np.asarray(train_images)
+    if train_images.ndim != 4 or len(train_images) == 0:
+        raise DataError(f"training images must be [N, H, W, C], got shape {train_images.shape}")
+    if kind not in MODELS:
+        raise DataError(f"unknown image model {kind!r}; expected one of {MODELS}")
+    started = time.perf_counter()
+    if kind == "lvd":
+        from hmmlvd.lvd.image import train_patch_lvd  # hmmlvd.lvd loads transformers
+
+        config = lvd_config(size, em, structure, **(lvd_fields or {}))
+        model, history = train_patch_lvd(train_images, config, progress=progress,
+                                         device=device)
+        return TrainedImageModel(model, history, repr(config), time.perf_counter() - started)
+    if lvd_fields:
+        raise DataError(f"LVD settings {sorted(lvd_fields)} belong to the lvd model only")
+    shape = tuple(train_images.shape[1:])
+    pixels = flatten(train_images)
+    model = baseline_from_config(kind, pixels, shape, size, structure, em.seed,
+                                 LEVELS).to(device)
+    built = time.perf_counter()
+    model.fit(torch.as_tensor(pixels), em, progress=progress)
+    history = {"timings": {"structure": built - started, "em": time.perf_counter() - built},
+               "em": model.fit_history}
+    return TrainedImageModel(model, history, structure.describe(kind, shape, len(pixels)),
+                             time.perf_counter() - started)
+
+
+def image_bpd(model: ImageModel, images: np.ndarray, batch_size: int = 512,
+              progress: bool = False) -> float:
+    """Bits per dimension of ``images`` [N, H, W, C] (or [N, D]) under ``model``."""
+    images = np.asarray(images)
+    pixels = flatten(images) if images.ndim == 4 else images
+    if pixels.ndim != 2 or pixels.shape[1] != model.num_variables:
+        raise DataError(f"the model is over {model.num_variables} pixel values, the images "
+                        f"have shape {images.shape[1:]}")
+    return evaluate_bpd(model.log_likelihood, pixels, batch_size, progress=progress)
+
+
+def save_image_model(model: ImageModel, directory: str | Path, record: dict) -> Path:
+    """``model.save_pretrained(directory)``, then ``image.json``: ``record`` (dataset, model
+    kind, size, ...) with ``image_shape`` (required, [H, W, C])."""
+    directory = Path(directory)
+    shape = record.get("image_shape")
+    if shape is None or math.prod(shape) != model.num_variables:
+        raise DataError(f"image_shape {shape} does not fit a model over "
+                        f"{model.num_variables} values")
+    model.save_pretrained(directory)
+    atomic_write_json(directory / IMAGE_FILE, {**record, "image_shape": list(shape)})
+    return directory
+
+
+def load_image_model(directory: str | Path, device: str | torch.device = "cpu"
+                     ) -> tuple[ImageModel, dict]:
+    """A model saved by :func:`save_image_model` (or any saved circuit or patch circuit) and
+    its record; the record's ``image_shape`` is always set: from ``image.json``, the patch
+    circuit's config, or the dataset whose images have the model's number of values."""
+    directory = Path(directory)
+    model = load_pretrained(directory, device=device)
+    record: dict = {}
+    path = directory / IMAGE_FILE
+    if path.is_file():
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict):
+                raise TypeError("not a JSON object")
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path} is damaged: {exc}") from exc
+    shape = record.get("image_shape") or getattr(getattr(model, "config", None),
+                                                 "image_shape", None)
+    if shape is None:
+        shape = next((s for s in DATASET_SHAPES.values()
+                      if math.prod(s) == model.num_variables), None)
+    valid = (isinstance(shape, list | tuple) and len(shape) == 3
+             and all(isinstance(v, int) and v > 0 for v in shape))
+    if not valid or math.prod(shape) != model.num_variables:
+        raise CheckpointError(f"{directory}: cannot tell the image shape of a model over "
+                              f"{model.num_variables} values (no usable {IMAGE_FILE})")
+    record["image_shape"] = tuple(shape)
+    return model, record

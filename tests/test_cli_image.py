@@ -1,0 +1,190 @@
+"""``hmmlvd image train | eval | sample | inpaint`` end to end on a small synthetic MNIST (IDX
+files of 28x28 images with one bright bar each), and bad input as one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from script_loading import load_script
+from synthetic_mnist import write_mnist
+
+from hmmlvd.cli import main
+from hmmlvd.pc import Circuit, PatchCircuit, poon_domingos
+from hmmlvd.pc.image_pipeline import IMAGE_FILE, load_image_model, save_image_model
+
+TINY = ["--train-size", "200", "--eval-size", "100", "--epochs", "1", "--batch-size", "100",
+        "--tree-images", "200", "--repetitions", "2", "--device", "cpu", "--quiet"]
+TINY_LVD = ["--num-latents", "2", "--top-units", "2", "--feature-dim", "8",
+            "--stage-a-epochs", "1", "--stage-b-epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory) -> Path:
+    return write_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+@pytest.fixture(scope="module")
+def trained(mnist_dir, tmp_path_factory) -> dict[str, Path]:
+    """An HCLT and an image-LVD model trained by `hmmlvd image train`."""
+    root = tmp_path_factory.mktemp("models")
+    folders = {}
+    for model, extra in (("hclt", []), ("lvd", TINY_LVD)):
+        folders[model] = root / model
+        assert main(["image", "train", "--model", model, "--size", "2", *TINY, *extra,
+                     "--data-dir", str(mnist_dir), "--out", str(folders[model])]) == 0
+    return folders
+
+
+def bpd_of(line: str, split: str) -> float:
+    return float(re.search(rf"{split} ([0-9.]+) bpd", line).group(1))
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hmmlvd image: error: ") and "\n" not in err, err
+    return err
+
+
+def test_train_saves_the_model_its_record_and_results(trained):
+    for model, folder in trained.items():
+        for name in ("config.json", "model.safetensors", IMAGE_FILE, "results.json"):
+            assert (folder / name).is_file(), name
+        record = json.loads((folder / IMAGE_FILE).read_text())
+        assert record["image_shape"] == [28, 28, 1] and record["model"] == model
+        assert record["dataset"] == "mnist" and record["size"] == 2
+        assert record["command"].startswith("hmmlvd image train --model " + model)
+        results = json.loads((folder / "results.json").read_text())
+        assert 0 < results["valid_bpd"] < 8 and 0 < results["test_bpd"] < 8  # beats uniform
+        assert results["train_images"] == 200 and results["test_images"] == 100
+        loaded, _ = load_image_model(folder)
+        assert loaded.num_parameters() == results["params"]
+        assert isinstance(loaded, PatchCircuit if model == "lvd" else Circuit)
+    assert len(json.loads((trained["hclt"] / "results.json").read_text())["history"]["em"]) == 1
+    assert "stage_c" in json.loads((trained["lvd"] / "results.json").read_text())["history"]
+
+
+@pytest.mark.parametrize("model", ["hclt", "lvd"])
+def test_eval_gives_the_bpd_that_train_reported(trained, mnist_dir, capsys, model):
+    capsys.readouterr()
+    assert main(["image", "eval", "--model", str(trained[model]), "--data-dir", str(mnist_dir),
+                 "--eval-size", "100", "--quiet", "--device", "cpu"]) == 0
+    line = capsys.readouterr().out
+    results = json.loads((trained[model] / "results.json").read_text())
+    for split in ("valid", "test"):
+        assert bpd_of(line, split) == pytest.approx(results[f"{split}_bpd"], abs=1e-4)
+
+
+@pytest.mark.parametrize("model", ["hclt", "lvd"])
+def test_sample_and_inpaint_write_png_grids(trained, mnist_dir, tmp_path, capsys, model):
+    folder = trained[model]
+    assert main(["image", "sample", "--model", str(folder), "--out", str(tmp_path / "s.png"),
+                 "--grid", "3", "--seed", "1", "--device", "cpu"]) == 0
+    assert main(["image", "inpaint", "--model", str(folder), "--data-dir", str(mnist_dir),
+                 "--out", str(tmp_path / "i.png"), "--mask", "left", "--num-images", "4",
+                 "--draws", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "saved 3x3 samples" in out and "saved left inpaintings of 4 test images" in out
+    for name in ("s.png", "i.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_image_bpd_script_saves_what_the_cli_reads(mnist_dir, tmp_path, capsys, monkeypatch):
+    bpd = load_script("image_bpd", monkeypatch)
+    bpd.main([*TINY, "--data-dir", str(mnist_dir), "--model", "pd", "--size", "2", "--out",
+              str(tmp_path / "runs")])
+    result = json.loads((tmp_path / "runs" / "results.jsonl").read_text().splitlines()[0])
+    capsys.readouterr()
+    assert main(["image", "eval", "--model", str(tmp_path / "runs" / "pd-2"), "--data-dir",
+                 str(mnist_dir), "--eval-size", "100", "--splits", "test", "--quiet"]) == 0
+    assert bpd_of(capsys.readouterr().out, "test") == pytest.approx(result["test_bpd"],
+                                                                    abs=1e-4)
+
+
+def test_missing_model_folder_is_one_line(tmp_path, capsys):
+    assert main(["image", "eval", "--model", str(tmp_path / "none")]) == 2
+    assert "config.json is missing" in one_line_error(capsys)
+
+
+def test_missing_dataset_is_one_line(trained, tmp_path, capsys):
+    assert main(["image", "inpaint", "--model", str(trained["hclt"]), "--data-dir",
+                 str(tmp_path / "none"), "--out", str(tmp_path / "i.png")]) == 2
+    assert re.search(r"cannot load mnist from .*--data-dir", one_line_error(capsys))
+    assert not (tmp_path / "i.png").exists()
+
+
+def test_train_refuses_bad_values_before_any_work(mnist_dir, tmp_path, capsys):
+    for flags, message in ((["--size", "0"], "--size must be >= 1"),
+                           (["--size", "2", "--step-size", "2"], "--step-size"),
+                           (["--size", "2", "--epochs", "-1"], "--epochs must be >= 0"),
+                           (["--size", "2", "--seed", "-3"], "--seed")):
+        assert main(["image", "train", "--model", "pd", *flags, "--data-dir", str(mnist_dir),
+                     "--out", str(tmp_path / "m")]) == 2
+        assert message in one_line_error(capsys)
+    assert not (tmp_path / "m").exists()
+
+
+def test_out_that_is_a_file_is_one_line(mnist_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["image", "train", "--model", "pd", "--size", "2", *TINY, "--data-dir",
+                 str(mnist_dir), "--out", str(tmp_path / "file")]) == 2
+    one_line_error(capsys)
+
+
+def test_sample_eval_and_inpaint_refuse_bad_counts(trained, tmp_path, capsys):
+    model = ["--model", str(trained["hclt"])]
+    for argv, message in ((["sample", *model, "--out", "s.png", "--grid", "0"], "--grid"),
+                          (["eval", *model, "--eval-size", "-5"], "--eval-size must be >= 0"),
+                          (["inpaint", *model, "--out", "i.png", "--draws", "0"], "--draws")):
+        assert main(["image", *argv]) == 2
+        assert message in one_line_error(capsys)
+
+
+def test_model_of_other_images_is_refused(mnist_dir, tmp_path, capsys):
+    circuit = Circuit(poon_domingos(2, 3, delta=1), 2, num_categories=256, seed=0)
+    save_image_model(circuit, tmp_path / "small", {"image_shape": [2, 3, 1]})
+    assert main(["image", "eval", "--model", str(tmp_path / "small"), "--data-dir",
+                 str(mnist_dir), "--quiet"]) == 2
+    assert "is for 2x3x1 images, the dataset's are 28x28x1" in one_line_error(capsys)
+    bare = tmp_path / "bare"  # no image.json and a size no dataset has
+    circuit.save_pretrained(bare)
+    assert main(["image", "sample", "--model", str(bare), "--out", str(tmp_path / "s.png")]) == 2
+    assert "cannot tell the image shape" in one_line_error(capsys)
+
+
+def test_damaged_image_record_is_one_line(trained, tmp_path, capsys):
+    folder = tmp_path / "copy"
+    model, record = load_image_model(trained["hclt"])
+    save_image_model(model, folder, record)
+    (folder / IMAGE_FILE).write_text("{not json")
+    assert main(["image", "sample", "--model", str(folder), "--out", str(tmp_path / "s.png")]) == 2
+    assert "image.json is damaged" in one_line_error(capsys)
+
+
+def test_model_saved_without_a_record_gets_the_dataset_shape(trained, tmp_path):
+    model, _ = load_image_model(trained["hclt"])
+    model.save_pretrained(tmp_path / "plain")
+    loaded, record = load_image_model(tmp_path / "plain")
+    assert record["image_shape"] == (28, 28, 1)
+    x = torch.zeros(2, 784, dtype=torch.long)
+    assert torch.equal(loaded.log_likelihood(x), model.log_likelihood(x))
+
+
+def test_lvd_flags_belong_to_the_lvd_model(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["image", "train", "--model", "pd", "--size", "2", "--num-latents", "3",
+              "--out", "x"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --num-latents 3" in capsys.readouterr().err
+
+
+def test_top_level_help_lists_image(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "image" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["image", "train", "--model", "lvd", "--help"])
+    assert "--num-latents" in capsys.readouterr().out
