@@ -16,6 +16,7 @@ here is a no-op (or the identity) in a single process, so callers need no specia
 
 from __future__ import annotations
 
+import gc
 import os
 from datetime import timedelta
 
@@ -89,10 +90,16 @@ def init(device: torch.device) -> torch.device:
 
 
 def teardown() -> None:
-    """Leave the process group :func:`init` joined (nothing otherwise)."""
+    """Leave the process group :func:`init` joined (nothing otherwise). The ranks leave
+    together (a last barrier: rank 0 may still be evaluating while the others are done), and
+    the group's pending work objects are freed before the interpreter shuts down."""
     global _owned
     if _owned and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+            gc.collect()
     _owned = False
 
 

@@ -5,9 +5,11 @@ thread each). Every scenario runs in the same two processes, so they pay the tor
 transformers imports once; the command line (``hmmlvd.cli.main``) runs last, as under
 ``torchrun -m hmmlvd train``.
 
-Each scenario writes its final parameters to ``TMP/result-<scenario>-rank<r>.safetensors``
-(outside every training output folder); rank r trains into ``TMP/<scenario>-out-rank<r>``, so
-the test can check that only rank 0 wrote anything.
+Rank 0 writes each scenario's final parameters to ``TMP/result-<scenario>-rank0.safetensors``
+(outside every training output folder), which the test compares with one process trained on
+the same data and schedule. (Rank 1's final parameters are not compared: every rank takes rank
+0's at each epoch end, so rank 0 equal to rank 1 could not fail.) Rank r trains into
+``TMP/<scenario>-out-rank<r>``, so the test can check that only rank 0 wrote anything.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def main(tmp: Path) -> None:
     distributed.barrier()
     for name, scenario in SCENARIOS.items():
         hmm = scenario(rank, tmp, str(tmp / "bert"))
-        if hmm is not None:
+        if hmm is not None and rank == 0:
             save_params(hmm, result_path(tmp, name, rank))
     # last: hmmlvd's main leaves the process group when it ends
     assert main_cli(cli_args(tmp / "corpus", tmp / "cli-two")) == 0
@@ -129,16 +131,25 @@ def reduction_modes(rank: int, tmp: Path, _: str) -> None:
     return None
 
 
+def lvd_windows() -> TokenWindows:
+    """LVD's 100 windows of 5 tiny-BERT words: chunks of 16 in rounds of 2, the last short."""
+    from lvd_tiny import TINY_WORDS
+
+    stream = np.random.default_rng(4).integers(0, len(TINY_WORDS), size=104)
+    return TokenWindows(stream, 5)
+
+
 def lvd(rank: int, tmp: Path, tiny_bert: str) -> HMM:
-    """Ranks fill disjoint chunks of one embedding cache; rank 0's k-means labels reach every
-    rank; the distilled model is the same on both."""
-    from lvd_tiny import TINY_WORDS, tiny_vocab
+    """Ranks fill disjoint chunks of one embedding cache (each rank checks the whole of it);
+    each rank saves the k-means labels it trained with (rank r clusters with seed r, so only
+    rank 0's, broadcast, can equal one process' with seed 0) and rank 0 the embeddings, for
+    the test's one-process reference."""
+    from lvd_tiny import tiny_vocab
 
     from hmmlvd.lvd import LVDSettings, embed_windows, load_encoder, run_lvd, suffix_embeddings
 
     vocab = tiny_vocab()
-    stream = np.random.default_rng(4).integers(0, len(TINY_WORDS), size=104)
-    win = TokenWindows(stream, 5)  # 100 windows: chunks of 16 in rounds of 2, the last short
+    win = lvd_windows()
     encoder = load_encoder(tiny_bert)
     cache = tmp / "lvd-cache"
     emb = embed_windows(encoder, win, vocab, cache, batch_size=8, chunk_size=16,
@@ -151,6 +162,8 @@ def lvd(rank: int, tmp: Path, tiny_bert: str) -> HMM:
     result = run_lvd(win, 4, vocab, settings, embeddings=emb, progress=False)
     train(result.hmm, win, config(), progress=False)  # data-parallel EM from the LVD init
     np.save(tmp / f"lvd-labels-rank{rank}.npy", result.labels)
+    if rank == 0:
+        np.save(tmp / "lvd-embeddings.npy", np.asarray(emb))
     return result.hmm
 
 

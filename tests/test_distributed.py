@@ -3,7 +3,10 @@ mini-batch and full-batch EM equal single-process EM on the same data and schedu
 writes; checkpoints resume with another number of ranks; LVD's sharded embedding cache and
 broadcast k-means labels; and the ``hmmlvd train`` command on two ranks end to end.
 
-One ``torchrun --standalone --nproc-per-node 2 tests/dist_worker.py`` runs every scenario."""
+Every result is compared with one process (the oracle), never rank 0 with rank 1: the ranks
+take rank 0's parameters at every epoch end, so their equality holds whatever the reduction
+does. One ``torchrun --standalone --nproc-per-node 2 tests/dist_worker.py`` runs every
+scenario."""
 
 from __future__ import annotations
 
@@ -30,9 +33,12 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
                                 reason="torch.distributed with gloo is not available")
 
 MID_STEP = "step-00000004"  # epoch 1 (5 batches), after batch 4
-#: What a failed rendezvous or port race prints (a launch failure, not a wrong result).
+#: What a failed rendezvous or port race prints (a launch failure, not a wrong result), and
+#: gloo's worker thread aborting a rank at interpreter exit after its work is done (seen in
+#: about 1 of 10 launches; see the closing note of issue 13: under investigation).
 NETWORK_FAILURES = ("EADDRINUSE", "Address already in use", "RendezvousConnectionError",
-                    "DistNetworkError", "Connection reset by peer", "Connection refused")
+                    "DistNetworkError", "Connection reset by peer", "Connection refused",
+                    "terminate called without an active exception")
 
 
 def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -47,6 +53,10 @@ def params(path: Path) -> dict[str, torch.Tensor]:
 def point_latest_at(out: Path, step: str) -> None:
     assert json.loads((out / "checkpoints" / step / "train_state.json").read_text())["batch"]
     (out / "checkpoints" / "latest").write_text(step + "\n")
+
+
+def checkpoint_names(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "checkpoints").iterdir())
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +84,9 @@ def launch(tmp: Path) -> subprocess.CompletedProcess:
         w.save_params(hmm, tmp / f"single-{name}.safetensors")
     shutil.copytree(tmp / "single", tmp / "resume2")  # a 1-rank run, continued on 2 ranks
     point_latest_at(tmp / "resume2", MID_STEP)
+    for later in (tmp / "resume2" / "checkpoints").glob("step-*"):
+        if later.name > MID_STEP:  # the two ranks must write these themselves
+            shutil.rmtree(later)
     write_corpus(tmp / "corpus")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "HMMLVD_DIST_TIMEOUT": "120"}
@@ -85,11 +98,8 @@ def launch(tmp: Path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("scenario", ["minibatch", "fullbatch", "homogeneous"])
 def test_two_ranks_equal_one_process(runs, scenario):
     runs, _ = runs
-    rank0 = params(w.result_path(runs, scenario, 0))
-    rank1 = params(w.result_path(runs, scenario, 1))
-    for name, p in rank0.items():
-        assert torch.equal(p, rank1[name]), name  # identical M-steps on identical counts
-    close(rank0, params(runs / f"single-{scenario}.safetensors"))
+    close(params(w.result_path(runs, scenario, 0)),
+          params(runs / f"single-{scenario}.safetensors"))
 
 
 def test_only_rank_0_writes(runs):
@@ -98,7 +108,7 @@ def test_only_rank_0_writes(runs):
     assert not (runs / "fullbatch-out-rank1").exists()
     assert not (runs / "resume_from_one_rank-out-rank1").exists()
     ours, single = runs / "minibatch-out-rank0" / "checkpoints", runs / "single" / "checkpoints"
-    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in single.iterdir())
+    assert checkpoint_names(ours.parent) == checkpoint_names(single.parent)
     assert (ours / "latest").read_text() == "step-00000010\n"
     a = json.loads((ours / "step-00000010" / "train_state.json").read_text())
     b = json.loads((single / "step-00000010" / "train_state.json").read_text())
@@ -121,18 +131,31 @@ def test_one_process_checkpoint_resumes_with_two_ranks(runs):
     runs, _ = runs
     rank0 = params(w.result_path(runs, "resume_from_one_rank", 0))
     close(rank0, params(runs / "single-minibatch.safetensors"))
-    close(rank0, HMM.from_pretrained(runs / "resume2" / "checkpoints" / "step-00000010")
-          .parameters())
+    # the checkpoints after MID_STEP were deleted before the ranks resumed: rank 0 wrote these
+    resumed = runs / "resume2"
+    assert checkpoint_names(resumed) == checkpoint_names(runs / "single")
+    assert (resumed / "checkpoints" / "latest").read_text() == "step-00000010\n"
+    close(rank0, HMM.from_pretrained(resumed / "checkpoints" / "step-00000010").parameters())
 
 
 def test_lvd_shards_the_cache_and_shares_rank_0_labels(runs):
+    """The worker checked each rank's view of the sharded cache against direct embeddings;
+    here LVD and EM from those embeddings in one process (k-means seed 0) give every rank's
+    labels and rank 0's model."""
+    from lvd_tiny import tiny_vocab
+
+    from hmmlvd.lvd import LVDSettings, run_lvd
+
     runs, _ = runs
-    # the ranks' k-means seeds differ (seed=rank), so equal labels mean rank 0's were broadcast
-    labels = [np.load(runs / f"lvd-labels-rank{r}.npy") for r in (0, 1)]
-    np.testing.assert_array_equal(labels[0], labels[1])
-    rank0, rank1 = (params(w.result_path(runs, "lvd", r)) for r in (0, 1))
-    for name, p in rank0.items():
-        assert torch.equal(p, rank1[name]), name
+    win = w.lvd_windows()
+    one = run_lvd(win, 4, tiny_vocab(), LVDSettings(kmeans_iters=3, seed=0),
+                  embeddings=np.load(runs / "lvd-embeddings.npy"), progress=False)
+    # rank r clustered with seed r: rank 1 has rank 0's labels only if they were broadcast
+    for r in (0, 1):
+        np.testing.assert_array_equal(np.load(runs / f"lvd-labels-rank{r}.npy"), one.labels,
+                                      err_msg=f"rank {r}")
+    train(one.hmm, win, w.config(), progress=False)
+    close(params(w.result_path(runs, "lvd", 0)), one.hmm.parameters())
 
 
 def test_helpers_in_one_process():

@@ -1,10 +1,16 @@
-"""Interrupted training loses nothing: a `hmmlvd train` process stopped by Ctrl-C (SIGINT)
-saves a checkpoint and exits 130 with a resume hint; one killed outright (SIGKILL) mid-epoch
-resumes from its last checkpoint; both finish with the parameters of an uninterrupted run."""
+"""Interrupted training loses nothing: a `hmmlvd train` process stopped by Ctrl-C (SIGINT) or
+SIGTERM saves a checkpoint and exits 130 (143) with a resume hint; one killed outright
+(SIGKILL) mid-epoch resumes from its last checkpoint; both finish with the parameters of an
+uninterrupted run.
+
+The Ctrl-C run writes no periodic checkpoints (``--checkpoint-every 0``) and is stopped in
+its first epoch, before any epoch-end checkpoint: the stop handler's checkpoint is the only
+one there is, so the resume check fails if the handler saves nothing (or the wrong step)."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -30,24 +36,63 @@ def corpus(tmp_path_factory) -> Path:
     return folder
 
 
-def train_args(corpus: Path, out: Path) -> list[str]:
+def train_args(corpus: Path, out: Path, checkpoint_every: int = 0) -> list[str]:
     return ["train", "--data-dir", str(corpus), "--hidden-states", "4", "--length", "6",
             "--epochs", "8", "--batch-size", "16", "--step-size", "0.3", "--device", "cpu",
-            "--checkpoint-every", "1", "--no-eval", "--out", str(out)]
+            "--checkpoint-every", str(checkpoint_every), "--no-eval", "--out", str(out)]
+
+
+#: The step (a batch of epoch 1, of about 30) after which the Ctrl-C run stops.
+STOP_STEP = 10
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(corpus, tmp_path_factory) -> HMM:
     out = tmp_path_factory.mktemp("full")
     assert main(train_args(corpus, out)) == 0
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    state = json.loads((out / "checkpoints" / latest / "train_state.json").read_text())
+    assert state["step"] // state["epoch"] > STOP_STEP  # batches per epoch: STOP_STEP is mid-epoch
     return HMM.from_pretrained(out)
+
+
+#: Runs `hmmlvd train` (argv[3:]) and sends this process signal argv[2] while the training
+#: loop takes its argv[1]-th batch (counted over every TokenWindows.batches call): the signal
+#: arrives mid-batch, as a Ctrl-C would, and training stops after that batch.
+SIGNAL_AT_BATCH = """
+import os, sys
+from hmmlvd.cli import main
+from hmmlvd.data import TokenWindows
+
+at, sig, taken = int(sys.argv[1]), int(sys.argv[2]), [0]
+batches = TokenWindows.batches
+
+def signalling(self, *args, **kwargs):
+    for batch in batches(self, *args, **kwargs):
+        taken[0] += 1
+        if taken[0] == at:
+            os.kill(os.getpid(), sig)
+        yield batch
+
+TokenWindows.batches = signalling
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def run_with_signal_at(corpus: Path, out: Path, sig: signal.Signals,
+                       batch: int) -> subprocess.CompletedProcess:
+    """`hmmlvd train` in a subprocess that receives ``sig`` during its ``batch``-th batch."""
+    return subprocess.run([sys.executable, "-c", SIGNAL_AT_BATCH, str(batch), str(int(sig)),
+                           *train_args(corpus, out)],
+                          capture_output=True, text=True, timeout=300)
 
 
 def start_and_stop(corpus: Path, out: Path, sig: signal.Signals,
                    min_step: int = 5) -> subprocess.CompletedProcess:
-    """Run `hmmlvd train` in a subprocess and send ``sig`` once it has checkpointed
-    ``min_step`` steps (of about 210)."""
-    proc = subprocess.Popen([sys.executable, "-m", "hmmlvd", *train_args(corpus, out)],
+    """Run `hmmlvd train` (a checkpoint every step) in a subprocess and send ``sig`` once it
+    has checkpointed ``min_step`` steps (of about 240)."""
+    proc = subprocess.Popen([sys.executable, "-m", "hmmlvd",
+                             *train_args(corpus, out, checkpoint_every=1)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     latest = out / "checkpoints" / "latest"
     deadline = time.monotonic() + 120
@@ -69,15 +114,27 @@ def assert_same_parameters(a: HMM, b: HMM) -> None:
                                    err_msg=name)
 
 
+@pytest.mark.parametrize(("sig", "code", "by"), [(signal.SIGINT, 130, ""),
+                                                  (signal.SIGTERM, 143, " by SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same(corpus, tmp_path,
-                                                                  uninterrupted):
+                                                                  uninterrupted, sig, code, by):
     out = tmp_path / "run"
-    stopped = start_and_stop(corpus, out, signal.SIGINT)
-    assert stopped.returncode == 130, stopped.stderr
-    assert "--resume" in stopped.stderr and "Traceback" not in stopped.stderr
-    folder = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
-    state = json.loads((folder / "train_state.json").read_text())
-    assert state["epoch"] < 8  # stopped early, mid-run
+    stopped = run_with_signal_at(corpus, out, sig, STOP_STEP)
+    assert stopped.returncode == code, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    step = f"step-{STOP_STEP:08d}"
+    said = re.search(rf"training interrupted{by} at epoch 1, batch {STOP_STEP}; checkpoint "
+                     rf"saved in (.+)\. Resume with the same command plus --resume",
+                     stopped.stderr)
+    assert said, stopped.stderr
+    assert Path(said[1]) == out / "checkpoints" / step
+    # no periodic and no epoch-end checkpoint yet: the stop handler wrote the only one, at the
+    # interrupted step, and `latest` names it
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", step]
+    assert (out / "checkpoints" / "latest").read_text().strip() == step
+    state = json.loads((out / "checkpoints" / step / "train_state.json").read_text())
+    assert (state["epoch"], state["batch"], state["step"]) == (0, STOP_STEP, STOP_STEP)
     assert main([*train_args(corpus, out), "--resume"]) == 0
     assert_same_parameters(uninterrupted, HMM.from_pretrained(out))
 
@@ -87,5 +144,5 @@ def test_sigkill_mid_epoch_then_resume_finishes_the_same(corpus, tmp_path, unint
     killed = start_and_stop(corpus, out, signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL
     assert not (out / "model.safetensors").exists()  # the run never finished
-    assert main([*train_args(corpus, out), "--resume"]) == 0
+    assert main([*train_args(corpus, out, checkpoint_every=1), "--resume"]) == 0
     assert_same_parameters(uninterrupted, HMM.from_pretrained(out))

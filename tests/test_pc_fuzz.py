@@ -1,17 +1,21 @@
 """Errors of the PC module: malformed data, masks, settings and training arguments must either
 work with finite, valid output or raise a library error (DataError / ParameterError) -- never a
 bare torch/numpy error and never a NaN. Property tests run a fixed, derandomised set of
-examples (the settings of tests/test_fuzz_public_api.py); the plain tests pin each error."""
+examples (the settings of tests/test_fuzz_public_api.py); where docs/reliability.md promises a
+message, they work out from the input which error it must get and check its class and a
+distinctive part of its message (and that valid input succeeds). The plain tests pin each
+error with its message."""
 
 from __future__ import annotations
 
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import Phase as HPhase
 from hypothesis import strategies as st
 from test_pc_circuit import kary_graph, padded_graph, peak_
@@ -59,6 +63,16 @@ def library_call(fn, *args, **kwargs):
         return fn(*args, **kwargs), None
     except HMMLVDError as exc:
         return None, exc
+
+
+def assert_error(err: Exception | None, cls: type[HMMLVDError], *fragments: str) -> None:
+    """``err`` is a ``cls`` whose message contains one of ``fragments``."""
+    assert isinstance(err, cls), f"expected {cls.__name__}, got {type(err).__name__}: {err}"
+    assert any(f in str(err) for f in fragments), f"{str(err)!r} contains none of {fragments}"
+
+
+def is_int_at_least(value: object, minimum: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
 
 
 def assert_valid_log_likelihood(out: torch.Tensor, batch: int, kind: str) -> None:
@@ -144,13 +158,40 @@ bad_numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integ
 # ----------------------------------------------------------------------------- properties
 
 
+def data_problem(x: object, kind: str) -> str | None:
+    """The documented DataError message (a distinctive part) that data ``x`` (as drawn by
+    :func:`data_arrays`: always rectangular) must get from a ``kind`` circuit; None if valid."""
+    t = torch.as_tensor(x)
+    if t.dim() != 2 or t.shape[1] != D:
+        return f"data must have shape [batch, {D}], got {tuple(t.shape)}"
+    if t.shape[0] == 0:
+        return "data: the batch is empty (0 samples)"
+    if kind == "gaussian":
+        if t.dtype.is_complex or t.dtype == torch.bool:
+            return f"data must be real numbers, got dtype {t.dtype}"
+        if not torch.isfinite(t.to(torch.get_default_dtype())).all():
+            return "data has a non-finite value at sample"
+        return None
+    if t.dtype.is_floating_point or t.dtype.is_complex or (
+            t.dtype == torch.bool and kind != "bernoulli"):
+        return f"categorical data must be integers, got dtype {t.dtype}"
+    top = 1 if kind == "bernoulli" else C - 1
+    if ((t.long() < 0) | (t.long() > top)).any():
+        return f"is out of range 0..{top}"
+    return None
+
+
 @FUZZ
 @given(x=data_arrays(), kind=st.sampled_from(KINDS))
 def test_log_likelihood_malformed_data(x, kind):
     circuit = CIRCUITS[kind]
     out, err = library_call(circuit.log_likelihood, x)
-    if err is None:
-        assert_valid_log_likelihood(out, len(x), kind)
+    problem = data_problem(x, kind)
+    if problem is not None:
+        assert_error(err, DataError, problem)
+        return
+    assert err is None, err
+    assert_valid_log_likelihood(out, len(x), kind)
 
 
 @FUZZ
@@ -159,11 +200,17 @@ def test_log_likelihood_malformed_missing(missing, kind):
     circuit = CIRCUITS[kind]
     x = valid_data(kind)
     out, err = library_call(circuit.log_likelihood, x, missing)
-    if err is None:
-        assert_valid_log_likelihood(out, 3, kind)
-        if missing is not None:
-            full = torch.as_tensor(np.asarray(missing, dtype=bool))
-            torch.testing.assert_close(out, circuit.log_likelihood(x, full))
+    if missing is not None:
+        mask = torch.as_tensor(np.asarray(missing))
+        if mask.dtype != torch.bool or mask.shape != x.shape:
+            assert_error(err, DataError, f"missing must be a bool mask of shape {tuple(x.shape)}"
+                                         f", got {mask.dtype} {tuple(mask.shape)}")
+            return
+    assert err is None, err
+    assert_valid_log_likelihood(out, 3, kind)
+    if missing is not None:
+        full = torch.as_tensor(np.asarray(missing, dtype=bool))
+        torch.testing.assert_close(out, circuit.log_likelihood(x, full))
 
 
 @FUZZ
@@ -230,14 +277,37 @@ size_values = st.one_of(st.integers(-1, 3), st.booleans(), st.floats(-1, 3),
        kind=st.sampled_from(["categorical", "bernoulli", "gaussian", "Gaussian", "poisson", ""]),
        product=st.sampled_from(["einsum", "hadamard", "Einsum", "cp", None]),
        graph=st.sampled_from(["pd", "kary", "chain1"]))
+@example(num_units=2, root_size=1, num_categories=3, kind="poisson", product="einsum",
+         graph="pd")
+@example(num_units=2, root_size=1, num_categories=3, kind="categorical", product="cp",
+         graph="pd")
+@example(num_units=2, root_size=1, num_categories=0, kind="categorical", product="einsum",
+         graph="pd")
+@example(num_units=2, root_size=1, num_categories=None, kind="bernoulli", product="einsum",
+         graph="kary")
+@example(num_units=2, root_size=1, num_categories=3, kind="categorical", product="einsum",
+         graph="pd")
+@example(num_units=2, root_size=2, num_categories=None, kind="gaussian", product="hadamard",
+         graph="chain1")
 def test_circuit_bad_settings(num_units, root_size, num_categories, kind, product, graph):
     region_graph = {"pd": poon_domingos(2, 2, 1), "kary": kary_graph(),
                     "chain1": chain_region_graph(1)}[graph]
     circuit, err = library_call(Circuit, region_graph, num_units, input=kind,
                                 num_categories=num_categories, product=product,
                                 root_size=root_size)
-    if err is not None:
+    problems = [message for message, ok in (
+        ("num_units must be a positive integer", is_int_at_least(num_units, 1)),
+        ("root_size must be a positive integer", is_int_at_least(root_size, 1)),
+        ("input must be one of", kind in ("categorical", "bernoulli", "gaussian")),
+        ("product must be one of", product in ("einsum", "hadamard")),
+        ("categorical inputs need num_categories >= 1",
+         kind != "categorical" or is_int_at_least(num_categories, 1))) if not ok]
+    if not problems and graph == "kary" and product == "einsum":
+        problems = ["children: use product='hadamard'"]
+    if problems:
+        assert_error(err, ParameterError, *problems)
         return
+    assert err is None, err
     circuit.check_parameters()
     x = valid_data("bernoulli")[:, :circuit.num_variables]
     out = circuit(x.float() if kind == "gaussian" else x)
@@ -246,10 +316,20 @@ def test_circuit_bad_settings(num_units, root_size, num_categories, kind, produc
 
 @FEW
 @given(num_samples=bad_numbers, root_output=bad_numbers, kind=st.sampled_from(KINDS))
+@example(num_samples=2, root_output=0, kind="categorical")
+@example(num_samples=2, root_output=1, kind="bernoulli")
+@example(num_samples=2, root_output=True, kind="gaussian")
 def test_sample_bad_arguments(num_samples, root_output, kind):
     out, err = library_call(sample, CIRCUITS[kind], num_samples, root_output=root_output)
-    if err is None:
-        assert out.shape == (int(num_samples), D) and not torch.isnan(out).any()
+    problems = [message for message, ok in (
+        ("number of samples must be", is_int_at_least(num_samples, 1)),
+        ("root output", is_int_at_least(root_output, 0)
+         and root_output < CIRCUITS[kind].root_size)) if not ok]
+    if problems:
+        assert_error(err, DataError, *problems)
+        return
+    assert err is None, err
+    assert out.shape == (int(num_samples), D) and not torch.isnan(out).any()
 
 
 @FUZZ
@@ -272,19 +352,38 @@ def test_log_conditional_malformed_masks(query, evidence, kind):
 def test_data_errors(kind):
     circuit = CIRCUITS[kind]
     x = valid_data(kind)
-    cases = [x[0], x[:, :3], x[None], x[:0], torch.zeros(0, D)]  # shapes, empty batch
+    shape, empty = f"data must have shape [batch, {D}], got ", "data: the batch is empty"
+    cases = [(x[0], shape + "(4,)"), (x[:, :3], shape + "(3, 3)"), (x[None], shape + "(1, 3, 4)"),
+             (x[:0], empty), (torch.zeros(0, D), empty)]
     if kind == "gaussian":
-        cases += [torch.tensor([[0.1, math.nan, 0.2, 0.3]]), torch.full((1, D), math.inf),
-                  x > 0.5, x.to(torch.complex64)]
+        real = "data must be real numbers, got dtype"
+        cases += [(torch.tensor([[0.1, math.nan, 0.2, 0.3]]),
+                   "data has a non-finite value at sample 0, variable 1"),
+                  (torch.full((1, D), math.inf),
+                   "data has a non-finite value at sample 0, variable 0"),
+                  (x > 0.5, f"{real} torch.bool"),
+                  (x.to(torch.complex64), f"{real} torch.complex64")]
     else:
-        cases += [x.float(), x.double(), x + 0.5, x.to(torch.complex64), x + C, x - 3]
-    for bad in cases:
-        with pytest.raises(DataError):
+        ints = "categorical data must be integers, got dtype"
+        top = 1 if kind == "bernoulli" else C - 1
+        cases += [(x.float(), f"{ints} torch.float32"), (x.double(), f"{ints} torch.float64"),
+                  (x + 0.5, f"{ints} torch.float32"),
+                  (x.to(torch.complex64), f"{ints} torch.complex64")]
+        for bad in (x + C, x - 3):  # every value out of range: the first one is named
+            cases.append((bad, f"value {int(bad[0, 0])} at sample 0, variable 0 is out of range "
+                               f"0..{top}"))
+        one = x.clone()
+        one[1, 2] = top + 2  # the only bad value: its sample and variable are named
+        cases.append((one, f"value {top + 2} at sample 1, variable 2 is out of range 0..{top}"))
+    for bad, message in cases:
+        with pytest.raises(DataError, match=re.escape(message)):
             circuit.log_likelihood(bad)
     for bad_mask in [torch.zeros(3, D, dtype=torch.uint8), torch.zeros(3, D),
                      torch.zeros(3, D + 1, dtype=torch.bool), torch.zeros(D, dtype=torch.bool),
                      torch.zeros(2, D, dtype=torch.bool)]:
-        with pytest.raises(DataError):
+        with pytest.raises(DataError, match=re.escape(
+                f"missing must be a bool mask of shape (3, {D}), got {bad_mask.dtype} "
+                f"{tuple(bad_mask.shape)}")):
             circuit.log_likelihood(x, bad_mask)
     # out-of-range or NaN values are fine where they are missing
     odd = x.clone().double() if kind == "gaussian" else x.clone()
@@ -296,11 +395,13 @@ def test_data_errors(kind):
 
 def test_ragged_data_is_a_data_error():
     circuit = CIRCUITS["categorical"]
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=re.escape("data must be a rectangular numeric array (")):
         circuit.log_likelihood([[0, 1, 2, 0], [1, 2]])
-    with pytest.raises(DataError):
+    with pytest.raises(DataError,
+                       match=re.escape("missing must be a rectangular numeric array (")):
         circuit.log_likelihood(valid_data("categorical")[:2], [[True], [False, True]])
-    with pytest.raises(DataError):
+    with pytest.raises(DataError,
+                       match=re.escape("training data must be a rectangular numeric array (")):
         fit_em(circuit, [[0, 1, 2, 0], [1, 2]], progress=False)
 
 
@@ -310,71 +411,100 @@ def test_bool_data_is_fine_for_bernoulli():
     torch.testing.assert_close(circuit.log_likelihood(x.bool()), circuit.log_likelihood(x))
 
 
+def raises(cls: type[HMMLVDError], message: str):
+    """``pytest.raises(cls)`` whose message must contain ``message`` verbatim."""
+    return pytest.raises(cls, match=re.escape(message))
+
+
 def test_settings_errors():
     graph = poon_domingos(2, 2, 1)
     for k in (0, -1, True, False, 2.0, None, "2"):
-        with pytest.raises(ParameterError):
+        with raises(ParameterError, f"num_units must be a positive integer, got {k!r}"):
             Circuit(graph, k, input="bernoulli")
-        with pytest.raises(ParameterError):
+        with raises(ParameterError, f"root_size must be a positive integer, got {k!r}"):
             Circuit(graph, 2, input="bernoulli", root_size=k)
     for name in ("Categorical", "binary", "", None):
-        with pytest.raises(ParameterError):
+        with raises(ParameterError, "input must be one of ('categorical', 'bernoulli', "
+                                    f"'gaussian'), got {name!r}"):
             Circuit(graph, 2, input=name)
     for name in ("Einsum", "cp", "", None):
-        with pytest.raises(ParameterError):
+        with raises(ParameterError, f"product must be one of ('einsum', 'hadamard'), got "
+                                    f"{name!r}"):
             Circuit(graph, 2, input="bernoulli", product=name)
     for c in (None, 0, True, 2.0):
-        with pytest.raises(ParameterError):
+        with raises(ParameterError, f"categorical inputs need num_categories >= 1, got {c!r}"):
             Circuit(graph, 2, input="categorical", num_categories=c)
     for lo, hi in ((0.0, 1.0), (0.1, 0.01), (-1.0, 1.0), (math.nan, 1.0)):
-        with pytest.raises(ParameterError):
+        with raises(ParameterError, f"need 0 < min_var <= max_var, got {lo}, {hi}"):
             Circuit(graph, 2, input="gaussian", min_var=lo, max_var=hi)
 
 
 def test_einsum_refuses_kary_partitions():
     star = hclt_region_graph([(0, 1), (0, 2), (0, 3)], root=0)
-    with pytest.raises(ParameterError, match="hadamard"):
+    binary_only = "einsum layers need binary partitions, but region (0, 1, 2, 3) is split into"
+    with raises(ParameterError, f"{binary_only} 4 children: use product='hadamard'"):
         Circuit(star, 2, input="bernoulli", product="einsum")
-    with pytest.raises(ParameterError, match="hadamard"):
+    with raises(ParameterError, f"{binary_only} 3 children: use product='hadamard'"):
         Circuit(kary_graph(), 2, input="bernoulli", product="einsum")
     Circuit(star, 2, input="bernoulli", product="hadamard").check_parameters()
 
 
 def test_invalid_region_graphs():
+    """Each graph breaks one rule (the others hold up to it), and the error names it."""
     p = Partition
+    leaves3 = ((0,), (1,), (2,))
     bad = [
-        RegionGraph.from_partitions(3, [p((0, 1, 2), ((0, 1), (1, 2)))]),  # overlap
-        RegionGraph.from_partitions(3, [p((0, 1, 2), ((0,), (1,)))]),  # does not cover
-        RegionGraph.from_partitions(3, [p((0, 1), ((0,), (1,)))]),  # no root region
-        RegionGraph.from_partitions(2, [p((0, 1), ((0, 1),))]),  # one child
-        RegionGraph.from_partitions(2, [p((0, 1), ((0,), (1,))), p((0,), ((0, 1),))]),  # cycle
-        RegionGraph(2, ((0,), (1,), (0, 1), (1, 0)), (p((0, 1), ((0,), (1,))),)),  # unsorted
-        RegionGraph(0, (), ()),
+        (RegionGraph.from_partitions(3, [p((0, 1, 2), ((0, 1), (1, 2)))]),
+         "partition of (0, 1, 2) is not decomposable: children overlap on [1]"),
+        (RegionGraph(3, (*leaves3, (0, 1, 2)), (p((0, 1, 2), ((0,), (1,))),)),
+         "partition of (0, 1, 2) is not decomposable: children cover [0, 1], not the parent's "
+         "scope"),
+        (RegionGraph.from_partitions(3, [p((0, 1), ((0,), (1,)))]),
+         "variables [2] are in no leaf region"),
+        (RegionGraph(3, (*leaves3, (0, 1)), (p((0, 1), ((0,), (1,))),)),
+         "no root region: no region covers all 3 variables"),
+        (RegionGraph.from_partitions(2, [p((0, 1), ((0,), (1,))), p((0, 1), ((0,),))]),
+         "partition of (0, 1) has 1 child; it needs at least 2"),
+        (RegionGraph.from_partitions(3, [p((0, 1, 2), ((0, 1), (2,))),
+                                         p((0, 1), ((0,), (1, 2))), p((1, 2), ((1,), (0, 1)))]),
+         "region graph has a cycle through regions"),
+        (RegionGraph(2, ((0,), (1,), (0, 1), (0,)), (p((0, 1), ((0,), (1,))),)),
+         "duplicate region (0,): each scope may be listed once"),
+        (RegionGraph(3, (*leaves3, (0, 1), (0, 1, 2)), (p((0, 1, 2), leaves3),)),
+         "regions [(0, 1)] are not reachable from the root"),
+        (RegionGraph(2, ((0,), (1,), (0, 1), (1, 0)), (p((0, 1), ((0,), (1,))),)),
+         "region (1, 0) is not sorted or repeats a variable"),
+        (RegionGraph(0, (), ()), "num_variables must be >= 1, got 0"),
     ]
-    for graph in bad:
-        with pytest.raises(ParameterError):
+    for graph, message in bad:
+        with raises(ParameterError, message):
             Circuit(graph, 2, input="bernoulli", product="hadamard")
 
 
 def test_training_argument_errors():
     circuit = copy.deepcopy(CIRCUITS["categorical"])
     x = valid_data("categorical", batch=6)
+    named = {"step_size": "step size must", "pseudocount": "pseudocount must be",
+             "epochs": "epochs must be", "batch_size": "batch size must be"}
     for kwargs in ({"step_size": 0}, {"step_size": 1.5}, {"step_size": math.nan},
                    {"pseudocount": -0.1}, {"pseudocount": math.inf}, {"epochs": -1},
                    {"epochs": 1.5}, {"batch_size": 0}, {"batch_size": True}):
-        with pytest.raises(DataError):
+        (name, _), = kwargs.items()
+        with raises(DataError, f"{named[name]} "):
             fit_em(circuit, x, progress=False, **kwargs)
     for kwargs in ({"step_size": 0}, {"pseudocount": -1}, {"step_size": True}):
-        with pytest.raises(DataError):
+        (name, _), = kwargs.items()
+        with raises(DataError, f"{named[name]} "):
             em_step(circuit, x, **kwargs)
     for lr in (0, -0.1, math.nan, math.inf, True, None):
-        with pytest.raises(DataError):
+        with raises(DataError, f"learning rate must be a positive number, got {lr!r}"):
             fit_adam(circuit, x, learning_rate=lr, progress=False)
-    with pytest.raises(DataError):  # a missing mask that does not fit the data
+    with raises(DataError, "missing must have the shape of the data (6, 4), got (5, 4)"):
         fit_em(circuit, x, missing=torch.zeros(5, D, dtype=torch.bool), progress=False)
-    with pytest.raises(DataError):
+    with raises(DataError, f"training data must be a non-empty [N, {D}] array, got shape (4,)"):
         fit_em(circuit, x[0], progress=False)
-    with pytest.raises(DataError):
+    with raises(DataError, f"training data must be a non-empty [N, {D}] array, got shape "
+                           f"(0, {D})"):
         fit_em(circuit, x[:0], progress=False)
     assert fit_em(circuit, x, epochs=0, progress=False) == []
 
@@ -384,20 +514,26 @@ def test_query_argument_errors():
     x = valid_data("categorical")
     query = torch.zeros(3, D, dtype=torch.bool)
     query[:, 0] = True
-    with pytest.raises(DataError):  # queried and given
+    with raises(DataError, "a variable cannot be both queried and given as evidence"):
         log_conditional(circuit, x, query, query)
+    masks_ = f"query and evidence must be masks of shape (3, {D}) or broadcastable to it, got"
     for bad in (torch.zeros(D + 1, dtype=torch.bool), torch.zeros(2, D, dtype=torch.bool)):
-        with pytest.raises(DataError):
+        with raises(DataError, f"{masks_} {tuple(bad.shape)} and {tuple(bad.shape)}"):
             log_conditional(circuit, x, bad)
-        with pytest.raises(DataError):
+        with raises(DataError, f"{masks_} (3, {D}) and {tuple(bad.shape)}"):
             log_conditional(circuit, x, query, bad)
-    with pytest.raises(DataError):
+    with raises(DataError, f"missing must be a bool mask of shape (3, {D}), got torch.bool "
+                           f"(3, {D + 1})"):
         log_marginal(circuit, x, torch.zeros(3, D + 1, dtype=torch.bool))
-    for n in (0, -1, 1.0, True, None):
-        with pytest.raises(DataError):
+    for n, why in ((0, ">= 1, got 0"), (-1, ">= 1, got -1"), (1.0, "an integer, got 1.0"),
+                   (True, "an integer, got True"), (None, "an integer, got None")):
+        with raises(DataError, f"number of samples must be {why}"):
             sample(circuit, n)
-    for output in (-1, 1, True, 0.0):
-        with pytest.raises(DataError):
+    for output, why in ((-1, "root output must be >= 0, got -1"),
+                        (1, "root output 1 is out of range 0..0"),
+                        (True, "root output must be an integer, got True"),
+                        (0.0, "root output must be an integer, got 0.0")):
+        with raises(DataError, why):
             sample(circuit, 2, root_output=output)
 
 
@@ -414,11 +550,14 @@ def test_zero_probability_samples_in_em():
     x[:, leaf0] = torch.tensor([0, 1, 2, 1])
     before = copy.deepcopy(circuit)
     assert torch.isneginf(circuit.log_likelihood(x)[2])
-    with pytest.raises(DataError, match="probability zero"):
+    refused = ("sample 2 has probability zero under the circuit, so EM cannot assign it; train "
+               "with a pseudocount > 0")
+    with raises(DataError, refused):
         em_step(circuit, x, pseudocount=1.0)
-    with pytest.raises(DataError, match="probability zero"):
+    with raises(DataError, refused):
         fit_em(circuit, x, full_batch=True, progress=False)
-    with pytest.raises(DataError):
+    with raises(DataError, "the observed values of sample 2 have probability zero; there is "
+                           "nothing to condition on"):
         inpaint(circuit, x, torch.zeros_like(x, dtype=torch.bool))
     for p, q in zip(before.parameters(), circuit.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -426,9 +565,10 @@ def test_zero_probability_samples_in_em():
     root_zero = copy.deepcopy(CIRCUITS["bernoulli"])
     with torch.no_grad():
         root_zero.root_sum.log_weight.fill_(-math.inf)
-    with pytest.raises(ParameterError):
+    with raises(ParameterError, "root sum is not normalised"):
         root_zero.check_parameters()
-    with pytest.raises(DataError, match="probability zero"):
+    with raises(DataError, "sample 0 has probability zero under the circuit, so EM cannot "
+                           "assign it"):
         em_step(root_zero, valid_data("bernoulli"))
 
 
@@ -470,7 +610,15 @@ def test_check_parameters_catches_corruption(kind, part, how):
         flat = tensor.view(-1)
         i = int(torch.isfinite(flat).nonzero()[-1])  # a real (not padded) entry
         flat[i] = {"nan": math.nan, "posinf": math.inf, "unnormalised": flat[i] + 0.5}[how]
-    with pytest.raises(ParameterError):
+    if part in ("mean", "log_var"):
+        message = "Gaussian input has NaN or infinite means or variances"
+    else:
+        layer = {"input": "categorical input log_prob", "einsum": "layer 0 (EinsumLayer)",
+                 "hadamard": "layer 0 (HadamardLayer)",
+                 "mixing": f"mixing layer {len(circuit.mixers) - 1}", "root": "root sum"}[part]
+        message = (f"{layer} is not normalised: log of its sums deviates by"
+                   if how == "unnormalised" else f"{layer} has NaN or +inf log-probabilities")
+    with raises(ParameterError, message):
         circuit.check_parameters()
 
 
@@ -479,5 +627,7 @@ def test_check_parameters_catches_a_padded_slot_made_positive():
     mixer = next(m for m in circuit.mixers if not bool(m.valid.all()))
     with torch.no_grad():
         mixer.log_weight[~mixer.valid] = math.log(0.5)
-    with pytest.raises(ParameterError):
+    index = next(i for i, m in enumerate(circuit.mixers) if m is mixer)
+    with raises(ParameterError, f"mixing layer {index} is not normalised: log of its sums "
+                                "deviates by"):
         circuit.check_parameters()
