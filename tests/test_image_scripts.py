@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from script_loading import load_script
+from synthetic_mnist import write_mnist
 
 from hmmlvd.pc import load_circuit, load_patch_circuit
 
@@ -20,29 +20,11 @@ FIELDS = {"model", "size", "params", "train_seconds", "valid_bpd", "test_bpd", "
           "settings"}
 
 
-def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
-    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture(scope="module")
 def mnist_dir(tmp_path_factory) -> Path:
     """5,300 train (5,000 become valid) and 200 test images: black, with one horizontal or
     vertical bar of bright pixels at a random place."""
-    folder = tmp_path_factory.mktemp("mnist")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 5300), ("t10k", 200)):
-        images = np.zeros((n, 28, 28), dtype=np.uint8)
-        at = rng.integers(4, 24, size=n)
-        bright = rng.integers(200, 256, size=(n, 28))
-        for i in range(n):
-            if i % 2:
-                images[i, at[i], 4:24] = bright[i, 4:24]
-            else:
-                images[i, 4:24, at[i]] = bright[i, 4:24]
-        write_idx(folder / f"{split}-images-idx3-ubyte", images, 2051)
-        write_idx(folder / f"{split}-labels-idx1-ubyte", np.arange(n) % 10, 2049)
-    return folder
+    return write_mnist(tmp_path_factory.mktemp("mnist"))
 
 
 def test_baselines_train_evaluate_and_record(mnist_dir, tmp_path, capsys, monkeypatch):
