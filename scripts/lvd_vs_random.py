@@ -235,9 +235,16 @@ def plot(rows: Sequence[Row], baselines: Sequence[BaselineRow], split: str, path
         points = sorted((r.num_states, r.ppl[split]) for r in rows if r.init == init)
         if points:
             ax.plot(*zip(*points, strict=True), marker=marker, label=f"HMM, {init} init")
+    models = [r.ppl[split] for r in rows]
+    # a baseline far above every HMM (the unigram) would squash the curves: it stays in the
+    # legend, marked "above"
+    top = 1.1 * max(models + [b.perplexity[split] for b in baselines
+                              if b.perplexity[split] <= 2 * max(models)])
     for b, style in zip(baselines, (":", "--", "-."), strict=False):
-        ax.axhline(b.perplexity[split], color="grey", linestyle=style, linewidth=1,
-                   label=f"{b.name} ({b.perplexity[split]:.0f})")
+        value = b.perplexity[split]
+        ax.axhline(value, color="grey", linestyle=style, linewidth=1,
+                   label=f"{b.name} ({value:.0f}{', above' if value > top else ''})")
+    ax.set_ylim(0.95 * min(models + [b.perplexity[split] for b in baselines]), top)
     ax.set_xscale("log", base=2)
     sizes = sorted({r.num_states for r in rows})
     ax.set_xticks(sizes, [str(h) for h in sizes])
