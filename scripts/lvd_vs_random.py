@@ -38,18 +38,18 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from hmmlvd.atomic import atomic_write_json
-from hmmlvd.cli import resolve_device
+from hmmlvd.cli import resolve_device, train_config_from
 from hmmlvd.data import TokenWindows, WikiText, load_wikitext
 from hmmlvd.errors import CheckpointError, HMMLVDError
 from hmmlvd.hmm import HMM, TrainConfig, sliding_perplexity, train
-from hmmlvd.hmm.train import TrainingInterrupted, TrainState, load_checkpoint, two_phase_schedule
+from hmmlvd.hmm.train import TrainingInterrupted, TrainState, load_checkpoint
 from hmmlvd.lvd.distill import (
     DEFAULT_CACHE,
     DEFAULT_LVD_WINDOWS,
@@ -84,11 +84,8 @@ class Row:
 
 # ----- settings and run folders ---------------------------------------------------------------
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(phases=two_phase_schedule(args.epochs, args.step_size,
-                                                 args.phase2_epochs, args.phase2_step_size,
-                                                 args.final_full_batch),
-                       batch_size=args.batch_size, pseudocount=args.pseudocount, seed=args.seed,
-                       checkpoint_every=args.checkpoint_every, keep_checkpoints=1)
+    """The CLI's EM settings from the same flags (mini-batch phases; one checkpoint kept)."""
+    return replace(train_config_from(args), keep_checkpoints=1)
 
 
 def lvd_settings(args: argparse.Namespace) -> LVDSettings:
@@ -341,6 +338,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--write", type=Path, default=None,
                    help="also record the table in this markdown file (e.g. docs/results.md)")
     args = p.parse_args(argv)
+    args.full_batch = False  # every phase but --final-full-batch is mini-batch
     if args.max_windows < 0 or args.lvd_windows < 1:
         p.error("--max-windows must be >= 0 and --lvd-windows >= 1")
     args.device = resolve_device(args.device)
