@@ -33,13 +33,14 @@ from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.hmm.checkpoint import read_config
+from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.eval import sliding_perplexity, window_perplexity
-from hmmlvd.hmm.model import HMM, HMMConfig
+from hmmlvd.hmm.model import HMM
+from hmmlvd.hmm.resume import load_checkpoint
 from hmmlvd.hmm.train import (
     TrainConfig,
     TrainingInterrupted,
     TrainState,
-    load_checkpoint,
     train,
     two_phase_schedule,
 )
@@ -374,7 +375,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_lvd(args: argparse.Namespace) -> None:
-    from hmmlvd.lvd.distill import DEFAULT_CACHE, LVDSettings, lvd_subset, run_lvd
+    from hmmlvd.lvd.text.distill import DEFAULT_CACHE, LVDSettings, lvd_subset, run_lvd
 
     cache_dir = args.cache_dir or DEFAULT_CACHE
     if distributed.is_main():  # before any work: a file, or a folder that cannot be written

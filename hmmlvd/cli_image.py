@@ -7,10 +7,10 @@
     hmmlvd image sample --model runs/hclt16 --out runs/hclt16/samples.png
     hmmlvd image inpaint --model runs/hclt16 --mask bottom --out runs/hclt16/inpaint.png
 
-Models: the baselines of ``hmmlvd.pc.image_models`` (``hclt``, ``pd``, ``rat``) and image LVD
-(``lvd``; its flags, the fields of ``hmmlvd.lvd.image.PatchLVDConfig``, are listed by
+Models: the baselines of ``hmmlvd.image.baselines`` (``hclt``, ``pd``, ``rat``) and image LVD
+(``lvd``; its flags, the fields of ``hmmlvd.lvd.image.train.PatchLVDConfig``, are listed by
 ``hmmlvd image train --model lvd --help``). Everything is done by the library
-(:mod:`hmmlvd.pc.image_pipeline`, :mod:`hmmlvd.pc.image_grids`); ``scripts/image_bpd.py``
+(:mod:`hmmlvd.image_pipeline`, :mod:`hmmlvd.image.grids`); ``scripts/image_bpd.py``
 reuses the flag definitions below. :func:`hmmlvd.cli.main` routes ``hmmlvd image ...`` here
 (:func:`parse_image_args`), resolves ``--device`` and reports errors in one line
 (``hmmlvd image: error: ...``).
@@ -32,18 +32,18 @@ import torch
 from hmmlvd.atomic import atomic_write_json
 from hmmlvd.data.images import ImageData, load_images
 from hmmlvd.errors import DataError, HMMLVDError
-from hmmlvd.outdir import output_folder
-from hmmlvd.pc.em import EMConfig
-from hmmlvd.pc.image_grids import MASKS
-from hmmlvd.pc.image_models import StructureConfig
-from hmmlvd.pc.image_pipeline import (
+from hmmlvd.image.baselines import StructureConfig
+from hmmlvd.image.grids import MASKS
+from hmmlvd.image_pipeline import (
     LVD_SHARED,
     MODELS,
     load_image_model,
     save_image_model,
     train_image_model,
 )
-from hmmlvd.pc.image_pipeline import image_bpd as bits_per_dim
+from hmmlvd.image_pipeline import image_bpd as bits_per_dim
+from hmmlvd.outdir import output_folder
+from hmmlvd.pc.em import EMConfig
 
 DATASETS = ("mnist", "cifar10")
 SPLITS = ("train", "valid", "test")
@@ -63,7 +63,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pseudocount", type=float, default=0.01,
                    help="M-step pseudocount (default 0.01)")
     p.add_argument("--seed", type=int, default=0, help="seeds parameters, RAT trees, EM order")
-    structure = p.add_argument_group("baseline structures (hmmlvd.pc.image_models)")
+    structure = p.add_argument_group("baseline structures (hmmlvd.image.baselines)")
     structure.add_argument("--delta", type=int, default=None,
                            help="PD split step (default min(H, W) // 4: 7 on 28x28)")
     structure.add_argument("--depth", type=int, default=None,
@@ -90,7 +90,7 @@ def add_data_flags(p: argparse.ArgumentParser, dataset_default: str | None = "mn
 
 def lvd_fields() -> list[dataclasses.Field]:
     """The fields of PatchLVDConfig (imported here: hmmlvd.lvd loads transformers)."""
-    from hmmlvd.lvd.image import PatchLVDConfig
+    from hmmlvd.lvd.image.train import PatchLVDConfig
 
     return list(dataclasses.fields(PatchLVDConfig))
 
@@ -324,7 +324,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     """Save a G x G grid of samples."""
-    from hmmlvd.pc.image_grids import save_samples  # matplotlib
+    from hmmlvd.image.grids import save_samples  # matplotlib
 
     _prepare(args)
     model, record, _ = _load(args)
@@ -335,7 +335,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_inpaint(args: argparse.Namespace) -> None:
     """Save a grid of ``--mask`` inpaintings of the first ``--num-images`` of a split."""
-    from hmmlvd.pc.image_grids import save_inpaintings  # matplotlib
+    from hmmlvd.image.grids import save_inpaintings  # matplotlib
 
     _prepare(args)
     model, record, dataset = _load(args)

@@ -22,6 +22,10 @@ H = 64..1536, V = 100..50,000, B = 16..16,384, T = 32; the estimate of the total
 about 1.5x of the measured peak (``tests/test_memory.py`` re-measures one size). On CUDA the
 same tensors are allocated (through the caching allocator), so the same estimate is used.
 
+Circuits and patch circuits: :func:`check_parameter_floats` checks an upper bound on the
+parameters a saved model's config asks for (``INIT_COPIES`` float32 copies alive while they are
+initialised) before anything of that size is built.
+
 Set ``HMMLVD_SKIP_MEMORY_CHECK=1`` to skip the checks (e.g. when swap or unified memory is
 meant to absorb the difference).
 """
@@ -29,16 +33,17 @@ meant to absorb the difference).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from hmmlvd.errors import InsufficientMemoryError
+from hmmlvd.errors import InsufficientMemoryError, ParameterError
 
 if TYPE_CHECKING:  # hmmlvd.hmm imports this module: no runtime import of it here
-    from hmmlvd.hmm.model import HMMConfig
+    from hmmlvd.hmm.config import HMMConfig
 
 SKIP_ENV = "HMMLVD_SKIP_MEMORY_CHECK"
 FLOAT32 = 4
@@ -48,6 +53,7 @@ INDEX_BYTES_PER_TOKEN = 64  # int64 token/row indices and [B, T] scalars per tok
 TRANSITION_COPIES = {False: 3, True: 2}  # [T-1, H, H]-sized tensors at the peak, by homogeneous
 MLE_INDEX_BYTES_PER_TOKEN = 48
 SAMPLE_COPIES = 3  # [N, H]- and [N, V]-sized float32 tensors alive in one sampling step
+INIT_COPIES = 3  # float32 copies of a parameter tensor alive while it is initialised
 
 
 @dataclass(frozen=True)
@@ -275,3 +281,19 @@ def check_sampling(config: HMMConfig, num_samples: int, device: str | torch.devi
             f"{_label(device)} has {format_bytes(available)} available. Ask for fewer samples "
             f"(or set {SKIP_ENV}=1 to skip this check)")
     return estimate
+
+
+def check_parameter_floats(floats: int, sizes: Mapping[str, object]) -> None:
+    """:class:`ParameterError` when building ``floats`` float32 parameters (``INIT_COPIES``
+    copies of each alive while it is initialised on the CPU) needs more memory than this
+    machine has available, naming the ``sizes`` (settings) that ask for them: a saved model's
+    config is checked with this before anything of its size is built (a damaged config, or a
+    model for a larger machine). ``HMMLVD_SKIP_MEMORY_CHECK`` skips."""
+    needed = INIT_COPIES * FLOAT32 * floats
+    available = None if skipped() else available_bytes("cpu")
+    if available is not None and needed > available:
+        named = ", ".join(f"{k}={v!r:.24}" for k, v in sizes.items())
+        raise ParameterError(f"its settings ({named}) ask for about {format_bytes(needed)} to "
+                             f"build the parameters; this machine has "
+                             f"{format_bytes(available)} available: the config is damaged, or "
+                             "the model needs a larger machine")

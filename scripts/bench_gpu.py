@@ -42,8 +42,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_hmm import (  # a sibling script, not a package
+from hmmlvd.bench import (
     matmul_rate,
     median_seconds,
     peak_memory,
@@ -54,9 +53,9 @@ from bench_hmm import (  # a sibling script, not a package
     time_em_step,
     time_forward,
 )
-
+from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.em import expected_counts
-from hmmlvd.hmm.model import HMM, HMMConfig
+from hmmlvd.hmm.model import HMM
 from hmmlvd.report import bench_device, device_name, provenance, write_section
 
 SECTION = "bench_gpu"

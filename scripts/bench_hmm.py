@@ -38,11 +38,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,7 +48,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hmmlvd.hmm.em import ExpectedCounts, ScaledEmission, expected_counts, maximize
+from hmmlvd.bench import (
+    matmul_rate,
+    median_seconds,
+    peak_memory,
+    percent,
+    random_windows,
+    si,
+    time_em_step,
+    time_forward,
+)
 from hmmlvd.hmm.model import HMM
 from hmmlvd.report import bench_device, device_name, provenance, write_section
 
@@ -121,97 +127,6 @@ class SizeResult:
         if self.hmmlearn_seconds is None:
             return None
         return self.hmmlearn_windows * self.length / self.hmmlearn_seconds
-
-
-# ----- timing -------------------------------------------------------------------------------
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels on cuda; nothing on cpu."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int,
-                   warmup: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def matmul_rate(m: int, k: int, n: int, count: int, device: torch.device, repeats: int,
-                warmup: int, dtype: torch.dtype = torch.float32) -> float:
-    """FLOP/s of ``count`` back-to-back [m,k] x [k,n] matmuls in ``dtype`` (default float32)."""
-    a = torch.rand(m, k, device=device, dtype=dtype)
-    b = torch.rand(k, n, device=device, dtype=dtype)
-    out = torch.empty(m, n, device=device, dtype=dtype)
-
-    def run() -> None:
-        for _ in range(count):
-            torch.mm(a, b, out=out)
-
-    seconds = median_seconds(run, device, repeats, warmup)
-    return 2.0 * m * k * n * count / seconds
-
-
-def peak_memory(device: torch.device) -> int:
-    """Peak bytes: allocated on cuda since the last reset, else the process' peak RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-# ----- the model ----------------------------------------------------------------------------
-def random_windows(batch_size: int, length: int, vocab_size: int, seed: int) -> torch.Tensor:
-    """Seeded uniform random token windows [B, T] (int64, on cpu)."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab_size, (batch_size, length), generator=gen)
-
-
-def time_forward(hmm: HMM, x: torch.Tensor, repeats: int, warmup: int) -> float:
-    """Median seconds of ``hmm.log_likelihood(x)``."""
-    return median_seconds(lambda: hmm.log_likelihood(x), hmm.device, repeats, warmup)
-
-
-def time_em_step(hmm: HMM, x: torch.Tensor, repeats: int, warmup: int, step_size: float,
-                 pseudocount: float, dense: bool = False) -> float:
-    """Median seconds of one mini-batch EM step (E-step + M-step; updates ``hmm`` in place):
-    with the emission table held scaled across steps as ``train`` does, or (``dense``) with
-    the dense M-step that rewrites the whole table."""
-    scaled = ScaledEmission(hmm)
-
-    def step() -> None:
-        if dense:
-            dense_maximize(hmm, expected_counts(hmm, x), step_size, pseudocount)
-        else:
-            maximize(hmm, expected_counts(hmm, x, scaled), step_size, pseudocount, scaled)
-
-    seconds = median_seconds(step, hmm.device, repeats, warmup)
-    scaled.materialise()
-    return seconds
-
-
-@torch.no_grad()
-def dense_maximize(hmm: HMM, counts: ExpectedCounts, step_size: float,
-                   pseudocount: float) -> None:
-    """The M-step as it was before :class:`ScaledEmission`: the same update, with the
-    emission part as a dense scale-and-shift of the whole [P_B, V, H] table every batch
-    (``lerp_``) plus the sparse add. Kept only as this benchmark's "before"."""
-    a, c = step_size, pseudocount
-    for theta, table in ((hmm.initial, counts.initial + c), (hmm.transition,
-                                                             counts.transition + c)):
-        theta.lerp_(table / table.sum(-1, keepdim=True), a)
-    norm = counts.state_totals + hmm.vocab_size * c  # [P_B, H]
-    hmm.emission.lerp_((c / norm).unsqueeze(1), a)  # the pass over the whole table
-    row_scale = (a / norm).index_select(0, counts.emission_rows // hmm.vocab_size)
-    hmm.emission.view(-1, hmm.num_states).index_add_(
-        0, counts.emission_rows, counts.emission_values * row_scale)
 
 
 # ----- hmmlearn -----------------------------------------------------------------------------
@@ -284,22 +199,6 @@ def bench_size(num_states: int, args: argparse.Namespace, x: torch.Tensor,
 
 
 # ----- report -------------------------------------------------------------------------------
-def si(value: float | None, unit: str = "") -> str:
-    """1.23e9 -> '1.23 G' (+ unit); None -> '-'."""
-    if value is None:
-        return "-"
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g} {prefix}{unit}"
-    return f"{value:.3g} {unit}".rstrip()
-
-
-def percent(fraction: float) -> str:
-    """0.4213 -> '42%', 0.0123 -> '1.2%'."""
-    value = 100 * fraction
-    return f"{value:.0f}%" if value >= 10 else f"{value:.2g}%"
-
-
 def header_line(args: argparse.Namespace, rate: float) -> str:
     """Device, torch version, threads, sizes and the matmul rate."""
     return (f"device: {args.device} ({device_name(args.device)}) | torch {torch.__version__} | "

@@ -25,14 +25,14 @@ import torch
 
 from hmmlvd.cli import resolve_device
 from hmmlvd.data import TokenWindows, Vocabulary, load_wikitext
-from hmmlvd.lvd.encoder import (
+from hmmlvd.lvd.text.encoder import (
     ENCODER_DTYPE_NAMES,
     Encoder,
     load_encoder,
     resolve_encoder_dtype,
     word_to_text,
 )
-from hmmlvd.lvd.suffix import (
+from hmmlvd.lvd.text.suffix import (
     DEFAULT_MAX_PIECES,
     PieceTable,
     build_piece_table,
@@ -79,7 +79,7 @@ def _sync(encoder: Encoder) -> None:
 def suffixes_per_second(encoder: Encoder, windows: torch.Tensor, table: PieceTable,
                         embed: Embedder, batch_size: int, repeats: int = 1) -> float:
     """Suffix embeddings per second of ``embed`` over ``windows`` [N, T], in batches of windows
-    of similar token counts (as :func:`hmmlvd.lvd.suffix.embed_windows` runs them); the best
+    of similar token counts (as :func:`hmmlvd.lvd.text.suffix.embed_windows` runs them); the best
     of ``repeats`` timed passes after a warm-up (the CPU may be shared)."""
     batches = length_sorted_batches(windows, table, batch_size)
     embed(encoder, windows[batches[0][:2]], table)  # warm-up

@@ -54,18 +54,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hmmlvd.bench import matmul_rate, median_seconds, percent, si, synchronize
 from hmmlvd.errors import DataError
 from hmmlvd.pc import Circuit, chow_liu_tree, em_step, hclt_region_graph, poon_domingos
 from hmmlvd.pc.layers import EinsumLayer, HadamardLayer
 from hmmlvd.pc.structures import RegionGraph, tree_centre
 from hmmlvd.report import bench_device, device_name, provenance, write_section
-
-# The timing helpers of the HMM benchmark, imported from its file next to this one (scripts/ is
-# not a package; it is on sys.path when this file runs as a script, not when a test loads it).
-_SCRIPTS = str(Path(__file__).resolve().parent)
-if _SCRIPTS not in sys.path:
-    sys.path.insert(0, _SCRIPTS)
-from bench_hmm import matmul_rate, median_seconds, percent, si, synchronize  # noqa: E402
 
 SECTION = "bench_pc"
 SQUARE_SIZE = 2048

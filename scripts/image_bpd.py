@@ -1,6 +1,6 @@
 """Train one image model with mini-batch EM and report its bits per dimension.
 
-Models: the baselines of ``hmmlvd.pc.image_models`` (``hclt``, ``pd``, ``rat``: structure
+Models: the baselines of ``hmmlvd.image.baselines`` (``hclt``, ``pd``, ``rat``: structure
 learned or fixed, random parameters, then ``fit``: EM) and ``lvd`` (``train_patch_lvd``: patch
 latents distilled from patch features, sub-circuits and top circuit fitted to them, then the
 whole circuit finetuned by EM). Every model has K = ``--size`` units per region (for ``lvd``:
@@ -19,14 +19,14 @@ training images (the train split is already shuffled), evaluated on the valid an
 
 Choose settings on the valid bpd only; the test bpd is reported, never tuned on.
 
-LVD flags map 1:1 to the fields of ``hmmlvd.lvd.image.PatchLVDConfig`` (``--patch``,
+LVD flags map 1:1 to the fields of ``hmmlvd.lvd.image.train.PatchLVDConfig`` (``--patch``,
 ``--num-latents``, ``--top-units``, ``--featuriser``, ...; listed by ``--model lvd --help``),
 except the fields set by shared flags: ``sub_units`` = ``--size``, ``stage_c_epochs`` (EM
 finetuning on pixels, what the baselines get) = ``--epochs``, and ``batch_size``,
 ``step_size``, ``pseudocount``, ``tree_bins``, ``seed`` = the flags of those names.
 
 This script is a thin caller of the library that ``hmmlvd image`` runs
-(``hmmlvd.pc.image_pipeline``, ``hmmlvd.pc.image_grids``) and shares its flag definitions
+(``hmmlvd.image_pipeline``, ``hmmlvd.image.grids``) and shares its flag definitions
 (``hmmlvd.cli_image``); it adds the results.jsonl record that ``scripts/image_sweep.py`` reads.
 
 Run::
@@ -61,15 +61,15 @@ from hmmlvd.cli_image import (
 from hmmlvd.cli_image import load_data as load_flagged_data
 from hmmlvd.data.images import ImageData
 from hmmlvd.errors import DataError, HMMLVDError
-from hmmlvd.pc.image_grids import save_inpaintings, save_samples
-from hmmlvd.pc.image_pipeline import (
+from hmmlvd.image.grids import save_inpaintings, save_samples
+from hmmlvd.image_pipeline import (
     MODELS,
     image_bpd,
     load_image_model,
     save_image_model,
     train_image_model,
 )
-from hmmlvd.pc.image_pipeline import lvd_config as pipeline_lvd_config
+from hmmlvd.image_pipeline import lvd_config as pipeline_lvd_config
 
 __all__ = ["DATASETS", "MODELS", "jsonable", "load_data", "load_model", "lvd_config", "main",
            "model_folder", "parse_args", "run", "save_inpaintings", "save_samples"]

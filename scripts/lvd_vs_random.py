@@ -49,8 +49,9 @@ from hmmlvd.cli import resolve_device, train_config_from
 from hmmlvd.data import TokenWindows, WikiText, load_wikitext
 from hmmlvd.errors import CheckpointError, HMMLVDError
 from hmmlvd.hmm import HMM, TrainConfig, sliding_perplexity, train
-from hmmlvd.hmm.train import TrainingInterrupted, TrainState, load_checkpoint
-from hmmlvd.lvd.distill import (
+from hmmlvd.hmm.resume import load_checkpoint
+from hmmlvd.hmm.train import TrainingInterrupted, TrainState
+from hmmlvd.lvd.text.distill import (
     DEFAULT_CACHE,
     DEFAULT_LVD_WINDOWS,
     LVDSettings,
@@ -58,7 +59,7 @@ from hmmlvd.lvd.distill import (
     lvd_subset,
     run_lvd,
 )
-from hmmlvd.lvd.encoder import resolve_encoder_dtype
+from hmmlvd.lvd.text.encoder import resolve_encoder_dtype
 from hmmlvd.ngram import BaselineRow, baseline_perplexities
 from hmmlvd.outdir import output_folder
 from hmmlvd.report import provenance, write_section

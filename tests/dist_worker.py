@@ -26,7 +26,15 @@ from safetensors.torch import save_file
 from hmmlvd import HMM, distributed
 from hmmlvd.cli import main as main_cli
 from hmmlvd.data import TokenWindows
-from hmmlvd.hmm import Phase, TrainConfig, expected_counts, load_checkpoint, maximize, train
+from hmmlvd.hmm import (
+    Phase,
+    TrainConfig,
+    expected_counts,
+    load_checkpoint,
+    maximize,
+    parallel,
+    train,
+)
 
 H, V, T = 8, 50, 6
 NUM_WINDOWS = 257  # 4 batches of 64 and a last batch of 1 window: rank 1's shard is empty
@@ -119,7 +127,7 @@ def reduction_modes(rank: int, tmp: Path, _: str) -> None:
     maximize(reference, whole, 0.7)
     for form in ("rows", "dense", "auto"):
         hmm = model()
-        counts = distributed.all_reduce_counts(distributed.local_expected_counts(hmm, x), hmm,
+        counts = parallel.all_reduce_counts(parallel.local_expected_counts(hmm, x), hmm,
                                                emission=form)
         assert counts.num_windows == 100
         assert abs(counts.log_likelihood - whole.log_likelihood) < 1e-3

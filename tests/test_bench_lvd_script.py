@@ -8,7 +8,7 @@ from lvd_tiny import build_tiny_bert, tiny_vocab, write_tiny_wikitext
 from script_loading import load_script
 
 from hmmlvd.lvd import load_encoder
-from hmmlvd.lvd.suffix import build_piece_table
+from hmmlvd.lvd.text.suffix import build_piece_table
 
 
 def test_script_prints_rows_and_writes_section(tmp_path, capsys, monkeypatch):

@@ -154,7 +154,8 @@ def test_pickle_is_never_loaded(saved, tmp_path, monkeypatch):
     calls pickle or torch.load at all."""
     import pickle
 
-    from hmmlvd.hmm.train import TrainConfig, TrainState, load_checkpoint, save_checkpoint
+    from hmmlvd.hmm.resume import load_checkpoint
+    from hmmlvd.hmm.train import TrainConfig, TrainState, save_checkpoint
 
     folder, hmm = saved
     marker = tmp_path / "marker"

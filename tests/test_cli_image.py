@@ -13,8 +13,9 @@ from script_loading import load_script
 from synthetic_mnist import write_mnist
 
 from hmmlvd.cli import main
-from hmmlvd.pc import Circuit, PatchCircuit, poon_domingos
-from hmmlvd.pc.image_pipeline import IMAGE_FILE, load_image_model, save_image_model
+from hmmlvd.image import PatchCircuit
+from hmmlvd.image_pipeline import IMAGE_FILE, load_image_model, save_image_model
+from hmmlvd.pc import Circuit, poon_domingos
 
 TINY = ["--train-size", "200", "--eval-size", "100", "--epochs", "1", "--batch-size", "100",
         "--tree-images", "200", "--repetitions", "2", "--device", "cpu", "--quiet"]
@@ -106,6 +107,9 @@ def test_image_bpd_script_saves_what_the_cli_reads(mnist_dir, tmp_path, capsys, 
 
 def test_missing_model_folder_is_one_line(tmp_path, capsys):
     assert main(["image", "eval", "--model", str(tmp_path / "none")]) == 2
+    assert f"image model folder {tmp_path / 'none'} does not exist" in one_line_error(capsys)
+    (tmp_path / "empty").mkdir()
+    assert main(["image", "eval", "--model", str(tmp_path / "empty")]) == 2
     assert "config.json is missing" in one_line_error(capsys)
 
 

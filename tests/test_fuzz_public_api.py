@@ -33,8 +33,9 @@ from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import CheckpointError, DataError, HMMLVDError, ParameterError
 from hmmlvd.hmm import HMM, HMMConfig, Phase, TrainConfig, train
 from hmmlvd.hmm.em import expected_counts, maximize
-from hmmlvd.hmm.init import mle_from_labels
-from hmmlvd.hmm.train import load_checkpoint, save_checkpoint
+from hmmlvd.hmm.model import mle_from_labels
+from hmmlvd.hmm.resume import load_checkpoint
+from hmmlvd.hmm.train import save_checkpoint
 
 # No shrink phase: a failing property stays fast (the minimal inputs are pinned below as
 # test_finding_*), and a passing run is unaffected.
@@ -823,7 +824,7 @@ def test_finding_F6_expected_counts_impossible_window_gives_nan():
     without complaint. Now a DataError names the window, before any counts exist."""
     hmm = _tiny_sparse_hmm(1)
     with pytest.raises(DataError, match=re.escape(
-            "windows [0] have probability 0 under the model, so they have no expected counts; "
+            "windows [0] have probability 0 under the model, so EM cannot assign them; "
             "train with a pseudocount > 0")):
         expected_counts(hmm, torch.tensor([[1]]))
     assert_valid_model(hmm)
@@ -881,7 +882,7 @@ def test_finding_F13_from_pretrained_bad_vocab_is_not_checkpoint_error(content, 
     """F13: a truncated (empty) vocab.txt made from_pretrained raise DataError('vocabulary is
     empty'), and a vocab.txt with invalid UTF-8 (one flipped bit is enough) a bare
     UnicodeDecodeError (vocab.py Vocabulary.load): Vocabulary.load sat outside the try in
-    checkpoint.load_hmm. Now each is a CheckpointError naming the problem."""
+    HMM.from_pretrained. Now each is a CheckpointError naming the problem."""
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d) / "model"
         shutil.copytree(_SAVED / "model", folder)

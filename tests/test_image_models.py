@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hmmlvd.errors import DataError, ParameterError
-from hmmlvd.pc.image_models import (
+from hmmlvd.image.baselines import (
     BASELINES,
     baseline_graph,
     build_baseline,

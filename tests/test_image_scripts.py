@@ -12,7 +12,8 @@ import pytest
 from script_loading import load_script
 from synthetic_mnist import write_mnist
 
-from hmmlvd.pc import load_circuit, load_patch_circuit
+from hmmlvd.image import load_patch_circuit
+from hmmlvd.pc import load_circuit
 
 TINY = ["--train-size", "200", "--eval-size", "100", "--epochs", "1", "--batch-size", "100",
         "--tree-images", "200", "--repetitions", "2", "--quiet", "--device", "cpu"]

@@ -18,11 +18,11 @@ from hmmlvd.data import TokenWindows, load_wikitext
 from hmmlvd.errors import DataError, HMMLVDError
 from hmmlvd.hmm import HMMConfig, Phase, TrainConfig, mle_from_labels
 from hmmlvd.hmm.train import train
-from hmmlvd.lvd import suffix
-from hmmlvd.lvd.distill import LVDSettings, distill, embed, lvd_subset, run_lvd
+from hmmlvd.lvd.text import suffix
+from hmmlvd.lvd.text.distill import LVDSettings, distill, embed, lvd_subset, run_lvd
 
 LENGTH = 5
-distill_module = importlib.import_module("hmmlvd.lvd.distill")  # the name `distill` is the function
+distill_module = importlib.import_module("hmmlvd.lvd.text.distill")  # `distill`: the function
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from lvd_tiny import build_tiny_bert
 
 from hmmlvd.errors import EncoderError, HMMLVDError
 from hmmlvd.lvd import Encoder, load_encoder, word_to_text
-from hmmlvd.lvd import encoder as encoder_module
-from hmmlvd.lvd.encoder import PACKAGED_ENCODER, PACKAGED_MODULE, check_tokenizer
+from hmmlvd.lvd.text import encoder as encoder_module
+from hmmlvd.lvd.text.encoder import PACKAGED_ENCODER, PACKAGED_MODULE, check_tokenizer
 
 HAVE_MINILM = importlib.util.find_spec(PACKAGED_MODULE) is not None
 

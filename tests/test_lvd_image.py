@@ -8,7 +8,7 @@ import torch
 
 from hmmlvd.data.images import flatten
 from hmmlvd.errors import DataError
-from hmmlvd.lvd.image import PatchLVDConfig, structures, train_patch_lvd
+from hmmlvd.lvd.image.train import PatchLVDConfig, structures, train_patch_lvd
 from hmmlvd.pc.structures import learn_hclt
 
 

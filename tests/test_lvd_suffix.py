@@ -4,6 +4,7 @@ on-disk cache is reused and resumes after a crash. A tiny random BERT; nothing d
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 
@@ -12,11 +13,13 @@ import pytest
 import torch
 from lvd_tiny import TINY_WORDS, build_tiny_bert, tiny_vocab
 
+from hmmlvd import persist
 from hmmlvd.data import TokenWindows, Vocabulary
 from hmmlvd.errors import DataError, EncoderError
 from hmmlvd.lvd import embed_windows, load_encoder, suffix_embeddings, word_to_text
-from hmmlvd.lvd.encoder import PACKAGED_MODULE
-from hmmlvd.lvd.suffix import (
+from hmmlvd.lvd.text import suffix
+from hmmlvd.lvd.text.encoder import PACKAGED_MODULE
+from hmmlvd.lvd.text.suffix import (
     PieceTable,
     additive_mask,
     build_piece_table,
@@ -394,6 +397,19 @@ def test_cache_key_changes_with_inputs(tmp_path, tiny_dir, encoder, vocab, corpu
     }
     assert base not in variants.values()
     assert len(set(variants.values())) == len(variants)
+
+
+def test_cache_key_is_the_one_earlier_versions_used(tmp_path, encoder, vocab, corpus):
+    """The folder name is persist.cache_key of the inputs, equal to the expression the cache
+    used before hmmlvd.persist, so existing caches are still found."""
+    windows = TokenWindows(corpus, 4, max_windows=5, seed=0)
+    entry = suffix.cache_key(encoder, windows, build_piece_table(vocab, encoder.tokenizer),
+                             "masked")
+    inputs = {k: v for k, v in entry.items() if k != "key"}
+    old = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
+    assert entry["key"] == old == persist.cache_key(inputs)
+    embed_windows(encoder, windows, vocab, tmp_path, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == [old]
 
 
 # ----- the packaged MiniLM ------------------------------------------------------------------

@@ -7,11 +7,14 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
+from hmmlvd.atomic import atomic_write_json
 from hmmlvd.errors import CheckpointError, DataError, ParameterError
-from hmmlvd.lvd.image import group_batches
-from hmmlvd.pc.checkpoint import load_circuit, load_patch_circuit, save_patch_circuit
-from hmmlvd.pc.patch_circuit import PatchCircuit, disjoint_union
+from hmmlvd.image import load_patch_circuit, load_pretrained, save_patch_circuit
+from hmmlvd.image.patch_circuit import PatchCircuit, disjoint_union
+from hmmlvd.lvd.image.train import group_batches
+from hmmlvd.pc import load_circuit
 from hmmlvd.pc.structures import hclt_region_graph, poon_domingos, random_binary_trees
 
 
@@ -188,6 +191,35 @@ def test_save_and_load_round_trip(tmp_path, tie):
     (tmp_path / "lvd" / "model.safetensors").write_bytes(b"truncated")
     with pytest.raises(CheckpointError, match="unreadable or truncated"):
         load_patch_circuit(tmp_path / "lvd")
+
+
+def test_files_are_those_of_earlier_versions(tmp_path):
+    """A patch circuit saved as hmmlvd.pc.checkpoint wrote it before hmmlvd.persist (spelled
+    out here): the same bytes, and such a folder loads."""
+    model = build(seed=3, tie=True)
+    old = tmp_path / "old"
+    old.mkdir()
+    save_file({name: p.detach().contiguous() for name, p in model.named_parameters()},
+              str(old / "model.safetensors"))
+
+    def graph_dict(graph):
+        return {"num_variables": graph.num_variables,
+                "regions": [list(r) for r in graph.regions],
+                "partitions": [[list(p.parent), [list(c) for c in p.children]]
+                               for p in graph.partitions]}
+
+    atomic_write_json(old / "config.json", {
+        "format_version": 1, "model_type": "patch_circuit", "settings": {
+            "image_shape": [2, 4, 1], "patch": 2, "num_latents": 3, "sub_units": 2,
+            "top_units": 2, "num_categories": 2, "tie_inputs": True},
+        "sub_graphs": [graph_dict(g) for g in model.sub_graphs],
+        "top_graph": graph_dict(model.top.graph)})
+    model.save_pretrained(tmp_path / "new")
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "new" / name).read_bytes() == (old / name).read_bytes()
+    x = all_images(8)
+    assert torch.equal(load_patch_circuit(old).log_likelihood(x), model.log_likelihood(x))
+    assert isinstance(load_pretrained(old), PatchCircuit)
 
 
 def test_tied_inputs_are_shared_over_latent_values():

@@ -1,4 +1,4 @@
-"""Patch features for image LVD (hmmlvd.lvd.patch_features): context windows against a
+"""Patch features for image LVD (hmmlvd.lvd.image.features): context windows against a
 per-patch loop, PCA against NumPy's SVD, patch latents recovering planted prototypes, errors."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ import pytest
 
 from hmmlvd.data.patches import split_patches
 from hmmlvd.errors import DataError, ParameterError
-from hmmlvd.lvd.patch_features import (
+from hmmlvd.lvd.image.features import (
     PatchFeaturiser,
     PCAFeaturiser,
     fit_patch_latents,
-    make_featuriser,
     patch_latents,
     patch_with_context,
 )
+from hmmlvd.lvd.image.featurisers import make_featuriser
 
 
 def random_images(n: int, h: int, w: int, c: int, seed: int = 0) -> np.ndarray:

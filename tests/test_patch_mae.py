@@ -1,16 +1,23 @@
-"""The patch masked autoencoder (hmmlvd.lvd.patch_mae): windows layout, masking hides the
+"""The patch masked autoencoder (hmmlvd.lvd.image.mae): windows layout, masking hides the
 masked pixels, training lowers the loss, features, determinism, the on-disk cache, errors."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from hmmlvd import persist
 from hmmlvd.errors import CheckpointError, DataError, ParameterError
-from hmmlvd.lvd import patch_mae
-from hmmlvd.lvd.patch_features import make_featuriser, patch_with_context
-from hmmlvd.lvd.patch_mae import MAEFeaturiser, PatchMAE, random_mask
+from hmmlvd.lvd.image import mae as patch_mae
+from hmmlvd.lvd.image.features import patch_with_context
+from hmmlvd.lvd.image.featurisers import make_featuriser
+from hmmlvd.lvd.image.mae import MAEFeaturiser, PatchMAE, random_mask
 
 
 def blocky_images(n: int, seed: int = 0) -> np.ndarray:
@@ -98,6 +105,40 @@ def test_corrupt_cache(tmp_path):
     (folder / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="delete it"):
         tiny(cache_dir=tmp_path).fit(images)
+
+
+def test_cache_folder_is_in_the_persist_format_under_the_old_key(tmp_path):
+    images = blocky_images(30)
+    tiny(cache_dir=tmp_path).fit(images)
+    (folder,) = tmp_path.iterdir()
+    config = persist.read_config(folder, "mae")
+    inputs = {k: config[k] for k in ("settings", "images")}
+    old_key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
+    assert folder.name == f"mae-{old_key}" == f"mae-{persist.cache_key(inputs)}"
+    assert set(persist.tensor_shapes(folder)) == set(PatchMAE(16, 16, 1, 4, 2, 8).state_dict())
+
+
+def test_cache_folder_of_the_old_format_is_refused_with_the_fix(tmp_path, monkeypatch):
+    """A folder written before hmmlvd.persist (same key; no format_version or model_type in
+    its config) is reported, naming the folder and the fix, without training; once deleted,
+    the next fit retrains and caches again."""
+    images = blocky_images(30)
+    first = tiny(cache_dir=tmp_path).fit(images)
+    (folder,) = tmp_path.iterdir()
+    path = folder / persist.CONFIG_FILE
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in config.items()
+                                if k not in ("format_version", "model_type")}))
+    trained = []
+    monkeypatch.setattr(patch_mae, "train_mae", lambda *a, **k: trained.append(1) or [0.0])
+    message = f"MAE cache {re.escape(str(folder))} .*delete it to retrain"
+    with pytest.raises(CheckpointError, match=message):
+        tiny(cache_dir=tmp_path).fit(images)
+    assert trained == []
+    shutil.rmtree(folder)
+    tiny(cache_dir=tmp_path).fit(images)
+    assert trained == [1] and persist.read_config(folder, "mae")["losses"] == [0.0]
+    assert first.losses != [0.0]
 
 
 def test_make_featuriser_mae():

@@ -1,5 +1,6 @@
-"""Saving and loading circuits (hmmlvd.pc.checkpoint): round trips for every input and product
-kind, and every damaged folder raises CheckpointError."""
+"""Saving and loading circuits (Circuit.save_pretrained / from_pretrained, in the format of
+hmmlvd.persist): round trips for every input and product kind, folders saved by the previous
+code still load, and every damaged folder raises CheckpointError."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hmmlvd.errors import CheckpointError
+from hmmlvd.atomic import atomic_write_json
+from hmmlvd.errors import CheckpointError, ParameterError
 from hmmlvd.pc import (
     Circuit,
     chow_liu_tree,
@@ -20,7 +22,8 @@ from hmmlvd.pc import (
     random_binary_trees,
     save_circuit,
 )
-from hmmlvd.pc.checkpoint import CONFIG_FILE, TENSORS_FILE, graph_from_dict, graph_to_dict
+from hmmlvd.pc.structures import RegionGraph
+from hmmlvd.persist import CONFIG_FILE, TENSORS_FILE
 
 
 def _hclt_graph():
@@ -56,7 +59,55 @@ def test_round_trip_gives_the_same_circuit(tmp_path, graph, product, kind):
 
 def test_graph_dict_round_trip():
     graph = poon_domingos(3, 3, delta=1)
-    assert graph_from_dict(json.loads(json.dumps(graph_to_dict(graph)))) == graph
+    assert RegionGraph.from_dict(json.loads(json.dumps(graph.to_dict()))) == graph
+
+
+def save_as_before(circuit: Circuit, folder) -> None:
+    """``circuit`` saved as hmmlvd.pc.checkpoint wrote it before hmmlvd.persist, spelled out
+    (the files on disk must not change)."""
+    folder.mkdir()
+    save_file({name: p.detach().contiguous() for name, p in circuit.named_parameters()},
+              str(folder / "model.safetensors"))
+    graph = circuit.graph
+    atomic_write_json(folder / "config.json", {
+        "format_version": 1, "model_type": "circuit", "settings": circuit.config.to_dict(),
+        "graph": {"num_variables": graph.num_variables,
+                  "regions": [list(r) for r in graph.regions],
+                  "partitions": [[list(p.parent), [list(c) for c in p.children]]
+                                 for p in graph.partitions]}})
+
+
+@pytest.mark.parametrize(("graph", "product", "kind"), CASES)
+def test_files_are_those_of_earlier_versions(tmp_path, graph, product, kind):
+    circuit = Circuit(graph(), 2, input=kind, num_categories=3, product=product, seed=4)
+    save_as_before(circuit, tmp_path / "old")
+    circuit.save_pretrained(tmp_path / "new")
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "new" / name).read_bytes() == (tmp_path / "old" / name).read_bytes()
+    loaded = load_circuit(tmp_path / "old")
+    assert loaded.graph == circuit.graph and loaded.config == circuit.config
+    x = _data(circuit)
+    assert torch.equal(loaded.log_likelihood(x), circuit.log_likelihood(x))
+
+
+@pytest.mark.parametrize(("graph", "message"), [
+    ([], "must be a JSON object"),
+    ({"num_variables": 2, "regions": [[0, 1]]}, r"needs the keys \['partitions'\]"),
+    ({"num_variables": 2, "regions": {}, "partitions": []}, "regions must be a list"),
+    ({"num_variables": 2, "regions": [[0, 1], [0], [1]], "partitions": [[[0, 1], [0], [1]]]},
+     r"must be \[parent, \[children\]\], got 3"),
+    ({"num_variables": 2, "regions": [[0, 1], [0], ["1"]], "partitions": []},
+     "a region's variable must be an integer"),
+    ({"num_variables": 2, "regions": [[0, 1], [0], [1.0]], "partitions": []},
+     "a region's variable must be an integer"),
+    ({"num_variables": 2, "regions": [[0, 1], [0], [1]], "partitions": [[[0, 1], 0]]},
+     "a partition's children must be a list"),
+    ({"num_variables": 2, "regions": [[0, 1], [0], [1]], "partitions": []},
+     "not reachable from the root"),
+])
+def test_malformed_graph_dicts_are_named(graph, message):
+    with pytest.raises(ParameterError, match=message):
+        RegionGraph.from_dict(graph)
 
 
 @pytest.fixture
@@ -96,7 +147,7 @@ def test_bad_config(saved, change):
 
 def test_config_not_json(saved):
     (saved / CONFIG_FILE).write_text("{not json")
-    with pytest.raises(CheckpointError, match="invalid"):
+    with pytest.raises(CheckpointError, match="not valid JSON"):
         load_circuit(saved)
 
 

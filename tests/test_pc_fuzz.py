@@ -550,8 +550,8 @@ def test_zero_probability_samples_in_em():
     x[:, leaf0] = torch.tensor([0, 1, 2, 1])
     before = copy.deepcopy(circuit)
     assert torch.isneginf(circuit.log_likelihood(x)[2])
-    refused = ("sample 2 has probability zero under the circuit, so EM cannot assign it; train "
-               "with a pseudocount > 0")
+    refused = ("samples [2] have probability 0 under the circuit, so EM cannot assign them; "
+               "train with a pseudocount > 0")
     with raises(DataError, refused):
         em_step(circuit, x, pseudocount=1.0)
     with raises(DataError, refused):
@@ -567,8 +567,8 @@ def test_zero_probability_samples_in_em():
         root_zero.root_sum.log_weight.fill_(-math.inf)
     with raises(ParameterError, "root sum is not normalised"):
         root_zero.check_parameters()
-    with raises(DataError, "sample 0 has probability zero under the circuit, so EM cannot "
-                           "assign it"):
+    with raises(DataError, "samples [0, 1, 2] have probability 0 under the circuit, so EM cannot "
+                           "assign them"):
         em_step(root_zero, valid_data("bernoulli"))
 
 

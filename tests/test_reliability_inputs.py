@@ -18,16 +18,15 @@ import torch
 from lvd_tiny import TINY_WORDS, build_tiny_bert, tiny_vocab
 from word_corpus import WORDS, write_word_corpus
 
-from hmmlvd import HMM
+from hmmlvd import HMM, persist
 from hmmlvd.cli import main
 from hmmlvd.data import TokenWindows, load_wikitext
 from hmmlvd.errors import CheckpointError, DataError, InsufficientMemoryError
 from hmmlvd.hmm import sliding_perplexity
 from hmmlvd.hmm.eval import window_perplexity
+from hmmlvd.image import PatchCircuit, load_patch_circuit, save_patch_circuit
 from hmmlvd.lvd import embed_windows, load_encoder
-from hmmlvd.pc import Circuit, PatchCircuit, load_circuit, poon_domingos, save_circuit
-from hmmlvd.pc import checkpoint as pc_checkpoint
-from hmmlvd.pc.checkpoint import load_patch_circuit, save_patch_circuit
+from hmmlvd.pc import Circuit, load_circuit, poon_domingos, save_circuit
 from hmmlvd.pc.structures import hclt_region_graph
 
 LENGTH = 6  # window length T of the CLI model
@@ -389,7 +388,7 @@ def saved_circuit(tmp_path) -> Path:
 
 
 def edit_config(folder: Path, edit) -> None:
-    path = folder / pc_checkpoint.CONFIG_FILE
+    path = folder / persist.CONFIG_FILE
     raw = json.loads(path.read_text())
     edit(raw)
     path.write_text(json.dumps(raw))
@@ -409,7 +408,7 @@ def test_oversized_circuit_config_is_refused_before_allocating(saved_circuit, ed
 
 
 def test_deeply_nested_circuit_config_is_refused(saved_circuit):
-    (saved_circuit / pc_checkpoint.CONFIG_FILE).write_text(
+    (saved_circuit / persist.CONFIG_FILE).write_text(
         '{"format_version": 1, "model_type": "circuit", "graph": ' + "[" * 100_000
         + "]" * 100_000 + "}")
     with pytest.raises(CheckpointError, match="nested"):
@@ -417,7 +416,7 @@ def test_deeply_nested_circuit_config_is_refused(saved_circuit):
 
 
 def test_circuit_config_larger_than_the_cap_is_not_read(saved_circuit, monkeypatch):
-    monkeypatch.setattr(pc_checkpoint, "MAX_CONFIG_BYTES", 100)
+    monkeypatch.setattr(persist, "MAX_CONFIG_BYTES", 100)
     with pytest.raises(CheckpointError, match="larger than"):
         load_circuit(saved_circuit)
 

@@ -16,11 +16,11 @@ import torch
 from hmmlvd.data import TokenWindows
 from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.hmm import HMM, Phase, TrainConfig, train
-from hmmlvd.pc import Circuit, PatchCircuit, fit_em, inpaint, poon_domingos, sample
-from hmmlvd.pc.checkpoint import load_pretrained
+from hmmlvd.image import PatchCircuit, load_pretrained
+from hmmlvd.image.patch_circuit import PatchCircuitConfig
+from hmmlvd.pc import Circuit, fit_em, inpaint, poon_domingos, sample
 from hmmlvd.pc.circuit import CircuitConfig
 from hmmlvd.pc.em import EMConfig, em_step
-from hmmlvd.pc.patch_circuit import PatchCircuitConfig
 from hmmlvd.pc.structures import hclt_region_graph
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from hmmlvd.em.batches import permutation
 from hmmlvd.errors import DataError
 from hmmlvd.validate import check_int
 
@@ -99,8 +100,7 @@ class TokenWindows:
         by ``seed``, so a resumed epoch can skip its first ``start_batch`` batches exactly."""
         batch_size = check_int(batch_size, "batch size", 1)
         start_batch = check_int(start_batch, "start_batch", 0)
-        order = (np.random.default_rng(seed).permutation(len(self)) if shuffle
-                 else np.arange(len(self)))
+        order = permutation(len(self), seed) if shuffle else np.arange(len(self))
         for b in range(start_batch, self.num_batches(batch_size)):
             yield self[order[b * batch_size:(b + 1) * batch_size]]
 

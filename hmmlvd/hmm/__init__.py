@@ -1,23 +1,29 @@
-"""Non-homogeneous hidden Markov models over token windows: parameters, forward algorithm,
-EM by autograd, initialisers, evaluation, sampling, checkpoints and training."""
+"""Non-homogeneous hidden Markov models over token windows.
 
+Modules, each above the ones it imports: ``config`` (sizes) -> ``forward`` (the scaled forward
+algorithm) -> ``init`` (random and closed-form MLE parameters), ``checkpoint`` (folders),
+``em`` (expected counts by autograd, M-step), ``parallel`` (their data-parallel reductions),
+``sample`` -> ``train`` (the EM loop) -> ``model`` (:class:`HMM` and its verbs) -> ``eval``
+(perplexities), ``resume`` (loading a training checkpoint)."""
+
+from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.em import CountAccumulator, ExpectedCounts, expected_counts, maximize
 from hmmlvd.hmm.eval import (
-           Perplexity,
-           sliding_perplexity,
-           sliding_token_log_probs,
-           window_perplexity,
+    Perplexity,
+    sliding_perplexity,
+    sliding_token_log_probs,
+    window_perplexity,
 )
 from hmmlvd.hmm.forward import ForwardResult, forward
-from hmmlvd.hmm.init import mle_from_labels, random_parameters
-from hmmlvd.hmm.model import HMM, HMMConfig
+from hmmlvd.hmm.init import mle_parameters, random_parameters
+from hmmlvd.hmm.model import HMM, mle_from_labels
+from hmmlvd.hmm.resume import load_checkpoint
 from hmmlvd.hmm.sample import sample
 from hmmlvd.hmm.train import (
     Phase,
     TrainConfig,
     TrainingInterrupted,
     TrainState,
-    load_checkpoint,
     save_checkpoint,
     train,
 )
@@ -25,5 +31,5 @@ from hmmlvd.hmm.train import (
 __all__ = ["HMM", "CountAccumulator", "ExpectedCounts", "ForwardResult", "HMMConfig",
            "Perplexity", "Phase", "TrainConfig", "TrainState", "TrainingInterrupted",
            "expected_counts", "forward", "load_checkpoint", "maximize", "mle_from_labels",
-           "random_parameters", "sample", "save_checkpoint", "sliding_perplexity",
-           "sliding_token_log_probs", "train", "window_perplexity"]
+           "mle_parameters", "random_parameters", "sample", "save_checkpoint",
+           "sliding_perplexity", "sliding_token_log_probs", "train", "window_perplexity"]

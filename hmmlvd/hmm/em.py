@@ -5,12 +5,10 @@ E-step: the expected count of every parameter over a batch is ``theta * d(sum lo
 :func:`~hmmlvd.hmm.forward.forward`. Emission counts stay sparse per batch: the gradient w.r.t.
 the gathered emissions [B, T, H] is one row of H counts per (position, token) occurrence.
 
-M-step: ``theta_new = normalise(counts + pseudocount)``, mixed into the model as
-``theta <- (1 - a) * theta + a * theta_new`` (a = 1 is the classic full M-step). A row (a
-distribution) whose counts are all zero keeps its values: the pseudocount smooths what the data
-reached and never pulls an unvisited state toward uniform — the same policy as the circuits'
-M-step (:func:`hmmlvd.pc.logspace.em_update`), so an HMM and its circuit (``from_hmm``) take
-the same EM step.
+M-step: the rule of :mod:`hmmlvd.em.rule`, shared with the circuits: ``theta_new =
+normalise(counts + pseudocount)``, mixed into the model as ``theta <- (1 - a) * theta + a *
+theta_new`` (a = 1 is the classic full M-step); a row (a distribution) whose counts are all zero
+keeps its values. So an HMM and its circuit (``from_hmm``) take the same EM step.
 
 For the emissions that update is ``e[p, w, h] <- alpha[p, h] * e[p, w, h] + beta[p, h]`` for
 every word (``alpha = 1 - a``, ``beta = a c / (N[p, h] + V c)``) plus a sparse add over the rows
@@ -24,13 +22,17 @@ reads it (checkpoints, evaluation, epoch ends).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from hmmlvd.em.rule import check_possible, mix_probabilities
 from hmmlvd.errors import DataError
 from hmmlvd.hmm.forward import forward
-from hmmlvd.hmm.model import HMM
 from hmmlvd.validate import check_pseudocount, check_step_size
+
+if TYPE_CHECKING:  # the HMM's verbs call this module; no runtime import of it here
+    from hmmlvd.hmm.model import HMM
 
 
 @dataclass
@@ -140,10 +142,7 @@ def expected_counts(hmm: HMM, x: torch.Tensor,
         log_lik = forward(initial, hmm.transitions_for(length, transition), emissions,
                           prefix_grads=False)
         per_window = log_lik.log_prefix[:, -1]
-        impossible = torch.isneginf(per_window).nonzero().flatten().tolist()
-        if impossible:
-            raise DataError(f"windows {impossible[:5]} have probability 0 under the model, so "
-                            "they have no expected counts; train with a pseudocount > 0")
+        check_possible(per_window, "windows")
         total = per_window.sum()
         g_init, g_trans, g_emit = torch.autograd.grad(
             total, (initial, transition, emissions), materialize_grads=True)  # T=1: no steps
@@ -200,8 +199,8 @@ def maximize(hmm: HMM, counts: ExpectedCounts, step_size: float = 1.0,
     if not all(torch.isfinite(t.sum()) for t in (counts.initial, counts.transition,
                                                   counts.emission_values)):
         raise DataError("expected counts contain NaN or infinite values")
-    _mix(hmm.initial, counts.initial.clone(), c, a)
-    _mix(hmm.transition, counts.transition.clone(), c, a)
+    hmm.initial.copy_(mix_probabilities(hmm.initial, counts.initial, (-1,), a, c))
+    hmm.transition.copy_(mix_probabilities(hmm.transition, counts.transition, (-1,), a, c))
     # emission[p, w, h] <- (1-a) emission + a (c + n[p, w, h]) / (N[p, h] + V c): a
     # scale-and-shift of every word plus a sparse add over the rows the batch touched. A state
     # without counts at a position keeps its distribution there (pseudocount or not).
@@ -212,16 +211,3 @@ def maximize(hmm: HMM, counts: ExpectedCounts, step_size: float = 1.0,
                   step / norm)
     if emission is None:
         scaled.materialise()
-
-
-def _mix(theta: torch.Tensor, counts: torch.Tensor, pseudocount: float,
-         step_size: float) -> None:
-    """theta <- (1 - a) theta + a (counts + c) / (counts + c).sum(-1), in place, for every row
-    that has counts; a row without counts keeps its values (the policy of every M-step in
-    hmmlvd, circuits included). ``counts`` is a temporary of the caller's and is overwritten
-    (no copy of its size)."""
-    seen = counts.sum(-1, keepdim=True)
-    step = step_size * (seen > 0)
-    total = seen + counts.shape[-1] * pseudocount
-    theta.mul_(1 - step).add_(counts.add_(pseudocount).mul_(
-        step / total.clamp_min(torch.finfo(total.dtype).tiny)))

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from hmmlvd.errors import DataError
-from hmmlvd.hmm.model import HMM, HMMConfig
+from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.memory import check_model
 from hmmlvd.validate import as_id_tensor, check_int, check_integer_dtype, check_pseudocount
 
@@ -29,10 +29,13 @@ def random_parameters(config: HMMConfig, seed: int = 0, device: str | torch.devi
     return initial.to(device), transition.to(device), emission.to(device)
 
 
-def mle_from_labels(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
-                    config: HMMConfig, pseudocount: float = 1e-3, chunk_size: int = 65536,
-                    device: str | torch.device = "cpu") -> HMM:
-    """Closed-form maximum-likelihood HMM from windows x [N, T] and their labels z [N, T]:
+def mle_parameters(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+                   config: HMMConfig, pseudocount: float = 1e-3, chunk_size: int = 65536,
+                   device: str | torch.device = "cpu"
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Closed-form maximum-likelihood parameters (initial [H], transition [P_A, H, H],
+    emission [P_B, V, H]) from windows x [N, T] and their labels z [N, T]
+    (:func:`hmmlvd.hmm.model.mle_from_labels` makes the HMM):
 
     initial[h] ∝ #(z_1 = h) + c,   transition[t, i, j] ∝ #(z_t = i, z_{t+1} = j) + c,
     emission[t, w, h] ∝ #(z_t = h, x_t = w) + c    (c = ``pseudocount``, counts per position;
@@ -80,10 +83,9 @@ def mle_from_labels(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np
     initial = init_c.add_(pseudocount)
     transition = trans_c.view(pa, h, h).add_(pseudocount)
     emission = emit_c.view(pb, v, h).add_(pseudocount)
-    return HMM(h, v, length, config.homogeneous, device=device,
-               initial=initial.div_(initial.sum()).float(),
-               transition=transition.div_(transition.sum(-1, keepdim=True)).float(),
-               emission=emission.div_(emission.sum(-2, keepdim=True)))
+    return (initial.div_(initial.sum()).float(),
+            transition.div_(transition.sum(-1, keepdim=True)).float(),
+            emission.div_(emission.sum(-2, keepdim=True)))
 
 
 def _id_array(array: object, what: str) -> torch.Tensor | np.ndarray:

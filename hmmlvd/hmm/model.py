@@ -16,56 +16,21 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.data.windows import TokenWindows
-from hmmlvd.errors import DataError, ParameterError
+from hmmlvd.errors import CheckpointError, DataError, ParameterError
+from hmmlvd.hmm import checkpoint
+from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.forward import ForwardResult, forward
+from hmmlvd.hmm.init import mle_parameters, random_parameters
+from hmmlvd.hmm.sample import sample as sample_windows
+from hmmlvd.hmm.train import TrainConfig, train
 from hmmlvd.validate import as_id_tensor, check_int
-
-if TYPE_CHECKING:
-    from hmmlvd.hmm.train import TrainConfig
-
-
-@dataclass(frozen=True)
-class HMMConfig:
-    """Sizes of an HMM: H hidden states, V words, windows of T tokens."""
-
-    num_states: int
-    vocab_size: int
-    length: int = 32
-    homogeneous: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("num_states", "vocab_size", "length"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ParameterError(f"{name} must be a positive integer, got {value!r}")
-
-    @property
-    def transition_positions(self) -> int:
-        """P_A: number of stored transition matrices."""
-        return 1 if self.homogeneous else self.length - 1
-
-    @property
-    def emission_positions(self) -> int:
-        """P_B: number of stored emission matrices."""
-        return 1 if self.homogeneous else self.length
-
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        """Expected shape of each parameter tensor."""
-        h, v = self.num_states, self.vocab_size
-        return {"initial": (h,), "transition": (self.transition_positions, h, h),
-                "emission": (self.emission_positions, v, h)}
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class HMM:
@@ -76,7 +41,7 @@ class HMM:
 
     The sklearn-like verbs ``fit`` / ``score`` / ``log_likelihood`` / ``sample`` (and
     ``save_pretrained`` / ``from_pretrained``) are the same on
-    :class:`~hmmlvd.pc.circuit.Circuit` and :class:`~hmmlvd.pc.patch_circuit.PatchCircuit`.
+    :class:`~hmmlvd.pc.circuit.Circuit` and :class:`~hmmlvd.image.patch_circuit.PatchCircuit`.
     """
 
     def __init__(self, num_states: int, vocab_size: int, length: int = 32,
@@ -89,8 +54,6 @@ class HMM:
         if any(given) and not all(given):
             raise ParameterError("pass all of initial, transition and emission, or none")
         if not any(given):
-            from hmmlvd.hmm.init import random_parameters
-
             initial, transition, emission = random_parameters(self.config, seed=seed,
                                                               device=device)
         self.initial = _as_parameter(initial, "initial", device)
@@ -272,14 +235,12 @@ class HMM:
         from p(x_{L+1..T} | prefix). ``seed``: draw with a generator seeded by it on the
         model's device (instead of ``generator``; the same seed gives the same windows). See
         :mod:`hmmlvd.hmm.sample`."""
-        from hmmlvd.hmm.sample import sample  # sample imports this module
-
         if seed is not None:
             if generator is not None:
                 raise DataError("give a seed or a generator, not both")
             seed = check_int(seed, "seed", 0)
             generator = torch.Generator(device=self.device).manual_seed(seed)
-        return sample(self, num_samples, prefix=prefix, generator=generator)
+        return sample_windows(self, num_samples, prefix=prefix, generator=generator)
 
     # ----- sklearn-like verbs (the same on Circuit and PatchCircuit) -----------------------
     def fit(self, data: TokenWindows | torch.Tensor | np.ndarray,
@@ -290,8 +251,6 @@ class HMM:
         default ``TrainConfig()``), checkpointing into ``out`` if given; returns self.
         ``fit_history`` then holds the mean training log-likelihood per window of each epoch
         (per-token value x T). See :func:`hmmlvd.hmm.train.train`, which this calls."""
-        from hmmlvd.hmm.train import TrainConfig, train  # train imports this module
-
         config = TrainConfig() if config is None else config
         if not isinstance(config, TrainConfig):
             raise DataError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -324,22 +283,42 @@ class HMM:
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``model.safetensors``, ``config.json`` and (if known) ``vocab.txt`` into
         ``directory``, each atomically. See :mod:`hmmlvd.hmm.checkpoint`."""
-        from hmmlvd.hmm.checkpoint import save_hmm
-
-        save_hmm(self, Path(directory))
+        checkpoint.save_hmm(self, Path(directory))
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike,
                         device: str | torch.device = "cpu") -> HMM:
-        """Load a model written by :meth:`save_pretrained`."""
-        from hmmlvd.hmm.checkpoint import load_hmm
-
-        return load_hmm(Path(directory), device=device)
+        """Load and check a model written by :meth:`save_pretrained`
+        (:class:`~hmmlvd.errors.CheckpointError` naming the file if anything is wrong)."""
+        directory = Path(directory)
+        config, tensors, vocab, raw = checkpoint.read_hmm(directory, device)
+        try:
+            hmm = cls(config.num_states, config.vocab_size, config.length, config.homogeneous,
+                      device=device, vocab=vocab, **tensors)
+        except (ParameterError, DataError) as exc:
+            raise CheckpointError(f"{directory}: {exc}") from exc
+        checkpoint.check_vocab_digest(raw.get("vocab_sha256"), vocab, directory)
+        return hmm
 
     def __repr__(self) -> str:
         c = self.config
         return (f"HMM(num_states={c.num_states}, vocab_size={c.vocab_size}, length={c.length}, "
                 f"homogeneous={c.homogeneous}, device={self.device})")
+
+
+def mle_from_labels(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+                    config: HMMConfig, pseudocount: float = 1e-3, chunk_size: int = 65536,
+                    device: str | torch.device = "cpu") -> HMM:
+    """The closed-form maximum-likelihood HMM of windows x [N, T] labelled with hidden states
+    z [N, T] (the initialiser latent variable distillation feeds):
+
+    initial[h] ∝ #(z_1 = h) + c,   transition[t, i, j] ∝ #(z_t = i, z_{t+1} = j) + c,
+    emission[t, w, h] ∝ #(z_t = h, x_t = w) + c    (c = ``pseudocount``; see
+    :func:`hmmlvd.hmm.init.mle_parameters`, which counts in chunks of ``chunk_size``)."""
+    initial, transition, emission = mle_parameters(tokens, labels, config, pseudocount,
+                                                   chunk_size, device)
+    return HMM(config.num_states, config.vocab_size, config.length, config.homogeneous,
+               device=device, initial=initial, transition=transition, emission=emission)
 
 
 def _as_parameter(value: object, name: str, device: str | torch.device) -> torch.Tensor:

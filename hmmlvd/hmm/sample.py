@@ -6,12 +6,16 @@ z_{L+1}, x_{L+1}, ... forward from the model samples exactly from p(x_{L+1..T} |
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from hmmlvd import memory
 from hmmlvd.errors import DataError
-from hmmlvd.hmm.model import HMM
 from hmmlvd.validate import as_id_tensor, check_int
+
+if TYPE_CHECKING:  # the HMM's verbs call this module; no runtime import of it here
+    from hmmlvd.hmm.model import HMM
 
 
 @torch.no_grad()

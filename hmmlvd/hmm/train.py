@@ -24,23 +24,25 @@ import re
 import shutil
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
 from hmmlvd import distributed, memory
 from hmmlvd.atomic import atomic_write_json, atomic_write_text
 from hmmlvd.data.windows import TokenWindows
-from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
-from hmmlvd.hmm.checkpoint import load_hmm, save_hmm
+from hmmlvd.em import EpochStats, LoopState, epoch_seed, run_epochs
+from hmmlvd.errors import DataError, HMMLVDError
+from hmmlvd.hmm import parallel
+from hmmlvd.hmm.checkpoint import save_hmm
 from hmmlvd.hmm.em import CountAccumulator, ScaledEmission, expected_counts, maximize
-from hmmlvd.hmm.model import HMM
 from hmmlvd.validate import check_int, check_pseudocount, check_step_size
+
+if TYPE_CHECKING:  # HMM.fit calls this module; no runtime import of the model here
+    from hmmlvd.hmm.model import HMM
 
 STATE_FILE = "train_state.json"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both stop training after a checkpoint
@@ -162,15 +164,13 @@ class TrainConfig:
 
 
 @dataclass
-class TrainState:
+class TrainState(LoopState):
     """Where training stands: ``epoch`` (0-based) and ``batch`` (batches of it done), the
-    global ``step`` count, and per-epoch ``history`` rows. ``run_id``: set when training
-    starts, kept on resume (rotation deletes only checkpoints of this id); ``trained_on``: what
-    the caller records about the data and settings (see :mod:`hmmlvd.provenance`)."""
+    global ``step`` count (from :class:`~hmmlvd.em.loop.LoopState`), and per-epoch ``history``
+    rows. ``run_id``: set when training starts, kept on resume (rotation deletes only
+    checkpoints of this id); ``trained_on``: what the caller records about the data and
+    settings (see :mod:`hmmlvd.provenance`)."""
 
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
     history: list[dict] = field(default_factory=list)
     run_id: str = ""
     trained_on: dict = field(default_factory=dict)
@@ -188,7 +188,7 @@ def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None
     local_batch = -(-config.batch_size // distributed.world_size())  # this rank's shard
     memory.check_training(hmm.config, local_batch, hmm.device, config.any_full_batch,
                           allocated=True)
-    distributed.broadcast_parameters(hmm)  # every rank starts from rank 0's parameters
+    parallel.broadcast_parameters(hmm)  # every rank starts from rank 0's parameters
     state = state or TrainState()
     state.run_id = state.run_id or new_run_id()
     with _signals_request_stop() as stop:
@@ -200,76 +200,91 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
+class _HMMLearner:
+    """The HMM's side of :func:`hmmlvd.em.loop.run_epochs`. Mini-batch epochs keep the
+    emission table scaled (:class:`ScaledEmission`: an M-step costs in proportion to the rows
+    a batch touched) until :meth:`sync`; full-batch epochs sum the counts of this rank's shards
+    (:class:`CountAccumulator`) and reduce them over ranks once, at the M-step."""
+
+    def __init__(self, hmm: HMM):
+        self.hmm = hmm
+        self.accumulator: CountAccumulator | None = None
+        self.emission: ScaledEmission | None = None
+        self.counts = None
+
+    def begin_epoch(self, full_batch: bool) -> None:
+        self.accumulator = CountAccumulator(self.hmm) if full_batch else None
+        self.emission = None if full_batch else ScaledEmission(self.hmm)
+
+    def e_step(self, x) -> tuple[float, float]:
+        part = distributed.shard(x)  # this rank's slice of the batch (all of it alone)
+        counts = (expected_counts(self.hmm, part, self.emission) if len(part)
+                  else parallel.zero_counts(self.hmm))
+        if self.accumulator is not None:
+            self.accumulator.add(counts)  # summed over ranks once, at the M-step
+            return distributed.all_reduce_sum(counts.log_likelihood)[0], x.numel()
+        self.counts = parallel.all_reduce_counts(counts, self.hmm)
+        return self.counts.log_likelihood, x.numel()
+
+    def m_step(self, step_size: float, pseudocount: float) -> None:
+        if self.accumulator is not None:
+            parallel.all_reduce_accumulator(self.accumulator)
+            maximize(self.hmm, self.accumulator.total(), step_size, pseudocount)
+            self.accumulator = None
+        else:
+            maximize(self.hmm, self.counts, step_size, pseudocount, self.emission)
+            self.counts = None
+
+    def sync(self) -> None:
+        if self.emission is not None:
+            self.emission.materialise()
+
+    def end_epoch(self) -> None:
+        parallel.broadcast_parameters(self.hmm)  # resync ranks (CUDA scatter-adds round freely)
+
+    def discard(self) -> None:
+        self.sync()  # the parameters stay those of the last M-step
+        self.accumulator = self.counts = None
+
+
 def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None,
            state: TrainState, progress: bool, stop: list[int]) -> TrainState:
-    plan, full_batch_plan = config.epoch_plan(), config.full_batch_plan()
+    plan = list(zip(config.epoch_plan(), config.full_batch_plan(), strict=True))
     num_batches = windows.num_batches(config.batch_size)
-    while state.epoch < len(plan):
-        step_size = plan[state.epoch]
-        started = time.perf_counter()
-        bar = tqdm(total=num_batches, initial=state.batch, unit="batch",
-                   disable=not progress or not distributed.is_main(),
-                   desc=f"epoch {state.epoch + 1}/{len(plan)}", dynamic_ncols=True)
-        full_batch = full_batch_plan[state.epoch]
-        accumulator = CountAccumulator(hmm) if full_batch else None
-        # mini-batch M-steps keep the emission table scaled (cost ~ rows touched); it is
-        # written out before every checkpoint and at the epoch end
-        emission = None if full_batch else ScaledEmission(hmm)
-        log_lik, tokens = 0.0, 0
-        batches = windows.batches(config.batch_size, shuffle=True,
-                                  seed=_epoch_seed(config.seed, state.epoch),
-                                  start_batch=0 if full_batch else state.batch)
-        for x in batches:
-            part = distributed.shard(x)  # this rank's slice of the batch (all of it alone)
-            counts = (expected_counts(hmm, part, emission) if len(part)
-                      else distributed.zero_counts(hmm))
-            if accumulator is not None:
-                accumulator.add(counts)  # summed over ranks once, at the epoch end
-                log_lik += distributed.all_reduce_sum(counts.log_likelihood)[0]
-            else:
-                counts = distributed.all_reduce_counts(counts, hmm)
-                maximize(hmm, counts, step_size, config.pseudocount, emission)
-                state.batch += 1
-                state.step += 1
-                log_lik += counts.log_likelihood
-            tokens += x.numel()
-            bar.update(1)
-            bar.set_postfix(ll_per_token=f"{log_lik / tokens:.4f}")
-            if (accumulator is None and out is not None and config.checkpoint_every
-                    and state.step % config.checkpoint_every == 0 and state.batch < num_batches):
-                emission.materialise()
-                _save(hmm, config, state, out)
-            if distributed.any_rank(bool(stop[0])):
-                bar.close()
-                if emission is not None:
-                    emission.materialise()
-                _stop(hmm, config, state, out, full_batch=accumulator is not None,
-                      signum=stop[0] or signal.SIGINT)
-        bar.close()
-        if emission is not None:
-            emission.materialise()
-        if accumulator is not None:
-            distributed.all_reduce_accumulator(accumulator)
-            maximize(hmm, accumulator.total(), step_size, config.pseudocount)
-            state.step += 1
-        distributed.broadcast_parameters(hmm)  # resync ranks (CUDA scatter-adds round freely)
-        state.history.append({"epoch": state.epoch + 1, "step_size": step_size,
-                              "full_batch": full_batch,
-                              "train_ll_per_token": log_lik / max(tokens, 1),
-                              "seconds": time.perf_counter() - started})
-        state.epoch += 1
-        state.batch = 0
+    learner = _HMMLearner(hmm)
+
+    def batches(epoch: int, full_batch: bool, start_batch: int):
+        return windows.batches(config.batch_size, shuffle=True, seed=epoch_seed(config.seed, epoch),
+                               start_batch=start_batch)
+
+    def after_step(state: TrainState) -> None:
+        if out is not None and config.checkpoint_every \
+                and state.step % config.checkpoint_every == 0:
+            learner.sync()
+            _save(hmm, config, state, out)
+
+    def on_stop(state: TrainState, full_batch: bool) -> None:
+        _stop(hmm, config, state, out, signum=stop[0] or signal.SIGINT)
+
+    def after_epoch(state: TrainState, stats: EpochStats) -> None:
+        state.history.append({"epoch": stats.epoch, "step_size": stats.step_size,
+                              "full_batch": stats.full_batch,
+                              "train_ll_per_token": stats.mean_log_likelihood,
+                              "seconds": stats.seconds})
         if out is not None:
             _save(hmm, config, state, out)
+
+    run_epochs(learner, plan, config.pseudocount, batches, num_batches, state,
+               progress=progress and distributed.is_main(), unit="ll_per_token",
+               after_step=after_step, stop_requested=lambda: distributed.any_rank(bool(stop[0])),
+               on_stop=on_stop, after_epoch=after_epoch)
     return state
 
 
 def _stop(hmm: HMM, config: TrainConfig, state: TrainState, out: Path | None,
-          full_batch: bool, signum: int) -> None:
+          signum: int) -> None:
     """Checkpoint where training stands (a full-batch epoch restarts: its model is unchanged)
     and raise :class:`TrainingInterrupted` for signal ``signum`` (on another rank: SIGINT)."""
-    if full_batch:
-        state.batch = 0
     by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
     if out is None:
         raise TrainingInterrupted(f"training interrupted{by} (no output folder: nothing "
@@ -287,10 +302,6 @@ def _save(hmm: HMM, config: TrainConfig, state: TrainState, out: Path) -> Path:
         folder = save_checkpoint(hmm, config, state, out)
     distributed.barrier()
     return folder
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 1_000_003 + epoch
 
 
 def save_checkpoint(hmm: HMM, config: TrainConfig, state: TrainState, out: Path) -> Path:
@@ -324,32 +335,3 @@ def _checkpoints_of_run(root: Path, run_id: str) -> list[tuple[int, Path]]:
         if isinstance(raw, dict) and raw.get("run_id") == run_id:
             found.append((int(folder.name.removeprefix("step-")), folder))
     return found
-
-
-def load_checkpoint(out: Path, device: str = "cpu") -> tuple[HMM, TrainConfig, TrainState]:
-    """The model, config and state of the newest checkpoint under ``out``."""
-    latest = out / "checkpoints" / "latest"
-    if not latest.is_file():
-        raise CheckpointError(f"no checkpoint to resume from: {latest} does not exist")
-    try:
-        name = latest.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{latest} is unreadable: {exc}") from exc
-    if not re.fullmatch(r"step-[0-9]+", name):  # never a path out of the checkpoints folder
-        raise CheckpointError(f"{latest} names {name[:80]!r}, not a checkpoint folder "
-                              "step-NNNNNNNN of this run")
-    folder = out / "checkpoints" / name
-    if not (folder / STATE_FILE).is_file():
-        raise CheckpointError(f"checkpoint {folder} has no {STATE_FILE}")
-    try:
-        raw = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-        config = TrainConfig.from_dict(raw.pop("train_config"))
-        state = TrainState(**raw)
-        for name in ("epoch", "batch", "step"):
-            check_int(getattr(state, name), name, 0)
-        if not isinstance(state.run_id, str) or not isinstance(state.trained_on, dict):
-            raise TypeError("run_id must be a string and trained_on an object")
-    except (ValueError, TypeError, KeyError, AttributeError, DataError) as exc:
-        raise CheckpointError(f"{folder / STATE_FILE} is damaged or not from hmmlvd: "
-                              f"{type(exc).__name__}: {exc}") from exc
-    return load_hmm(folder, device=device), config, state

@@ -1,24 +1,72 @@
-"""Latent variable distillation: text encoders, suffix embeddings (cached on disk), k-means
-labels per position, the distillation pipeline; for images, patch features and latents and the
-patch-LVD training pipeline (``image``)."""
+"""Latent variable distillation: encode -> cluster -> labels -> closed-form init (no EM: EM is
+the trainers' job).
+
+- :mod:`hmmlvd.lvd.cluster`: k-means labels (FAISS), shared by text and images.
+- :mod:`hmmlvd.lvd.text`: the encoder, suffix embeddings (cached on disk) and the text
+  distillation pipeline (``distill``, ``run_lvd``, ``lvd_subset``) that ends in an HMM's MLE.
+- :mod:`hmmlvd.lvd.image`: patch featurisers (PCA, a small MAE), patch latents and
+  ``train_patch_lvd``, which ends in a :class:`~hmmlvd.image.PatchCircuit`.
+
+The names below are loaded on first use (PEP 562), so ``import hmmlvd.lvd`` for images does not
+import ``transformers``: only the text names do.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from hmmlvd.errors import EncoderError
 from hmmlvd.lvd.cluster import KMeansResult, kmeans_labels, kmeans_per_position
-from hmmlvd.lvd.distill import LVDResult, LVDSettings, distill, embed, lvd_subset, run_lvd
-from hmmlvd.lvd.encoder import Encoder, load_encoder, word_to_text
-from hmmlvd.lvd.image import PatchLVDConfig, train_patch_lvd
-from hmmlvd.lvd.patch_features import (
-    FEATURISERS,
-    PatchFeaturiser,
-    PatchLatents,
-    PCAFeaturiser,
-    fit_patch_latents,
-    make_featuriser,
-    patch_latents,
-    patch_with_context,
-)
-from hmmlvd.lvd.patch_mae import MAEFeaturiser
-from hmmlvd.lvd.suffix import SUFFIX_MODES, embed_windows, suffix_embeddings
+
+_TEXT = ("LVDResult", "LVDSettings", "distill", "embed", "lvd_subset", "run_lvd", "Encoder",
+         "load_encoder", "word_to_text", "SUFFIX_MODES", "embed_windows", "suffix_embeddings")
+_IMAGE = ("PatchLVDConfig", "train_patch_lvd", "FEATURISERS", "PatchFeaturiser", "PatchLatents",
+          "PCAFeaturiser", "fit_patch_latents", "make_featuriser", "patch_latents",
+          "patch_with_context", "MAEFeaturiser")
+_LAZY = {**dict.fromkeys(_TEXT, "hmmlvd.lvd.text"), **dict.fromkeys(_IMAGE, "hmmlvd.lvd.image")}
+
+if TYPE_CHECKING:
+    from hmmlvd.lvd.image import (
+        FEATURISERS,
+        MAEFeaturiser,
+        PatchFeaturiser,
+        PatchLatents,
+        PatchLVDConfig,
+        PCAFeaturiser,
+        fit_patch_latents,
+        make_featuriser,
+        patch_latents,
+        patch_with_context,
+        train_patch_lvd,
+    )
+    from hmmlvd.lvd.text import (
+        SUFFIX_MODES,
+        Encoder,
+        LVDResult,
+        LVDSettings,
+        distill,
+        embed,
+        embed_windows,
+        load_encoder,
+        lvd_subset,
+        run_lvd,
+        suffix_embeddings,
+        word_to_text,
+    )
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hmmlvd.lvd' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "FEATURISERS",

@@ -1,26 +1,19 @@
-"""Probabilistic circuits: region-graph structures (``structures``), the layers that compute
-them (``layers``), the compiled ``Circuit``, EM and Adam training (``em``), queries
+"""Probabilistic circuits: region-graph structures kept as data (``structures``), the layers
+that compute them (``layers``), the compiled ``Circuit``, EM and Adam training (``em``), queries
 (``queries``: marginals, conditionals, sampling, inpainting), the HMM as a circuit
-(``from_hmm``), the patch-latent circuit of image LVD (``patch_circuit``), save/load
-(``checkpoint``), bits per dimension (``bpd``), and image models end to end
-(``image_models``, ``image_pipeline``, ``image_grids``: what ``hmmlvd image`` runs).
+(``from_hmm``) and bits per dimension (``bpd``). ``Circuit.save_pretrained`` /
+``Circuit.from_pretrained`` (also ``save_circuit`` / ``load_circuit``) write and read the format
+of :mod:`hmmlvd.persist`. Image models (the patch-latent circuit of image LVD, the HCLT / PD /
+RAT-SPN baselines) are in :mod:`hmmlvd.image`.
 
 ``Circuit`` and ``PatchCircuit`` share the verbs ``fit(data, EMConfig)``, ``score(data)``,
 ``log_likelihood(x)``, ``sample(n, seed=...)``, ``inpaint`` and ``save_pretrained`` with
 :class:`hmmlvd.HMM` (whose ``fit`` takes a ``TrainConfig``)."""
 
 from hmmlvd.pc.bpd import bits_per_dimension, evaluate_bpd
-from hmmlvd.pc.checkpoint import (
-    load_circuit,
-    load_patch_circuit,
-    load_pretrained,
-    save_circuit,
-    save_patch_circuit,
-)
-from hmmlvd.pc.circuit import Circuit, CircuitConfig
+from hmmlvd.pc.circuit import Circuit, CircuitConfig, load_circuit, save_circuit
 from hmmlvd.pc.em import EMConfig, accumulate_counts, em_step, fit_adam, fit_em, maximize
 from hmmlvd.pc.from_hmm import from_hmm, to_hmm
-from hmmlvd.pc.patch_circuit import PatchCircuit, PatchCircuitConfig
 from hmmlvd.pc.queries import inpaint, log_conditional, log_marginal, sample
 from hmmlvd.pc.structures import (
     Partition,
@@ -38,8 +31,6 @@ __all__ = [
     "CircuitConfig",
     "EMConfig",
     "Partition",
-    "PatchCircuit",
-    "PatchCircuitConfig",
     "RegionGraph",
     "accumulate_counts",
     "bits_per_dimension",
@@ -53,8 +44,6 @@ __all__ = [
     "hclt_region_graph",
     "inpaint",
     "load_circuit",
-    "load_patch_circuit",
-    "load_pretrained",
     "log_conditional",
     "log_marginal",
     "maximize",
@@ -63,6 +52,5 @@ __all__ = [
     "random_binary_trees",
     "sample",
     "save_circuit",
-    "save_patch_circuit",
     "to_hmm",
 ]

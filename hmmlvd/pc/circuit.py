@@ -25,11 +25,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from hmmlvd import memory, persist
 from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.pc.bpd import mean_log_likelihood
 from hmmlvd.pc.em import EMConfig, fit_em
@@ -51,6 +51,7 @@ from hmmlvd.validate import as_array
 
 INPUTS = ("categorical", "bernoulli", "gaussian")
 PRODUCTS = ("einsum", "hadamard")
+MODEL_TYPE = "circuit"  # the model_type of a saved circuit's config.json
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,7 @@ class Circuit(nn.Module):
     ``Circuit.from_config(graph, config)`` builds from one. The sklearn-like verbs
     ``fit`` / ``score`` / ``log_likelihood`` / ``sample`` (and ``inpaint``,
     ``save_pretrained``) are the same on :class:`~hmmlvd.hmm.HMM` and
-    :class:`~hmmlvd.pc.patch_circuit.PatchCircuit`.
+    :class:`~hmmlvd.image.patch_circuit.PatchCircuit`.
     """
 
     def __init__(self, graph: RegionGraph, num_units: int, input: str = "categorical",
@@ -462,19 +463,36 @@ class Circuit(nn.Module):
                                root_output=root_output)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory``
-        (:func:`hmmlvd.pc.checkpoint.save_circuit`)."""
-        from hmmlvd.pc.checkpoint import save_circuit  # checkpoint imports this module
-
-        save_circuit(self, Path(directory))
+        """Write the circuit into ``directory`` (created if needed; :mod:`hmmlvd.persist`):
+        ``model.safetensors`` (every parameter by name) and ``config.json`` (``model_type``
+        "circuit", ``settings``: :meth:`CircuitConfig.to_dict`, ``graph``:
+        :meth:`RegionGraph.to_dict`), the config last."""
+        persist.save(directory, dict(self.named_parameters()),
+                     {"settings": self.config.to_dict(), "graph": self.graph.to_dict()},
+                     MODEL_TYPE)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike,
                         device: str | torch.device = "cpu") -> Circuit:
-        """Load a circuit written by :meth:`save_pretrained`."""
-        from hmmlvd.pc.checkpoint import load_circuit  # checkpoint imports this module
+        """Load a circuit written by :meth:`save_pretrained`, on ``device``. The config is
+        size-checked before it is read and its settings and graph are checked, and their
+        parameters estimated against the memory available, before anything of that size is
+        built; every problem is a :class:`~hmmlvd.errors.CheckpointError` naming the file."""
+        return persist.load_model(directory, MODEL_TYPE, cls._from_saved_config,
+                                  cls.check_parameters, "circuit", device)
 
-        return load_circuit(Path(directory), device=device)
+    @classmethod
+    def _from_saved_config(cls, raw: dict) -> Circuit:
+        """The circuit (fresh parameters) that a saved ``config.json`` describes."""
+        config = CircuitConfig.from_dict(raw["settings"])
+        graph = RegionGraph.from_dict(raw["graph"])
+        values = config.num_categories if config.input == "categorical" else 2
+        floats = parameter_bound(graph, config.num_units, values, config.product,
+                                 config.root_size)
+        memory.check_parameter_floats(floats, {
+            k: v for k, v in config.to_dict().items()
+            if k in ("num_units", "num_categories", "root_size")})
+        return cls.from_config(graph, config)
 
     @classmethod
     def from_config(cls, graph: RegionGraph, config: CircuitConfig, seed: int = 0) -> Circuit:
@@ -500,6 +518,27 @@ class Circuit(nn.Module):
         self.input_layer.renormalise_()
         for layer in self.sum_layers():
             layer.renormalise_()
+
+
+def parameter_bound(graph: RegionGraph, num_units: int, values_per_entry: int,
+                    product: str, root_size: int) -> int:
+    """An upper bound on the float32 parameters of a circuit over ``graph`` with K =
+    ``num_units``, from the graph alone (nothing is built): ``values_per_entry`` per input
+    component of every leaf entry (categories; 2 for Bernoulli and Gaussian), the einsum
+    (K^3 per partition) or Hadamard (K^2 per child after the first) weights, the mixing
+    weights (at most K per partition) and the ``root_size`` root sums."""
+    entries = sum(len(leaf) for leaf in graph.leaves())
+    partitions = len(graph.partitions)
+    if product == "einsum":
+        sums = partitions * num_units ** 3
+    else:
+        sums = sum(len(p.children) - 1 for p in graph.partitions) * num_units ** 2
+    return (entries * num_units * values_per_entry + sums + partitions * num_units
+            + root_size * num_units)
+
+
+save_circuit = Circuit.save_pretrained  # save_circuit(circuit, directory)
+load_circuit = Circuit.from_pretrained  # load_circuit(directory, device="cpu")
 
 
 def _make_input(leaves: list[Region], config: CircuitConfig, generator: torch.Generator

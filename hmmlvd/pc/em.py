@@ -7,9 +7,11 @@ gradient w.r.t. the input log-densities gives the responsibilities from which th
 collects its sufficient statistics. M-step: every layer normalises its counts (+ pseudocount)
 and mixes, ``theta <- (1 - a) * theta + a * theta_new``.
 
-The epoch loop (:func:`run_em`) is shared by :func:`fit_em` (a :class:`Circuit`) and
-:meth:`PatchCircuit.fit <hmmlvd.pc.patch_circuit.PatchCircuit.fit>`; its settings are one
-:class:`EMConfig`, validated when it is made.
+The M-step rule, the probability-zero check, the epoch shuffle and the epoch loop are the ones
+every model shares (:mod:`hmmlvd.em`); :func:`run_em` adapts a circuit's E- and M-step to that
+loop for :func:`fit_em` (a :class:`Circuit`) and :meth:`PatchCircuit.fit
+<hmmlvd.image.patch_circuit.PatchCircuit.fit>`. Settings are one :class:`EMConfig`, validated
+when it is made.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hmmlvd.em import check_possible, epoch_batches, run_epochs
 from hmmlvd.errors import DataError
 from hmmlvd.validate import as_array, check_int, check_pseudocount, check_step_size
 
@@ -91,10 +95,7 @@ def accumulate_counts(circuit: Circuit, x: torch.Tensor,
     prepared, observed = circuit.prepare(x, missing)
     evaluation = circuit.evaluate(prepared, observed, track_density=True)
     log_likelihood = evaluation.log_likelihood[:, 0]
-    impossible = ~torch.isfinite(log_likelihood)
-    if impossible.any():
-        raise DataError(f"sample {int(impossible.nonzero()[0])} has probability zero under the "
-                        "circuit, so EM cannot assign it; train with a pseudocount > 0")
+    check_possible(log_likelihood, "samples", "circuit")
     log_likelihood.sum().backward()
     circuit.input_layer.accumulate_(prepared, evaluation.density.grad, observed)
     return float(log_likelihood.detach().sum())
@@ -120,17 +121,6 @@ def em_step(circuit: Circuit, x: torch.Tensor, step_size: float = 1.0,
     return total / len(x)
 
 
-def epoch_batches(num: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True
-                  ) -> list[torch.Tensor]:
-    """Index batches over ``num`` samples for one epoch: shuffled by a generator seeded from
-    (``seed``, ``epoch``), so every epoch has its own fixed order; in order if not
-    ``shuffle``."""
-    if not shuffle:
-        return list(torch.arange(num).split(batch_size))
-    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % SEED_LIMIT)
-    return list(torch.randperm(num, generator=generator).split(batch_size))
-
-
 def check_training_data(data: object, num_variables: int,
                         missing: object = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Training data as a non-empty [N, D] tensor (and its ``missing`` mask of the same
@@ -151,41 +141,55 @@ def check_training_data(data: object, num_variables: int,
 Accumulate = Callable[[torch.Tensor, "torch.Tensor | None"], float]
 
 
+class _CircuitLearner:
+    """A circuit's side of :func:`hmmlvd.em.loop.run_epochs`: the model keeps its counts (in
+    the gradients of its log-weights and its input layer's accumulators)."""
+
+    def __init__(self, accumulate: Accumulate, maximize_step: Callable[[float, float], None],
+                 discard: Callable[[], None], data: torch.Tensor,
+                 missing: torch.Tensor | None):
+        self.accumulate, self.maximize_step, self.discard = accumulate, maximize_step, discard
+        self.data, self.missing = data, missing
+
+    def begin_epoch(self, full_batch: bool) -> None:
+        pass
+
+    def e_step(self, index: np.ndarray) -> tuple[float, float]:
+        rows = torch.from_numpy(index)
+        return (self.accumulate(self.data[rows],
+                                None if self.missing is None else self.missing[rows]),
+                len(index))
+
+    def m_step(self, step_size: float, pseudocount: float) -> None:
+        self.maximize_step(step_size, pseudocount)
+
+    def sync(self) -> None:
+        pass
+
+    def end_epoch(self) -> None:
+        pass
+
+
 def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None],
            discard: Callable[[], None], data: torch.Tensor, config: EMConfig,
            missing: torch.Tensor | None = None, progress: bool = True, desc: str = "EM"
            ) -> list[float]:
-    """The EM epoch loop over checked ``data`` [N, D] (and ``missing`` [N, D]): per batch
-    ``accumulate(x, missing)`` (the E-step, adding to the model's counts), then
-    ``maximize_step(step_size, pseudocount)`` after every batch, or once per epoch when
-    ``config.full_batch``. A failed epoch calls ``discard()`` (no half-collected counts stay
-    behind). Returns the mean log-likelihood per sample of each epoch, measured during its
-    E-steps (before each batch's update). One progress bar counts the batches."""
-    batches_per_epoch = -(-len(data) // config.batch_size)
-    history: list[float] = []
-    with tqdm(total=config.epochs * batches_per_epoch, desc=f"{desc} epoch 1/{config.epochs}",
-              unit="batch", disable=not progress, dynamic_ncols=True) as bar:
-        for epoch in range(config.epochs):
-            bar.set_description(f"{desc} epoch {epoch + 1}/{config.epochs}")
-            total, seen = 0.0, 0
-            order = epoch_batches(len(data), config.batch_size, config.seed, epoch,
-                                  not config.full_batch)
-            try:
-                for index in order:
-                    total += accumulate(data[index], None if missing is None
-                                        else missing[index])
-                    if not config.full_batch:
-                        maximize_step(config.step_size, config.pseudocount)
-                    seen += len(index)
-                    bar.update(1)
-                    bar.set_postfix(ll=f"{total / seen:.4f}")
-            except BaseException:
-                discard()  # a failed epoch leaves no half-collected counts behind
-                raise
-            if config.full_batch:
-                maximize_step(config.step_size, config.pseudocount)
-            history.append(total / len(data))
-    return history
+    """EM over checked ``data`` [N, D] (and ``missing`` [N, D]) with the one epoch loop
+    (:func:`hmmlvd.em.loop.run_epochs`): per batch ``accumulate(x, missing)`` (the E-step,
+    adding to the model's counts), then ``maximize_step(step_size, pseudocount)`` after every
+    batch, or once per epoch when ``config.full_batch``. A failed batch calls ``discard()`` (no
+    half-collected counts stay behind). Returns the mean log-likelihood per sample of each
+    epoch, measured during its E-steps (before each batch's update)."""
+    learner = _CircuitLearner(accumulate, maximize_step, discard, data, missing)
+    plan = [(config.step_size, config.full_batch)] * config.epochs
+
+    def batches(epoch: int, full_batch: bool, start_batch: int) -> list[np.ndarray]:
+        return epoch_batches(len(data), config.batch_size, config.seed, epoch,
+                             shuffle=not full_batch, start_batch=start_batch)
+
+    stats = run_epochs(learner, plan, config.pseudocount, batches,
+                       -(-len(data) // config.batch_size), progress=progress, desc=desc)
+    return [s.mean_log_likelihood for s in stats]
 
 
 def fit_em(circuit: Circuit, data: torch.Tensor, config: EMConfig | None = None, *,
@@ -245,7 +249,7 @@ def fit_adam(circuit: Circuit, data: torch.Tensor, epochs: int = 1, batch_size: 
     for epoch in tqdm(range(epochs), desc="Adam", unit="epoch", disable=not progress):
         total = 0.0
         for index in epoch_batches(len(data), batch_size, seed, epoch):
-            prepared, observed = circuit.prepare(data[index])
+            prepared, observed = circuit.prepare(data[torch.from_numpy(index)])
             log_likelihood = circuit.evaluate(prepared, observed, normalise=True).log_likelihood
             optimiser.zero_grad()
             (-log_likelihood[:, 0].mean()).backward()

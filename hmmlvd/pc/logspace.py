@@ -1,4 +1,5 @@
-"""The log-einsum-exp trick shared by the sum layers.
+"""The log-einsum-exp trick shared by the sum layers (their M-step rule is
+:func:`hmmlvd.em.rule.mix_log_probabilities`).
 
 A sum layer computes ``log sum_j W[k, j] exp(P[j])`` for log-values P that may be very
 negative. Subtracting the (detached) max of P before exponentiating keeps every exponential in
@@ -42,21 +43,3 @@ def log_sum_exp(log_values: torch.Tensor, dim: int = -1) -> torch.Tensor:
 def log_normalise(log_weights: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """Log-weights normalised so that their exponentials sum to 1 over ``dims``."""
     return log_weights - torch.logsumexp(log_weights, dim=dims, keepdim=True)
-
-
-def em_update(old_log: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...],
-              step_size: float, pseudocount: float,
-              valid: torch.Tensor | None = None) -> torch.Tensor:
-    """The M-step of log-probabilities normalised over ``dims``: ``theta_new = (counts +
-    pseudocount) / sum``, restricted to the ``valid`` entries (the others stay -inf), mixed in
-    probability space as ``(1 - a) * theta + a * theta_new``. Rows with no count keep their
-    old values (the pseudocount smooths rows that saw data; it does not pull unvisited ones to
-    uniform). Returns the new log-probabilities."""
-    seen = counts.sum(dim=dims, keepdim=True) > 0
-    smoothed = counts + pseudocount
-    if valid is not None:
-        smoothed = smoothed * valid
-    total = smoothed.sum(dim=dims, keepdim=True)
-    new = smoothed / total.clamp_min(torch.finfo(counts.dtype).tiny)
-    updated = torch.log(torch.lerp(old_log.exp(), new, step_size))
-    return torch.where(seen & (total > 0), updated, old_log)

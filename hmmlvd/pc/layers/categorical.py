@@ -6,11 +6,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hmmlvd.em.rule import mix_log_probabilities
 from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.pc.gumbel import pick_index
 from hmmlvd.pc.layers.input_layer import InputLayer, observed_entries
 from hmmlvd.pc.layers.sum_layer import check_log_probs
-from hmmlvd.pc.logspace import em_update, exp_shifted, log_normalise, safe_log
+from hmmlvd.pc.logspace import exp_shifted, log_normalise, safe_log
 
 
 class CategoricalInput(InputLayer):
@@ -104,7 +105,8 @@ class CategoricalInput(InputLayer):
         if self._counts is None:
             return
         counts = self._counts.view_as(self.log_prob)
-        self.log_prob.copy_(em_update(self.log_prob, counts, (1,), step_size, pseudocount))
+        self.log_prob.copy_(mix_log_probabilities(self.log_prob, counts, (1,), step_size,
+                                                  pseudocount))
         self._counts = None
 
     def discard_counts_(self) -> None:

@@ -15,8 +15,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from hmmlvd.em.rule import mix_log_probabilities
 from hmmlvd.errors import ParameterError
-from hmmlvd.pc.logspace import em_update, log_normalise
+from hmmlvd.pc.logspace import log_normalise
 
 Picker = Callable[[torch.Tensor], torch.Tensor]
 """Maps [N, M] unnormalised log-probabilities to [N] chosen indices (a sample or the argmax)."""
@@ -64,8 +65,8 @@ class SumLayer(nn.Module):
         counts = self.log_weight.grad
         if counts is None:
             return
-        self.log_weight.copy_(em_update(self.log_weight, counts, self.norm_dims, step_size,
-                                        pseudocount, self.valid))
+        self.log_weight.copy_(mix_log_probabilities(self.log_weight, counts, self.norm_dims,
+                                                    step_size, pseudocount, self.valid))
         self.log_weight.grad = None
 
     @torch.no_grad()

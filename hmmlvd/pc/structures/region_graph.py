@@ -99,6 +99,41 @@ class RegionGraph:
             layers[heights[p.parent] - 1].append(p)
         return layers
 
+    def to_dict(self) -> dict:
+        """The graph as JSON-ready lists (what a saved circuit's ``config.json`` holds):
+        ``{"num_variables": D, "regions": [[v, ...], ...], "partitions": [[parent,
+        [child, ...]], ...]}``, regions and partitions in the graph's order."""
+        return {"num_variables": self.num_variables,
+                "regions": [list(r) for r in self.regions],
+                "partitions": [[list(p.parent), [list(c) for c in p.children]]
+                               for p in self.partitions]}
+
+    @classmethod
+    def from_dict(cls, raw: object) -> RegionGraph:
+        """The inverse of :meth:`to_dict`, validated (:meth:`validate`). Anything else (not
+        that shape, non-integer variables, an invalid graph) is a :class:`ParameterError`
+        naming the problem; ``num_variables`` is checked against the regions before anything
+        of its size is built."""
+        if not isinstance(raw, dict):
+            raise ParameterError(f"a region graph must be a JSON object, got "
+                                 f"{type(raw).__name__}")
+        lacking = sorted({"num_variables", "regions", "partitions"} - set(raw))
+        if lacking:
+            raise ParameterError(f"a region graph needs the keys {lacking}")
+        num_variables = _json_int(raw["num_variables"], "num_variables")
+        regions = _json_list(raw["regions"], "regions")
+        largest = max((len(r) for r in regions if isinstance(r, list)), default=0)
+        if num_variables > largest:
+            raise ParameterError(f"num_variables is {num_variables}, but no region covers "
+                                 f"more than {largest} variables (the root region must cover "
+                                 "them all)")
+        graph = cls(num_variables=num_variables,
+                    regions=tuple(_json_region(r) for r in regions),
+                    partitions=tuple(_json_partition(p)
+                                     for p in _json_list(raw["partitions"], "partitions")))
+        graph.validate()
+        return graph
+
     def validate(self) -> None:
         """Raise ParameterError naming the first problem found, else return None.
 
@@ -123,6 +158,36 @@ class RegionGraph:
         for p in self.partitions:
             _check_decomposable(p)
         _check_reachable(self.root, self.regions, self.partitions)
+
+
+def _json_int(value: object, what: str) -> int:
+    """A JSON integer (not a bool, not a float such as 1e300), else :class:`ParameterError`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParameterError(f"{what} must be an integer, got {value!r:.40}")
+    return value
+
+
+def _json_list(value: object, what: str) -> list:
+    """A JSON array, else :class:`ParameterError`."""
+    if not isinstance(value, list):
+        raise ParameterError(f"{what} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _json_region(value: object) -> Region:
+    """A region from a JSON list of variable indices (range and order are for
+    :meth:`RegionGraph.validate` to check)."""
+    return tuple(_json_int(v, "a region's variable") for v in _json_list(value, "a region"))
+
+
+def _json_partition(value: object) -> Partition:
+    """A partition from its JSON form ``[parent, [child, ...]]``."""
+    pair = _json_list(value, "a partition")
+    if len(pair) != 2:
+        raise ParameterError(f"a partition must be [parent, [children]], got {len(pair)} "
+                             "entries")
+    children = _json_list(pair[1], "a partition's children")
+    return Partition(_json_region(pair[0]), tuple(_json_region(c) for c in children))
 
 
 def _check_region(region: Region, num_variables: int) -> None:

@@ -1,4 +1,4 @@
-"""Patch-based latent variable distillation for image circuits (see ``hmmlvd.pc.patch_circuit``).
+"""Patch-based latent variable distillation for image circuits (see ``hmmlvd.image.patch_circuit``).
 
 Pipeline: patch features (``patch_features``) -> per-position k-means latents Z_i with C values
 -> (a) each sub-PC (i, c) trained by EM on the patches assigned to c only -> (b) the top
@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 from hmmlvd.data.images import flatten
 from hmmlvd.data.patches import split_patches
 from hmmlvd.errors import DataError
-from hmmlvd.lvd.patch_features import make_featuriser, patch_latents
+from hmmlvd.image.patch_circuit import PatchCircuit
+from hmmlvd.lvd.image.features import patch_latents
+from hmmlvd.lvd.image.featurisers import make_featuriser
 from hmmlvd.pc.em import EMConfig, fit_em
-from hmmlvd.pc.patch_circuit import PatchCircuit
 from hmmlvd.pc.structures import RegionGraph, learn_hclt
 
 NUM_LEVELS = 256  # pixel values are categories 0..255
@@ -39,7 +40,7 @@ class PatchLVDConfig:
     *_epochs: EM epochs of stages (a), (b), (c); batch_size, step_size, pseudocount: mini-batch
     EM settings; cache_dir: where featurisers cache what they train (None: no cache);
     tie_inputs: sub-circuits of a patch position share input distributions (see
-    :class:`~hmmlvd.pc.patch_circuit.PatchCircuit`)."""
+    :class:`~hmmlvd.image.patch_circuit.PatchCircuit`)."""
 
     patch: int = 7
     num_latents: int = 16

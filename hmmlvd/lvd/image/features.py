@@ -5,16 +5,14 @@ a featuriser gives every patch i a vector that sees the patch and its surroundin
 per-position k-means turns those vectors into a categorical latent Z_i with C values.
 
 Featurisers (:class:`PatchFeaturiser`): :class:`PCAFeaturiser` (PCA of each patch plus
-``context`` pixels around it) and ``hmmlvd.lvd.patch_mae.MAEFeaturiser`` (a small masked
-autoencoder); :func:`make_featuriser` builds either by name.
+``context`` pixels around it) and ``hmmlvd.lvd.image.mae.MAEFeaturiser`` (a small masked
+autoencoder); :func:`hmmlvd.lvd.image.featurisers.make_featuriser` builds either by name.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -26,13 +24,8 @@ from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.lvd.cluster import kmeans_per_position
 from hmmlvd.validate import check_int
 
-__all__ = ["FEATURISERS", "PCAFeaturiser", "PatchFeaturiser", "PatchLatents",
-           "check_fitted_images", "check_images", "fit_patch_latents", "make_featuriser",
-           "patch_latents", "patch_with_context"]
-
-#: Names :func:`make_featuriser` knows.
-FEATURISERS = ("mae", "pca")
-
+__all__ = ["PCAFeaturiser", "PatchFeaturiser", "PatchLatents", "check_fitted_images",
+           "check_images", "fit_patch_latents", "patch_latents", "patch_with_context"]
 
 @runtime_checkable
 class PatchFeaturiser(Protocol):
@@ -156,34 +149,6 @@ def check_fitted_images(images: Any, shape: tuple[int, ...] | None, what: str) -
         raise DataError(f"{what} was fitted on images of shape {shape} (H, W, C), got "
                         f"{images.shape[1:]}")
     return images
-
-
-def make_featuriser(name: str, patch: int, *, context: int = 4, dim: int = 32, seed: int = 0,
-                    cache_dir: str | Path | None = None, progress: bool = True,
-                    **options: Any) -> PatchFeaturiser:
-    """The featuriser called ``name`` ("pca" or "mae"), not yet fitted.
-
-    ``options`` are further settings of that featuriser's class (PCA: ``fit_samples``; MAE:
-    ``epochs``, ``mask_ratio``, ``batch_size``, ``fit_images``, ``lr``, ``device``).
-    ``cache_dir`` and ``progress`` apply to the MAE only (PCA needs no cache and is quick).
-    """
-    if name == "pca":
-        cls: type = PCAFeaturiser
-        common = {"context": context, "dim": dim, "seed": seed}
-    elif name == "mae":
-        from hmmlvd.lvd.patch_mae import MAEFeaturiser  # patch_mae imports this module
-
-        cls = MAEFeaturiser
-        common = {"context": context, "dim": dim, "seed": seed, "cache_dir": cache_dir,
-                  "progress": progress}
-    else:
-        raise ParameterError(f"unknown featuriser {name!r}; choose one of {list(FEATURISERS)}")
-    allowed = set(inspect.signature(cls).parameters) - set(common) - {"patch"}
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ParameterError(f"featuriser {name!r} has no option(s) {unknown}; its options are "
-                             f"{sorted(allowed)}")
-    return cls(patch, **common, **options)
 
 
 @dataclass

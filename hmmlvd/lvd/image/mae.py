@@ -9,42 +9,40 @@ all tokens, and a linear decoder predicts the pixels of each masked patch (MSE o
 Features are the encoder's output tokens without masking, [N, num_patches, dim]: every token
 attends to the whole image.
 
-A trained model is cached as ``cache_dir/mae-<key>/`` (``model.safetensors`` + ``config.json``)
-where the key hashes the settings and the training images, so fitting again on the same data
-with the same settings loads it instead of training.
+A trained model is cached as ``cache_dir/mae-<key>/`` in the format of :mod:`hmmlvd.persist`
+(``model.safetensors`` + ``config.json`` of ``model_type`` "mae") where the key
+(:func:`hmmlvd.persist.cache_key`) hashes the settings and the training images, so fitting again
+on the same data with the same settings loads it instead of training.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from hmmlvd.atomic import atomic_write, atomic_write_json
+from hmmlvd import persist
 from hmmlvd.data.patches import patch_grid
 from hmmlvd.errors import CheckpointError, ParameterError
-from hmmlvd.lvd.patch_features import check_fitted_images, check_images
+from hmmlvd.lvd.image.features import check_fitted_images, check_images
 from hmmlvd.validate import check_int
 
 __all__ = ["HEADS", "LAYERS", "MAEFeaturiser", "PatchMAE", "random_mask", "train_mae"]
 
 HEADS = 4
 LAYERS = 2
-FORMAT_VERSION = 1
-TENSORS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
+MODEL_TYPE = "mae"  # the model_type of a cache entry's config.json
+#: Part of the cache key (as ``settings["format_version"]``, its name in caches written before
+#: :mod:`hmmlvd.persist`, so their keys are unchanged): bump when a cached model means
+#: something else.
+CACHE_VERSION = 1
 
 
 def _windows(x: torch.Tensor, patch: int, context: int) -> torch.Tensor:
@@ -196,7 +194,7 @@ class MAEFeaturiser:
         self.losses: list[float] = []
 
     def _settings(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "patch": self.patch, "context": self.context,
+        return {"format_version": CACHE_VERSION, "patch": self.patch, "context": self.context,
                 "dim": self.dim, "heads": HEADS, "layers": LAYERS, "seed": self.seed,
                 "epochs": self.epochs, "mask_ratio": self.mask_ratio,
                 "batch_size": self.batch_size, "fit_images": self.fit_images, "lr": self.lr}
@@ -212,8 +210,8 @@ class MAEFeaturiser:
         patch_grid(images.shape[1], images.shape[2], self.patch)
         self.image_shape = tuple(images.shape[1:])
         inputs = {"settings": self._settings(), "images": _fingerprint(images)}
-        key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
-        folder = None if self.cache_dir is None else self.cache_dir / f"mae-{key}"
+        folder = (None if self.cache_dir is None
+                  else self.cache_dir / f"mae-{persist.cache_key(inputs)}")
         model = self._new_model()
         if folder is not None and folder.is_dir():
             self.losses = _load(model, folder, inputs)
@@ -227,7 +225,8 @@ class MAEFeaturiser:
                                     batch_size=self.batch_size, lr=self.lr, seed=self.seed,
                                     progress=self.progress)
             if folder is not None:
-                _save(model, folder, {**inputs, "losses": self.losses})
+                persist.save_once(folder, dict(model.named_parameters()),
+                                  {**inputs, "losses": self.losses}, MODEL_TYPE)
         self.model = model.to(self.device).eval()
         return self
 
@@ -249,36 +248,28 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
 
 
-def _save(model: PatchMAE, folder: Path, config: dict) -> None:
-    """Write the weights and ``config`` into a temporary sibling folder, then rename it to
-    ``folder`` (if another process got there first, keep theirs)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        atomic_write(tmp / TENSORS_FILE, lambda path: save_file(tensors, path))
-        atomic_write_json(tmp / CONFIG_FILE, config)
-        os.rename(tmp, folder)
-    except OSError:
-        if not folder.is_dir():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _load(model: PatchMAE, folder: Path, inputs: dict) -> list[float]:
-    """Load cached weights into ``model``; returns the cached epoch losses. CheckpointError
-    when the folder is incomplete, unreadable or was written for other inputs."""
+    """Load the cached weights into ``model`` (its parameters; a PatchMAE has no buffers);
+    returns the cached epoch losses. CheckpointError when the folder was written for other
+    inputs, or is incomplete, unreadable or written by an older hmmlvd (no ``format_version``
+    or ``model_type`` in its config): the message says to delete it, and the next fit retrains
+    and caches the model again."""
     try:
-        config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        if {k: config.get(k) for k in inputs} != inputs:
-            raise CheckpointError(f"{folder} was written for other settings or images; "
-                                  f"delete it")
-        model.load_state_dict(load_file(str(folder / TENSORS_FILE)))
-        return [float(v) for v in config["losses"]]
-    except CheckpointError:
-        raise
-    except (OSError, json.JSONDecodeError, SafetensorError, RuntimeError, KeyError,
-            TypeError, ValueError) as exc:
-        raise CheckpointError(f"MAE cache {folder} is incomplete or unreadable ({exc}); "
-                              f"delete it to retrain") from exc
+        config = persist.read_config(folder, MODEL_TYPE, "MAE cache")
+    except CheckpointError as exc:
+        raise _unusable(folder, exc) from exc
+    if {k: config.get(k) for k in inputs} != inputs:
+        raise CheckpointError(f"{folder} was written for other settings or images; "
+                              f"delete it")
+    try:
+        losses = [float(v) for v in config["losses"]]
+        persist.load_into(model, folder)
+    except (CheckpointError, KeyError, TypeError, ValueError) as exc:
+        raise _unusable(folder, exc) from exc
+    return losses
+
+
+def _unusable(folder: Path, exc: Exception) -> CheckpointError:
+    """The error for a cache entry that cannot be read, naming it and the fix."""
+    return CheckpointError(f"MAE cache {folder} is incomplete or unreadable ({exc}); "
+                           f"delete it to retrain")

@@ -1,10 +1,10 @@
 """Image models end to end, what ``hmmlvd image`` and ``scripts/image_bpd.py`` run: build and
-train a baseline circuit (HCLT, PD, RAT-SPN: :mod:`hmmlvd.pc.image_models`) or image LVD
-(:func:`hmmlvd.lvd.image.train_patch_lvd`) on images [N, H, W, C] of 256 grey levels, measure
+train a baseline circuit (HCLT, PD, RAT-SPN: :mod:`hmmlvd.image.baselines`) or image LVD
+(:func:`hmmlvd.lvd.image.train.train_patch_lvd`) on images [N, H, W, C] of 256 grey levels, measure
 bits per dimension, save and load the model with an ``image.json`` record of what it models.
 
 Every model here is a :class:`~hmmlvd.pc.circuit.Circuit` or a
-:class:`~hmmlvd.pc.patch_circuit.PatchCircuit`; both have the verbs ``fit``, ``score``,
+:class:`~hmmlvd.image.patch_circuit.PatchCircuit`; both have the verbs ``fit``, ``score``,
 ``log_likelihood``, ``sample``, ``inpaint`` and ``save_pretrained``, so nothing below asks
 which one it holds.
 """
@@ -24,12 +24,12 @@ import torch
 from hmmlvd.atomic import atomic_write_json
 from hmmlvd.data.images import flatten
 from hmmlvd.errors import CheckpointError, DataError
+from hmmlvd.image.baselines import BASELINES, StructureConfig, baseline_from_config
+from hmmlvd.image.loading import load_pretrained
+from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.pc.bpd import evaluate_bpd
-from hmmlvd.pc.checkpoint import load_pretrained
 from hmmlvd.pc.circuit import Circuit
 from hmmlvd.pc.em import EMConfig
-from hmmlvd.pc.image_models import BASELINES, StructureConfig, baseline_from_config
-from hmmlvd.pc.patch_circuit import PatchCircuit
 
 MODELS = ("lvd", *BASELINES)
 LEVELS = 256  # pixels are categorical grey levels 0..255
@@ -58,11 +58,11 @@ class TrainedImageModel:
 
 def lvd_config(size: int, em: EMConfig, structure: StructureConfig,
                **fields: Any) -> Any:
-    """The :class:`~hmmlvd.lvd.image.PatchLVDConfig` of image LVD with sub-circuits of K =
+    """The :class:`~hmmlvd.lvd.image.train.PatchLVDConfig` of image LVD with sub-circuits of K =
     ``size``, finetuned (stage c) for ``em.epochs`` epochs with ``em``'s batch size, step
     size, pseudocount and seed, trees binned to ``structure.tree_bins``; ``fields``: its
     other fields (patch, num_latents, top_units, featuriser, ...)."""
-    from hmmlvd.lvd.image import PatchLVDConfig  # hmmlvd.lvd loads transformers
+    from hmmlvd.lvd.image.train import PatchLVDConfig  # hmmlvd.lvd loads transformers
 
     clash = sorted(set(fields) & set(LVD_SHARED))
     if clash:
@@ -88,7 +88,7 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
         raise DataError(f"unknown image model {kind!r}; expected one of {MODELS}")
     started = time.perf_counter()
     if kind == "lvd":
-        from hmmlvd.lvd.image import train_patch_lvd  # hmmlvd.lvd loads transformers
+        from hmmlvd.lvd.image.train import train_patch_lvd  # hmmlvd.lvd loads transformers
 
         config = lvd_config(size, em, structure, **(lvd_fields or {}))
         model, history = train_patch_lvd(train_images, config, progress=progress,

@@ -23,11 +23,11 @@ from hmmlvd import distributed, memory
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import DataError
-from hmmlvd.hmm.init import mle_from_labels
-from hmmlvd.hmm.model import HMM, HMMConfig
+from hmmlvd.hmm.config import HMMConfig
+from hmmlvd.hmm.model import HMM, mle_from_labels
 from hmmlvd.lvd.cluster import kmeans_labels
-from hmmlvd.lvd.encoder import Encoder, load_encoder, resolve_encoder_dtype
-from hmmlvd.lvd.suffix import embed_windows
+from hmmlvd.lvd.text.encoder import Encoder, load_encoder, resolve_encoder_dtype
+from hmmlvd.lvd.text.suffix import embed_windows
 
 DEFAULT_LVD_WINDOWS = 50_000  # windows embedded and clustered by default (all, when fewer)
 DEFAULT_CACHE = Path(os.environ.get("HMMLVD_CACHE", Path.home() / ".cache" / "hmmlvd"))
@@ -40,7 +40,7 @@ class LVDSettings:
     ``encoder``: None for the packaged MiniLM, else a name/path or a loaded :class:`Encoder`;
     ``encoder_dtype``: ``auto`` (default: bfloat16 where the CPU or GPU has native bf16, 2-3x
     faster with suffix embeddings at cosine 0.9999 to float32's; else float32), ``float32`` or
-    ``bfloat16`` (see :func:`~hmmlvd.lvd.encoder.resolve_encoder_dtype`).
+    ``bfloat16`` (see :func:`~hmmlvd.lvd.text.encoder.resolve_encoder_dtype`).
     ``mode``: ``masked`` (one encoder pass per window) or ``exact`` (one per suffix).
     ``kmeans_sample``: train each position's centroids on this many windows (None: all);
     ``kmeans_init``: centroid seeding (k-means++ avoids the local minima of FAISS's random one).

@@ -19,18 +19,27 @@ sub-circuit on its own patches only (:meth:`PatchCircuit.group_em_step`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from hmmlvd import memory, persist
 from hmmlvd.data.patches import patch_variables
+from hmmlvd.em import check_possible
 from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.pc.bpd import mean_log_likelihood
-from hmmlvd.pc.circuit import Circuit, Evaluation, check_batch, config_from_dict, positive_int
+from hmmlvd.pc.circuit import (
+    Circuit,
+    Evaluation,
+    check_batch,
+    config_from_dict,
+    parameter_bound,
+    positive_int,
+)
 from hmmlvd.pc.em import EMConfig, check_training_data, em_config, run_em
 from hmmlvd.pc.gumbel import pick_index
 from hmmlvd.pc.layers import SumLayer
@@ -38,6 +47,8 @@ from hmmlvd.pc.logspace import log_sum_exp
 from hmmlvd.pc.queries import choose_units, descend, fill_leaves
 from hmmlvd.pc.structures import Partition, Region, RegionGraph
 from hmmlvd.validate import check_int, check_pseudocount, check_step_size
+
+MODEL_TYPE = "patch_circuit"  # the model_type of a saved patch circuit's config.json
 
 
 @dataclass(frozen=True)
@@ -275,7 +286,7 @@ class PatchCircuit(nn.Module):
         log_p, evaluation, prepared, _ = self._groups(patches.reshape(b, -1),
                                                       track_density=True)
         chosen = torch.where(present, log_p, torch.zeros_like(log_p))
-        _check_finite(chosen, "a patch")
+        check_possible(chosen, "patches", "patch circuit")
         chosen.sum().backward()
         self.parts.input_layer.accumulate_(prepared, evaluation.density.grad, None)
         self._maximize(step_size, pseudocount, top=False)
@@ -301,7 +312,7 @@ class PatchCircuit(nn.Module):
         groups, evaluation, prepared, observed = self._groups(
             self.virtual(x), virtual_missing, track_density=True)
         log_likelihood = self._top(groups).log_likelihood[:, 0]
-        _check_finite(log_likelihood, "an image")
+        check_possible(log_likelihood, "images", "patch circuit")
         log_likelihood.sum().backward()
         self.parts.input_layer.accumulate_(prepared, evaluation.density.grad, observed)
         self.top.input_layer.take_gradient_counts_()
@@ -352,19 +363,37 @@ class PatchCircuit(nn.Module):
         return mean_log_likelihood(self.log_likelihood, data, batch_size)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory``
-        (:func:`hmmlvd.pc.checkpoint.save_patch_circuit`)."""
-        from hmmlvd.pc.checkpoint import save_patch_circuit  # checkpoint imports this module
-
-        save_patch_circuit(self, Path(directory))
+        """Write the patch circuit into ``directory`` (created if needed;
+        :mod:`hmmlvd.persist`): ``model.safetensors`` (every parameter by name) and
+        ``config.json`` (``model_type`` "patch_circuit", ``settings``:
+        :meth:`PatchCircuitConfig.to_dict`, ``sub_graphs`` and ``top_graph``:
+        :meth:`RegionGraph.to_dict <hmmlvd.pc.structures.RegionGraph.to_dict>`), the config
+        last."""
+        persist.save(directory, dict(self.named_parameters()),
+                     {"settings": self.config.to_dict(),
+                      "sub_graphs": [g.to_dict() for g in self.sub_graphs],
+                      "top_graph": self.top.graph.to_dict()}, MODEL_TYPE)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike,
                         device: str | torch.device = "cpu") -> PatchCircuit:
-        """Load a patch circuit written by :meth:`save_pretrained`."""
-        from hmmlvd.pc.checkpoint import load_patch_circuit  # checkpoint imports this module
+        """Load a patch circuit written by :meth:`save_pretrained`, on ``device``, checked as
+        :meth:`Circuit.from_pretrained <hmmlvd.pc.circuit.Circuit.from_pretrained>` checks a
+        circuit (the image shape against the sub-circuit graphs too)."""
+        return persist.load_model(directory, MODEL_TYPE, cls._from_saved_config,
+                                  cls.check_parameters, "patch circuit", device)
 
-        return load_patch_circuit(Path(directory), device=device)
+    @classmethod
+    def _from_saved_config(cls, raw: dict) -> PatchCircuit:
+        """The patch circuit (fresh parameters) that a saved ``config.json`` describes."""
+        config = PatchCircuitConfig.from_dict(raw["settings"])
+        sub_graphs = [RegionGraph.from_dict(g) for g in raw["sub_graphs"]]
+        top_graph = RegionGraph.from_dict(raw["top_graph"])
+        _check_image_shape(config.image_shape, sub_graphs)
+        memory.check_parameter_floats(_parameter_bound(sub_graphs, top_graph, config), {
+            k: v for k, v in config.to_dict().items()
+            if k in ("sub_units", "top_units", "num_categories", "num_latents")})
+        return cls.from_config(sub_graphs, top_graph, config)
 
     @classmethod
     def from_config(cls, sub_graphs: Sequence[RegionGraph], top_graph: RegionGraph,
@@ -439,8 +468,32 @@ class PatchCircuit(nn.Module):
         return latent
 
 
+save_patch_circuit = PatchCircuit.save_pretrained  # save_patch_circuit(model, directory)
+load_patch_circuit = PatchCircuit.from_pretrained  # load_patch_circuit(directory, device="cpu")
+
+
+def _parameter_bound(sub_graphs: Sequence[RegionGraph], top_graph: RegionGraph,
+                     config: PatchCircuitConfig) -> int:
+    """An upper bound on the float32 parameters of a patch circuit (nothing is built): the
+    sub-circuits, their root mixtures and the top circuit."""
+    parts = sum(parameter_bound(g, config.sub_units, config.num_categories, "hadamard", 1)
+                for g in sub_graphs)
+    top = parameter_bound(top_graph, config.top_units, config.num_latents, "hadamard", 1)
+    return parts + top + len(sub_graphs) * config.sub_units
+
+
+def _check_image_shape(shape: tuple[int, int, int], sub_graphs: Sequence[RegionGraph]) -> None:
+    """:class:`ParameterError` unless the image (height, width, channels) has at most as many
+    values as the sub-circuit graphs cover (every patch value lies in one sub-circuit of its
+    patch): checked before the patch index of that size is built."""
+    covered = sum(g.num_variables for g in sub_graphs)
+    if math.prod(shape) > covered:
+        raise ParameterError(f"image_shape {list(shape)!r:.60} does not fit the sub-circuit "
+                             f"graphs, which cover {covered:,} values")
+
+
 def _check_finite(log_likelihood: torch.Tensor, what: str) -> None:
     bad = ~torch.isfinite(log_likelihood)
     if bad.any():
         raise DataError(f"{what} (sample {int(bad.nonzero()[0][0])}) has probability zero under "
-                        "the circuit, so EM cannot assign it; train with a pseudocount > 0")
+                        "the circuit: there is nothing to condition on")

@@ -40,12 +40,12 @@ import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from hmmlvd import distributed
+from hmmlvd import distributed, persist
 from hmmlvd.atomic import atomic_write_json
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import DataError, EncoderError
-from hmmlvd.lvd.encoder import Encoder, check_tokenizer, word_to_text
+from hmmlvd.lvd.text.encoder import Encoder, check_tokenizer, word_to_text
 
 SUFFIX_MODES = ("masked", "exact")
 DEFAULT_MAX_PIECES = 4
@@ -343,12 +343,12 @@ def _windows_identity(windows: TokenWindows) -> dict:
 
 
 def cache_key(encoder: Encoder, windows: TokenWindows, table: PieceTable, mode: str) -> dict:
-    """The inputs the cached embeddings depend on, plus ``key`` = their SHA-256 (24 hex)."""
+    """The inputs the cached embeddings depend on, plus ``key`` =
+    :func:`hmmlvd.persist.cache_key` of them (24 hex digits of their SHA-256)."""
     inputs = {"version": CACHE_VERSION, "mode": mode, "max_pieces": table.max_pieces,
               "encoder": _encoder_identity(encoder), "windows": _windows_identity(windows),
               "pieces": table.digest()}
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:24]
-    return {"key": digest, **inputs}
+    return {"key": persist.cache_key(inputs), **inputs}
 
 
 def max_window_tokens(windows: TokenWindows, table: PieceTable) -> int:

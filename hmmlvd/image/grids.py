@@ -2,7 +2,7 @@
 
 Models are anything with ``sample(n, seed=...)`` and ``inpaint(x, missing, seed=...)`` over
 [N, H*W*C] pixels in HWC order (a :class:`~hmmlvd.pc.circuit.Circuit` or a
-:class:`~hmmlvd.pc.patch_circuit.PatchCircuit`).
+:class:`~hmmlvd.image.patch_circuit.PatchCircuit`).
 """
 
 from __future__ import annotations

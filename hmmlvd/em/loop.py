@@ -1,0 +1,131 @@
+"""The one EM epoch loop, shared by HMMs (:func:`hmmlvd.hmm.train.train`), circuits and patch
+circuits (:func:`hmmlvd.pc.em.fit_em`).
+
+An epoch is mini-batch or full-batch with a step size a (a *plan*: one ``(a, full_batch)`` per
+epoch). Mini-batch: for each batch, the E-step then an M-step with step a. Full-batch: the
+E-steps of all batches are summed, then one M-step. The model's side is a :class:`Learner`;
+the loop owns the order of calls, the resumable position (:class:`LoopState`), the progress bar
+and the hooks: ``after_step`` (periodic checkpoints), ``stop_requested`` / ``on_stop`` (Ctrl-C
+and SIGTERM: stop after the current batch) and ``after_epoch`` (epoch-end checkpoints).
+
+A batch that fails (an exception, or ``KeyboardInterrupt``) calls ``learner.discard()`` first,
+so no half-collected counts (or lazily scaled tables) stay behind.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tqdm.auto import tqdm
+
+
+class Learner(Protocol):
+    """A model's side of EM. The counts live in the learner (or its model) between calls."""
+
+    def begin_epoch(self, full_batch: bool) -> None:
+        """Prepare the counts of a new epoch."""
+
+    def e_step(self, batch: Any) -> tuple[float, float]:
+        """Expected counts of ``batch``, kept for the next :meth:`m_step` (mini-batch) or added
+        to the epoch's sum (full-batch); returns (summed log-likelihood, units) of the batch,
+        over every rank (units: what the log-likelihood is reported per, e.g. tokens)."""
+
+    def m_step(self, step_size: float, pseudocount: float) -> None:
+        """Update the parameters from the counts kept since the last M-step, then drop them."""
+
+    def sync(self) -> None:
+        """Make the parameters readable as they are (before a checkpoint or a stop)."""
+
+    def end_epoch(self) -> None:
+        """After the epoch's last M-step (e.g. resynchronise ranks)."""
+
+    def discard(self) -> None:
+        """Drop half-collected counts and leave the parameters valid (after a failure)."""
+
+
+@dataclass
+class LoopState:
+    """Where a run stands: ``epoch`` epochs finished, ``batch`` batches of the current
+    (mini-batch) epoch done, ``step`` M-steps done."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+@dataclass
+class EpochStats:
+    """What one epoch reported: its step size and kind, the mean log-likelihood per unit
+    measured during its E-steps (before each batch's update), and its wall time."""
+
+    epoch: int
+    step_size: float
+    full_batch: bool
+    mean_log_likelihood: float
+    seconds: float
+
+
+def run_epochs(learner: Learner, plan: Sequence[tuple[float, bool]], pseudocount: float,
+               batches: Callable[[int, bool, int], Iterable[Any]], num_batches: int,
+               state: LoopState | None = None, *, progress: bool = True, desc: str = "",
+               unit: str = "ll", after_step: Callable[[LoopState], None] | None = None,
+               stop_requested: Callable[[], bool] | None = None,
+               on_stop: Callable[[LoopState, bool], None] | None = None,
+               after_epoch: Callable[[LoopState, EpochStats], None] | None = None
+               ) -> list[EpochStats]:
+    """Run the epochs of ``plan`` from ``state`` (default: the start) and return their stats.
+
+    ``batches(epoch, full_batch, start_batch)``: the batches of an epoch, from batch
+    ``start_batch`` on (a full-batch epoch always restarts at 0: its model is unchanged until
+    its end); ``num_batches``: how many an epoch has. ``state`` is updated in place.
+    ``stop_requested()`` is asked after every batch; when true, the learner is synced and
+    ``on_stop(state, full_batch)`` is called (it should save and raise); if it returns, the
+    loop returns. ``unit`` names the bar's running mean log-likelihood."""
+    state = state or LoopState()
+    stats: list[EpochStats] = []
+    while state.epoch < len(plan):
+        step_size, full_batch = plan[state.epoch]
+        started = time.perf_counter()
+        label = f"epoch {state.epoch + 1}/{len(plan)}"
+        start = 0 if full_batch else state.batch
+        total, units = 0.0, 0.0
+        learner.begin_epoch(full_batch)
+        with tqdm(total=num_batches, initial=start, unit="batch", disable=not progress,
+                  desc=f"{desc} {label}".strip(), dynamic_ncols=True) as bar:
+            try:
+                for batch in batches(state.epoch, full_batch, start):
+                    log_likelihood, size = learner.e_step(batch)
+                    total, units = total + log_likelihood, units + size
+                    if not full_batch:
+                        learner.m_step(step_size, pseudocount)
+                        state.batch += 1
+                        state.step += 1
+                    bar.update(1)
+                    bar.set_postfix({unit: f"{total / max(units, 1):.4f}"})
+                    if not full_batch and after_step is not None and state.batch < num_batches:
+                        after_step(state)
+                    if stop_requested is not None and stop_requested():
+                        learner.sync()
+                        if full_batch:
+                            state.batch = 0
+                        if on_stop is not None:
+                            on_stop(state, full_batch)
+                        return stats
+                if full_batch:
+                    learner.m_step(step_size, pseudocount)
+                    state.step += 1
+            except BaseException:
+                learner.discard()
+                raise
+        learner.sync()
+        learner.end_epoch()
+        stats.append(EpochStats(state.epoch + 1, step_size, full_batch,
+                                total / max(units, 1), time.perf_counter() - started))
+        state.epoch += 1
+        state.batch = 0
+        if after_epoch is not None:
+            after_epoch(state, stats[-1])
+    return stats

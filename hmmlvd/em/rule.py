@@ -1,0 +1,64 @@
+"""The M-step rule of every model in hmmlvd, and the E-step's probability-zero check.
+
+For a table of distributions theta (normalised over ``dims``), expected counts n of the same
+shape, step size a in (0, 1] and pseudocount c >= 0:
+
+    target = (n + c) * valid / sum_dims((n + c) * valid)
+    theta <- (1 - a) * theta + a * target        for every distribution with sum_dims(n) > 0
+    theta <- theta                               for every distribution with no counts
+
+``valid`` (0/1, broadcastable) marks entries that may be non-zero (structural zeros stay 0).
+The zero-count policy: the pseudocount smooths the distributions the data reached and never
+pulls an unvisited one toward uniform, so a state no window visits keeps its parameters, in an
+HMM and in the circuit that compiles it (:func:`hmmlvd.pc.from_hmm.from_hmm`) alike. a = 1 is
+the classic M-step; a < 1 is stochastic (mini-batch) EM. The HMM's emission table applies the
+same rule lazily (:class:`hmmlvd.hmm.em.ScaledEmission`): the identical update written as a
+per-(position, state) scale and shift plus a sparse add over the rows a batch touched.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hmmlvd.errors import DataError
+
+
+def _target(counts: torch.Tensor, dims: tuple[int, ...], pseudocount: float,
+            valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised smoothed counts, True where a distribution has counts), the latter keeping
+    size-1 ``dims``."""
+    seen = counts.sum(dim=dims, keepdim=True) > 0
+    smoothed = counts + pseudocount
+    if valid is not None:
+        smoothed = smoothed * valid
+    total = smoothed.sum(dim=dims, keepdim=True)
+    target = smoothed / total.clamp_min(torch.finfo(smoothed.dtype).tiny)
+    return target, seen & (total > 0)
+
+
+def mix_probabilities(theta: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...],
+                      step_size: float, pseudocount: float,
+                      valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The rule on probabilities ``theta``: returns the new table (same shape)."""
+    target, seen = _target(counts, dims, pseudocount, valid)
+    return torch.where(seen, torch.lerp(theta, target, step_size), theta)
+
+
+def mix_log_probabilities(log_theta: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...],
+                          step_size: float, pseudocount: float,
+                          valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The rule on log-probabilities: returns the new log-table; distributions without
+    counts are returned bit for bit."""
+    target, seen = _target(counts, dims, pseudocount, valid)
+    return torch.where(seen, torch.log(torch.lerp(log_theta.exp(), target, step_size)),
+                       log_theta)
+
+
+def check_possible(log_likelihood: torch.Tensor, items: str = "windows",
+                   model: str = "model") -> None:
+    """:class:`DataError` naming the first ``items`` whose log-likelihood [B] is -inf (or NaN):
+    their posterior, and so their expected counts, are undefined."""
+    impossible = (~torch.isfinite(log_likelihood)).nonzero().flatten().tolist()
+    if impossible:
+        raise DataError(f"{items} {impossible[:5]} have probability 0 under the {model}, so EM "
+                        "cannot assign them; train with a pseudocount > 0")

@@ -1,0 +1,42 @@
+"""Resuming training: the model, settings and progress of the newest checkpoint that
+:func:`hmmlvd.hmm.train.save_checkpoint` wrote under an output folder."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from hmmlvd.errors import CheckpointError, DataError
+from hmmlvd.hmm.model import HMM
+from hmmlvd.hmm.train import STATE_FILE, TrainConfig, TrainState
+from hmmlvd.validate import check_int
+
+
+def load_checkpoint(out: Path, device: str = "cpu") -> tuple[HMM, TrainConfig, TrainState]:
+    """The model, config and state of the newest checkpoint under ``out``."""
+    latest = out / "checkpoints" / "latest"
+    if not latest.is_file():
+        raise CheckpointError(f"no checkpoint to resume from: {latest} does not exist")
+    try:
+        name = latest.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{latest} is unreadable: {exc}") from exc
+    if not re.fullmatch(r"step-[0-9]+", name):  # never a path out of the checkpoints folder
+        raise CheckpointError(f"{latest} names {name[:80]!r}, not a checkpoint folder "
+                              "step-NNNNNNNN of this run")
+    folder = out / "checkpoints" / name
+    if not (folder / STATE_FILE).is_file():
+        raise CheckpointError(f"checkpoint {folder} has no {STATE_FILE}")
+    try:
+        raw = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        config = TrainConfig.from_dict(raw.pop("train_config"))
+        state = TrainState(**raw)
+        for name in ("epoch", "batch", "step"):
+            check_int(getattr(state, name), name, 0)
+        if not isinstance(state.run_id, str) or not isinstance(state.trained_on, dict):
+            raise TypeError("run_id must be a string and trained_on an object")
+    except (ValueError, TypeError, KeyError, AttributeError, DataError) as exc:
+        raise CheckpointError(f"{folder / STATE_FILE} is damaged or not from hmmlvd: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    return HMM.from_pretrained(folder, device=device), config, state

@@ -1,0 +1,183 @@
+"""The EM core every model shares (hmmlvd.em): the M-step rule against a plain per-row
+reference, the probability-zero check, the epoch shuffle, and the epoch loop's order of calls,
+resume position, stop and failure paths (with a recording learner), plus the HMM's failure path
+end to end."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hmmlvd.em import (
+    LoopState,
+    check_possible,
+    epoch_batches,
+    epoch_order,
+    mix_log_probabilities,
+    mix_probabilities,
+    run_epochs,
+)
+from hmmlvd.errors import DataError
+from hmmlvd.hmm import HMM, Phase, TrainConfig
+
+
+def reference_rule(theta: list[float], counts: list[float], a: float, c: float,
+                   valid: list[bool] | None = None) -> list[float]:
+    """One distribution, in plain Python, as the docstring of hmmlvd.em.rule states it."""
+    if sum(counts) == 0:
+        return list(theta)
+    valid = valid or [True] * len(theta)
+    smoothed = [(n + c) if ok else 0.0 for n, ok in zip(counts, valid, strict=True)]
+    total = sum(smoothed)
+    if total == 0:
+        return list(theta)
+    return [(1 - a) * t + a * s / total for t, s in zip(theta, smoothed, strict=True)]
+
+
+@pytest.mark.parametrize("a, c", [(1.0, 0.0), (0.3, 0.0), (0.7, 0.5), (1.0, 2.0)])
+def test_rule_matches_the_per_row_reference(a, c):
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.rand(4, 3, 5, generator=gen, dtype=torch.float64)
+    theta /= theta.sum(-1, keepdim=True)
+    counts = torch.rand(4, 3, 5, generator=gen, dtype=torch.float64) * 3
+    counts[1, 2] = 0  # a distribution no data reached
+    counts[2, 0, :2] = 0  # partly reached
+    got = mix_probabilities(theta, counts, (-1,), a, c)
+    for i in range(4):
+        for j in range(3):
+            want = reference_rule(theta[i, j].tolist(), counts[i, j].tolist(), a, c)
+            assert got[i, j].tolist() == pytest.approx(want, rel=1e-12)
+    assert torch.equal(got[1, 2], theta[1, 2])  # unreached: unchanged, bit for bit
+
+
+def test_rule_over_two_dims_with_structural_zeros_in_log_space():
+    gen = torch.Generator().manual_seed(1)
+    valid = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # entry (0, 1) may never be non-zero
+    log_theta = torch.log(torch.tensor([[0.5, 0.0], [0.25, 0.25]], dtype=torch.float64))
+    log_theta = log_theta.expand(3, 2, 2).clone()
+    counts = torch.rand(3, 2, 2, generator=gen, dtype=torch.float64)
+    counts[2] = 0
+    got = mix_log_probabilities(log_theta, counts, (1, 2), 0.4, 0.1, valid)
+    for i in range(2):
+        want = reference_rule(log_theta[i].exp().flatten().tolist(), counts[i].flatten().tolist(),
+                              0.4, 0.1, [bool(v) for v in valid.flatten()])
+        assert got[i].exp().flatten().tolist() == pytest.approx(want, rel=1e-12)
+        assert got[i, 0, 1] == -math.inf
+    assert torch.equal(got[2], log_theta[2])
+
+
+def test_check_possible_names_the_impossible_items():
+    check_possible(torch.tensor([-1.0, -2.0]))
+    with pytest.raises(DataError, match=r"^samples \[1, 3\] have probability 0 under the "
+                                        r"circuit, so EM cannot assign them; train with a "
+                                        r"pseudocount > 0$"):
+        check_possible(torch.tensor([0.0, -math.inf, -1.0, math.nan]), "samples", "circuit")
+
+
+def test_epoch_batches_cover_everything_once_in_a_fixed_order_per_epoch():
+    batches = epoch_batches(10, 3, seed=5, epoch=2)
+    assert [len(b) for b in batches] == [3, 3, 3, 1]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(10))
+    again = np.concatenate(epoch_batches(10, 3, seed=5, epoch=2))
+    assert np.array_equal(np.concatenate(batches), again)
+    assert not np.array_equal(epoch_order(50, 5, 2), epoch_order(50, 5, 3))
+    assert not np.array_equal(epoch_order(50, 5, 2), epoch_order(50, 6, 2))
+    skipped = epoch_batches(10, 3, seed=5, epoch=2, start_batch=2)
+    assert np.array_equal(np.concatenate(skipped), np.concatenate(batches[2:]))
+    assert np.array_equal(np.concatenate(epoch_batches(7, 2, 0, 0, shuffle=False)),
+                          np.arange(7))
+
+
+class Recorder:
+    """A learner that records the calls the loop makes; e_step returns (-len, len)."""
+
+    def __init__(self, fail_on=None):
+        self.calls: list[str] = []
+        self.fail_on = fail_on
+
+    def begin_epoch(self, full_batch):
+        self.calls.append(f"begin({'full' if full_batch else 'mini'})")
+
+    def e_step(self, batch):
+        if batch == self.fail_on:
+            raise DataError("bad batch")
+        self.calls.append(f"e{batch}")
+        return -2.0, 1
+
+    def m_step(self, step_size, pseudocount):
+        self.calls.append(f"m{step_size}")
+
+    def sync(self):
+        self.calls.append("sync")
+
+    def end_epoch(self):
+        self.calls.append("end")
+
+    def discard(self):
+        self.calls.append("discard")
+
+
+def batches_of(n):
+    return lambda epoch, full_batch, start: [f"{epoch}.{b}" for b in range(start, n)]
+
+
+def test_loop_orders_mini_and_full_batch_epochs():
+    learner = Recorder()
+    stats = run_epochs(learner, [(0.5, False), (1.0, True)], 0.0, batches_of(2), 2,
+                       progress=False)
+    assert learner.calls == ["begin(mini)", "e0.0", "m0.5", "e0.1", "m0.5", "sync", "end",
+                             "begin(full)", "e1.0", "e1.1", "m1.0", "sync", "end"]
+    assert [(s.epoch, s.full_batch, s.mean_log_likelihood) for s in stats] == [
+        (1, False, -2.0), (2, True, -2.0)]
+
+
+def test_loop_resumes_mid_epoch_and_checkpoints_between_batches_only():
+    learner, seen = Recorder(), []
+    state = LoopState(epoch=0, batch=1, step=1)
+    run_epochs(learner, [(0.5, False), (0.5, False)], 0.0, batches_of(3), 3, state,
+               progress=False, after_step=lambda s: seen.append((s.epoch, s.batch, s.step)))
+    assert learner.calls[:5] == ["begin(mini)", "e0.1", "m0.5", "e0.2", "m0.5"]
+    assert seen == [(0, 2, 2), (1, 1, 4), (1, 2, 5)]  # never after an epoch's last batch
+    assert (state.epoch, state.batch, state.step) == (2, 0, 6)
+
+
+@pytest.mark.parametrize("full_batch", [False, True])
+def test_loop_stop_syncs_then_hands_over_where_it_stands(full_batch):
+    learner, stopped = Recorder(), []
+    state = LoopState()
+    run_epochs(learner, [(0.5, full_batch)], 0.0, batches_of(3), 3, state, progress=False,
+               stop_requested=lambda: learner.calls.count("e0.0") > 0,
+               on_stop=lambda s, fb: stopped.append((s.batch, s.step, fb)))
+    assert learner.calls[-1] == "sync"
+    # a mini-batch epoch stops after its first step; a full-batch one restarts from batch 0
+    assert stopped == [(0, 0, True)] if full_batch else [(1, 1, False)]
+
+
+def test_loop_discards_counts_of_a_failed_batch():
+    learner = Recorder(fail_on="0.1")
+    with pytest.raises(DataError, match="bad batch"):
+        run_epochs(learner, [(1.0, True)], 0.0, batches_of(3), 3, progress=False)
+    assert learner.calls == ["begin(full)", "e0.0", "discard"]
+
+
+def test_hmm_left_valid_when_a_mini_batch_epoch_fails():
+    """Mini-batch EM keeps the emission table lazily scaled; a batch that fails (here a window
+    of probability 0, with pseudocount 0) must leave normalised parameters behind."""
+    good = [[0, 0, 0], [0, 0, 0], [0, 0, 0]]
+    bad = [0, 2, 0]
+    order = epoch_order(4, 0, 0)
+    windows = [None] * 4
+    windows[int(order[-1])] = bad  # visited last, after three M-steps
+    for i, w in zip([int(k) for k in order[:-1]], good, strict=True):
+        windows[i] = w
+    emission = torch.tensor([[[0.6, 0.5], [0.4, 0.5], [0.0, 0.0]]]).expand(3, 3, 2).clone()
+    hmm = HMM(2, 3, 3, initial=torch.tensor([0.5, 0.5]),
+              transition=torch.full((2, 2, 2), 0.5), emission=emission.clone())
+    config = TrainConfig(phases=[Phase(1, 0.5)], batch_size=1, pseudocount=0.0)
+    with pytest.raises(DataError, match="probability 0"):
+        hmm.fit(torch.tensor(windows), config, progress=False)
+    torch.testing.assert_close(hmm.emission.sum(1), torch.ones(3, 2))
+    assert not torch.equal(hmm.emission, emission)  # the three good steps were kept
