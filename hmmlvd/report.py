@@ -15,15 +15,6 @@ import torch
 from hmmlvd.atomic import atomic_write_text
 
 
-def bench_device(requested: str | None) -> torch.device:
-    """The device a benchmark runs on: ``requested``, else CUDA when torch sees a GPU, else
-    the CPU. Raises ValueError if CUDA is requested but absent."""
-    device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA GPU")
-    return device
-
-
 def device_name(device: torch.device) -> str:
     """GPU name on cuda, else the CPU model (platform.processor, or /proc/cpuinfo)."""
     if device.type == "cuda":

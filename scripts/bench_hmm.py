@@ -58,8 +58,10 @@ from hmmlvd.bench import (
     time_em_step,
     time_forward,
 )
+from hmmlvd.device import resolve_device
+from hmmlvd.errors import DataError
 from hmmlvd.hmm.model import HMM
-from hmmlvd.report import bench_device, device_name, provenance, write_section
+from hmmlvd.report import device_name, provenance, write_section
 
 if TYPE_CHECKING:
     from hmmlearn.hmm import CategoricalHMM
@@ -337,8 +339,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="also write the report into this file's bench_hmm section")
     args = p.parse_args(argv)
     try:
-        args.device = bench_device(args.device)
-    except ValueError as exc:
+        args.device = resolve_device(args.device)
+    except DataError as exc:
         p.error(str(exc))
     if args.batch_size is None:
         args.batch_size = 8192 if args.device.type == "cuda" else 1024

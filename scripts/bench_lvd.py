@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from hmmlvd.cli import resolve_device
 from hmmlvd.data import TokenWindows, Vocabulary, load_wikitext
+from hmmlvd.device import resolve_device
 from hmmlvd.lvd.text.encoder import (
     ENCODER_DTYPE_NAMES,
     Encoder,

@@ -3,8 +3,8 @@
 What it measures, for each (input, structure, K) row, on one device:
 
 - **structures**: Poon–Domingos (``poon_domingos(S, S, delta)``, einsum layers) and hidden
-  Chow–Liu trees (``hclt_region_graph`` of a ``chow_liu_tree`` learned from a subset of the
-  training images, Hadamard layers, rooted at the tree's centre to keep it shallow);
+  Chow–Liu trees (``learn_hclt``: the Chow–Liu tree of a subset of the training images,
+  Hadamard layers, rooted at the tree's centre to keep it shallow);
 - **inputs**: MNIST with 256 grey levels (categorical, 256 categories) and binarised MNIST
   (Bernoulli, pixel > 127). The Chow–Liu tree of the 256-level data is learned on the pixels
   binned into ``--tree-bins`` levels (pairwise mutual information of 256-category variables
@@ -55,11 +55,12 @@ import torch
 from tqdm import tqdm
 
 from hmmlvd.bench import matmul_rate, median_seconds, percent, si, synchronize
+from hmmlvd.device import resolve_device
 from hmmlvd.errors import DataError
-from hmmlvd.pc import Circuit, chow_liu_tree, em_step, hclt_region_graph, poon_domingos
+from hmmlvd.pc import Circuit, em_step, poon_domingos
 from hmmlvd.pc.layers import EinsumLayer, HadamardLayer
-from hmmlvd.pc.structures import RegionGraph, tree_centre
-from hmmlvd.report import bench_device, device_name, provenance, write_section
+from hmmlvd.pc.structures import RegionGraph, learn_hclt
+from hmmlvd.report import device_name, provenance, write_section
 
 SECTION = "bench_pc"
 SQUARE_SIZE = 2048
@@ -146,20 +147,16 @@ def as_input(pixels: np.ndarray, kind: str) -> np.ndarray:
 
 
 def hclt_graph(pixels: np.ndarray, kind: str, args: argparse.Namespace
-               ) -> tuple[RegionGraph, float, int]:
-    """The HCLT region graph of the first ``--tree-images`` images, the seconds the Chow–Liu
-    tree took, and its root."""
-    subset = pixels[: args.tree_images]
-    if kind == "bernoulli":
-        data, categories = as_input(subset, kind), 2
-    else:  # bin 256 levels into --tree-bins for the mutual information
-        data, categories = subset.astype(np.int64) * args.tree_bins // 256, args.tree_bins
+               ) -> tuple[RegionGraph, float]:
+    """The HCLT region graph (:func:`hmmlvd.pc.structures.learn_hclt`) of the first
+    ``--tree-images`` images, 256 levels binned to ``--tree-bins`` for the mutual information,
+    and the seconds it took."""
+    subset = as_input(pixels[: args.tree_images], kind)
+    categorical = kind != "bernoulli"
     started = time.perf_counter()
-    tree = chow_liu_tree(data, categories)
-    seconds = time.perf_counter() - started
-    num_variables = pixels.shape[1]
-    root = tree_centre(tree, num_variables)
-    return hclt_region_graph(tree, root=root, num_variables=num_variables), seconds, root
+    graph = learn_hclt(subset, 256 if categorical else 2,
+                       bins=args.tree_bins if categorical else None)
+    return graph, time.perf_counter() - started
 
 
 def build_circuit(structure: str, kind: str, k: int, graph: RegionGraph,
@@ -277,10 +274,10 @@ def make_graph(structure: str, kind: str, images: Images, args: argparse.Namespa
         graph = poon_domingos(images.size, images.size, delta=args.delta)
         return graph, (f"PD delta={args.delta}: {len(graph.regions)} regions, "
                        f"{len(graph.partitions)} partitions")
-    graph, seconds, root = hclt_graph(images.pixels, kind, args)
+    graph, seconds = hclt_graph(images.pixels, kind, args)
     bins = "0/1 pixels" if kind == "bernoulli" else f"pixels binned to {args.tree_bins} levels"
     return graph, (f"HCLT {kind}: Chow–Liu tree of the first {args.tree_images} images "
-                   f"({bins}) in {seconds:.1f} s, rooted at its centre (pixel {root})")
+                   f"({bins}) in {seconds:.1f} s, rooted at its centre")
 
 
 class Graphs:
@@ -437,8 +434,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="also write the report into this file's bench_pc section")
     args = p.parse_args(argv)
     try:
-        args.device = bench_device(args.device)
-    except ValueError as exc:
+        args.device = resolve_device(args.device)
+    except DataError as exc:
         p.error(str(exc))
     if args.batch_size is None:
         args.batch_size = 2048 if args.device.type == "cuda" else 512

@@ -60,6 +60,7 @@ from hmmlvd.cli_image import (
 )
 from hmmlvd.cli_image import load_data as load_flagged_data
 from hmmlvd.data.images import ImageData
+from hmmlvd.device import resolve_device
 from hmmlvd.errors import DataError, HMMLVDError
 from hmmlvd.image.grids import save_inpaintings, save_samples
 from hmmlvd.image_pipeline import (
@@ -106,9 +107,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         check_model_flags(args)
     except DataError as exc:
         parser.error(str(exc))
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda was asked for but torch sees no CUDA GPU")
-    args.device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        args.device = resolve_device(args.device)
+    except DataError as exc:
+        parser.error(str(exc))
     if args.data_dir is None:
         args.data_dir = Path("../shared/data") / args.dataset
     args.command = shlex.join(["python", "scripts/image_bpd.py", *argv])

@@ -45,16 +45,21 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from hmmlvd.atomic import atomic_write_json
-from hmmlvd.cli import resolve_device, train_config_from
+from hmmlvd.cli import (
+    add_data_args,
+    add_em_args,
+    add_lvd_args,
+    lvd_settings_from,
+    train_config_from,
+)
 from hmmlvd.data import TokenWindows, WikiText, load_wikitext
+from hmmlvd.device import resolve_device
 from hmmlvd.errors import CheckpointError, HMMLVDError
 from hmmlvd.hmm import HMM, TrainConfig, sliding_perplexity, train
 from hmmlvd.hmm.resume import load_checkpoint
 from hmmlvd.hmm.train import TrainingInterrupted, TrainState
 from hmmlvd.lvd.text.distill import (
-    DEFAULT_CACHE,
     DEFAULT_LVD_WINDOWS,
-    LVDSettings,
     embed,
     lvd_subset,
     run_lvd,
@@ -87,13 +92,6 @@ class Row:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     """The CLI's EM settings from the same flags (mini-batch phases; one checkpoint kept)."""
     return replace(train_config_from(args), keep_checkpoints=1)
-
-
-def lvd_settings(args: argparse.Namespace) -> LVDSettings:
-    return LVDSettings(encoder=args.encoder, encoder_dtype=args.encoder_dtype,
-                       mode=args.embedding_mode, cache_dir=args.cache_dir,
-                       kmeans_sample=args.kmeans_sample, kmeans_iters=args.kmeans_iters,
-                       pseudocount=args.pseudocount, seed=args.seed)
 
 
 def run_settings(init: str, h: int, args: argparse.Namespace, data: WikiText,
@@ -147,7 +145,7 @@ class Embeddings:
     def get(self) -> np.ndarray:
         if self.array is None:
             started = time.perf_counter()
-            self.array = embed(self.windows, self.data.vocab, lvd_settings(self.args),
+            self.array = embed(self.windows, self.data.vocab, lvd_settings_from(self.args),
                                self.args.device)
             self.seconds = time.perf_counter() - started
         return self.array
@@ -160,7 +158,7 @@ def initialise(init: str, h: int, data: WikiText, embeddings: Embeddings,
         return HMM(h, len(data.vocab), args.length, seed=args.seed, device=args.device,
                    vocab=data.vocab), {}
     vectors = embeddings.get()
-    result = run_lvd(embeddings.windows, h, data.vocab, lvd_settings(args), device=args.device,
+    result = run_lvd(embeddings.windows, h, data.vocab, lvd_settings_from(args), device=args.device,
                      embeddings=vectors)
     return result.hmm, {"embed": embeddings.seconds, **result.seconds}
 
@@ -297,35 +295,17 @@ def search_table(out: Path) -> str:
 # ----- command line ---------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", type=Path, default=None)
+    add_data_args(p)
     p.add_argument("--hidden-states", type=int, nargs="+", default=[64, 128, 256])
     p.add_argument("--inits", nargs="+", choices=INITS, default=list(INITS))
-    p.add_argument("--lvd-windows", type=int, default=DEFAULT_LVD_WINDOWS,
-                   help="embed and cluster a seeded subset of N train windows (default "
-                        f"{DEFAULT_LVD_WINDOWS:,})")
     p.add_argument("--max-windows", type=int, default=0,
                    help="EM on a seeded random subset of N train windows (0, default: all)")
     p.add_argument("--length", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--step-size", type=float, default=0.3)
-    p.add_argument("--phase2-epochs", type=int, default=1)
-    p.add_argument("--phase2-step-size", type=float, default=0.1)
-    p.add_argument("--final-full-batch", type=int, default=0, metavar="N",
-                   help="end with N full-batch EM epochs (step size 1)")
-    p.add_argument("--batch-size", type=int, default=16384)
-    p.add_argument("--pseudocount", type=float, default=1e-3)
-    p.add_argument("--encoder", default=None, help="default: the packaged all-MiniLM-L6-v2")
-    p.add_argument("--encoder-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="auto (default): bfloat16 where the hardware has native bf16")
-    p.add_argument("--embedding-mode", choices=["masked", "exact"], default="masked")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
-    p.add_argument("--kmeans-sample", type=int, default=None)
-    p.add_argument("--kmeans-iters", type=int, default=20)
+    add_em_args(p)  # the CLI's EM flags and defaults (hmmlvd train / lvd)
+    add_lvd_args(p)  # the CLI's distillation flags
     p.add_argument("--splits", nargs="+", choices=["valid", "test"], default=["valid", "test"],
                    help="splits to evaluate (schedule search: valid only)")
     p.add_argument("--max-eval-tokens", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/lvd_vs_random"),
                    help="one folder per run: checkpoints, then results.json (reused)")
     p.add_argument("--checkpoint-every", type=int, default=25,
@@ -339,7 +319,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--write", type=Path, default=None,
                    help="also record the table in this markdown file (e.g. docs/results.md)")
     args = p.parse_args(argv)
-    args.full_batch = False  # every phase but --final-full-batch is mini-batch
+    if args.full_batch:
+        p.error("--full-batch is not supported here (use --final-full-batch N)")
+    if args.lvd_windows is None:
+        args.lvd_windows = DEFAULT_LVD_WINDOWS
     if args.max_windows < 0 or args.lvd_windows < 1:
         p.error("--max-windows must be >= 0 and --lvd-windows >= 1")
     args.device = resolve_device(args.device)

@@ -76,10 +76,3 @@ def test_flops_match_a_hand_count(bench):
         assert flops["forward"] == 3 * 2 * b * k**2 == 450
         assert flops["em_step"] == 1350
         assert bench.contraction_shape(circuit) == (5, 5, 3)
-
-
-def test_tree_centre_minimises_depth(bench):
-    chain = [(i, i + 1) for i in range(6)]  # 0-1-2-3-4-5-6: centre 3
-    assert bench.tree_centre(chain, 7) == 3
-    star = [(4, v) for v in (0, 1, 2, 3, 5)]
-    assert bench.tree_centre(star, 6) == 4

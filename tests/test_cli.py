@@ -25,7 +25,8 @@ def corpus(tmp_path):
 
 def train_args(corpus, out, *extra):
     return ["train", "--data-dir", str(corpus), "--hidden-states", "3", "--length", "6",
-            "--epochs", "2", "--batch-size", "32", "--step-size", "0.5", "--device", "cpu",
+            "--epochs", "2", "--final-full-batch", "0",
+            "--batch-size", "32", "--step-size", "0.5", "--device", "cpu",
             "--out", str(out), *extra]
 
 
@@ -178,7 +179,7 @@ def test_train_init_starts_from_the_saved_parameters(corpus, tmp_path):
     assert main(train_args(corpus, saved, "--no-eval")) == 0
     out = tmp_path / "zero"
     argv = ["train", "--init", str(saved), "--data-dir", str(corpus), "--epochs", "0",
-            "--device", "cpu", "--no-eval", "--out", str(out)]
+            "--final-full-batch", "0", "--device", "cpu", "--no-eval", "--out", str(out)]
     assert main(argv) == 0
     before, after = HMM.from_pretrained(saved), HMM.from_pretrained(out)
     for name, p in before.parameters().items():

@@ -13,6 +13,7 @@ from hmmlvd.lvd.cluster import (
     faiss_gpu_available,
     kmeans_labels,
     kmeans_per_position,
+    nearest_centroids,
 )
 
 
@@ -227,3 +228,14 @@ def test_gpu_required_without_gpu_is_a_clear_error():
     with pytest.raises(DataError, match=r"use_gpu=True.*no GPU support or sees no GPU"):
         kmeans_labels(emb, 2, use_gpu=True, progress=False)
     assert kmeans_labels(emb, 2, use_gpu=None, progress=False).shape == (20, 2)
+
+
+def test_nearest_centroids_matches_a_brute_force_oracle():
+    rng = np.random.default_rng(3)
+    centroids = rng.normal(size=(7, 5)).astype(np.float32)
+    points = rng.normal(size=(200, 5)).astype(np.float32)
+    d2 = ((points[:, None, :].astype(np.float64) - centroids[None].astype(np.float64)) ** 2
+          ).sum(-1)
+    got = nearest_centroids(points, centroids)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, d2.argmin(1))

@@ -48,8 +48,10 @@ def test_run_lvd_gives_labels_and_the_mle_of_them(encoder_dir, windows, tmp_path
     assert result.labels.min() >= 0 and result.labels.max() < 4
     assert {"embed", "cluster", "mle"} <= set(result.seconds)
     result.hmm.validate()
+    settings = settings_for(encoder_dir, tmp_path)
     expected = mle_from_labels(windows.as_array(), result.labels,
-                               HMMConfig(4, len(TINY_WORDS), LENGTH), pseudocount=1e-3)
+                               HMMConfig(4, len(TINY_WORDS), LENGTH),
+                               pseudocount=settings.pseudocount)
     for name, p in expected.parameters().items():
         assert np.allclose(result.hmm.parameters()[name].numpy(), p.numpy(), atol=1e-6), name
     assert result.hmm.vocab == tiny_vocab()
@@ -113,7 +115,8 @@ def test_lvd_command_end_to_end(encoder_dir, tmp_path, capsys):
     folder = write_tiny_wikitext(tmp_path / "wt", (40, 8, 8), words_per_line=6, seed=1)
     out = tmp_path / "run"
     argv = ["lvd", "--data-dir", str(folder), "--encoder", str(encoder_dir), "--hidden-states",
-            "3", "--length", str(LENGTH), "--epochs", "1", "--batch-size", "64", "--device",
+            "3", "--length", str(LENGTH), "--epochs", "1", "--final-full-batch", "0",
+            "--batch-size", "64", "--device",
             "cpu", "--cache-dir", str(tmp_path / "cache"), "--kmeans-iters", "5", "--out",
             str(out)]
     assert main(argv) == 0
@@ -183,7 +186,7 @@ def test_lvd_embeds_lvd_windows_and_trains_on_max_windows(encoder_dir, tmp_path,
                         lambda w, *a, **k: embedded.append(len(w)) or original(w, *a, **k))
     out = tmp_path / "run"
     argv = lvd_argv(folder, encoder_dir, tmp_path, out, "--lvd-windows", "37", "--epochs", "1",
-                    "--no-eval")
+                    "--final-full-batch", "0", "--no-eval")
     assert main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     train_windows = len(load_wikitext(folder).train) - LENGTH + 1
@@ -209,7 +212,7 @@ def test_lvd_init_saved_with_zero_epochs_then_train_init_continues(encoder_dir, 
     folder = write_tiny_wikitext(tmp_path / "wt", (40, 8, 8), words_per_line=6, seed=1)
     init_dir = tmp_path / "init"
     assert main(lvd_argv(folder, encoder_dir, tmp_path, init_dir, "--epochs", "0",
-                         "--no-eval")) == 0
+                         "--final-full-batch", "0", "--no-eval")) == 0
     init = HMM.from_pretrained(init_dir)
     data = load_wikitext(folder)
     windows = TokenWindows(data.train, LENGTH)
@@ -219,14 +222,15 @@ def test_lvd_init_saved_with_zero_epochs_then_train_init_continues(encoder_dir, 
         assert torch.allclose(init.parameters()[name], p, atol=1e-6), name
     out = tmp_path / "em"
     argv = ["train", "--data-dir", str(folder), "--init", str(init_dir), "--epochs", "2",
-            "--batch-size", "1000", "--step-size", "1.0", "--full-batch", "--device", "cpu",
-            "--no-eval", "--out", str(out)]
+            "--final-full-batch", "0", "--batch-size", "1000", "--step-size", "1.0",
+            "--pseudocount", "1e-4", "--full-batch", "--device", "cpu", "--no-eval", "--out",
+            str(out)]
     assert main(argv) == 0
     tuned = HMM.from_pretrained(out)
     assert tuned.config == init.config
     reference = labels_hmm  # the same two full-batch EM epochs, run here by the library
     train(reference, windows, TrainConfig(phases=[Phase(2, 1.0)], batch_size=1000,
-                                          full_batch=True), progress=False)
+                                          pseudocount=1e-4, full_batch=True), progress=False)
     for name, p in reference.parameters().items():
         assert torch.allclose(tuned.parameters()[name], p, atol=1e-5), name
     x = windows[np.arange(len(windows))]

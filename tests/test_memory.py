@@ -166,7 +166,8 @@ def test_cli_absurd_hidden_states_is_a_one_line_error(corpus, tmp_path, capsys, 
     monkeypatch.delenv(memory.SKIP_ENV, raising=False)
     extra = ["--encoder", str(tmp_path / "no-encoder")] if command == "lvd" else []
     argv = [command, "--data-dir", str(corpus), "--hidden-states", "10000000", "--length", "6",
-            "--device", "cpu", "--out", str(tmp_path / "run"), *extra]
+            "--batch-size", "4096", "--final-full-batch", "0", "--device", "cpu",
+            "--out", str(tmp_path / "run"), *extra]
     assert main(argv) == 2
     captured = capsys.readouterr()
     err = captured.err.strip()

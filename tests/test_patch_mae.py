@@ -15,7 +15,6 @@ import torch
 from hmmlvd import persist
 from hmmlvd.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.lvd.image import mae as patch_mae
-from hmmlvd.lvd.image.features import patch_with_context
 from hmmlvd.lvd.image.featurisers import make_featuriser
 from hmmlvd.lvd.image.mae import MAEFeaturiser, PatchMAE, random_mask
 
@@ -31,13 +30,6 @@ def tiny(**kw) -> MAEFeaturiser:
     settings = {"context": 2, "dim": 8, "epochs": 2, "batch_size": 8, "fit_images": 24,
                 "progress": False} | kw
     return MAEFeaturiser(4, **settings)
-
-
-def test_windows_match_patch_with_context():
-    images = np.random.default_rng(0).integers(0, 256, (2, 8, 12, 3), dtype=np.uint8)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    np.testing.assert_allclose(patch_mae._windows(x, 4, 3).numpy(),
-                               patch_with_context(images, 4, 3), rtol=1e-6)
 
 
 def test_masked_pixels_are_hidden():

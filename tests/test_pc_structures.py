@@ -19,6 +19,7 @@ from hmmlvd.pc.structures import (
     poon_domingos,
     random_binary_tree_partitions,
     random_binary_trees,
+    tree_centre,
 )
 
 # ---------------------------------------------------------------- helpers
@@ -349,3 +350,10 @@ def test_chow_liu_rejects_bad_data():
         chow_liu_tree(np.zeros((3, 2)), 2)
     with pytest.raises(DataError, match=r"\[N, D\]"):
         chow_liu_tree(np.zeros(3, dtype=np.int64), 2)
+
+
+def test_tree_centre_minimises_depth():
+    chain = [(i, i + 1) for i in range(6)]  # 0-1-2-3-4-5-6: centre 3
+    assert tree_centre(chain, 7) == 3
+    star = [(4, v) for v in (0, 1, 2, 3, 5)]
+    assert tree_centre(star, 6) == 4

@@ -44,7 +44,8 @@ def model(corpus, tmp_path_factory) -> Path:
     """A small trained model (H=3, T=6) saved by ``hmmlvd train``."""
     out = tmp_path_factory.mktemp("model") / "run"
     assert main(["train", "--data-dir", str(corpus), "--hidden-states", "3", "--length",
-                 str(LENGTH), "--epochs", "1", "--batch-size", "32", "--device", "cpu",
+                 str(LENGTH), "--epochs", "1", "--final-full-batch", "0",
+                 "--batch-size", "32", "--device", "cpu",
                  "--no-eval", "--out", str(out)]) == 0
     return out
 
@@ -62,7 +63,8 @@ def one_line_error(capsys, command: str) -> str:
 
 def train_argv(corpus: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--data-dir", str(corpus), "--hidden-states", "3", "--length", "4",
-            "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--no-eval",
+            "--epochs", "1", "--final-full-batch", "0",
+            "--batch-size", "32", "--device", "cpu", "--no-eval",
             "--out", str(out), *extra]
 
 

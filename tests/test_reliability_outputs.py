@@ -41,7 +41,8 @@ def corpus(tmp_path: Path) -> Path:
 def train_args(corpus: Path, out: Path, *extra: str, command: str = "train") -> list[str]:
     """A `hmmlvd train` (or lvd) command line that runs in a second: H=3, T=6, 2 epochs."""
     return [command, "--data-dir", str(corpus), "--hidden-states", "3", "--length", "6",
-            "--epochs", "2", "--batch-size", "32", "--step-size", "0.5", "--device", "cpu",
+            "--epochs", "2", "--final-full-batch", "0",
+            "--batch-size", "32", "--step-size", "0.5", "--device", "cpu",
             "--no-eval", "--out", str(out), *extra]
 
 

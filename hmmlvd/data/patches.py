@@ -9,6 +9,8 @@ variable (r * W + c) * C + ch, as ``poon_domingos`` numbers them).
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from hmmlvd.errors import DataError
 
@@ -49,3 +51,15 @@ def patch_variables(height: int, width: int, patch: int, channels: int = 1) -> n
     every patch (so ``flat_images[:, patch_variables(...)[i]]`` is patch i)."""
     index = np.arange(height * width * channels).reshape(1, height, width, channels)
     return split_patches(index, patch)[0]
+
+
+def windows_with_context(x: torch.Tensor, patch: int, context: int) -> torch.Tensor:
+    """Float images [B, C, H, W] -> every patch with ``context`` pixels around it (zeros beyond
+    the border): [B, num_patches, (patch + 2 * context)^2 * C], patches row-major over the
+    grid, each window's pixels row-major with channels innermost (``split_patches``'s layout
+    when ``context`` is 0). One ``unfold``; the PCA and MAE patch featurisers both use it."""
+    b, c, h, w = x.shape
+    patch_grid(h, w, patch)
+    side = patch + 2 * context
+    cols = F.unfold(x, side, padding=context, stride=patch)  # [B, C * side^2, n]
+    return cols.reshape(b, c, side * side, -1).permute(0, 3, 2, 1).reshape(b, -1, side * side * c)

@@ -210,13 +210,29 @@ def kmeans_per_position(embeddings: Any, num_clusters: int, *, sample: int | Non
             else:
                 chunk = _read(embeddings, slice(lo, hi), t)
                 _check_finite(chunk, lo, t)
-            dist, assign = index.search(chunk, 1)
-            labels[lo:hi, t] = assign[:, 0]
+            assign, dist = _search(index, chunk)
+            labels[lo:hi, t] = assign
             total += float(dist.sum(dtype=np.float64))
         inertia[t] = total
         del x_all
     bar.close()
     return KMeansResult(labels=labels, centroids=centroids, inertia=inertia)
+
+
+def _search(index: Any, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest centroid [M], its squared L2 distance [M]) of float32 ``points`` [M, D] in a
+    FAISS flat L2 ``index``: the one nearest-centroid rule of k-means fitting and of labelling
+    new points (:func:`nearest_centroids`)."""
+    dist, assign = index.search(np.ascontiguousarray(points, dtype=np.float32), 1)
+    return assign[:, 0], dist[:, 0]
+
+
+def nearest_centroids(points: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """int64 [M]: the index of the nearest (squared L2) of ``centroids`` [C, D] to each of
+    ``points`` [M, D], as :func:`kmeans_per_position` assigns its training points."""
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    return _search(index, points)[0].astype(np.int64)
 
 
 def kmeans_labels(embeddings: Any, num_clusters: int, *, sample: int | None = None,

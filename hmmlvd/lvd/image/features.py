@@ -17,11 +17,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
 
-from hmmlvd.data.patches import patch_grid
+from hmmlvd.data.patches import patch_grid, windows_with_context
 from hmmlvd.errors import DataError, ParameterError
-from hmmlvd.lvd.cluster import kmeans_per_position
+from hmmlvd.lvd.cluster import kmeans_per_position, nearest_centroids
 from hmmlvd.validate import check_int
 
 __all__ = ["PCAFeaturiser", "PatchFeaturiser", "PatchLatents", "check_fitted_images",
@@ -65,15 +64,9 @@ def patch_with_context(images: np.ndarray, patch: int, context: int) -> np.ndarr
         grid, each window's pixels row-major with channels innermost (as ``split_patches``).
     """
     images = check_images(images)
-    n, h, w, c = images.shape
-    rows, cols = patch_grid(h, w, patch)
     context = check_int(context, "context", 0)
-    side = patch + 2 * context
-    padded = np.pad(images, ((0, 0), (context, context), (context, context), (0, 0)))
-    # [N, rows, cols, C, side, side]: the windows starting every `patch` pixels.
-    windows = sliding_window_view(padded, (side, side), axis=(1, 2))[:, ::patch, ::patch]
-    flat = windows.transpose(0, 1, 2, 4, 5, 3).reshape(n, rows * cols, side * side * c)
-    return np.divide(flat, 255, dtype=np.float32)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    return windows_with_context(x, patch, context).div_(255).numpy()
 
 
 class PCAFeaturiser:
@@ -170,10 +163,8 @@ class PatchLatents:
         if features.shape[1:] != (positions, dim):
             raise DataError(f"features must be [M, {positions}, {dim}] like the fitted ones, got "
                             f"shape {features.shape}")
-        x = torch.from_numpy(np.asarray(features, dtype=np.float64))
-        c = torch.from_numpy(self.centroids.astype(np.float64))
-        dist = (c * c).sum(-1) - 2 * torch.einsum("mnd,nkd->mnk", x, c)  # + |x|^2, constant
-        return dist.argmin(-1).numpy()
+        return np.stack([nearest_centroids(features[:, i], self.centroids[i])
+                         for i in range(positions)], axis=1)
 
 
 def _check_features(features: Any) -> np.ndarray:

@@ -29,7 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hmmlvd import persist
-from hmmlvd.data.patches import patch_grid
+from hmmlvd.data.patches import patch_grid, windows_with_context
 from hmmlvd.errors import CheckpointError, ParameterError
 from hmmlvd.lvd.image.features import check_fitted_images, check_images
 from hmmlvd.validate import check_int
@@ -43,20 +43,6 @@ MODEL_TYPE = "mae"  # the model_type of a cache entry's config.json
 #: :mod:`hmmlvd.persist`, so their keys are unchanged): bump when a cached model means
 #: something else.
 CACHE_VERSION = 1
-
-
-def _windows(x: torch.Tensor, patch: int, context: int) -> torch.Tensor:
-    """Images [B, C, H, W] -> windows [B, num_patches, (patch + 2 * context)^2 * C], zero
-    padded, pixels row-major with channels innermost (the layout of ``patch_with_context``)."""
-    b, c = x.shape[:2]
-    side = patch + 2 * context
-    cols = F.unfold(x, side, padding=context, stride=patch)  # [B, C * side^2, n]
-    return cols.reshape(b, c, side * side, -1).permute(0, 3, 2, 1).reshape(b, -1, side * side * c)
-
-
-def _patches(x: torch.Tensor, patch: int) -> torch.Tensor:
-    """Images [B, C, H, W] -> patches [B, num_patches, patch^2 * C] (as ``split_patches``)."""
-    return _windows(x, patch, 0)
 
 
 class PatchMAE(nn.Module):
@@ -85,7 +71,7 @@ class PatchMAE(nn.Module):
             hidden = masked.reshape(-1, 1, rows, 1, cols, 1)
             shape = (x.shape[0], 1, rows, self.patch, cols, self.patch)
             x = x * ~hidden.expand(shape).reshape(x.shape[0], 1, *x.shape[2:])
-        tokens = self.embed(_windows(x, self.patch, self.context))
+        tokens = self.embed(windows_with_context(x, self.patch, self.context))
         if masked is not None:
             tokens = torch.where(masked[..., None], self.mask_token.to(tokens.dtype), tokens)
         return self.encoder(tokens + self.position)
@@ -94,7 +80,7 @@ class PatchMAE(nn.Module):
         """Mean squared error of the predicted pixels of the masked patches of x [B, C, H, W]
         (``masked`` bool [B, num_patches], at least one True)."""
         predicted = self.decoder(self(x, masked))
-        return F.mse_loss(predicted[masked], _patches(x, self.patch)[masked])
+        return F.mse_loss(predicted[masked], windows_with_context(x, self.patch, 0)[masked])
 
 
 def random_mask(batch: int, num_patches: int, ratio: float,

@@ -54,7 +54,7 @@ class LVDSettings:
     kmeans_sample: int | None = None
     kmeans_iters: int = 20
     kmeans_init: str = "kmeans++"
-    pseudocount: float = 1e-3
+    pseudocount: float = 1e-4  # the MLE init's smoothing, as EM's in the chosen schedule
     seed: int = 0
 
 
