@@ -1,18 +1,23 @@
 """Helpers the benchmark scripts share (``scripts/bench_hmm.py``, ``bench_pc.py``,
 ``bench_gpu.py``): median wall time with CUDA synchronisation, the matmul rate every speed
 target is a fraction of, peak memory, seeded random windows, the HMM's timed forward and EM
-step (the M-step as it is and as it was before lazy emission scaling), and number formatting.
+step (the M-step as it is and as it was before lazy emission scaling), number formatting and
+the flags every benchmark shares.
 Targets live in the scripts as ratios measured in one run, never in tests."""
 
 from __future__ import annotations
 
+import argparse
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
+from hmmlvd.device import resolve_device
+from hmmlvd.errors import DataError
 from hmmlvd.hmm.em import ExpectedCounts, ScaledEmission, expected_counts, maximize
 from hmmlvd.hmm.model import HMM
 
@@ -120,3 +125,20 @@ def percent(fraction: float) -> str:
     """0.4213 -> '42%', 0.0123 -> '1.2%'."""
     value = 100 * fraction
     return f"{value:.0f}%" if value >= 10 else f"{value:.2g}%"
+
+
+def parse_bench_args(p: argparse.ArgumentParser, argv: Sequence[str] | None, section: str,
+                     seed_help: str = "seed of the model and the data (default 0)"
+                     ) -> argparse.Namespace:
+    """Add the flags every benchmark has (``--seed``, ``--write`` into ``section`` of a
+    markdown file), parse ``argv`` and resolve ``--device`` (an argparse error if it is not
+    usable)."""
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--write", type=Path, default=None, metavar="MARKDOWN",
+                   help=f"also write the report into this file's {section} section")
+    args = p.parse_args(argv)
+    try:
+        args.device = resolve_device(args.device)
+    except DataError as exc:
+        p.error(str(exc))
+    return args

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from hmmlvd.atomic import atomic_write_text
+from hmmlvd.atomic import atomic_write, atomic_write_text
 
 
 def device_name(device: torch.device) -> str:
@@ -57,3 +57,12 @@ def write_section(path: Path, name: str, body: str) -> None:
     else:
         text = (text.rstrip() + "\n\n" if text.strip() else "") + section + "\n"
     atomic_write_text(path, text)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Lay out a matplotlib figure and write it to ``path`` atomically (a reader never sees a
+    half-written PNG), in the format its suffix names; returns the path."""
+    path = Path(path)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix[1:] or "png"))
+    return path

@@ -38,13 +38,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from hmmlvd.bench import (
     matmul_rate,
     median_seconds,
+    parse_bench_args,
     peak_memory,
     percent,
     random_windows,
@@ -53,8 +53,6 @@ from hmmlvd.bench import (
     time_em_step,
     time_forward,
 )
-from hmmlvd.device import resolve_device
-from hmmlvd.errors import DataError
 from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.em import expected_counts
 from hmmlvd.hmm.model import HMM
@@ -353,14 +351,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-pyjuice", action="store_true", help="skip PyJuice")
     p.add_argument("--step-size", type=float, default=0.1, help="M-step step size")
     p.add_argument("--pseudocount", type=float, default=1e-3, help="M-step pseudocount")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--write", type=Path, default=None, metavar="MARKDOWN",
-                   help="also write the report into this file's bench_gpu section")
-    args = p.parse_args(argv)
-    try:
-        args.device = resolve_device(args.device)
-    except DataError as exc:
-        p.error(str(exc))
+    args = parse_bench_args(p, argv, SECTION)
     if args.square_size is None:
         args.square_size = 8192 if args.device.type == "cuda" else 512
     for name in ("vocab_size", "length", "batch_size", "pyjuice_batch_size", "repeats",

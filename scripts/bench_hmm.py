@@ -41,7 +41,6 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -51,6 +50,7 @@ from tqdm import tqdm
 from hmmlvd.bench import (
     matmul_rate,
     median_seconds,
+    parse_bench_args,
     peak_memory,
     percent,
     random_windows,
@@ -58,8 +58,6 @@ from hmmlvd.bench import (
     time_em_step,
     time_forward,
 )
-from hmmlvd.device import resolve_device
-from hmmlvd.errors import DataError
 from hmmlvd.hmm.model import HMM
 from hmmlvd.report import device_name, provenance, write_section
 
@@ -333,15 +331,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="timed hmmlearn runs (default 1)")
     p.add_argument("--hmmlearn-implementation", choices=["log", "scaling"], default="log",
                    help="CategoricalHMM implementation (default 'log', hmmlearn's own default)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the model and the windows (default 0)")
-    p.add_argument("--write", type=Path, default=None, metavar="MARKDOWN",
-                   help="also write the report into this file's bench_hmm section")
-    args = p.parse_args(argv)
-    try:
-        args.device = resolve_device(args.device)
-    except DataError as exc:
-        p.error(str(exc))
+    args = parse_bench_args(p, argv, SECTION, "seed of the model and the windows (default 0)")
     if args.batch_size is None:
         args.batch_size = 8192 if args.device.type == "cuda" else 1024
     for name in ("vocab_size", "length", "batch_size", "repeats", "hmmlearn_repeats"):

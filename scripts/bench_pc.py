@@ -54,8 +54,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hmmlvd.bench import matmul_rate, median_seconds, percent, si, synchronize
-from hmmlvd.device import resolve_device
+from hmmlvd.bench import (
+    matmul_rate,
+    median_seconds,
+    parse_bench_args,
+    percent,
+    si,
+    synchronize,
+)
 from hmmlvd.errors import DataError
 from hmmlvd.pc import Circuit, em_step, poon_domingos
 from hmmlvd.pc.layers import EinsumLayer, HadamardLayer
@@ -424,19 +430,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"N of the N^3 matmul giving the peak rate (default {SQUARE_SIZE})")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: torch's own)")
-    p.add_argument("--seed", type=int, default=0, help="seed of circuits and random data")
     p.add_argument("--profile", nargs="?", const="hclt:32", default=None,
                    metavar="STRUCTURE:K[:INPUT]",
                    help="also print torch.profiler's top ops of one EM step (default hclt:32)")
     p.add_argument("--profile-rows", type=int, default=8,
                    help="ops listed by --profile (default 8)")
-    p.add_argument("--write", type=Path, default=None, metavar="MARKDOWN",
-                   help="also write the report into this file's bench_pc section")
-    args = p.parse_args(argv)
-    try:
-        args.device = resolve_device(args.device)
-    except DataError as exc:
-        p.error(str(exc))
+    args = parse_bench_args(p, argv, SECTION, "seed of circuits and random data")
     if args.batch_size is None:
         args.batch_size = 2048 if args.device.type == "cuda" else 512
     if args.sizes is not None:

@@ -40,7 +40,7 @@ import torch
 from matplotlib.figure import Figure
 
 from hmmlvd.errors import HMMLVDError
-from hmmlvd.report import provenance, write_section
+from hmmlvd.report import provenance, save_figure, write_section
 
 # image_bpd is the file next to this one (scripts/ is not a package; it is on sys.path when
 # this file runs as a script, not when a test loads it).
@@ -202,9 +202,7 @@ def plot(results: Sequence[dict], path: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 def link(path: Path, markdown: Path) -> str:

@@ -67,7 +67,7 @@ from hmmlvd.lvd.text.distill import (
 from hmmlvd.lvd.text.encoder import resolve_encoder_dtype
 from hmmlvd.ngram import BaselineRow, baseline_perplexities
 from hmmlvd.outdir import output_folder
-from hmmlvd.report import provenance, write_section
+from hmmlvd.report import provenance, save_figure, write_section
 
 SECTION = "lvd_vs_random"
 SEARCH_SECTION = "lvd_schedule_search"
@@ -250,9 +250,7 @@ def plot(rows: Sequence[Row], baselines: Sequence[BaselineRow], split: str, path
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 def settings_line(args: argparse.Namespace, subset: str, lvd_count: int) -> str:

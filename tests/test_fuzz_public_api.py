@@ -27,10 +27,11 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import Phase as HPhase
 from hypothesis import strategies as st
+from library_errors import assert_error, library_call
 
 from hmmlvd.data.vocab import UNK, Vocabulary
 from hmmlvd.data.windows import TokenWindows
-from hmmlvd.errors import CheckpointError, DataError, HMMLVDError, ParameterError
+from hmmlvd.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.hmm import HMM, HMMConfig, Phase, TrainConfig, train
 from hmmlvd.hmm.em import expected_counts, maximize
 from hmmlvd.hmm.model import mle_from_labels
@@ -47,21 +48,6 @@ FEW = settings(FUZZ, max_examples=25)
 
 H, V, T = 3, 5, 4
 MODELS = {hom: HMM(H, V, T, hom, seed=1) for hom in (False, True)}
-
-
-def library_call(fn, *args, **kwargs):
-    """Run ``fn``; return (result, None), or (None, error) for a library error. Any other
-    exception propagates and fails the test with its own traceback."""
-    try:
-        return fn(*args, **kwargs), None
-    except HMMLVDError as exc:
-        return None, exc
-
-
-def assert_error(err: Exception | None, cls: type[HMMLVDError], *fragments: str) -> None:
-    """``err`` is a ``cls`` whose message contains one of ``fragments``."""
-    assert isinstance(err, cls), f"expected {cls.__name__}, got {type(err).__name__}: {err}"
-    assert any(f in str(err) for f in fragments), f"{str(err)!r} contains none of {fragments}"
 
 
 def is_int_at_least(value: object, minimum: int) -> bool:

@@ -18,6 +18,7 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import Phase as HPhase
 from hypothesis import strategies as st
+from library_errors import assert_error, library_call
 from test_pc_circuit import kary_graph, padded_graph, peak_
 
 from hmmlvd.errors import DataError, HMMLVDError, ParameterError
@@ -55,20 +56,6 @@ CIRCUITS = {
 }
 D = 4
 KINDS = sorted(CIRCUITS)
-
-
-def library_call(fn, *args, **kwargs):
-    """(result, None), or (None, error) for a library error; anything else propagates."""
-    try:
-        return fn(*args, **kwargs), None
-    except HMMLVDError as exc:
-        return None, exc
-
-
-def assert_error(err: Exception | None, cls: type[HMMLVDError], *fragments: str) -> None:
-    """``err`` is a ``cls`` whose message contains one of ``fragments``."""
-    assert isinstance(err, cls), f"expected {cls.__name__}, got {type(err).__name__}: {err}"
-    assert any(f in str(err) for f in fragments), f"{str(err)!r} contains none of {fragments}"
 
 
 def is_int_at_least(value: object, minimum: int) -> bool:

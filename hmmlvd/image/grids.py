@@ -15,6 +15,7 @@ import torch
 
 from hmmlvd.data.images import flatten
 from hmmlvd.errors import DataError
+from hmmlvd.report import save_figure
 from hmmlvd.validate import check_int
 
 LEVELS = 256
@@ -78,9 +79,7 @@ def save_grid(rows: Sequence[np.ndarray], path: str | Path, title: str,
     for spine in ax.spines.values():
         spine.set_visible(False)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     return path
 
 

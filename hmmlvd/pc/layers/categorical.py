@@ -9,7 +9,7 @@ from torch import nn
 from hmmlvd.em.rule import mix_log_probabilities
 from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.pc.gumbel import pick_index
-from hmmlvd.pc.layers.input_layer import InputLayer, observed_entries
+from hmmlvd.pc.layers.input_layer import InputLayer, observed_responsibility
 from hmmlvd.pc.layers.sum_layer import check_log_probs
 from hmmlvd.pc.logspace import exp_shifted, log_normalise, safe_log
 
@@ -92,9 +92,7 @@ class CategoricalInput(InputLayer):
     @torch.no_grad()
     def accumulate_(self, x: torch.Tensor, responsibility: torch.Tensor,
                     observed: torch.Tensor | None) -> None:
-        mask = observed_entries(observed, self.entry_var)
-        if mask is not None:
-            responsibility = responsibility * mask[:, :, None]
+        responsibility = observed_responsibility(responsibility, observed, self.entry_var)
         if self._counts is None:
             self._counts = torch.zeros_like(self.log_prob).view(-1, self.num_units)
         self._counts.index_add_(0, self._flat_index(x).flatten(),

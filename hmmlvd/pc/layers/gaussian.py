@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from hmmlvd.errors import ParameterError
-from hmmlvd.pc.layers.input_layer import InputLayer, check_finite_data, observed_entries
+from hmmlvd.pc.layers.input_layer import InputLayer, check_finite_data, observed_responsibility
 
 
 class GaussianInput(InputLayer):
@@ -47,9 +47,7 @@ class GaussianInput(InputLayer):
     @torch.no_grad()
     def accumulate_(self, x: torch.Tensor, responsibility: torch.Tensor,
                     observed: torch.Tensor | None) -> None:
-        mask = observed_entries(observed, self.entry_var)
-        if mask is not None:
-            responsibility = responsibility * mask[:, :, None]
+        responsibility = observed_responsibility(responsibility, observed, self.entry_var)
         values = x.index_select(1, self.entry_var)[:, :, None]
         stats = [responsibility.sum(0), (responsibility * values).sum(0),
                  (responsibility * values**2).sum(0)]

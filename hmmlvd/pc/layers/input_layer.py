@@ -85,11 +85,14 @@ class InputLayer(nn.Module):
         raise NotImplementedError
 
 
-def observed_entries(observed: torch.Tensor | None, entry_var: torch.Tensor) -> torch.Tensor | None:
-    """[B, D] observed-variable mask -> [B, E] float mask of observed entries (None: all)."""
+def observed_responsibility(responsibility: torch.Tensor, observed: torch.Tensor | None,
+                            entry_var: torch.Tensor) -> torch.Tensor:
+    """Responsibilities [B, E, K] with the entries of unobserved variables zeroed (a missing
+    value contributes no statistics); ``observed``: [B, D] mask, None for all observed."""
     if observed is None:
-        return None
-    return observed.index_select(1, entry_var).to(torch.get_default_dtype())
+        return responsibility
+    mask = observed.index_select(1, entry_var).to(responsibility.dtype)
+    return responsibility * mask[:, :, None]
 
 
 def check_finite_data(x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
