@@ -20,17 +20,30 @@ def exp_shifted(log_values: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, 
     -inf; so ``log_values == shift + log(scaled)`` wherever the values are finite.
     """
     shift = log_values.detach().amax(dim=dim, keepdim=True)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    shift.masked_fill_(torch.isneginf(shift), 0.0)  # a fresh tensor: in place is safe
     return torch.exp(log_values - shift), shift
+
+
+class _SafeLog(torch.autograd.Function):
+    """log with the backward ``grad / values``, 0 where a value is 0 (one fused pass each way:
+    no masks or filled temporaries in the forward)."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(values)
+        return torch.log(values)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (values,) = ctx.saved_tensors
+        return (grad / values).masked_fill_(values == 0, 0.0)
 
 
 def safe_log(values: torch.Tensor) -> torch.Tensor:
     """``log`` of non-negative values, -inf where a value is 0, with gradient 0 there instead
     of NaN. (A unit of value 0 inside a circuit of positive likelihood gets an upstream gradient
     of 0, which plain ``log``'s backward turns into 0 / 0 = NaN.)"""
-    positive = values > 0
-    logs = torch.log(torch.where(positive, values, torch.ones_like(values)))
-    return torch.where(positive, logs, torch.full_like(values, float("-inf")))
+    return _SafeLog.apply(values)
 
 
 def log_sum_exp(log_values: torch.Tensor, dim: int = -1) -> torch.Tensor:
