@@ -8,10 +8,12 @@ Targets live in the scripts as ratios measured in one run, never in tests."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import resource
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -142,3 +144,39 @@ def parse_bench_args(p: argparse.ArgumentParser, argv: Sequence[str] | None, sec
     except DataError as exc:
         p.error(str(exc))
     return args
+
+
+# ----- circuits: issue 15's starting point, for before/after in one run -----------------------
+def legacy_safe_log(values: torch.Tensor) -> torch.Tensor:
+    """``safe_log`` as it was (commit 7f743a3): two masks and two filled temporaries per call."""
+    positive = values > 0
+    logs = torch.log(torch.where(positive, values, torch.ones_like(values)))
+    return torch.where(positive, logs, torch.full_like(values, float("-inf")))
+
+
+def legacy_exp_shifted(log_values: torch.Tensor, dim: int = -1
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``exp_shifted`` as it was (commit 7f743a3)."""
+    shift = log_values.detach().amax(dim=dim, keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    return torch.exp(log_values - shift), shift
+
+
+LEGACY = {"safe_log": legacy_safe_log, "exp_shifted": legacy_exp_shifted}
+
+
+@contextmanager
+def legacy_circuit_kernels() -> Iterator[None]:
+    """Run the circuit layers with the log-space primitives they had before issue 15's
+    optimisations (swapped in every module that imported them, restored on exit), so
+    ``bench_pc.py`` times the method before and after in the same run."""
+    modules = [importlib.import_module(f"hmmlvd.pc.{name}") for name in
+               ("logspace", "layers.hadamard", "layers.einsum", "layers.categorical")]
+    saved = [(m, name, getattr(m, name)) for m in modules for name in LEGACY if hasattr(m, name)]
+    try:
+        for module, name, _ in saved:
+            setattr(module, name, LEGACY[name])
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)

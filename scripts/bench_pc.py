@@ -55,6 +55,7 @@ import torch
 from tqdm import tqdm
 
 from hmmlvd.bench import (
+    legacy_circuit_kernels,
     matmul_rate,
     median_seconds,
     parse_bench_args,
@@ -197,6 +198,7 @@ class Row:
     step_seconds: float
     flops: float  # per EM step
     shape_rate: float  # FLOP/s of a matmul of the circuit's contraction shape
+    before_seconds: float | None = None  # the same EM step with the kernels before issue 15
     pyjuice_seconds: float | None = None
     pyjuice_note: str = ""
 
@@ -215,13 +217,18 @@ def bench_row(structure: str, kind: str, k: int, graph: RegionGraph, x: torch.Te
     circuit = build_circuit(structure, kind, k, graph, args)
     progress.set_postfix_str(f"{structure} {kind} K={k}: EM step")
     seconds = time_em_step(circuit, x, args)
+    before = None
+    if args.before:
+        progress.set_postfix_str(f"{structure} {kind} K={k}: EM step before")
+        with legacy_circuit_kernels():
+            before = time_em_step(circuit, x, args)
     progress.set_postfix_str(f"{structure} {kind} K={k}: matmul")
     inner, out, count = contraction_shape(circuit)
     rate = matmul_rate(args.batch_size, inner, out, count, args.device, args.repeats,
                        args.warmup)
     row = Row(structure, kind, k, sum(circuit.num_nodes().values()), circuit.num_parameters(),
               len(circuit.layers), seconds, circuit_flops(circuit, args.batch_size)["em_step"],
-              rate)
+              rate, before)
     del circuit
     if structure == "hclt":
         row.pyjuice_seconds, row.pyjuice_note = bench_pyjuice(kind, k, x, args, progress)
@@ -337,17 +344,20 @@ def pyjuice_cells(row: Row, batch_size: int) -> tuple[str, str]:
 def table(rows: Sequence[Row], peak: float, batch_size: int) -> str:
     """The rows as a markdown table."""
     columns = ["structure", "input", "K", "nodes", "parameters", "layers",
-               f"EM step (s, B={batch_size})", f"s/epoch (= step x 60000/{batch_size})",
-               "FLOP/s", "% of peak matmul", "% of same-shape matmul", "PyJuice s/epoch",
-               "ours / PyJuice"]
+               f"EM step (s, B={batch_size})", "EM step before (s)", "speedup",
+               f"s/epoch (= step x 60000/{batch_size})", "FLOP/s", "% of peak matmul",
+               "% of same-shape matmul", "PyJuice s/epoch", "ours / PyJuice"]
     lines = ["| " + " | ".join(columns) + " |",
              "|" + "---|" * 2 + "---:|" * (len(columns) - 2)]
     for r in rows:
         achieved = r.flops / r.step_seconds
         epoch = r.step_seconds * EPOCH_IMAGES / batch_size
         pj, ratio = pyjuice_cells(r, batch_size)
+        before = "-" if r.before_seconds is None else f"{r.before_seconds:.3g}"
+        speedup = "-" if r.before_seconds is None else f"{r.before_seconds / r.step_seconds:.2f}x"
         cells = [r.structure.upper(), r.input, str(r.k), f"{r.nodes:,}", f"{r.parameters:,}",
-                 str(r.layers), f"{r.step_seconds:.3g}", f"{epoch:.3g}", si(achieved),
+                 str(r.layers), f"{r.step_seconds:.3g}", before, speedup, f"{epoch:.3g}",
+                 si(achieved),
                  percent(achieved / peak), percent(achieved / r.shape_rate), pj, ratio]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -367,7 +377,10 @@ def notes(args: argparse.Namespace, images: Images, graph_notes: Sequence[str]) 
            *[f"Structure: {n}." for n in graph_notes],
            f"EM step = `em_step` (forward + backward by autograd + M-step), median of "
            f"{args.repeats} runs after {args.warmup} warm-up, each on a different batch; "
-           f"s/epoch is implied (step time x 60,000 / B), not a measured epoch.",
+           f"s/epoch is implied (step time x 60,000 / B), not a measured epoch. EM step before "
+           "= the same step on the same circuit with the log-space kernels as they were before "
+           "issue 15 (`hmmlvd.bench.legacy_circuit_kernels`: commit 7f743a3), timed in this "
+           "run; speedup = before / now.",
            "FLOPs: einsum layer 2*B*P*K^3 + 2*B*P*K^2, Hadamard layer 2*B*E*K^2 (P partitions, "
            "E edges) forward, EM step = 3x forward (backward 2x); input, mixing and root "
            "layers not counted. Same-shape matmul: [B,K^2]x[K^2,K] (einsum) or [B,K]x[K,K] "
@@ -421,6 +434,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5,
                    help="timed runs; the median is reported (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--no-before", dest="before", action="store_false",
+                   help="skip timing the EM step with the kernels before issue 15 (speedup)")
     p.add_argument("--step-size", type=float, default=0.1, help="EM step size (default 0.1)")
     p.add_argument("--pseudocount", type=float, default=1e-3,
                    help="M-step pseudocount (default 1e-3)")

@@ -42,10 +42,12 @@ def test_tiny_run_prints_every_row(bench, tmp_path, capsys):
         (s, i, k) for i in ("categorical", "bernoulli") for s in ("PD", "HCLT")
         for k in ("2", "3")]
     for row in rows:
-        nodes, parameters, step, epoch = (float(row[c].replace(",", "")) for c in (3, 4, 6, 7))
-        assert nodes > 0 and parameters > 0 and step > 0
+        nodes, parameters, step, before, epoch = (float(row[c].replace(",", ""))
+                                                  for c in (3, 4, 6, 7, 9))
+        assert nodes > 0 and parameters > 0 and step > 0 and before > 0
+        assert float(row[8].removesuffix("x")) == pytest.approx(before / step, rel=0.02)
         assert epoch == pytest.approx(step * 60000 / 16, rel=0.01)  # both printed to 3 digits
-        assert row[11] == ("n/a (no GPU)" if row[0] == "HCLT" else "-")
+        assert row[13] == ("n/a (no GPU)" if row[0] == "HCLT" else "-")
     assert "s/epoch (= step x 60000/16)" in printed
     assert "random" in printed and "0.8 s per epoch" in printed
     text = results.read_text()
