@@ -56,6 +56,7 @@ from hmmlvd.bench import (
 from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.em import expected_counts
 from hmmlvd.hmm.model import HMM
+from hmmlvd.memory import training_estimate
 from hmmlvd.report import device_name, provenance, write_section
 
 SECTION = "bench_gpu"
@@ -65,19 +66,10 @@ GIB = 2**30
 # ----- memory -------------------------------------------------------------------------------
 def estimate_bytes(num_states: int, vocab_size: int, length: int, batch_size: int,
                    homogeneous: bool = False) -> int:
-    """Bytes a full fp32 EM step needs at its peak (an estimate, not a bound):
-
-    - parameters: H + P_A*H^2 + P_B*V*H floats (P_A = T-1, P_B = T; 1 and 1 homogeneous);
-    - transition-sized tensors alive at once: its gradient, the counts, and the M-step's
-      ``counts + c`` and normalised copy: 4 x P_A*H^2;
-    - batch-sized [B, T, H] tensors: gathered emissions, their gradient and counts, the
-      forward's saved activations and the M-step's row scales: about 8 x B*T*H.
-    The M-step updates the emission table in place (no copy of the largest tensor).
-    """
-    cfg = HMMConfig(num_states, vocab_size, length, homogeneous)
-    h, pa, pb = num_states, cfg.transition_positions, cfg.emission_positions
-    floats = h + 5 * pa * h * h + pb * vocab_size * h + 8 * batch_size * length * h
-    return 4 * floats
+    """Bytes a mini-batch EM step needs at its peak: the library's own estimate
+    (:func:`hmmlvd.memory.training_estimate`, what ``train`` checks before the first batch)."""
+    config = HMMConfig(num_states, vocab_size, length, homogeneous)
+    return training_estimate(config, batch_size).total
 
 
 def memory_at_hand(device: torch.device, limit_gib: float | None) -> int:
@@ -309,7 +301,7 @@ def report(em: Sequence[EMResult], pairs: Sequence[PairResult], rates: dict[str,
         f"fp32, batch {args.batch_size} windows:", "",
         em_table(em, rates, args), "",
         f"FLOPs: 3 x 2*B*T*H^2 per EM step; medians of {args.repeats} runs after {args.warmup} "
-        f"warm-up; peak mem = {memory}; est. need = scripts/bench_gpu.py:estimate_bytes.", "",
+        f"warm-up; peak mem = {memory}; est. need = hmmlvd.memory.training_estimate.", "",
         f"**Homogeneous HMM, batch {args.pyjuice_batch_size}**, ours vs PyJuice "
         f"({pyjuice_version()}); fwd+bwd = ours: expected counts (forward + autograd "
         "backward); PyJuice: pc(x) + pc.backward(x) (node and parameter flows):", "",
