@@ -63,6 +63,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pseudocount", type=float, default=0.01,
                    help="M-step pseudocount (default 0.01)")
     p.add_argument("--seed", type=int, default=0, help="seeds parameters, RAT trees, EM order")
+    p.add_argument("--patience", type=int, default=0, metavar="N",
+                   help="early stopping: score the valid split after every epoch, stop after N "
+                        "epochs without a better valid bpd and keep the best epoch (0: off, "
+                        "default; --epochs is then the most)")
     structure = p.add_argument_group("baseline structures (hmmlvd.image.baselines)")
     structure.add_argument("--delta", type=int, default=None,
                            help="PD split step (default min(H, W) // 4: 7 on 28x28)")
@@ -126,7 +130,7 @@ def check_model_flags(args: argparse.Namespace) -> None:
     for name in ("size", "batch_size", "tree_images", "repetitions"):
         if getattr(args, name) < 1:
             raise DataError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("epochs", "train_size", "eval_size"):
+    for name in ("epochs", "train_size", "eval_size", "patience"):
         if getattr(args, name, 0) < 0:
             raise DataError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not 0 < args.step_size <= 1 or not 0 <= args.pseudocount < math.inf:
@@ -137,7 +141,8 @@ def check_model_flags(args: argparse.Namespace) -> None:
 def em_config(args: argparse.Namespace) -> EMConfig:
     """The EM settings of the flags."""
     return EMConfig(epochs=args.epochs, batch_size=args.batch_size, step_size=args.step_size,
-                    pseudocount=args.pseudocount, seed=args.seed)
+                    pseudocount=args.pseudocount, seed=args.seed,
+                    patience=getattr(args, "patience", 0))
 
 
 def structure_config(args: argparse.Namespace) -> StructureConfig:
@@ -259,8 +264,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     em, structure = em_config(args), structure_config(args)
     with output_folder(args.out):
         data = load_data(args)
+        held_out = data.valid if args.patience else None  # valid decides when to stop
         trained = train_image_model(args.model, data.train, args.size, em, structure,
-                                    lvd_values(args), args.device, progress=not args.quiet)
+                                    lvd_values(args), args.device, progress=not args.quiet,
+                                    valid_images=held_out)
         model = trained.model.eval()
         record = {"dataset": args.dataset, "model": args.model, "size": args.size,
                   "image_shape": list(data.shape), "train_images": len(data.train),

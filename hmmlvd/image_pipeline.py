@@ -38,7 +38,7 @@ IMAGE_FILE = "image.json"  # beside config.json: what the model's variables are
 DATASET_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 #: PatchLVDConfig fields set from the shared settings (size, EM, structure), not by name.
 LVD_SHARED = ("sub_units", "stage_c_epochs", "batch_size", "step_size", "pseudocount", "seed",
-              "tree_bins")
+              "tree_bins", "patience")
 
 ImageModel = Circuit | PatchCircuit
 
@@ -69,17 +69,19 @@ def lvd_config(size: int, em: EMConfig, structure: StructureConfig,
         raise DataError(f"{clash} come from the shared size, EM and structure settings")
     return PatchLVDConfig(sub_units=size, stage_c_epochs=em.epochs, batch_size=em.batch_size,
                           step_size=em.step_size, pseudocount=em.pseudocount, seed=em.seed,
-                          tree_bins=structure.tree_bins, **fields)
+                          tree_bins=structure.tree_bins, patience=em.patience, **fields)
 
 
 def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConfig,
                       structure: StructureConfig | None = None,
                       lvd_fields: dict | None = None, device: str | torch.device = "cpu",
-                      progress: bool = True) -> TrainedImageModel:
+                      progress: bool = True, valid_images: np.ndarray | None = None
+                      ) -> TrainedImageModel:
     """Build model ``kind`` (one of :data:`MODELS`) with K = ``size`` on ``train_images``
     [N, H, W, C] uint8 and train it: a baseline by ``fit`` (EM with ``em``), LVD by its
     pipeline (:func:`lvd_config` maps ``em`` and ``structure``; ``lvd_fields``: the other
-    PatchLVDConfig fields)."""
+    PatchLVDConfig fields). ``valid_images``: held-out images scored after every (final-stage)
+    epoch; the best epoch on them is kept and ``em.patience`` may stop early."""
     structure = StructureConfig() if structure is None else structure
     train_images = np.asarray(train_images)
     if train_images.ndim != 4 or len(train_images) == 0:
@@ -92,7 +94,7 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
 
         config = lvd_config(size, em, structure, **(lvd_fields or {}))
         model, history = train_patch_lvd(train_images, config, progress=progress,
-                                         device=device)
+                                         device=device, valid_images=valid_images)
         return TrainedImageModel(model, history, repr(config), time.perf_counter() - started)
     if lvd_fields:
         raise DataError(f"LVD settings {sorted(lvd_fields)} belong to the lvd model only")
@@ -101,9 +103,12 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
     model = baseline_from_config(kind, pixels, shape, size, structure, em.seed,
                                  LEVELS).to(device)
     built = time.perf_counter()
-    model.fit(torch.as_tensor(pixels), em, progress=progress)
+    valid = None if valid_images is None else torch.as_tensor(flatten(np.asarray(valid_images)))
+    model.fit(torch.as_tensor(pixels), em, valid=valid, progress=progress)
     history = {"timings": {"structure": built - started, "em": time.perf_counter() - built},
                "em": model.fit_history}
+    if valid is not None:
+        history["valid"] = model.valid_history
     return TrainedImageModel(model, history, structure.describe(kind, shape, len(pixels)),
                              time.perf_counter() - started)
 

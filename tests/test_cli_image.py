@@ -4,6 +4,7 @@ files of 28x28 images with one bright bar each), and bad input as one-line error
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -192,3 +193,23 @@ def test_top_level_help_lists_image(capsys):
     with pytest.raises(SystemExit):
         main(["image", "train", "--model", "lvd", "--help"])
     assert "--num-latents" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model, extra", [("pd", []), ("lvd", TINY_LVD)])
+def test_patience_trains_on_train_scores_valid_and_keeps_the_best_epoch(mnist_dir, tmp_path,
+                                                                         model, extra):
+    out = tmp_path / model
+    flags = [f for f in TINY if f not in ("--epochs", "1")]
+    assert main(["image", "train", "--model", model, "--size", "2", *flags, *extra,
+                 "--epochs", "3", "--patience", "1", "--data-dir", str(mnist_dir),
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    history = results["history"]
+    scores = history["valid"]
+    trained_epochs = history["stage_c" if model == "lvd" else "em"]
+    assert 1 <= len(scores) == len(trained_epochs) <= 3
+    best = max(scores)
+    # patience 1: it stops the epoch after the first one that is not better
+    assert len(scores) == 3 or scores[-1] <= scores[-2]
+    # the model kept is the best epoch's: its valid bpd is that of the best mean log-likelihood
+    assert results["valid_bpd"] == pytest.approx(-best / (784 * math.log(2)), rel=1e-5)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hmmlvd.em import (
+    EarlyStopping,
     LoopState,
     check_possible,
     epoch_batches,
@@ -181,3 +182,48 @@ def test_hmm_left_valid_when_a_mini_batch_epoch_fails():
         hmm.fit(torch.tensor(windows), config, progress=False)
     torch.testing.assert_close(hmm.emission.sum(1), torch.ones(3, 2))
     assert not torch.equal(hmm.emission, emission)  # the three good steps were kept
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
+    weight = torch.zeros(2)
+    scores = iter([1.0, 3.0, 2.0, 2.5, 5.0])
+
+    def score():
+        return next(scores)
+
+    early = EarlyStopping(score, lambda: {"w": weight}, patience=2)
+    stops = []
+    for epoch in range(1, 5):
+        weight.fill_(float(epoch))  # the parameters after this epoch
+        stops.append(early(LoopState(epoch=epoch), None))
+    assert stops == [False, False, False, True]  # epoch 2 best, then 2 epochs without better
+    assert early.best_epoch == 2 and early.scores == [1.0, 3.0, 2.0, 2.5]
+    early.restore()
+    assert weight.tolist() == [2.0, 2.0]
+
+
+def test_loop_ends_when_the_epoch_hook_says_so():
+    learner = Recorder()
+    stats = run_epochs(learner, [(1.0, True)] * 5, 0.0, batches_of(1), 1, progress=False,
+                       after_epoch=lambda state, stats: state.epoch == 2)
+    assert len(stats) == 2 and learner.calls.count("m1.0") == 2
+
+
+def test_circuit_fit_with_held_out_data_keeps_its_best_epoch():
+    from hmmlvd.pc import Circuit, EMConfig, poon_domingos
+
+    gen = torch.Generator().manual_seed(1)  # 12 training samples: valid peaks, then falls
+    train = torch.randint(0, 3, (12, 4), generator=gen)
+    valid = torch.randint(0, 3, (40, 4), generator=gen)
+    circuit = Circuit(poon_domingos(2, 2, delta=1), 3, input="categorical", num_categories=3,
+                      seed=0)
+    circuit.fit(train, EMConfig(epochs=6, full_batch=True, batch_size=12, pseudocount=0.01),
+                valid=valid, progress=False)
+    history = circuit.valid_history
+    assert len(circuit.fit_history) == 6 and len(history) == 6
+    assert history.index(max(history)) < 5  # the best epoch is not the last one ...
+    assert circuit.score(valid) == pytest.approx(max(history), abs=1e-6)  # ... and it is kept
+    with pytest.raises(DataError, match="patience needs held-out data"):
+        circuit.fit(train, EMConfig(patience=1), progress=False)
+    with pytest.raises(DataError, match="patience must be"):
+        EMConfig(patience=-1)

@@ -4,7 +4,8 @@
   probability-zero check of the E-step.
 - :mod:`~hmmlvd.em.batches`: the one seeded epoch shuffle.
 - :mod:`~hmmlvd.em.loop`: the one epoch loop (mini-batch or full-batch phases, progress bar,
-  resumable position, hooks for checkpoints, Ctrl-C and data-parallel reductions).
+  resumable position, hooks for checkpoints, Ctrl-C and data-parallel reductions);
+  :mod:`~hmmlvd.em.early`: early stopping on held-out data, best epoch kept.
 
 Each model supplies only its E-step (expected counts by autograd: the counts of a parameter are
 ``theta * d log p(x) / d theta``) and applies the rule to its own tables, through a
@@ -12,8 +13,10 @@ Each model supplies only its E-step (expected counts by autograd: the counts of 
 """
 
 from hmmlvd.em.batches import epoch_batches, epoch_order, epoch_seed, permutation
+from hmmlvd.em.early import EarlyStopping
 from hmmlvd.em.loop import EpochStats, Learner, LoopState, run_epochs
 from hmmlvd.em.rule import check_possible, mix_log_probabilities, mix_probabilities
 
-__all__ = ["EpochStats", "Learner", "LoopState", "check_possible", "epoch_batches", "epoch_order",
-           "epoch_seed", "mix_log_probabilities", "mix_probabilities", "permutation", "run_epochs"]
+__all__ = ["EarlyStopping", "EpochStats", "Learner", "LoopState", "check_possible",
+           "epoch_batches", "epoch_order", "epoch_seed", "mix_log_probabilities",
+           "mix_probabilities", "permutation", "run_epochs"]

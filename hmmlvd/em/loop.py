@@ -74,7 +74,7 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float, bool]], pseudocount
                unit: str = "ll", after_step: Callable[[LoopState], None] | None = None,
                stop_requested: Callable[[], bool] | None = None,
                on_stop: Callable[[LoopState, bool], None] | None = None,
-               after_epoch: Callable[[LoopState, EpochStats], None] | None = None
+               after_epoch: Callable[[LoopState, EpochStats], bool | None] | None = None
                ) -> list[EpochStats]:
     """Run the epochs of ``plan`` from ``state`` (default: the start) and return their stats.
 
@@ -83,7 +83,8 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float, bool]], pseudocount
     its end); ``num_batches``: how many an epoch has. ``state`` is updated in place.
     ``stop_requested()`` is asked after every batch; when true, the learner is synced and
     ``on_stop(state, full_batch)`` is called (it should save and raise); if it returns, the
-    loop returns. ``unit`` names the bar's running mean log-likelihood."""
+    loop returns. ``after_epoch(state, stats)`` may return True to end the run there (early
+    stopping). ``unit`` names the bar's running mean log-likelihood."""
     state = state or LoopState()
     stats: list[EpochStats] = []
     while state.epoch < len(plan):
@@ -126,6 +127,6 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float, bool]], pseudocount
                                 total / max(units, 1), time.perf_counter() - started))
         state.epoch += 1
         state.batch = 0
-        if after_epoch is not None:
-            after_epoch(state, stats[-1])
+        if after_epoch is not None and after_epoch(state, stats[-1]):
+            break  # the hook asked to stop (e.g. early stopping on held-out data)
     return stats

@@ -40,7 +40,7 @@ from hmmlvd.pc.circuit import (
     parameter_bound,
     positive_int,
 )
-from hmmlvd.pc.em import EMConfig, check_training_data, em_config, run_em
+from hmmlvd.pc.em import EMConfig, check_training_data, early_stopping, em_config, run_em
 from hmmlvd.pc.gumbel import pick_index
 from hmmlvd.pc.layers import SumLayer
 from hmmlvd.pc.logspace import log_sum_exp
@@ -158,6 +158,7 @@ class PatchCircuit(nn.Module):
         self.image_shape = (height, width, channels)
         self.patch, self.num_latents, self.num_categories = patch, num_latents, num_categories
         self.fit_history: list[float] = []  # mean log-likelihood per epoch of the last fit
+        self.valid_history: list[float] = []  # held-out mean log-likelihood per epoch
         self.sub_graphs = list(sub_graphs)
         union, roots = disjoint_union(sub_graphs)
         self.parts = Circuit(union, sub_units, "categorical", num_categories, "hadamard",
@@ -344,16 +345,21 @@ class PatchCircuit(nn.Module):
 
     # ----- sklearn-like verbs (the same on Circuit and HMM) --------------------------------
     def fit(self, data: torch.Tensor, config: EMConfig | None = None, *,
-            missing: torch.Tensor | None = None, progress: bool = True) -> PatchCircuit:
+            valid: torch.Tensor | None = None, missing: torch.Tensor | None = None,
+            progress: bool = True) -> PatchCircuit:
         """Train the whole circuit by joint EM (stage (c) of LVD) on images ``data`` [N, D]
         with ``config`` (an :class:`~hmmlvd.pc.em.EMConfig`; default ``EMConfig()``); returns
-        self. ``fit_history`` then holds the mean training log-likelihood of each epoch. The
-        epoch loop is :func:`hmmlvd.pc.em.run_em`, the one :func:`~hmmlvd.pc.em.fit_em`
-        runs."""
+        self. ``fit_history`` then holds the mean training log-likelihood of each epoch;
+        ``valid`` [M, D]: held-out images, as in :meth:`Circuit.fit
+        <hmmlvd.pc.circuit.Circuit.fit>` (``valid_history``, ``config.patience``, best epoch
+        kept). The epoch loop is :func:`hmmlvd.pc.em.run_em`, the one
+        :func:`~hmmlvd.pc.em.fit_em` runs."""
         config = em_config(config)
         data, missing = check_training_data(data, self.num_variables, missing)
+        early = early_stopping(self, valid, config)
         self.fit_history = run_em(self.accumulate_counts, self.maximize, self.discard_counts,
-                                  data, config, missing, progress)
+                                  data, config, missing, progress, early=early)
+        self.valid_history = [] if early is None else early.scores
         return self
 
     def score(self, data: torch.Tensor, batch_size: int = 512) -> float:

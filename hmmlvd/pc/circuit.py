@@ -32,7 +32,7 @@ from torch import nn
 from hmmlvd import memory, persist
 from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.pc.bpd import mean_log_likelihood
-from hmmlvd.pc.em import EMConfig, fit_em
+from hmmlvd.pc.em import EMConfig, early_stopping, em_config, fit_em
 from hmmlvd.pc.layers import (
     BernoulliInput,
     CategoricalInput,
@@ -211,6 +211,7 @@ class Circuit(nn.Module):
         self.product = product
         self.root_size = root_size
         self.fit_history: list[float] = []  # mean log-likelihood per epoch of the last fit
+        self.valid_history: list[float] = []  # held-out mean log-likelihood per epoch
         generator = torch.Generator().manual_seed(seed)
 
         leaves = graph.leaves()
@@ -432,12 +433,20 @@ class Circuit(nn.Module):
 
     # ----- sklearn-like verbs (the same on HMM and PatchCircuit) ---------------------------
     def fit(self, data: torch.Tensor, config: EMConfig | None = None, *,
-            missing: torch.Tensor | None = None, progress: bool = True) -> Circuit:
+            valid: torch.Tensor | None = None, missing: torch.Tensor | None = None,
+            progress: bool = True) -> Circuit:
         """Train by EM on ``data`` [N, D] (``missing`` [N, D]: True where unobserved) with
         ``config`` (an :class:`~hmmlvd.pc.em.EMConfig`; default ``EMConfig()``); returns
-        self. ``fit_history`` then holds the mean training log-likelihood of each epoch. See
+        self. ``fit_history`` then holds the mean training log-likelihood of each epoch. With
+        held-out ``valid`` [M, D]: ``valid_history`` holds its mean log-likelihood after each
+        epoch, training stops after ``config.patience`` epochs without improvement (0: never
+        early), and the parameters of the best epoch on ``valid`` are kept. See
         :func:`hmmlvd.pc.em.fit_em`, which this calls."""
-        self.fit_history = fit_em(self, data, config, missing=missing, progress=progress)
+        config = em_config(config)
+        early = early_stopping(self, valid, config)
+        self.fit_history = fit_em(self, data, config, missing=missing, progress=progress,
+                                  early=early)
+        self.valid_history = [] if early is None else early.scores
         return self
 
     def score(self, data: torch.Tensor, batch_size: int = 512) -> float:

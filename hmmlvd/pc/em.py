@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hmmlvd.em import check_possible, epoch_batches, run_epochs
+from hmmlvd.em import EarlyStopping, check_possible, epoch_batches, run_epochs
 from hmmlvd.errors import DataError
 from hmmlvd.validate import as_array, check_int, check_pseudocount, check_step_size
 
@@ -46,7 +46,9 @@ class EMConfig:
     after every batch; ``pseudocount`` (>= 0) added to every count before normalising;
     ``full_batch``: sum the counts of all batches, then one M-step per epoch (``a = 1`` is
     classic EM and never lowers the likelihood); ``seed`` fixes each epoch's batch order
-    (see :func:`epoch_batches`)."""
+    (see :func:`hmmlvd.em.batches.epoch_batches`); ``patience``: with held-out data
+    (``fit(..., valid=x)``), stop after this many epochs without a better held-out
+    log-likelihood (0: run every epoch); either way the best epoch's parameters are kept."""
 
     epochs: int = 1
     batch_size: int = 512
@@ -54,6 +56,7 @@ class EMConfig:
     pseudocount: float = 0.0
     full_batch: bool = False
     seed: int = 0
+    patience: int = 0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: store the checked, normalised values
@@ -67,6 +70,7 @@ class EMConfig:
         if seed >= SEED_LIMIT:
             raise DataError(f"seed must lie in [0, 2**63), got {seed}")
         set_(self, "seed", seed)
+        set_(self, "patience", check_int(self.patience, "patience", 0))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -172,14 +176,16 @@ class _CircuitLearner:
 
 def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None],
            discard: Callable[[], None], data: torch.Tensor, config: EMConfig,
-           missing: torch.Tensor | None = None, progress: bool = True, desc: str = "EM"
-           ) -> list[float]:
+           missing: torch.Tensor | None = None, progress: bool = True, desc: str = "EM",
+           early: EarlyStopping | None = None) -> list[float]:
     """EM over checked ``data`` [N, D] (and ``missing`` [N, D]) with the one epoch loop
     (:func:`hmmlvd.em.loop.run_epochs`): per batch ``accumulate(x, missing)`` (the E-step,
     adding to the model's counts), then ``maximize_step(step_size, pseudocount)`` after every
     batch, or once per epoch when ``config.full_batch``. A failed batch calls ``discard()`` (no
     half-collected counts stay behind). Returns the mean log-likelihood per sample of each
-    epoch, measured during its E-steps (before each batch's update)."""
+    epoch, measured during its E-steps (before each batch's update). ``early``: scores held-out
+    data after every epoch, may stop the run, and its best epoch's parameters are restored at
+    the end."""
     learner = _CircuitLearner(accumulate, maximize_step, discard, data, missing)
     plan = [(config.step_size, config.full_batch)] * config.epochs
 
@@ -188,16 +194,32 @@ def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None]
                              shuffle=not full_batch, start_batch=start_batch)
 
     stats = run_epochs(learner, plan, config.pseudocount, batches,
-                       -(-len(data) // config.batch_size), progress=progress, desc=desc)
+                       -(-len(data) // config.batch_size), progress=progress, desc=desc,
+                       after_epoch=early)
+    if early is not None:
+        early.restore()
     return [s.mean_log_likelihood for s in stats]
+
+
+def early_stopping(model: Circuit, valid: object, config: EMConfig) -> EarlyStopping | None:
+    """The :class:`~hmmlvd.em.early.EarlyStopping` of ``model.fit(..., valid=...)``: scores
+    ``model.score(valid)`` (checked now, before any training), ``config.patience``; None when
+    there is no held-out data (then ``patience`` must be 0)."""
+    if valid is None:
+        if config.patience:
+            raise DataError("patience needs held-out data: pass valid= (e.g. the valid split)")
+        return None
+    valid, _ = check_training_data(valid, model.num_variables)
+    return EarlyStopping(lambda: model.score(valid), lambda: dict(model.named_parameters()),
+                         config.patience)
 
 
 def fit_em(circuit: Circuit, data: torch.Tensor, config: EMConfig | None = None, *,
            epochs: int | None = None, batch_size: int | None = None,
            step_size: float | None = None, pseudocount: float | None = None,
            full_batch: bool | None = None, seed: int | None = None,
-           missing: torch.Tensor | None = None, progress: bool = True, desc: str = "EM"
-           ) -> list[float]:
+           missing: torch.Tensor | None = None, progress: bool = True, desc: str = "EM",
+           early: EarlyStopping | None = None) -> list[float]:
     """Train ``circuit`` with EM on ``data`` [N, D] (``missing`` [N, D]: True where a value
     is unobserved); returns the mean training log-likelihood of each epoch (measured during
     its E-steps, i.e. before each batch's update).
@@ -222,7 +244,7 @@ def fit_em(circuit: Circuit, data: torch.Tensor, config: EMConfig | None = None,
         maximize(circuit, step, pseudo)
 
     return run_em(accumulate, maximize_step, lambda: discard_counts(circuit), data, config,
-                  missing, progress, desc)
+                  missing, progress, desc, early)
 
 
 def discard_counts(circuit: Circuit) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -40,7 +40,9 @@ class PatchLVDConfig:
     *_epochs: EM epochs of stages (a), (b), (c); batch_size, step_size, pseudocount: mini-batch
     EM settings; cache_dir: where featurisers cache what they train (None: no cache);
     tie_inputs: sub-circuits of a patch position share input distributions (see
-    :class:`~hmmlvd.image.patch_circuit.PatchCircuit`)."""
+    :class:`~hmmlvd.image.patch_circuit.PatchCircuit`); patience: stage (c) stops after this
+    many epochs without a better held-out log-likelihood (with ``valid_images``; 0: never
+    early; the best epoch is kept either way)."""
 
     patch: int = 7
     num_latents: int = 16
@@ -59,6 +61,7 @@ class PatchLVDConfig:
     seed: int = 0
     cache_dir: str | None = None
     tie_inputs: bool = False
+    patience: int = 0
 
 
 def group_batches(labels: np.ndarray, num_latents: int, batch_size: int,
@@ -100,13 +103,28 @@ def em_settings(config: PatchLVDConfig, epochs: int) -> EMConfig:
                     pseudocount=config.pseudocount, seed=config.seed)
 
 
+def _held_out(valid_images: np.ndarray | None, shape: tuple) -> torch.Tensor | None:
+    """Held-out images [M, H, W, C] as the flat pixels stage (c) scores, or None."""
+    if valid_images is None:
+        return None
+    valid_images = np.asarray(valid_images)
+    if valid_images.ndim != 4 or tuple(valid_images.shape[1:]) != tuple(shape):
+        raise DataError(f"held-out images must be [M, {', '.join(map(str, shape))}] like the "
+                        f"training images, got shape {valid_images.shape}")
+    return torch.as_tensor(flatten(valid_images))
+
+
 def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: bool = True,
-                    device: str | torch.device = "cpu") -> tuple[PatchCircuit, dict]:
+                    device: str | torch.device = "cpu",
+                    valid_images: np.ndarray | None = None) -> tuple[PatchCircuit, dict]:
     """Distil, build and train the patch-latent circuit of ``train_images`` [N, H, W, C]
     (uint8 pixel levels). Returns the circuit and a history: per-stage mean log-likelihoods
-    per epoch and seconds per step of the pipeline."""
+    per epoch and seconds per step of the pipeline. ``valid_images`` [M, H, W, C]: held-out
+    images scored after every stage-(c) epoch (``history["valid"]``); the best epoch is kept
+    and ``config.patience`` may stop stage (c) early."""
     if train_images.ndim != 4 or len(train_images) < 2:
         raise DataError(f"training images must be [N >= 2, H, W, C], got {train_images.shape}")
+    valid = _held_out(valid_images, train_images.shape[1:])
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -135,9 +153,11 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
                                 em_settings(config, config.stage_b_epochs),
                                 progress=progress, desc="LVD stage b")
     lap("stage_b")
-    model.fit(torch.as_tensor(flatten(train_images)),
-              em_settings(config, config.stage_c_epochs), progress=progress)
+    stage_c = replace(em_settings(config, config.stage_c_epochs), patience=config.patience)
+    model.fit(torch.as_tensor(flatten(train_images)), stage_c, valid=valid, progress=progress)
     history["stage_c"] = model.fit_history
+    if valid is not None:
+        history["valid"] = model.valid_history
     lap("stage_c")
     return model, history
 
