@@ -169,7 +169,7 @@ def test_bad_input_is_named():
 
 def test_group_batches_list_every_patch_once_in_its_group():
     labels = np.random.default_rng(0).integers(0, 3, size=(50, 2))
-    batches = list(group_batches(labels, 3, 8, np.random.default_rng(1)))
+    batches = list(group_batches(labels, 3, 8, seed=1, epoch=0))
     ids = np.concatenate(batches)  # [rows, G]
     for i in range(2):
         for c in range(3):

@@ -278,6 +278,14 @@ class PatchCircuit(nn.Module):
         its parameters). Returns the mean log-likelihood of the present patches."""
         check_step_size(step_size)
         check_pseudocount(pseudocount)
+        total, count = self.group_accumulate(patches, present)
+        self.group_maximize(step_size, pseudocount)
+        return total / count
+
+    def group_accumulate(self, patches: torch.Tensor, present: torch.Tensor
+                         ) -> tuple[float, int]:
+        """The E-step of :meth:`group_em_step`: adds the sub-circuits' expected counts from
+        their present patches; returns (summed log-likelihood, number of present patches)."""
         b, g, _ = patches.shape
         present = present.to(self.device)
         if g != self.num_groups or present.shape != (b, g) or not present.any():
@@ -290,8 +298,12 @@ class PatchCircuit(nn.Module):
         check_possible(chosen, "patches", "patch circuit")
         chosen.sum().backward()
         self.parts.input_layer.accumulate_(prepared, evaluation.density.grad, None)
+        return float(chosen.detach().sum()), int(present.sum())
+
+    def group_maximize(self, step_size: float = 1.0, pseudocount: float = 0.0) -> None:
+        """The M-step of :meth:`group_em_step`: the sub-circuits (not the top) from their
+        counts."""
         self._maximize(step_size, pseudocount, top=False)
-        return float(chosen.detach().sum()) / int(present.sum())
 
     def em_step(self, x: torch.Tensor, step_size: float = 1.0, pseudocount: float = 0.0,
                 missing: torch.Tensor | None = None) -> float:

@@ -14,10 +14,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from hmmlvd.data.images import flatten
 from hmmlvd.data.patches import split_patches
+from hmmlvd.em import epoch_seed, run_epochs
 from hmmlvd.errors import DataError
 from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.lvd.image.features import patch_latents
@@ -64,11 +64,13 @@ class PatchLVDConfig:
     patience: int = 0
 
 
-def group_batches(labels: np.ndarray, num_latents: int, batch_size: int,
-                  generator: np.random.Generator) -> Iterator[np.ndarray]:
-    """One stage-(a) epoch: [B, G] sample ids, column g = i * C + c listing (shuffled) the
-    samples whose patch i has latent c, -1 where a group has run out. Every sample's patch
+def group_batches(labels: np.ndarray, num_latents: int, batch_size: int, seed: int,
+                  epoch: int) -> Iterator[np.ndarray]:
+    """One stage-(a) epoch: [B, G] sample ids, column g = i * C + c listing (shuffled, the
+    order fixed by (``seed``, ``epoch``) as every EM epoch's: :func:`hmmlvd.em.epoch_seed`)
+    the samples whose patch i has latent c, -1 where a group has run out. Every sample's patch
     appears once in its group's column; the epoch lasts as long as the largest group."""
+    generator = np.random.default_rng(epoch_seed(seed, epoch))
     n = labels.shape[1]
     members = [np.flatnonzero(labels[:, i] == c) for i in range(n) for c in range(num_latents)]
     longest = max(len(m) for m in members)
@@ -162,20 +164,48 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
     return model, history
 
 
+class _StageA:
+    """Stage (a) as a :class:`~hmmlvd.em.loop.Learner`: a batch is [B, G] sample ids (one
+    column per sub-circuit), the E-step adds each sub-circuit's counts from its own patches."""
+
+    def __init__(self, model: PatchCircuit, patches: np.ndarray, num_latents: int):
+        self.model, self.patches = model, patches
+        self.position = np.repeat(np.arange(patches.shape[1]), num_latents)  # group -> patch
+
+    def begin_epoch(self, full_batch: bool) -> None:
+        pass
+
+    def e_step(self, ids: np.ndarray) -> tuple[float, float]:
+        present = ids >= 0
+        batch = torch.as_tensor(self.patches[np.maximum(ids, 0), self.position[None, :]])
+        return self.model.group_accumulate(batch.to(self.model.device),
+                                           torch.as_tensor(present))
+
+    def m_step(self, step_size: float, pseudocount: float) -> None:
+        self.model.group_maximize(step_size, pseudocount)
+
+    def sync(self) -> None:
+        pass
+
+    def end_epoch(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        self.model.discard_counts()
+
+
 def _stage_a(model: PatchCircuit, patches: np.ndarray, labels: np.ndarray,
              config: PatchLVDConfig, progress: bool) -> list[float]:
-    """Stage (a): every sub-circuit (i, c) trained by EM on the patches at i labelled c."""
-    generator = np.random.default_rng(config.seed)
-    position = np.repeat(np.arange(patches.shape[1]), config.num_latents)  # group -> patch i
-    history = []
-    for epoch in range(config.stage_a_epochs):
-        total, count = 0.0, 0
-        batches = list(group_batches(labels, config.num_latents, config.batch_size, generator))
-        for ids in tqdm(batches, desc=f"LVD stage a, epoch {epoch + 1}", disable=not progress):
-            present = ids >= 0
-            batch = torch.as_tensor(patches[np.maximum(ids, 0), position[None, :]])
-            mean = model.group_em_step(batch.to(model.device), torch.as_tensor(present),
-                                       config.step_size, config.pseudocount)
-            total, count = total + mean * present.sum(), count + present.sum()
-        history.append(float(total / max(count, 1)))
-    return history
+    """Stage (a): every sub-circuit (i, c) trained by EM on the patches at i labelled c, with
+    the one EM loop (:func:`hmmlvd.em.loop.run_epochs`); returns the mean log-likelihood per
+    patch of each epoch."""
+    num_batches = -(-max(np.bincount(labels[:, i], minlength=config.num_latents).max()
+                         for i in range(labels.shape[1])) // config.batch_size)
+
+    def batches(epoch: int, full_batch: bool, start: int) -> Iterator[np.ndarray]:
+        return group_batches(labels, config.num_latents, config.batch_size, config.seed, epoch)
+
+    stats = run_epochs(_StageA(model, patches, config.num_latents),
+                       [(config.step_size, False)] * config.stage_a_epochs, config.pseudocount,
+                       batches, num_batches, progress=progress, desc="LVD stage a")
+    return [s.mean_log_likelihood for s in stats]
