@@ -25,23 +25,32 @@ from hmmlvd.errors import DataError
 
 def _target(counts: torch.Tensor, dims: tuple[int, ...], pseudocount: float,
             valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(normalised smoothed counts, True where a distribution has counts), the latter keeping
-    size-1 ``dims``."""
+    """(normalised smoothed counts: a fresh tensor the caller may overwrite, True where a
+    distribution has counts — keeping size-1 ``dims``)."""
     seen = counts.sum(dim=dims, keepdim=True) > 0
-    smoothed = counts + pseudocount
+    target = counts + pseudocount
     if valid is not None:
-        smoothed = smoothed * valid
-    total = smoothed.sum(dim=dims, keepdim=True)
-    target = smoothed / total.clamp_min(torch.finfo(smoothed.dtype).tiny)
+        target.mul_(valid)
+    total = target.sum(dim=dims, keepdim=True)
+    target.div_(total.clamp_min(torch.finfo(target.dtype).tiny))
     return target, seen & (total > 0)
+
+
+def _mixed(theta: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...], step_size: float,
+           pseudocount: float, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(theta + a * seen * (target - theta) in a fresh tensor, seen): one temporary of
+    theta's size; a distribution without counts gets theta + 0, i.e. theta bit for bit."""
+    target, seen = _target(counts, dims, pseudocount, valid)
+    step = seen.to(target.dtype).mul_(step_size)
+    return target.sub_(theta).mul_(step).add_(theta), seen
 
 
 def mix_probabilities(theta: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...],
                       step_size: float, pseudocount: float,
                       valid: torch.Tensor | None = None) -> torch.Tensor:
-    """The rule on probabilities ``theta``: returns the new table (same shape)."""
-    target, seen = _target(counts, dims, pseudocount, valid)
-    return torch.where(seen, torch.lerp(theta, target, step_size), theta)
+    """The rule on probabilities ``theta``: returns the new table (same shape; ``theta`` and
+    ``counts`` are not changed)."""
+    return _mixed(theta, counts, dims, step_size, pseudocount, valid)[0]
 
 
 def mix_log_probabilities(log_theta: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...],
@@ -49,9 +58,8 @@ def mix_log_probabilities(log_theta: torch.Tensor, counts: torch.Tensor, dims: t
                           valid: torch.Tensor | None = None) -> torch.Tensor:
     """The rule on log-probabilities: returns the new log-table; distributions without
     counts are returned bit for bit."""
-    target, seen = _target(counts, dims, pseudocount, valid)
-    return torch.where(seen, torch.log(torch.lerp(log_theta.exp(), target, step_size)),
-                       log_theta)
+    new, seen = _mixed(log_theta.exp(), counts, dims, step_size, pseudocount, valid)
+    return torch.where(seen, new.log_(), log_theta)
 
 
 def check_possible(log_likelihood: torch.Tensor, items: str = "windows",

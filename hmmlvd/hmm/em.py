@@ -199,8 +199,8 @@ def maximize(hmm: HMM, counts: ExpectedCounts, step_size: float = 1.0,
     if not all(torch.isfinite(t.sum()) for t in (counts.initial, counts.transition,
                                                   counts.emission_values)):
         raise DataError("expected counts contain NaN or infinite values")
-    hmm.initial.copy_(mix_probabilities(hmm.initial, counts.initial, (-1,), a, c))
-    hmm.transition.copy_(mix_probabilities(hmm.transition, counts.transition, (-1,), a, c))
+    for theta, table in ((hmm.initial, counts.initial), (hmm.transition, counts.transition)):
+        theta.copy_(mix_probabilities(theta, table, (-1,), a, c))
     # emission[p, w, h] <- (1-a) emission + a (c + n[p, w, h]) / (N[p, h] + V c): a
     # scale-and-shift of every word plus a sparse add over the rows the batch touched. A state
     # without counts at a position keeps its distribution there (pseudocount or not).
