@@ -17,33 +17,39 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from tqdm.auto import tqdm
 
 
-class Learner(Protocol):
-    """A model's side of EM. The counts live in the learner (or its model) between calls."""
+class Learner:
+    """A model's side of EM; subclasses give ``e_step``, ``m_step`` and ``discard``, and
+    override the no-op hooks they need. The counts live in the learner (or its model) between
+    calls. (Any object with these methods will do: the loop only calls them.)"""
 
     def begin_epoch(self, full_batch: bool) -> None:
-        """Prepare the counts of a new epoch."""
+        """Prepare the counts of a new epoch (default: nothing)."""
 
     def e_step(self, batch: Any) -> tuple[float, float]:
         """Expected counts of ``batch``, kept for the next :meth:`m_step` (mini-batch) or added
         to the epoch's sum (full-batch); returns (summed log-likelihood, units) of the batch,
         over every rank (units: what the log-likelihood is reported per, e.g. tokens)."""
+        raise NotImplementedError
 
     def m_step(self, step_size: float, pseudocount: float) -> None:
         """Update the parameters from the counts kept since the last M-step, then drop them."""
+        raise NotImplementedError
 
     def sync(self) -> None:
-        """Make the parameters readable as they are (before a checkpoint or a stop)."""
+        """Make the parameters readable as they are, before a checkpoint or a stop (default:
+        they always are)."""
 
     def end_epoch(self) -> None:
-        """After the epoch's last M-step (e.g. resynchronise ranks)."""
+        """After the epoch's last M-step, e.g. resynchronise ranks (default: nothing)."""
 
     def discard(self) -> None:
         """Drop half-collected counts and leave the parameters valid (after a failure)."""
+        raise NotImplementedError
 
 
 @dataclass

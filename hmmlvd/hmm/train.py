@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from hmmlvd import distributed, memory
 from hmmlvd.atomic import atomic_write_json, atomic_write_text
 from hmmlvd.data.windows import TokenWindows
-from hmmlvd.em import EpochStats, LoopState, epoch_seed, run_epochs
+from hmmlvd.em import EpochStats, Learner, LoopState, epoch_seed, run_epochs
 from hmmlvd.errors import DataError, HMMLVDError
 from hmmlvd.hmm import parallel
 from hmmlvd.hmm.checkpoint import save_hmm
@@ -200,7 +200,7 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-class _HMMLearner:
+class _HMMLearner(Learner):
     """The HMM's side of :func:`hmmlvd.em.loop.run_epochs`. Mini-batch epochs keep the
     emission table scaled (:class:`ScaledEmission`: an M-step costs in proportion to the rows
     a batch touched) until :meth:`sync`; full-batch epochs sum the counts of this rank's shards

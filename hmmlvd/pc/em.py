@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hmmlvd.em import EarlyStopping, check_possible, epoch_batches, run_epochs
+from hmmlvd.em import EarlyStopping, Learner, check_possible, epoch_batches, run_epochs
 from hmmlvd.errors import DataError
 from hmmlvd.validate import as_array, check_int, check_pseudocount, check_step_size
 
@@ -145,7 +145,7 @@ def check_training_data(data: object, num_variables: int,
 Accumulate = Callable[[torch.Tensor, "torch.Tensor | None"], float]
 
 
-class _CircuitLearner:
+class _CircuitLearner(Learner):
     """A circuit's side of :func:`hmmlvd.em.loop.run_epochs`: the model keeps its counts (in
     the gradients of its log-weights and its input layer's accumulators)."""
 
@@ -155,9 +155,6 @@ class _CircuitLearner:
         self.accumulate, self.maximize_step, self.discard = accumulate, maximize_step, discard
         self.data, self.missing = data, missing
 
-    def begin_epoch(self, full_batch: bool) -> None:
-        pass
-
     def e_step(self, index: np.ndarray) -> tuple[float, float]:
         rows = torch.from_numpy(index)
         return (self.accumulate(self.data[rows],
@@ -166,12 +163,6 @@ class _CircuitLearner:
 
     def m_step(self, step_size: float, pseudocount: float) -> None:
         self.maximize_step(step_size, pseudocount)
-
-    def sync(self) -> None:
-        pass
-
-    def end_epoch(self) -> None:
-        pass
 
 
 def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None],

@@ -17,7 +17,7 @@ import torch
 
 from hmmlvd.data.images import flatten
 from hmmlvd.data.patches import split_patches
-from hmmlvd.em import epoch_seed, run_epochs
+from hmmlvd.em import Learner, epoch_seed, run_epochs
 from hmmlvd.errors import DataError
 from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.lvd.image.features import patch_latents
@@ -164,16 +164,13 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
     return model, history
 
 
-class _StageA:
+class _StageA(Learner):
     """Stage (a) as a :class:`~hmmlvd.em.loop.Learner`: a batch is [B, G] sample ids (one
     column per sub-circuit), the E-step adds each sub-circuit's counts from its own patches."""
 
     def __init__(self, model: PatchCircuit, patches: np.ndarray, num_latents: int):
         self.model, self.patches = model, patches
         self.position = np.repeat(np.arange(patches.shape[1]), num_latents)  # group -> patch
-
-    def begin_epoch(self, full_batch: bool) -> None:
-        pass
 
     def e_step(self, ids: np.ndarray) -> tuple[float, float]:
         present = ids >= 0
@@ -183,12 +180,6 @@ class _StageA:
 
     def m_step(self, step_size: float, pseudocount: float) -> None:
         self.model.group_maximize(step_size, pseudocount)
-
-    def sync(self) -> None:
-        pass
-
-    def end_epoch(self) -> None:
-        pass
 
     def discard(self) -> None:
         self.model.discard_counts()
