@@ -384,12 +384,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_lvd(args: argparse.Namespace) -> None:
-    from hmmlvd.lvd.text.distill import DEFAULT_CACHE, lvd_subset, run_lvd
+    from hmmlvd.lvd.text.distill import lvd_subset, run_lvd
 
-    cache_dir = args.cache_dir or DEFAULT_CACHE
-    if distributed.is_main():  # before any work: a file, or a folder that cannot be written
-        check_writable(make_folder(cache_dir, "embedding cache folder"), "embedding cache folder")
     settings = lvd_settings_from(args)
+    if distributed.is_main():  # before any work: a file, or a folder that cannot be written
+        check_writable(make_folder(settings.cache_dir, "embedding cache folder"),
+                       "embedding cache folder")
 
     def initialise(data: WikiText, windows: TokenWindows, device: torch.device,
                    summary: dict) -> HMM:
