@@ -1,23 +1,29 @@
 """Helpers the benchmark scripts share (``scripts/bench_hmm.py``, ``bench_pc.py``,
 ``bench_gpu.py``): median wall time with CUDA synchronisation, the matmul rate every speed
 target is a fraction of, peak memory, seeded random windows, the HMM's timed forward and EM
-step (the M-step as it is and as it was before lazy emission scaling), number formatting and
-the flags every benchmark shares.
+step (the M-step as it is and as it was before lazy emission scaling), number formatting, the
+flags every benchmark shares, and a circuit's EM step timed with the library of an earlier git
+revision (issue 15's before/after in one run).
 Targets live in the scripts as ratios measured in one run, never in tests."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from hmmlvd.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD
 from hmmlvd.device import resolve_device
 from hmmlvd.errors import DataError
 from hmmlvd.hmm.em import ExpectedCounts, ScaledEmission, expected_counts, maximize
@@ -146,37 +152,98 @@ def parse_bench_args(p: argparse.ArgumentParser, argv: Sequence[str] | None, sec
     return args
 
 
-# ----- circuits: issue 15's starting point, for before/after in one run -----------------------
-def legacy_safe_log(values: torch.Tensor) -> torch.Tensor:
-    """``safe_log`` as it was (commit 7f743a3): two masks and two filled temporaries per call."""
-    positive = values > 0
-    logs = torch.log(torch.where(positive, values, torch.ones_like(values)))
-    return torch.where(positive, logs, torch.full_like(values, float("-inf")))
+# ----- circuits: the EM step of an earlier revision, for before/after in one run ------------
+#: Issue 15's starting point: the circuit code before its optimisations.
+BEFORE_REVISION = "7f743a3"
+
+#: Runs in a child process whose ``hmmlvd`` is the exported revision; uses only the API every
+#: revision has (RegionGraph, Partition, Circuit, em_step). argv: spec.json batches.npy
+_TIMER = """
+import json, statistics, sys, time
+import numpy as np, torch
+import hmmlvd
+from hmmlvd.pc import Circuit, em_step
+from hmmlvd.pc.structures import Partition, RegionGraph
+spec = json.load(open(sys.argv[1]))
+torch.set_num_threads(spec["threads"])
+g = spec["graph"]
+graph = RegionGraph(g["num_variables"], tuple(tuple(r) for r in g["regions"]),
+                    tuple(Partition(tuple(p), tuple(tuple(c) for c in cs))
+                          for p, cs in g["partitions"]))
+circuit = Circuit(graph, **spec["circuit"]).to(spec["device"])
+batches = torch.from_numpy(np.load(sys.argv[2])).to(spec["device"])
+sync = torch.cuda.synchronize if spec["device"].startswith("cuda") else (lambda: None)
+times, values = [], []
+for i in range(spec["warmup"] + spec["repeats"]):
+    start = time.perf_counter()
+    values.append(em_step(circuit, batches[i % len(batches)], spec["step_size"],
+                          spec["pseudocount"]))
+    sync()
+    if i >= spec["warmup"]:
+        times.append(time.perf_counter() - start)
+print(json.dumps({"seconds": statistics.median(times), "log_likelihoods": values,
+                  "package": hmmlvd.__file__}))
+"""
 
 
-def legacy_exp_shifted(log_values: torch.Tensor, dim: int = -1
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``exp_shifted`` as it was (commit 7f743a3)."""
-    shift = log_values.detach().amax(dim=dim, keepdim=True)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    return torch.exp(log_values - shift), shift
+#: glibc's malloc set as :func:`hmmlvd.allocator.keep_freed_memory` sets it, through the
+#: environment: an earlier revision timed with it shows what the kernels alone gained.
+SAME_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+               "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 
 
-LEGACY = {"safe_log": legacy_safe_log, "exp_shifted": legacy_exp_shifted}
-
-
-@contextmanager
-def legacy_circuit_kernels() -> Iterator[None]:
-    """Run the circuit layers with the log-space primitives they had before issue 15's
-    optimisations (swapped in every module that imported them, restored on exit), so
-    ``bench_pc.py`` times the method before and after in the same run."""
-    modules = [importlib.import_module(f"hmmlvd.pc.{name}") for name in
-               ("logspace", "layers.hadamard", "layers.einsum", "layers.categorical")]
-    saved = [(m, name, getattr(m, name)) for m in modules for name in LEGACY if hasattr(m, name)]
+def export_revision(revision: str, directory: Path) -> Path:
+    """The ``hmmlvd`` package of git ``revision`` of this checkout, written under
+    ``directory`` (a folder to put first on PYTHONPATH); DataError if that is impossible."""
+    root = Path(__file__).resolve().parents[1]
     try:
-        for module, name, _ in saved:
-            setattr(module, name, LEGACY[name])
-        yield
-    finally:
-        for module, name, value in saved:
-            setattr(module, name, value)
+        archive = subprocess.run(["git", "-C", str(root), "archive", revision, "hmmlvd"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True,
+                       capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        raise DataError(f"cannot export revision {revision} of {root} (a git clone with its "
+                        f"history is needed; --no-before skips it): "
+                        f"{detail.decode(errors='replace').strip() or exc}") from exc
+    return directory
+
+
+def em_step_at_revision(revision_dir: Path, graph: dict, circuit: dict,
+                        batches: torch.Tensor, step_size: float, pseudocount: float,
+                        repeats: int, warmup: int, threads: int, device: torch.device,
+                        environment: dict[str, str] | None = None
+                        ) -> tuple[float, list[float]]:
+    """Median seconds of one ``em_step`` of the circuit (``graph``: RegionGraph fields as
+    JSON, ``circuit``: Circuit keyword arguments) timed in a child process running the
+    ``hmmlvd`` exported to ``revision_dir`` (:func:`export_revision`), on ``batches``
+    [N, B, D] taken in turn, as :func:`median_seconds` times the current code; and the mean
+    log-likelihood every step returned (warm-up included), to check that both revisions
+    compute the same thing. ``environment``: extra environment variables of the child (e.g.
+    :data:`SAME_MALLOC`)."""
+    spec = {"graph": graph, "circuit": circuit, "step_size": step_size,
+            "pseudocount": pseudocount, "repeats": repeats, "warmup": warmup,
+            "threads": threads, "device": str(device)}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+        np.save(Path(tmp) / "batches.npy", batches.cpu().numpy())
+        env = {**os.environ, **(environment or {}), "PYTHONPATH": str(revision_dir)}
+        # run in ``tmp``: ``python -c`` puts the working folder first on sys.path, which
+        # must not hold another hmmlvd
+        done = subprocess.run([sys.executable, "-c", _TIMER, "spec.json", "batches.npy"],
+                              env=env, cwd=tmp, capture_output=True, text=True)
+    if done.returncode:
+        raise DataError(f"timing the earlier revision failed: {done.stderr.strip()[-500:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if not Path(result["package"]).resolve().is_relative_to(Path(revision_dir).resolve()):
+        raise DataError(f"the child process imported {result['package']}, not the hmmlvd "
+                        f"of {revision_dir}")
+    return float(result["seconds"]), [float(v) for v in result["log_likelihoods"]]
+
+
+def graph_fields(graph: object) -> dict:
+    """A RegionGraph's fields as JSON-ready lists (what :data:`_TIMER` rebuilds)."""
+    return {"num_variables": graph.num_variables,
+            "regions": [list(r) for r in graph.regions],
+            "partitions": [[list(p.parent), [list(c) for c in p.children]]
+                           for p in graph.partitions]}

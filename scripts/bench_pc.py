@@ -43,8 +43,10 @@ command line, the machine and the date.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,8 +56,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hmmlvd.allocator import keep_freed_memory
 from hmmlvd.bench import (
-    legacy_circuit_kernels,
+    BEFORE_REVISION,
+    SAME_MALLOC,
+    em_step_at_revision,
+    export_revision,
+    graph_fields,
     matmul_rate,
     median_seconds,
     parse_bench_args,
@@ -198,16 +205,20 @@ class Row:
     step_seconds: float
     flops: float  # per EM step
     shape_rate: float  # FLOP/s of a matmul of the circuit's contraction shape
-    before_seconds: float | None = None  # the same EM step with the kernels before issue 15
+    before_seconds: float | None = None  # the same EM step at --before-revision
+    before_same_malloc: float | None = None  # ... with malloc set as the library now sets it
     pyjuice_seconds: float | None = None
     pyjuice_note: str = ""
 
 
-def time_em_step(circuit: Circuit, x: torch.Tensor, args: argparse.Namespace) -> float:
-    """Median seconds of one ``em_step`` on a batch of ``args.batch_size``."""
+def time_em_step(circuit: Circuit, x: torch.Tensor, args: argparse.Namespace,
+                 values: list[float] | None = None) -> float:
+    """Median seconds of one ``em_step`` on a batch of ``args.batch_size``; ``values``
+    collects the mean log-likelihood of every step (warm-up included)."""
     next_batch = batch_cycle(x, args.batch_size)
-    return median_seconds(lambda: em_step(circuit, next_batch(), args.step_size,
-                                          args.pseudocount),
+    values = [] if values is None else values
+    return median_seconds(lambda: values.append(em_step(circuit, next_batch(), args.step_size,
+                                                        args.pseudocount)),
                           args.device, args.repeats, args.warmup)
 
 
@@ -216,19 +227,36 @@ def bench_row(structure: str, kind: str, k: int, graph: RegionGraph, x: torch.Te
     progress.set_postfix_str(f"{structure} {kind} K={k}: build")
     circuit = build_circuit(structure, kind, k, graph, args)
     progress.set_postfix_str(f"{structure} {kind} K={k}: EM step")
-    seconds = time_em_step(circuit, x, args)
-    before = None
-    if args.before:
+    values: list[float] = []
+    seconds = time_em_step(circuit, x, args, values)
+    before = same_malloc = None
+    if args.before_dir is not None:
         progress.set_postfix_str(f"{structure} {kind} K={k}: EM step before")
-        with legacy_circuit_kernels():
-            before = time_em_step(circuit, x, args)
+        next_batch = batch_cycle(x, args.batch_size)
+        taken = torch.stack([next_batch() for _ in range(args.warmup + args.repeats)])
+        settings = {"num_units": k, "input": kind, "product": PRODUCT[structure],
+                    "seed": args.seed,
+                    **({"num_categories": 256} if kind == "categorical" else {})}
+        before, earlier = em_step_at_revision(args.before_dir, graph_fields(graph), settings,
+                                              taken, args.step_size, args.pseudocount,
+                                              args.repeats, args.warmup,
+                                              torch.get_num_threads(), args.device)
+        same_malloc, _ = em_step_at_revision(args.before_dir, graph_fields(graph), settings,
+                                             taken, args.step_size, args.pseudocount,
+                                             args.repeats, args.warmup,
+                                             torch.get_num_threads(), args.device, SAME_MALLOC)
+        if not math.isclose(values[0], earlier[0], rel_tol=1e-4):
+            raise SystemExit(f"bench_pc.py: error: {structure} {kind} K={k}: the first EM "
+                             f"step's log-likelihood is {values[0]:.6g} now but "
+                             f"{earlier[0]:.6g} at {args.before_revision}; the two do not "
+                             "compute the same step")
     progress.set_postfix_str(f"{structure} {kind} K={k}: matmul")
     inner, out, count = contraction_shape(circuit)
     rate = matmul_rate(args.batch_size, inner, out, count, args.device, args.repeats,
                        args.warmup)
     row = Row(structure, kind, k, sum(circuit.num_nodes().values()), circuit.num_parameters(),
               len(circuit.layers), seconds, circuit_flops(circuit, args.batch_size)["em_step"],
-              rate, before)
+              rate, before, same_malloc)
     del circuit
     if structure == "hclt":
         row.pyjuice_seconds, row.pyjuice_note = bench_pyjuice(kind, k, x, args, progress)
@@ -345,6 +373,7 @@ def table(rows: Sequence[Row], peak: float, batch_size: int) -> str:
     """The rows as a markdown table."""
     columns = ["structure", "input", "K", "nodes", "parameters", "layers",
                f"EM step (s, B={batch_size})", "EM step before (s)", "speedup",
+               "before, same malloc (s)", "speedup, same malloc",
                f"s/epoch (= step x 60000/{batch_size})", "FLOP/s", "% of peak matmul",
                "% of same-shape matmul", "PyJuice s/epoch", "ours / PyJuice"]
     lines = ["| " + " | ".join(columns) + " |",
@@ -353,10 +382,15 @@ def table(rows: Sequence[Row], peak: float, batch_size: int) -> str:
         achieved = r.flops / r.step_seconds
         epoch = r.step_seconds * EPOCH_IMAGES / batch_size
         pj, ratio = pyjuice_cells(r, batch_size)
-        before = "-" if r.before_seconds is None else f"{r.before_seconds:.3g}"
-        speedup = "-" if r.before_seconds is None else f"{r.before_seconds / r.step_seconds:.2f}x"
+        before, speedup, same, same_speedup = ["-"] * 4
+        if r.before_seconds is not None:
+            before = f"{r.before_seconds:.3g}"
+            speedup = f"{r.before_seconds / r.step_seconds:.2f}x"
+            same = f"{r.before_same_malloc:.3g}"
+            same_speedup = f"{r.before_same_malloc / r.step_seconds:.2f}x"
         cells = [r.structure.upper(), r.input, str(r.k), f"{r.nodes:,}", f"{r.parameters:,}",
-                 str(r.layers), f"{r.step_seconds:.3g}", before, speedup, f"{epoch:.3g}",
+                 str(r.layers), f"{r.step_seconds:.3g}", before, speedup, same, same_speedup,
+                 f"{epoch:.3g}",
                  si(achieved),
                  percent(achieved / peak), percent(achieved / r.shape_rate), pj, ratio]
         lines.append("| " + " | ".join(cells) + " |")
@@ -378,9 +412,14 @@ def notes(args: argparse.Namespace, images: Images, graph_notes: Sequence[str]) 
            f"EM step = `em_step` (forward + backward by autograd + M-step), median of "
            f"{args.repeats} runs after {args.warmup} warm-up, each on a different batch; "
            f"s/epoch is implied (step time x 60,000 / B), not a measured epoch. EM step before "
-           "= the same step on the same circuit with the log-space kernels as they were before "
-           "issue 15 (`hmmlvd.bench.legacy_circuit_kernels`: commit 7f743a3), timed in this "
-           "run; speedup = before / now.",
+           f"= the same step (same structure, seed and batches) with the library as it was at "
+           f"commit {args.before_revision} (issue 15's starting point; `git archive` of that "
+           "revision, timed in a child process in this run: `hmmlvd.bench."
+           "em_step_at_revision`); speedup = before / now. Same malloc: the earlier revision "
+           "timed again with glibc's mmap and trim thresholds set (through MALLOC_*_ "
+           "environment variables) as the library's EM loop now sets them "
+           "(`hmmlvd.allocator.keep_freed_memory`, which this run applies too): what the "
+           "kernels alone gained.",
            "FLOPs: einsum layer 2*B*P*K^3 + 2*B*P*K^2, Hadamard layer 2*B*E*K^2 (P partitions, "
            "E edges) forward, EM step = 3x forward (backward 2x); input, mixing and root "
            "layers not counted. Same-shape matmul: [B,K^2]x[K^2,K] (einsum) or [B,K]x[K,K] "
@@ -434,8 +473,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5,
                    help="timed runs; the median is reported (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    p.add_argument("--before-revision", default=BEFORE_REVISION, metavar="REV",
+                   help="git revision whose EM step is timed beside today's (speedup; default "
+                        f"{BEFORE_REVISION}, issue 15's starting point)")
     p.add_argument("--no-before", dest="before", action="store_false",
-                   help="skip timing the EM step with the kernels before issue 15 (speedup)")
+                   help="skip timing the EM step at --before-revision")
     p.add_argument("--step-size", type=float, default=0.1, help="EM step size (default 0.1)")
     p.add_argument("--pseudocount", type=float, default=1e-3,
                    help="M-step pseudocount (default 1e-3)")
@@ -475,6 +517,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    keep_freed_memory()  # as the library's EM loop does
     args.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -482,6 +525,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if len(images.pixels) < args.batch_size:
         raise SystemExit(f"only {len(images.pixels)} images for a batch of {args.batch_size}")
     graphs = Graphs(images, args)
+    args.before_dir = None
+    if args.before:
+        export = tempfile.TemporaryDirectory()
+        try:
+            args.before_dir = export_revision(args.before_revision, Path(export.name))
+        except DataError as exc:
+            raise SystemExit(f"bench_pc.py: error: {exc}") from None
     need = args.batch_size * (args.warmup + args.repeats)
     data: dict[str, torch.Tensor] = {}
 

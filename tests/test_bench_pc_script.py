@@ -4,6 +4,7 @@ structure, K) and writes its section; the FLOP count matches a hand count on tin
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +25,15 @@ def bench(monkeypatch):
     return module
 
 
+def has_git_history() -> bool:
+    """True when this checkout is a git clone whose HEAD ``git archive`` can export."""
+    try:
+        return subprocess.run(["git", "-C", str(SCRIPT.parent), "rev-parse", "HEAD"],
+                              capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
 def table_rows(printed: str) -> list[list[str]]:
     """Cells of the markdown table's body rows."""
     lines = [line for line in printed.splitlines() if line.startswith("| ")]
@@ -31,23 +41,32 @@ def table_rows(printed: str) -> list[list[str]]:
 
 
 def test_tiny_run_prints_every_row(bench, tmp_path, capsys):
+    """Every row, with the before columns timed at this checkout's HEAD (the plumbing of
+    ``--before-revision``; any revision with the same API would do)."""
     results = tmp_path / "results.md"
     results.write_text("# Results\n\nkept\n")
+    before = (["--before-revision", "HEAD"] if has_git_history() else ["--no-before"])
     bench.main(["--image-size", "8", "--sizes", "2", "3", "--batch-size", "16",
                 "--random-data", "--device", "cpu", "--repeats", "1", "--warmup", "1",
-                "--tree-images", "64", "--peak-size", "64", "--write", str(results)])
+                "--tree-images", "64", "--peak-size", "64", "--write", str(results), *before])
     printed = capsys.readouterr().out
     rows = table_rows(printed)
     assert [(r[0], r[1], r[2]) for r in rows] == [
         (s, i, k) for i in ("categorical", "bernoulli") for s in ("PD", "HCLT")
         for k in ("2", "3")]
     for row in rows:
-        nodes, parameters, step, before, epoch = (float(row[c].replace(",", ""))
-                                                  for c in (3, 4, 6, 7, 9))
-        assert nodes > 0 and parameters > 0 and step > 0 and before > 0
-        assert float(row[8].removesuffix("x")) == pytest.approx(before / step, rel=0.02)
+        nodes, parameters, step, epoch = (float(row[c].replace(",", "")) for c in (3, 4, 6, 11))
+        assert nodes > 0 and parameters > 0 and step > 0
+        if before[0] == "--before-revision":
+            for time_column, ratio_column in ((7, 8), (9, 10)):
+                earlier = float(row[time_column])
+                assert earlier > 0
+                assert float(row[ratio_column].removesuffix("x")) == pytest.approx(
+                    earlier / step, rel=0.02)
+        else:
+            assert row[7:11] == ["-"] * 4
         assert epoch == pytest.approx(step * 60000 / 16, rel=0.01)  # both printed to 3 digits
-        assert row[13] == ("n/a (no GPU)" if row[0] == "HCLT" else "-")
+        assert row[15] == ("n/a (no GPU)" if row[0] == "HCLT" else "-")
     assert "s/epoch (= step x 60000/16)" in printed
     assert "random" in printed and "0.8 s per epoch" in printed
     text = results.read_text()

@@ -37,25 +37,3 @@ def test_exp_shifted_and_log_sum_exp_with_all_minus_infinity_rows():
     torch.testing.assert_close(x.grad[0], torch.softmax(x[0].detach(), 0))
     assert x.grad[1].tolist() == [0.0, 0.0, 0.0]
 
-
-def test_the_benchmarks_legacy_kernels_swap_in_and_out_and_agree():
-    """bench_pc's "before" column runs the layers with the earlier primitives: they must be
-    swapped in everywhere, restored after, and compute the same EM step."""
-    import copy
-
-    from hmmlvd.bench import LEGACY, legacy_circuit_kernels
-    from hmmlvd.pc import Circuit, em_step, poon_domingos
-    from hmmlvd.pc.layers import einsum, hadamard
-
-    circuit = Circuit(poon_domingos(4, 4, delta=2), 3, input="categorical", num_categories=5,
-                      seed=0)
-    twin = copy.deepcopy(circuit)
-    x = torch.randint(0, 5, (32, 16), generator=torch.Generator().manual_seed(0))
-    now = em_step(circuit, x, 0.5, 1e-3)
-    with legacy_circuit_kernels():
-        assert einsum.safe_log is LEGACY["safe_log"] and hadamard.exp_shifted is not exp_shifted
-        before = em_step(twin, x, 0.5, 1e-3)
-    assert einsum.safe_log is safe_log and hadamard.exp_shifted is exp_shifted
-    assert math.isclose(now, before, rel_tol=1e-6)
-    for p, q in zip(circuit.parameters(), twin.parameters(), strict=True):
-        torch.testing.assert_close(p, q)

@@ -126,7 +126,8 @@ def test_circuit_score_and_sample_agree_with_the_functions():
     x = circuit_data()
     assert circuit.score(x) == pytest.approx(float(circuit.log_likelihood(x).double().mean()),
                                              1e-6)
-    assert circuit.score(x, batch_size=7) == pytest.approx(circuit.score(x), 1e-9)
+    # float32 matrix products may round differently at another batch size: agree to 1e-6
+    assert circuit.score(x, batch_size=7) == pytest.approx(circuit.score(x), 1e-6)
     assert torch.equal(circuit.sample(9, seed=4), sample(circuit, 9, seed=4))
     missing = torch.zeros_like(x[:5], dtype=torch.bool)
     missing[:, 3:] = True

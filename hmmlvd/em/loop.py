@@ -21,6 +21,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from hmmlvd.allocator import keep_freed_memory
+
 
 class Learner:
     """A model's side of EM; subclasses give ``e_step``, ``m_step`` and ``discard``, and
@@ -91,6 +93,7 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float, bool]], pseudocount
     ``on_stop(state, full_batch)`` is called (it should save and raise); if it returns, the
     loop returns. ``after_epoch(state, stats)`` may return True to end the run there (early
     stopping). ``unit`` names the bar's running mean log-likelihood."""
+    keep_freed_memory()  # reuse the step's temporaries instead of faulting in fresh pages
     state = state or LoopState()
     stats: list[EpochStats] = []
     while state.epoch < len(plan):

@@ -41,8 +41,10 @@ def _mixed(theta: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...], ste
     """(theta + a * seen * (target - theta) in a fresh tensor, seen): one temporary of
     theta's size; a distribution without counts gets theta + 0, i.e. theta bit for bit."""
     target, seen = _target(counts, dims, pseudocount, valid)
-    step = seen.to(target.dtype).mul_(step_size)
-    return target.sub_(theta).mul_(step).add_(theta), seen
+    # theta + a * seen * (target - theta), in one pass over target (lerp's weight 1 - a * seen:
+    # exactly theta where unseen, exactly target where a = 1)
+    keep = seen.to(target.dtype).mul_(-step_size).add_(1.0)
+    return target.lerp_(theta, keep), seen
 
 
 def mix_probabilities(theta: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...],
@@ -59,6 +61,8 @@ def mix_log_probabilities(log_theta: torch.Tensor, counts: torch.Tensor, dims: t
     """The rule on log-probabilities: returns the new log-table; distributions without
     counts are returned bit for bit."""
     new, seen = _mixed(log_theta.exp(), counts, dims, step_size, pseudocount, valid)
+    if bool(seen.all()):
+        return new.log_()
     return torch.where(seen, new.log_(), log_theta)
 
 

@@ -43,6 +43,7 @@ from hmmlvd.pc.circuit import (
 from hmmlvd.pc.em import EMConfig, check_training_data, early_stopping, em_config, run_em
 from hmmlvd.pc.gumbel import pick_index
 from hmmlvd.pc.layers import SumLayer
+from hmmlvd.pc.layers.sum_layer import maximize_layers_
 from hmmlvd.pc.logspace import log_sum_exp
 from hmmlvd.pc.queries import choose_units, descend, fill_leaves
 from hmmlvd.pc.structures import Partition, Region, RegionGraph
@@ -352,8 +353,7 @@ class PatchCircuit(nn.Module):
         if top:
             self.top.input_layer.maximize_(step_size, pseudocount)
             layers += self.top.sum_layers()
-        for layer in layers:
-            layer.maximize_(step_size, pseudocount)
+        maximize_layers_(layers, step_size, pseudocount)
 
     # ----- sklearn-like verbs (the same on Circuit and HMM) --------------------------------
     def fit(self, data: torch.Tensor, config: EMConfig | None = None, *,

@@ -3,12 +3,15 @@
 Every region holds K units (log-values of K sum nodes, or of K input components for a leaf).
 Regions are numbered leaves first, then the regions of each topological layer:
 
-    input layer  -> leaves                      [B, L, K]
-    for each layer: product+sum layer -> partitions [B, P_l, K]
+    input layer  -> leaves                      [L, B, K]
+    for each layer: product+sum layer -> partitions [P_l, B, K]
                     mixing layer      -> regions with several partitions
     root sum     -> log-likelihood              [B, root_size]
 
-Each layer reads only its own child regions, as one tensor [B, C_l, K]. To keep the backward
+Values inside the circuit are region-major, [regions, B, K]: every gather, concatenation and
+scatter moves whole contiguous [B, K] blocks, and each layer's batched matrix products read
+their operands in place. Each layer reads only its own child regions, as one tensor
+[C_l, B, K]. To keep the backward
 pass linear in the circuit's size, a *source* (the leaves, or one layer's regions) is read
 once, by a single ``index_select`` of everything later layers need from it, then ``split``
 into per-consumer chunks; a layer concatenates the chunks it receives. (Writing all regions
@@ -46,6 +49,7 @@ from hmmlvd.pc.layers import (
 )
 from hmmlvd.pc.queries import inpaint as inpaint_circuit
 from hmmlvd.pc.queries import sample as sample_circuit
+from hmmlvd.pc.rows import RowReader
 from hmmlvd.pc.structures import Partition, Region, RegionGraph
 from hmmlvd.validate import as_array
 
@@ -150,10 +154,10 @@ def check_batch(x: object, missing: object, num_variables: int,
 @dataclass
 class Evaluation:
     """Everything one forward pass computed: ``log_likelihood`` [B, root_size], the region
-    values per source (``region_values[0]`` the leaves [B, L, K], ``region_values[l + 1]``
-    layer l's regions), each layer's input ``layer_inputs[l]`` [B, C_l, K] and partition values
-    ``partition_values[l]`` [B, P_l, K], and the input entries' log-densities ``density``
-    [B, E, K] (what EM differentiates)."""
+    values per source, region-major (``region_values[0]`` the leaves [L, B, K],
+    ``region_values[l + 1]`` layer l's regions), each layer's input ``layer_inputs[l]``
+    [C_l, B, K] and partition values ``partition_values[l]`` [P_l, B, K], and the input
+    entries' log-densities ``density`` [B, E, K] (what EM differentiates)."""
 
     log_likelihood: torch.Tensor
     region_values: list[torch.Tensor]
@@ -242,7 +246,10 @@ class Circuit(nn.Module):
             self.position[r] = len(self.position)
         ordered = [p for r in single + mixed for p in partitions_of[r]]
         index_of = {id(p): i for i, p in enumerate(ordered)}
-        children = sorted({self.position[c] for p in ordered for c in p.children})
+        if self.product == "einsum":
+            children = sorted({self.position[c] for p in ordered for c in p.children})
+        else:
+            children = self._hadamard_input(ordered)
         self.layers.append(self._product_layer(ordered, children, generator))
         if mixed:
             width = max(len(partitions_of[r]) for r in mixed)
@@ -253,20 +260,37 @@ class Circuit(nn.Module):
                 slots[i, :len(ids)] = torch.tensor(ids)
                 valid[i, :len(ids)] = True
             self.mixer_of.append(len(self.mixers))
-            self.mixers.append(MixingLayer(slots, valid, self.num_units, generator))
+            self.mixers.append(MixingLayer(slots, valid, self.num_units, generator,
+                                           num_inputs=len(ordered)))
         else:
             self.mixer_of.append(-1)
         self.plans.append(LayerPlan(
             start=start, num_single=len(single), num_mixed=len(mixed),
             children=torch.tensor(children, dtype=torch.long), partitions=tuple(ordered)))
 
+    def _source_of(self, position: int) -> int:
+        """The source holding region number ``position`` (0: the leaves, l + 1: layer l),
+        among the layers placed so far."""
+        if position < self.input_layer.num_leaves:
+            return 0
+        return next(i + 1 for i, plan in enumerate(self.plans)
+                    if position < plan.start + plan.num_single + plan.num_mixed)
+
+    def _hadamard_input(self, partitions: list[Partition]) -> list[int]:
+        """The region numbers a Hadamard layer reads, in block layout: the partitions' first
+        children, then their other children (each edge once, in edge order), each block
+        stably sorted by source, so that every source's rows are consecutive runs."""
+        firsts = [self.position[p.children[0]] for p in partitions]
+        edges = [self.position[c] for p in partitions for c in p.children[1:]]
+        return (sorted(firsts, key=self._source_of) + sorted(edges, key=self._source_of))
+
     def _product_layer(self, partitions: list[Partition], children: list[int],
                        generator: torch.Generator) -> SumLayer:
         """The einsum or Hadamard layer computing ``partitions``, whose input holds the
-        regions numbered ``children`` (in that order)."""
-        local = {g: i for i, g in enumerate(children)}
-        pos = {r: local[self.position[r]] for p in partitions for r in p.children}
+        regions numbered ``children`` (in that order; a Hadamard layer's in block layout)."""
         if self.product == "einsum":
+            local = {g: i for i, g in enumerate(children)}
+            pos = {r: local[self.position[r]] for p in partitions for r in p.children}
             wide = [p for p in partitions if len(p.children) != 2]
             if wide:
                 raise ParameterError(
@@ -274,33 +298,49 @@ class Circuit(nn.Module):
                     f"split into {len(wide[0].children)} children: use product='hadamard'")
             left = torch.tensor([pos[p.children[0]] for p in partitions])
             right = torch.tensor([pos[p.children[1]] for p in partitions])
-            return EinsumLayer(left, right, self.num_units, generator)
-        first = torch.tensor([pos[p.children[0]] for p in partitions])
-        edge_child = torch.tensor([pos[c] for p in partitions for c in p.children[1:]])
+            return EinsumLayer(left, right, self.num_units, generator, num_inputs=len(children))
+        firsts = [self.position[p.children[0]] for p in partitions]
+        edges = [self.position[c] for p in partitions for c in p.children[1:]]
+        first_rows = sorted(range(len(firsts)), key=lambda i: self._source_of(firsts[i]))
+        edge_rows = sorted(range(len(edges)), key=lambda i: self._source_of(edges[i]))
+        first = torch.empty(len(firsts), dtype=torch.long)
+        first[torch.tensor(first_rows, dtype=torch.long)] = torch.arange(len(firsts))
+        edge_child = torch.empty(len(edges), dtype=torch.long)
+        edge_child[torch.tensor(edge_rows, dtype=torch.long)] = torch.arange(
+            len(firsts), len(firsts) + len(edges))
         edge_partition = torch.tensor([i for i, p in enumerate(partitions)
                                        for _ in p.children[1:]])
-        return HadamardLayer(first, edge_child, edge_partition, self.num_units, generator)
+        return HadamardLayer(first, edge_child, edge_partition, self.num_units, generator,
+                            num_inputs=len(children))
 
     def _plan_reads(self) -> None:
-        """For every source (0: leaves, l + 1: layer l), the one ``index_select`` reading what
-        later layers need from it (buffer ``reads_<s>``) and how it splits into chunks per
-        consuming layer (``self.chunks[s]``: (layer, size) pairs in layer order)."""
+        """For every source (0: leaves, l + 1: layer l), the one read of what later layers
+        need from it (``self.readers[s]``, a :class:`~hmmlvd.pc.rows.RowReader`), in chunks:
+        ``self.chunks[s]``, (layer, slot) per chunk. A layer's input is its slots
+        concatenated in order: each slot is a run of its ``children`` held by one source."""
         bounds = [self.input_layer.num_leaves] + [
             plan.start + plan.num_single + plan.num_mixed for plan in self.plans]
         self.source_bounds = bounds  # source s holds regions source_bounds[s-1] .. [s] - 1
         starts = [0, *bounds[:-1]]
         self.chunks: list[list[tuple[int, int]]] = [[] for _ in bounds]
+        self.num_slots: list[int] = []
         reads: list[list[int]] = [[] for _ in bounds]
+        sizes: list[list[int]] = [[] for _ in bounds]
         for layer, plan in enumerate(self.plans):
-            children = plan.children.tolist()
-            for source, (lo, hi) in enumerate(zip(starts, bounds, strict=True)):
-                mine = [g - lo for g in children if lo <= g < hi]
-                if mine:
-                    reads[source].extend(mine)
-                    self.chunks[source].append((layer, len(mine)))
-        for source, index in enumerate(reads):
-            self.register_buffer(f"reads_{source}", torch.tensor(index, dtype=torch.long),
-                                 persistent=False)
+            source_of = torch.bucketize(plan.children, torch.tensor(bounds), right=True)
+            runs = torch.unique_consecutive(source_of, return_counts=True)
+            position = 0
+            for slot, (source, size) in enumerate(zip(*(t.tolist() for t in runs),
+                                                      strict=True)):
+                run = plan.children[position:position + size] - starts[source]
+                reads[source].extend(run.tolist())
+                sizes[source].append(size)
+                self.chunks[source].append((layer, slot))
+                position += size
+            self.num_slots.append(len(runs[0]))
+        self.readers = nn.ModuleList(
+            RowReader(torch.tensor(index, dtype=torch.long), hi - lo, size)
+            for index, lo, hi, size in zip(reads, starts, bounds, sizes, strict=True))
         root_source = next(s for s, hi in enumerate(bounds) if self.root_index < hi)
         self.root_location = (root_source, self.root_index - starts[root_source])
 
@@ -369,26 +409,26 @@ class Circuit(nn.Module):
         """The forward pass from given input log-densities ``density`` [B, E, K] (entry e,
         component k); ``evaluate`` computes them from data. Other densities, e.g. soft evidence
         over a latent variable's values, give the circuit with those leaves substituted."""
-        region_values = [self.input_layer(density, observed)]
-        inbox: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        region_values = [self.input_layer(density, observed).transpose(0, 1).contiguous()]
+        inbox: list[list[torch.Tensor | None]] = [[None] * n for n in self.num_slots]
         self._send(0, region_values[0], inbox)
         layer_inputs, partition_values = [], []
         for index, (layer, plan) in enumerate(zip(self.layers, self.plans, strict=True)):
-            children = inbox[index][0] if len(inbox[index]) == 1 else torch.cat(inbox[index], 1)
+            children = inbox[index][0] if len(inbox[index]) == 1 else torch.cat(inbox[index], 0)
             inbox[index] = []
-            out = layer(children, normalise)  # [B, P, K]
+            out = layer(children, normalise)  # [P, B, K]
             mixer_index = self.mixer_of[index]
             if mixer_index < 0:
                 regions = out
             else:
-                single = out[:, :plan.num_single]
-                regions = torch.cat([single, self.mixers[mixer_index](out, normalise)], 1)
+                single = out[:plan.num_single]
+                regions = torch.cat([single, self.mixers[mixer_index](out, normalise)], 0)
             layer_inputs.append(children)
             partition_values.append(out)
             region_values.append(regions)
             self._send(index + 1, regions, inbox)
         source, offset = self.root_location
-        root = region_values[source].select(1, offset)
+        root = region_values[source][offset]  # [B, K]
         return Evaluation(self.root_sum(root, normalise), region_values, layer_inputs,
                           partition_values, density)
 
@@ -402,21 +442,21 @@ class Circuit(nn.Module):
             mine = (source == s).nonzero().squeeze(1)
             start = self.source_bounds[s - 1] if s else 0
             offset = (regions.cpu()[mine] - start).to(evaluation.density.device)
-            parts.append(evaluation.region_values[s].index_select(1, offset))
+            parts.append(evaluation.region_values[s].index_select(0, offset))
             order.append(mine)
-        values = torch.cat(parts, 1)
+        values = torch.cat(parts, 0)
         inverse = torch.argsort(torch.cat(order)).to(values.device)
-        return values.index_select(1, inverse)
+        return values.index_select(0, inverse).transpose(0, 1)
 
-    def _send(self, source: int, values: torch.Tensor, inbox: list[list[torch.Tensor]]) -> None:
+    def _send(self, source: int, values: torch.Tensor,
+              inbox: list[list[torch.Tensor | None]]) -> None:
         """Read everything later layers need from ``values`` (source ``source``) at once and
-        post each layer its chunk."""
+        post each chunk into its layer's slot."""
         if not self.chunks[source]:
             return
-        reads = values.index_select(1, getattr(self, f"reads_{source}"))
-        sizes = [size for _, size in self.chunks[source]]
-        for (layer, _), chunk in zip(self.chunks[source], reads.split(sizes, 1), strict=True):
-            inbox[layer].append(chunk)
+        chunks = self.readers[source](values)
+        for (layer, slot), chunk in zip(self.chunks[source], chunks, strict=True):
+            inbox[layer][slot] = chunk
 
     def forward(self, x: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
         """Log-likelihood [B] (or [B, root_size]) of ``x`` [B, D]; with a ``missing`` mask the

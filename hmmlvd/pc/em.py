@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from hmmlvd.em import EarlyStopping, Learner, check_possible, epoch_batches, run_epochs
 from hmmlvd.errors import DataError
+from hmmlvd.pc.layers.sum_layer import maximize_layers_
 from hmmlvd.validate import as_array, check_int, check_pseudocount, check_step_size
 
 if TYPE_CHECKING:  # circuit.py imports this module (Circuit.fit); nothing here needs it at run
@@ -111,8 +112,7 @@ def maximize(circuit: Circuit, step_size: float = 1.0, pseudocount: float = 0.0)
     check_step_size(step_size)
     check_pseudocount(pseudocount)
     circuit.input_layer.maximize_(step_size, pseudocount)
-    for layer in circuit.sum_layers():
-        layer.maximize_(step_size, pseudocount)
+    maximize_layers_(circuit.sum_layers(), step_size, pseudocount)
 
 
 def em_step(circuit: Circuit, x: torch.Tensor, step_size: float = 1.0,

@@ -21,7 +21,7 @@ def exp_shifted(log_values: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, 
     """
     shift = log_values.detach().amax(dim=dim, keepdim=True)
     shift.masked_fill_(torch.isneginf(shift), 0.0)  # a fresh tensor: in place is safe
-    return torch.exp(log_values - shift), shift
+    return (log_values - shift).exp_(), shift
 
 
 class _SafeLog(torch.autograd.Function):
@@ -36,7 +36,17 @@ class _SafeLog(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (values,) = ctx.saved_tensors
-        return (grad / values).masked_fill_(values == 0, 0.0)
+        return ratio_or_zero(grad, values, in_place=False)
+
+
+def ratio_or_zero(numerator: torch.Tensor, denominator: torch.Tensor,
+                  in_place: bool = True) -> torch.Tensor:
+    """``numerator / denominator``, 0 where the denominator is 0 (the backward of ``log``
+    at a value of probability zero, whose upstream gradient is 0: 0, not 0 / 0 = NaN).
+    ``in_place``: divide into ``numerator`` (a temporary the caller owns)."""
+    out = numerator.div_(denominator) if in_place else numerator / denominator
+    # x / 0 is the only source of NaN or inf here (the gradients are finite)
+    return out.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def safe_log(values: torch.Tensor) -> torch.Tensor:

@@ -91,7 +91,7 @@ def inpaint(circuit: Circuit, x: torch.Tensor, missing: torch.Tensor, seed: int 
 def choose_units(circuit: Circuit, evaluation: Evaluation, root_output: int, pick: Picker
                  ) -> torch.Tensor:
     """Top-down pass: [B, R] chosen unit of every visited region (-1 for the others)."""
-    root = evaluation.region_values[circuit.root_location[0]][:, circuit.root_location[1]]
+    root = evaluation.region_values[circuit.root_location[0]][circuit.root_location[1]]
     unit = torch.full((root.shape[0], circuit.num_regions), -1, dtype=torch.long,
                       device=root.device)
     unit[:, circuit.root_index] = circuit.root_sum.choose_unit(root, root_output, pick)
@@ -116,10 +116,11 @@ def descend(circuit: Circuit, evaluation: Evaluation, unit: torch.Tensor, pick: 
             mixer = circuit.mixers[circuit.mixer_of[index]]
             partition[mixed] = mixer.choose_partition(
                 batch[mixed], region[mixed] - plan.num_single, chosen_unit[mixed],
-                evaluation.partition_values[index], pick)
+                evaluation.partition_values[index].transpose(0, 1), pick)
         children = plan.children.to(unit.device)
         for child_batch, child, child_unit in circuit.layers[index].choose_children(
-                batch, partition, chosen_unit, evaluation.layer_inputs[index], pick):
+                batch, partition, chosen_unit, evaluation.layer_inputs[index].transpose(0, 1),
+                pick):
             unit[child_batch, children[child]] = child_unit
     return unit
 

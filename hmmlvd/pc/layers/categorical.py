@@ -64,10 +64,13 @@ class CategoricalInput(InputLayer):
         return x.index_select(1, self.entry_var) + self.entry_row * self.num_categories
 
     def entry_log_density(self, x: torch.Tensor, normalise: bool = False) -> torch.Tensor:
+        """[B, E, K], stored entry-major (a transposed view of [E, B, K]): the circuit's
+        region-major leaves are then this memory as it is, and the responsibilities EM gets
+        back have the same layout (see :meth:`accumulate_`)."""
         log_prob = log_normalise(self.log_prob, (1,)) if normalise else self.log_prob
-        index = self._flat_index(x)
+        index = self._flat_index(x).T  # [E, B]
         rows = log_prob.reshape(-1, self.num_units).index_select(0, index.flatten())
-        return rows.view(*index.shape, self.num_units)
+        return rows.view(*index.shape, self.num_units).transpose(0, 1)
 
     def soft_evidence_density(self, log_evidence: torch.Tensor) -> torch.Tensor:
         """Entries whose variable is latent, known only through evidence: ``log_evidence``
@@ -95,8 +98,10 @@ class CategoricalInput(InputLayer):
         responsibility = observed_responsibility(responsibility, observed, self.entry_var)
         if self._counts is None:
             self._counts = torch.zeros_like(self.log_prob).view(-1, self.num_units)
-        self._counts.index_add_(0, self._flat_index(x).flatten(),
-                                responsibility.reshape(-1, self.num_units))
+        index = self._flat_index(x)  # [B, E]
+        if responsibility.transpose(0, 1).is_contiguous():  # entry-major, as the densities
+            index, responsibility = index.T, responsibility.transpose(0, 1)
+        self._counts.index_add_(0, index.flatten(), responsibility.reshape(-1, self.num_units))
 
     @torch.no_grad()
     def maximize_(self, step_size: float, pseudocount: float) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from hmmlvd.pc.layers.sum_layer import Choice, Picker, SumLayer
-from hmmlvd.pc.logspace import exp_shifted, safe_log
+from hmmlvd.pc.logspace import exp_shifted, ratio_or_zero
+from hmmlvd.pc.rows import RowReader
 
 
 class EinsumLayer(SumLayer):
@@ -19,23 +20,22 @@ class EinsumLayer(SumLayer):
     """
 
     def __init__(self, left: torch.Tensor, right: torch.Tensor, num_units: int,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, num_inputs: int | None = None):
         """``left``, ``right``: [P] indices of the children in the layer's input (the values of
-        its child regions, [B, C, K])."""
+        its C child regions, [C, B, K]; ``num_inputs`` = C, default the largest index + 1)."""
         k = num_units
         super().__init__((len(left), k, k, k), (-2, -1), generator)
         self.register_buffer("left", left.clone(), persistent=False)
         self.register_buffer("right", right.clone(), persistent=False)
+        order = torch.cat([left, right])
+        if num_inputs is None:
+            num_inputs = int(order.max()) + 1 if len(order) else 0
+        self.reader = RowReader(order, num_inputs)  # [left children..., right children...]
 
     def forward(self, values: torch.Tensor, normalise: bool = False) -> torch.Tensor:
-        """``values`` [B, C, K] log-values of the child regions -> [B, P, K] log-values of the
-        partitions' sums."""
-        left, left_shift = exp_shifted(values.index_select(1, self.left))  # [B, P, K]
-        right, right_shift = exp_shifted(values.index_select(1, self.right))
-        weight = self.weights(normalise).exp()  # [P, K, K, K]
-        outer = torch.einsum("bpi,bpj->pbij", left, right).flatten(2)  # [P, B, K*K]
-        summed = torch.bmm(outer, weight.flatten(2).transpose(1, 2))  # [P, B, K]
-        return safe_log(summed.transpose(0, 1)) + left_shift + right_shift
+        """``values`` [C, B, K] log-values of the child regions (region-major) -> [P, B, K]
+        log-values of the partitions' sums."""
+        return _EinsumProduct.apply(self.reader(values)[0], self.weights(normalise))
 
     def choose_children(self, batch: torch.Tensor, partition: torch.Tensor, unit: torch.Tensor,
                         values: torch.Tensor, pick: Picker) -> list[Choice]:
@@ -50,3 +50,43 @@ class EinsumLayer(SumLayer):
                   + values[batch, left_ids][:, :, None] + values[batch, right_ids][:, None, :])
         flat = pick(logits.flatten(1))
         return [(batch, left_ids, flat // k), (batch, right_ids, flat % k)]
+
+
+class _EinsumProduct(torch.autograd.Function):
+    """The layer's forward with its backward written out.
+
+    Input: the rows ``[l_1..l_P, r_1..r_P]`` [2P, B, K] read from the layer's input in one
+    gather. Forward, for partition p with children values l, r [B, K]:
+    ``x = exp(l - s_l)``, ``y = exp(r - s_r)`` (s the row maxima, 0 where -inf),
+    ``o[b, (i, j)] = x[b, i] y[b, j]``, ``m = o W^T`` with W viewed as [K, K*K], and
+    ``out = log m + s_l + s_r``.
+    Backward, with ``g = dLL/dout`` and ``q = g / m`` (0 where ``m = 0``): ``h = (q W) * o``
+    [B, K*K], ``dLL/dl[i] = sum_j h[i, j]``, ``dLL/dr[j] = sum_i h[i, j]``, and for the
+    log-weights ``dLL/dlog W = W * (q^T o)`` (the expected counts EM uses)."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, log_weight: torch.Tensor) -> torch.Tensor:
+        left, right = rows.chunk(2)
+        x, left_shift = exp_shifted(left)  # [P, B, K], [P, B, 1]
+        y, right_shift = exp_shifted(right)
+        p, b, k = x.shape
+        outer = (x[:, :, :, None] * y[:, :, None, :]).view(p, b, k * k)
+        weight = log_weight.exp().view(p, k, k * k)
+        mapped = torch.bmm(outer, weight.transpose(1, 2))  # [P, B, K]
+        ctx.save_for_backward(outer, weight, mapped)
+        return torch.log(mapped).add_(left_shift).add_(right_shift)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        outer, weight, mapped = ctx.saved_tensors
+        p, b, k = mapped.shape
+        ratio = ratio_or_zero(grad.clone(), mapped)  # [P, B, K]
+        grad_rows = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            spread = torch.bmm(ratio, weight).mul_(outer).view(p, b, k, k)
+            grad_rows = grad.new_empty(2 * p, b, k)
+            torch.sum(spread, 3, out=grad_rows[:p])
+            torch.sum(spread, 2, out=grad_rows[p:])
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.bmm(ratio.transpose(1, 2), outer).mul_(weight).view(p, k, k, k)
+        return grad_rows, grad_weight

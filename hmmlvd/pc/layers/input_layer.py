@@ -30,6 +30,10 @@ class InputLayer(nn.Module):
         self.register_buffer("entry_leaf", entry_leaf.clone(), persistent=False)
         self.num_leaves = num_leaves
         self.num_units = num_units
+        # entry e is leaf e's only entry (one-variable leaves, as in an HCLT): the leaf
+        # values are the entries' log-densities as they are
+        self.one_entry_per_leaf = len(entry_leaf) == num_leaves and bool(
+            (entry_leaf.cpu() == torch.arange(num_leaves)).all())
 
     @property
     def num_entries(self) -> int:
@@ -50,9 +54,12 @@ class InputLayer(nn.Module):
         if observed is not None:
             keep = observed.index_select(1, self.entry_var)[:, :, None]
             density = torch.where(keep, density, torch.zeros_like(density))
+        if self.one_entry_per_leaf:
+            return density
         b, _, k = density.shape
         leaves = density.new_zeros(b, self.num_leaves, k)
         return leaves.index_add(1, self.entry_leaf, density)
+
 
     def accumulate_(self, x: torch.Tensor, responsibility: torch.Tensor,
                     observed: torch.Tensor | None) -> None:

@@ -10,7 +10,7 @@ are treated as logits and normalised inside the forward pass (``normalise=True``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -87,3 +87,34 @@ def check_log_probs(log_probs: torch.Tensor, dims: tuple[int, ...], name: str) -
     worst = float(total.abs().max()) if total.numel() else 0.0
     if not worst < 1e-4:
         raise ParameterError(f"{name} is not normalised: log of its sums deviates by {worst:.3g}")
+
+
+@torch.no_grad()
+def maximize_layers_(layers: Iterable[SumLayer], step_size: float, pseudocount: float) -> None:
+    """``layer.maximize_(step_size, pseudocount)`` for every layer, with the layers whose
+    weights have the same trailing shape and normalisation (and no structural zeros)
+    updated together: their weights and counts concatenated along the first dim, one M-step,
+    the results copied back. The rule is per distribution, so this is the same update in a
+    few large operations instead of many small ones (an HCLT has a Hadamard layer per tree
+    level)."""
+    groups: dict[tuple, list[SumLayer]] = {}
+    for layer in layers:
+        if layer.log_weight.grad is None:
+            continue
+        if layer.valid is not None or not all(d < 0 for d in layer.norm_dims):
+            layer.maximize_(step_size, pseudocount)
+            continue
+        key = (tuple(layer.log_weight.shape[1:]), layer.norm_dims, layer.log_weight.dtype)
+        groups.setdefault(key, []).append(layer)
+    for group in groups.values():
+        if len(group) == 1:
+            group[0].maximize_(step_size, pseudocount)
+            continue
+        weights = torch.cat([layer.log_weight for layer in group])
+        counts = torch.cat([layer.log_weight.grad for layer in group])
+        new = mix_log_probabilities(weights, counts, group[0].norm_dims, step_size,
+                                    pseudocount)
+        sizes = [len(layer.log_weight) for layer in group]
+        for layer, part in zip(group, new.split(sizes), strict=True):
+            layer.log_weight.copy_(part)
+            layer.log_weight.grad = None
