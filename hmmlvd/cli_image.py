@@ -67,6 +67,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="early stopping: score the valid split after every epoch, stop after N "
                         "epochs without a better valid bpd and keep the best epoch (0: off, "
                         "default; --epochs is then the most)")
+    p.add_argument("--final-full-batch", type=int, default=0, metavar="N",
+                   help="then N full-batch EM epochs at step size 1, from the best mini-batch "
+                        "epoch (hclt, pd, rat; default 0)")
     structure = p.add_argument_group("baseline structures (hmmlvd.image.baselines)")
     structure.add_argument("--delta", type=int, default=None,
                            help="PD split step (default min(H, W) // 4: 7 on 28x28)")
@@ -130,7 +133,7 @@ def check_model_flags(args: argparse.Namespace) -> None:
     for name in ("size", "batch_size", "tree_images", "repetitions"):
         if getattr(args, name) < 1:
             raise DataError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("epochs", "train_size", "eval_size", "patience"):
+    for name in ("epochs", "train_size", "eval_size", "patience", "final_full_batch"):
         if getattr(args, name, 0) < 0:
             raise DataError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not 0 < args.step_size <= 1 or not 0 <= args.pseudocount < math.inf:
@@ -142,7 +145,8 @@ def em_config(args: argparse.Namespace) -> EMConfig:
     """The EM settings of the flags."""
     return EMConfig(epochs=args.epochs, batch_size=args.batch_size, step_size=args.step_size,
                     pseudocount=args.pseudocount, seed=args.seed,
-                    patience=getattr(args, "patience", 0))
+                    patience=getattr(args, "patience", 0),
+                    final_full_batch=getattr(args, "final_full_batch", 0))
 
 
 def structure_config(args: argparse.Namespace) -> StructureConfig:
@@ -196,6 +200,10 @@ def build_image_parser(with_lvd: bool = False) -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, required=True,
                     help="model folder: model files, image.json, results.json")
     tr.add_argument("--no-eval", action="store_true", help="skip the valid / test bpd")
+    tr.add_argument("--init", type=Path, default=None, metavar="DIR",
+                    help="start EM from this saved model (trained by image train with the same "
+                         "--model and --size; its structure is kept, the structure flags are "
+                         "not used)")
     if with_lvd:
         add_lvd_flags(tr)
     tr.set_defaults(run=cmd_train)
@@ -262,16 +270,23 @@ def cmd_train(args: argparse.Namespace) -> None:
     _prepare(args)
     check_model_flags(args)
     em, structure = em_config(args), structure_config(args)
+    init, init_record = None, {}
+    if args.init is not None:
+        init, init_record = initial_model(args)
     with output_folder(args.out):
         data = load_data(args)
         held_out = data.valid if args.patience else None  # valid decides when to stop
         trained = train_image_model(args.model, data.train, args.size, em, structure,
                                     lvd_values(args), args.device, progress=not args.quiet,
-                                    valid_images=held_out)
+                                    valid_images=held_out, init=init)
         model = trained.model.eval()
         record = {"dataset": args.dataset, "model": args.model, "size": args.size,
                   "image_shape": list(data.shape), "train_images": len(data.train),
-                  "structure": trained.structure, "command": args.command_line}
+                  "structure": (trained.structure if init is None else
+                                f"{init_record.get('structure', '?')} (continued from "
+                                f"{args.init})"),
+                  "command": args.command_line,
+                  **({} if args.init is None else {"init": str(args.init)})}
         save_image_model(model, args.out, record)
         result = {**record, "params": model.num_parameters(), "summary": model.summary(),
                   "train_seconds": trained.seconds, "timings": trained.history["timings"],
@@ -283,6 +298,21 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"{args.dataset} {args.model} K={args.size}: {result['params']:,} parameters, "
           f"trained in {trained.seconds:.1f} s on {len(data.train):,} images{bpd} (saved in "
           f"{args.out})", flush=True)
+
+
+def initial_model(args: argparse.Namespace) -> tuple[object, dict]:
+    """The model of ``--init`` and its record, checked against ``--model``, ``--size`` and
+    ``--dataset``."""
+    if args.model == "lvd":
+        raise DataError("--init continues a baseline (hclt, pd, rat); image LVD builds its "
+                        "own starting point")
+    model, record = load_image_model(args.init, device=args.device)
+    want = {"model": args.model, "size": args.size, "dataset": args.dataset}
+    for key, value in want.items():
+        if record.get(key) != value:
+            raise DataError(f"--init {args.init} holds {key} {record.get(key)!r}, not "
+                            f"{value!r}")
+    return model, record
 
 
 def evaluate(model, data: ImageData, splits: Sequence[str], batch_size: int, quiet: bool,

@@ -75,13 +75,14 @@ def lvd_config(size: int, em: EMConfig, structure: StructureConfig,
 def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConfig,
                       structure: StructureConfig | None = None,
                       lvd_fields: dict | None = None, device: str | torch.device = "cpu",
-                      progress: bool = True, valid_images: np.ndarray | None = None
-                      ) -> TrainedImageModel:
+                      progress: bool = True, valid_images: np.ndarray | None = None,
+                      init: Circuit | None = None) -> TrainedImageModel:
     """Build model ``kind`` (one of :data:`MODELS`) with K = ``size`` on ``train_images``
     [N, H, W, C] uint8 and train it: a baseline by ``fit`` (EM with ``em``), LVD by its
     pipeline (:func:`lvd_config` maps ``em`` and ``structure``; ``lvd_fields``: the other
     PatchLVDConfig fields). ``valid_images``: held-out images scored after every (final-stage)
-    epoch; the best epoch on them is kept and ``em.patience`` may stop early."""
+    epoch; the best epoch on them is kept and ``em.patience`` may stop early. ``init``: a
+    baseline circuit to continue training instead of building one (over the same pixels)."""
     structure = StructureConfig() if structure is None else structure
     train_images = np.asarray(train_images)
     if train_images.ndim != 4 or len(train_images) == 0:
@@ -90,6 +91,9 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
         raise DataError(f"unknown image model {kind!r}; expected one of {MODELS}")
     started = time.perf_counter()
     if kind == "lvd":
+        if init is not None or em.final_full_batch:
+            raise DataError("image LVD takes neither an initial model nor final full-batch "
+                            "epochs (they are for hclt, pd and rat)")
         from hmmlvd.lvd.image.train import train_patch_lvd  # hmmlvd.lvd loads transformers
 
         config = lvd_config(size, em, structure, **(lvd_fields or {}))
@@ -100,8 +104,14 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
         raise DataError(f"LVD settings {sorted(lvd_fields)} belong to the lvd model only")
     shape = tuple(train_images.shape[1:])
     pixels = flatten(train_images)
-    model = baseline_from_config(kind, pixels, shape, size, structure, em.seed,
-                                 LEVELS).to(device)
+    if init is None:
+        model = baseline_from_config(kind, pixels, shape, size, structure, em.seed,
+                                     LEVELS).to(device)
+    elif init.num_variables != pixels.shape[1]:
+        raise DataError(f"the initial model is over {init.num_variables} values, the images "
+                        f"have {pixels.shape[1]}")
+    else:
+        model = init.to(device)
     built = time.perf_counter()
     valid = None if valid_images is None else torch.as_tensor(flatten(np.asarray(valid_images)))
     model.fit(torch.as_tensor(pixels), em, valid=valid, progress=progress)
@@ -109,8 +119,9 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
                "em": model.fit_history}
     if valid is not None:
         history["valid"] = model.valid_history
-    return TrainedImageModel(model, history, structure.describe(kind, shape, len(pixels)),
-                             time.perf_counter() - started)
+    described = (structure.describe(kind, shape, len(pixels)) if init is None
+                 else "continued from a saved model")
+    return TrainedImageModel(model, history, described, time.perf_counter() - started)
 
 
 def image_bpd(model: ImageModel, images: np.ndarray, batch_size: int = 512,

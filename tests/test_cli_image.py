@@ -213,3 +213,25 @@ def test_patience_trains_on_train_scores_valid_and_keeps_the_best_epoch(mnist_di
     assert len(scores) == 3 or scores[-1] <= scores[-2]
     # the model kept is the best epoch's: its valid bpd is that of the best mean log-likelihood
     assert results["valid_bpd"] == pytest.approx(-best / (784 * math.log(2)), rel=1e-5)
+
+
+def test_init_continues_a_saved_model_with_full_batch_epochs(trained, mnist_dir, tmp_path,
+                                                             capsys):
+    out = tmp_path / "more"
+    assert main(["image", "train", "--model", "hclt", "--size", "2", *TINY, "--epochs", "0",
+                 "--final-full-batch", "2", "--init", str(trained["hclt"]),
+                 "--data-dir", str(mnist_dir), "--out", str(out)]) == 0
+    before = json.loads((trained["hclt"] / "results.json").read_text())
+    after = json.loads((out / "results.json").read_text())
+    assert len(after["history"]["em"]) == 2  # the two full-batch epochs, nothing else
+    assert after["init"] == str(trained["hclt"]) and "continued from" in after["structure"]
+    assert after["params"] == before["params"]
+    # full-batch EM from the saved model fits the training images better than it did
+    assert after["history"]["em"][1] > before["history"]["em"][-1]
+    capsys.readouterr()
+    for flags, message in ((["--size", "3"], "holds size 2, not 3"),
+                           (["--size", "2", "--final-full-batch", "-1"], "must be >= 0")):
+        assert main(["image", "train", "--model", "hclt", *TINY, *flags, "--init",
+                     str(trained["hclt"]), "--data-dir", str(mnist_dir),
+                     "--out", str(tmp_path / "x")]) == 2
+        assert message in one_line_error(capsys)

@@ -227,3 +227,42 @@ def test_circuit_fit_with_held_out_data_keeps_its_best_epoch():
         circuit.fit(train, EMConfig(patience=1), progress=False)
     with pytest.raises(DataError, match="patience must be"):
         EMConfig(patience=-1)
+
+
+def test_restarted_patience_counts_from_the_new_phase():
+    weight = torch.zeros(1)
+    scores = iter([3.0, 1.0, 1.5, 2.0, 2.5])
+    early = EarlyStopping(lambda: next(scores), lambda: {"w": weight}, patience=2)
+    assert [early(LoopState(), None) for _ in range(3)] == [False, False, True]
+    early.restart_patience()
+    # a new phase gets its own patience, counted from its start (not from epoch 1: that would
+    # stop it after its first epoch)
+    assert [early(LoopState(), None) for _ in range(2)] == [False, True]
+    assert early.best_epoch == 1
+
+
+def test_final_full_batch_epochs_are_classic_em_after_the_mini_batch_ones():
+    """EMConfig(epochs=2, final_full_batch=2) trains as two fits do: 2 mini-batch epochs,
+    then 2 full-batch epochs at step size 1 (each the exact M-step of all the data)."""
+    from hmmlvd.pc import Circuit, EMConfig, poon_domingos
+
+    gen = torch.Generator().manual_seed(3)
+    data = torch.randint(0, 4, (30, 4), generator=gen)
+
+    def fresh() -> Circuit:
+        return Circuit(poon_domingos(2, 2, delta=1), 2, input="categorical", num_categories=4,
+                       seed=5)
+
+    both = fresh().fit(data, EMConfig(epochs=2, batch_size=7, step_size=0.5, pseudocount=0.1,
+                                      final_full_batch=2), progress=False)
+    twice = fresh().fit(data, EMConfig(epochs=2, batch_size=7, step_size=0.5, pseudocount=0.1),
+                        progress=False)
+    twice.fit(data, EMConfig(epochs=2, batch_size=30, step_size=1.0, pseudocount=0.1,
+                             full_batch=True), progress=False)
+    assert len(both.fit_history) == 4
+    for p, q in zip(both.parameters(), twice.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
+    history = both.fit_history
+    assert history[3] >= history[2] - 1e-6  # classic EM never lowers the likelihood
+    with pytest.raises(DataError, match="final_full_batch must be"):
+        EMConfig(final_full_batch=-1)

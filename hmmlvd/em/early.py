@@ -27,6 +27,7 @@ class EarlyStopping:
         self.patience = check_int(patience, "patience", 0)
         self.scores: list[float] = []  # held-out score after each epoch
         self.best_epoch = 0  # 1-based; 0: no epoch scored yet
+        self._since = 0  # patience counts epochs after max(best_epoch, _since)
         self._best: dict[str, torch.Tensor] | None = None
 
     @property
@@ -40,8 +41,13 @@ class EarlyStopping:
         if value > self.best_score:
             self.best_epoch = len(self.scores)
             self._best = {k: t.detach().clone() for k, t in self.parameters().items()}
-        waited = len(self.scores) - self.best_epoch
+        waited = len(self.scores) - max(self.best_epoch, self._since)
         return bool(self.patience) and waited >= self.patience
+
+    def restart_patience(self) -> None:
+        """Count patience afresh from now (a new phase of training, e.g. full-batch epochs
+        after the mini-batch ones, gets its own ``patience`` epochs); the best so far stays."""
+        self._since = len(self.scores)
 
     @torch.no_grad()
     def restore(self) -> None:

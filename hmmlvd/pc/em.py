@@ -49,7 +49,9 @@ class EMConfig:
     classic EM and never lowers the likelihood); ``seed`` fixes each epoch's batch order
     (see :func:`hmmlvd.em.batches.epoch_batches`); ``patience``: with held-out data
     (``fit(..., valid=x)``), stop after this many epochs without a better held-out
-    log-likelihood (0: run every epoch); either way the best epoch's parameters are kept."""
+    log-likelihood (0: run every epoch); either way the best epoch's parameters are kept;
+    ``final_full_batch``: then this many full-batch epochs at step size 1 (classic EM on all
+    the data, from the best mini-batch epoch; patience counts again from their start)."""
 
     epochs: int = 1
     batch_size: int = 512
@@ -58,6 +60,7 @@ class EMConfig:
     full_batch: bool = False
     seed: int = 0
     patience: int = 0
+    final_full_batch: int = 0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: store the checked, normalised values
@@ -72,6 +75,7 @@ class EMConfig:
             raise DataError(f"seed must lie in [0, 2**63), got {seed}")
         set_(self, "seed", seed)
         set_(self, "patience", check_int(self.patience, "patience", 0))
+        set_(self, "final_full_batch", check_int(self.final_full_batch, "final_full_batch", 0))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -172,24 +176,35 @@ def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None]
     """EM over checked ``data`` [N, D] (and ``missing`` [N, D]) with the one epoch loop
     (:func:`hmmlvd.em.loop.run_epochs`): per batch ``accumulate(x, missing)`` (the E-step,
     adding to the model's counts), then ``maximize_step(step_size, pseudocount)`` after every
-    batch, or once per epoch when ``config.full_batch``. A failed batch calls ``discard()`` (no
-    half-collected counts stay behind). Returns the mean log-likelihood per sample of each
-    epoch, measured during its E-steps (before each batch's update). ``early``: scores held-out
-    data after every epoch, may stop the run, and its best epoch's parameters are restored at
-    the end."""
+    batch, or once per epoch when ``config.full_batch``; then ``config.final_full_batch``
+    full-batch epochs at step size 1. A failed batch calls ``discard()`` (no half-collected
+    counts stay behind). Returns the mean log-likelihood per sample of each epoch, measured
+    during its E-steps (before each batch's update). ``early``: scores held-out data after
+    every epoch, may stop a phase, and its best epoch's parameters are restored at the end of
+    each phase."""
     learner = _CircuitLearner(accumulate, maximize_step, discard, data, missing)
-    plan = [(config.step_size, config.full_batch)] * config.epochs
+    phases = [[(config.step_size, config.full_batch)] * config.epochs,
+              [(1.0, True)] * config.final_full_batch]
+    history: list[float] = []
+    for phase, plan in enumerate(phases):
+        if not plan:
+            continue
+        offset = len(history)
 
-    def batches(epoch: int, full_batch: bool, start_batch: int) -> list[np.ndarray]:
-        return epoch_batches(len(data), config.batch_size, config.seed, epoch,
-                             shuffle=not full_batch, start_batch=start_batch)
+        def batches(epoch: int, full_batch: bool, start_batch: int,
+                    offset: int = offset) -> list[np.ndarray]:
+            return epoch_batches(len(data), config.batch_size, config.seed, offset + epoch,
+                                 shuffle=not full_batch, start_batch=start_batch)
 
-    stats = run_epochs(learner, plan, config.pseudocount, batches,
-                       -(-len(data) // config.batch_size), progress=progress, desc=desc,
-                       after_epoch=early)
-    if early is not None:
-        early.restore()
-    return [s.mean_log_likelihood for s in stats]
+        if early is not None and phase:
+            early.restart_patience()
+        stats = run_epochs(learner, plan, config.pseudocount, batches,
+                           -(-len(data) // config.batch_size), progress=progress, desc=desc,
+                           after_epoch=early)
+        if early is not None:
+            early.restore()
+        history += [s.mean_log_likelihood for s in stats]
+    return history
 
 
 def early_stopping(model: Circuit, valid: object, config: EMConfig) -> EarlyStopping | None:
