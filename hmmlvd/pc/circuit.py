@@ -409,7 +409,7 @@ class Circuit(nn.Module):
         """The forward pass from given input log-densities ``density`` [B, E, K] (entry e,
         component k); ``evaluate`` computes them from data. Other densities, e.g. soft evidence
         over a latent variable's values, give the circuit with those leaves substituted."""
-        region_values = [self.input_layer(density, observed).transpose(0, 1).contiguous()]
+        region_values = [self.input_layer(density, observed)]  # [L, B, K]
         inbox: list[list[torch.Tensor | None]] = [[None] * n for n in self.num_slots]
         self._send(0, region_values[0], inbox)
         layer_inputs, partition_values = [], []

@@ -50,16 +50,15 @@ class InputLayer(nn.Module):
 
     def forward(self, density: torch.Tensor, observed: torch.Tensor | None) -> torch.Tensor:
         """Entry log-densities [B, E, K] (missing entries zeroed when ``observed`` [B, D] is
-        given) summed into their leaf regions: [B, L, K]."""
+        given) summed into their leaf regions, region-major: [L, B, K]."""
+        entries = density.transpose(0, 1)  # [E, B, K]: no copy when stored entry-major
         if observed is not None:
-            keep = observed.index_select(1, self.entry_var)[:, :, None]
-            density = torch.where(keep, density, torch.zeros_like(density))
+            keep = observed.index_select(1, self.entry_var).T[:, :, None]
+            entries = torch.where(keep, entries, torch.zeros_like(entries))
         if self.one_entry_per_leaf:
-            return density
-        b, _, k = density.shape
-        leaves = density.new_zeros(b, self.num_leaves, k)
-        return leaves.index_add(1, self.entry_leaf, density)
-
+            return entries.contiguous()
+        _, b, k = entries.shape
+        return entries.new_zeros(self.num_leaves, b, k).index_add(0, self.entry_leaf, entries)
 
     def accumulate_(self, x: torch.Tensor, responsibility: torch.Tensor,
                     observed: torch.Tensor | None) -> None:
