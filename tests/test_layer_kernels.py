@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from hmmlvd.pc.layers import EinsumLayer, HadamardLayer
+from hmmlvd.pc.layers import EinsumLayer, HadamardLayer, einsum
 from hmmlvd.pc.rows import RowReader
 
 B, K = 5, 3
@@ -74,7 +74,12 @@ def test_hadamard_layer_matches_autograd(layout):
         torch.testing.assert_close(a, b)
 
 
-def test_einsum_layer_matches_autograd():
+@pytest.mark.parametrize("chunk_bytes", [None, 1, 2 * B * K * K * 8])
+def test_einsum_layer_matches_autograd(chunk_bytes, monkeypatch):
+    """... in one chunk of partitions, one partition at a time, and two at a time (4 = 2 + 2
+    partitions; float64, so a partition's outer products take B * K * K * 8 bytes)."""
+    if chunk_bytes is not None:
+        monkeypatch.setattr(einsum, "CHUNK_BYTES", chunk_bytes)
     left, right = torch.tensor([0, 2, 3, 0]), torch.tensor([1, 1, 4, 3])  # shared children
     layer = EinsumLayer(left, right, K, torch.Generator().manual_seed(0)).double()
     values = child_values(5, 2)
