@@ -69,7 +69,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "default; --epochs is then the most)")
     p.add_argument("--final-full-batch", type=int, default=0, metavar="N",
                    help="then N full-batch EM epochs at step size 1, from the best mini-batch "
-                        "epoch (hclt, pd, rat; default 0)")
+                        "epoch (lvd: of stage c; default 0)")
     structure = p.add_argument_group("baseline structures (hmmlvd.image.baselines)")
     structure.add_argument("--delta", type=int, default=None,
                            help="PD split step (default min(H, W) // 4: 7 on 28x28)")

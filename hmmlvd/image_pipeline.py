@@ -38,7 +38,7 @@ IMAGE_FILE = "image.json"  # beside config.json: what the model's variables are
 DATASET_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 #: PatchLVDConfig fields set from the shared settings (size, EM, structure), not by name.
 LVD_SHARED = ("sub_units", "stage_c_epochs", "batch_size", "step_size", "pseudocount", "seed",
-              "tree_bins", "patience")
+              "tree_bins", "patience", "final_full_batch")
 
 ImageModel = Circuit | PatchCircuit
 
@@ -69,7 +69,8 @@ def lvd_config(size: int, em: EMConfig, structure: StructureConfig,
         raise DataError(f"{clash} come from the shared size, EM and structure settings")
     return PatchLVDConfig(sub_units=size, stage_c_epochs=em.epochs, batch_size=em.batch_size,
                           step_size=em.step_size, pseudocount=em.pseudocount, seed=em.seed,
-                          tree_bins=structure.tree_bins, patience=em.patience, **fields)
+                          tree_bins=structure.tree_bins, patience=em.patience,
+                          final_full_batch=em.final_full_batch, **fields)
 
 
 def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConfig,
@@ -91,9 +92,8 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
         raise DataError(f"unknown image model {kind!r}; expected one of {MODELS}")
     started = time.perf_counter()
     if kind == "lvd":
-        if init is not None or em.final_full_batch:
-            raise DataError("image LVD takes neither an initial model nor final full-batch "
-                            "epochs (they are for hclt, pd and rat)")
+        if init is not None:
+            raise DataError("image LVD builds its own starting point: no initial model")
         from hmmlvd.lvd.image.train import train_patch_lvd  # hmmlvd.lvd loads transformers
 
         config = lvd_config(size, em, structure, **(lvd_fields or {}))

@@ -42,7 +42,8 @@ class PatchLVDConfig:
     tie_inputs: sub-circuits of a patch position share input distributions (see
     :class:`~hmmlvd.image.patch_circuit.PatchCircuit`); patience: stage (c) stops after this
     many epochs without a better held-out log-likelihood (with ``valid_images``; 0: never
-    early; the best epoch is kept either way)."""
+    early; the best epoch is kept either way); final_full_batch: stage (c) then runs this
+    many full-batch epochs at step size 1 (see :class:`~hmmlvd.pc.em.EMConfig`)."""
 
     patch: int = 7
     num_latents: int = 16
@@ -62,6 +63,7 @@ class PatchLVDConfig:
     cache_dir: str | None = None
     tie_inputs: bool = False
     patience: int = 0
+    final_full_batch: int = 0
 
 
 def group_batches(labels: np.ndarray, num_latents: int, batch_size: int, seed: int,
@@ -155,7 +157,8 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
                                 em_settings(config, config.stage_b_epochs),
                                 progress=progress, desc="LVD stage b")
     lap("stage_b")
-    stage_c = replace(em_settings(config, config.stage_c_epochs), patience=config.patience)
+    stage_c = replace(em_settings(config, config.stage_c_epochs), patience=config.patience,
+                      final_full_batch=config.final_full_batch)
     model.fit(torch.as_tensor(flatten(train_images)), stage_c, valid=valid, progress=progress)
     history["stage_c"] = model.fit_history
     if valid is not None:
