@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import math
 import shlex
 import time
@@ -213,6 +214,9 @@ def build_image_parser(with_lvd: bool = False) -> argparse.ArgumentParser:
     add_data_flags(ev, dataset_default=None)
     ev.add_argument("--splits", nargs="+", choices=SPLITS, default=["valid", "test"])
     ev.add_argument("--batch-size", type=int, default=512, help="images per batch (512)")
+    ev.add_argument("--record", action="store_true",
+                    help="also write the numbers into the model folder's results.json (as "
+                         "image train does without --no-eval)")
     ev.set_defaults(run=cmd_eval)
 
     sa = sub.add_parser("sample", help="a PNG grid of samples of a saved model")
@@ -356,6 +360,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
     _check_shape(args, record, data)
     result: dict = {}
     line = evaluate(model, data, args.splits, args.batch_size, args.quiet, result)
+    if args.record:
+        with output_folder(args.model):  # locked while its results.json is rewritten
+            path = args.model / "results.json"
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            except ValueError as exc:
+                raise DataError(f"{path} is damaged ({exc}); move it away to record "
+                                "anew") from exc
+            atomic_write_json(path, {**saved, **result, "eval_command": args.command_line})
+        line += f" (recorded in {path})"
     print(f"{dataset} {record.get('model', 'model')} ({args.model}): {line}", flush=True)
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -226,30 +227,36 @@ def bench_row(structure: str, kind: str, k: int, graph: RegionGraph, x: torch.Te
               args: argparse.Namespace, progress: tqdm) -> Row:
     progress.set_postfix_str(f"{structure} {kind} K={k}: build")
     circuit = build_circuit(structure, kind, k, graph, args)
-    progress.set_postfix_str(f"{structure} {kind} K={k}: EM step")
-    values: list[float] = []
-    seconds = time_em_step(circuit, x, args, values)
     before = same_malloc = None
+    settings = {"num_units": k, "input": kind, "product": PRODUCT[structure], "seed": args.seed,
+                **({"num_categories": 256} if kind == "categorical" else {})}
+    next_batch = batch_cycle(x, args.batch_size)
+    taken = torch.stack([next_batch() for _ in range(args.warmup + args.repeats)])
+    times: dict[str, list[float]] = {"now": [], "before": [], "same": []}
+    # rounds alternate now / before / before with the same malloc, so that a slow drift of
+    # the machine's speed (other tenants) reaches all three alike; each is the median
+    for round_ in range(args.rounds if args.before_dir is not None else 1):
+        progress.set_postfix_str(f"{structure} {kind} K={k}: EM step, round {round_ + 1}")
+        values: list[float] = []
+        times["now"].append(time_em_step(circuit, x, args, values))
+        if args.before_dir is None:
+            continue
+        progress.set_postfix_str(f"{structure} {kind} K={k}: EM step before, round "
+                                 f"{round_ + 1}")
+        for key, environment in (("before", None), ("same", SAME_MALLOC)):
+            seconds, earlier = em_step_at_revision(
+                args.before_dir, graph_fields(graph), settings, taken, args.step_size,
+                args.pseudocount, args.repeats, args.warmup, torch.get_num_threads(),
+                args.device, environment)
+            times[key].append(seconds)
+            if round_ == 0 and not math.isclose(values[0], earlier[0], rel_tol=1e-4):
+                raise SystemExit(f"bench_pc.py: error: {structure} {kind} K={k}: the first EM "
+                                 f"step's log-likelihood is {values[0]:.6g} now but "
+                                 f"{earlier[0]:.6g} at {args.before_revision}; the two do "
+                                 "not compute the same step")
+    seconds = statistics.median(times["now"])
     if args.before_dir is not None:
-        progress.set_postfix_str(f"{structure} {kind} K={k}: EM step before")
-        next_batch = batch_cycle(x, args.batch_size)
-        taken = torch.stack([next_batch() for _ in range(args.warmup + args.repeats)])
-        settings = {"num_units": k, "input": kind, "product": PRODUCT[structure],
-                    "seed": args.seed,
-                    **({"num_categories": 256} if kind == "categorical" else {})}
-        before, earlier = em_step_at_revision(args.before_dir, graph_fields(graph), settings,
-                                              taken, args.step_size, args.pseudocount,
-                                              args.repeats, args.warmup,
-                                              torch.get_num_threads(), args.device)
-        same_malloc, _ = em_step_at_revision(args.before_dir, graph_fields(graph), settings,
-                                             taken, args.step_size, args.pseudocount,
-                                             args.repeats, args.warmup,
-                                             torch.get_num_threads(), args.device, SAME_MALLOC)
-        if not math.isclose(values[0], earlier[0], rel_tol=1e-4):
-            raise SystemExit(f"bench_pc.py: error: {structure} {kind} K={k}: the first EM "
-                             f"step's log-likelihood is {values[0]:.6g} now but "
-                             f"{earlier[0]:.6g} at {args.before_revision}; the two do not "
-                             "compute the same step")
+        before, same_malloc = statistics.median(times["before"]), statistics.median(times["same"])
     progress.set_postfix_str(f"{structure} {kind} K={k}: matmul")
     inner, out, count = contraction_shape(circuit)
     rate = matmul_rate(args.batch_size, inner, out, count, args.device, args.repeats,
@@ -415,9 +422,10 @@ def notes(args: argparse.Namespace, images: Images, graph_notes: Sequence[str]) 
            f"= the same step (same structure, seed and batches) with the library as it was at "
            f"commit {args.before_revision} (issue 15's starting point; `git archive` of that "
            "revision, timed in a child process in this run: `hmmlvd.bench."
-           "em_step_at_revision`); speedup = before / now. Same malloc: the earlier revision "
-           "timed again with glibc's mmap and trim thresholds set (through MALLOC_*_ "
-           "environment variables) as the library's EM loop now sets them "
+           "em_step_at_revision`); speedup = before / now; now, before and before with the "
+           f"same malloc are timed in {args.rounds} alternating rounds, medians shown. Same "
+           "malloc: the earlier revision timed again with glibc's mmap and trim thresholds "
+           "set (through MALLOC_*_ environment variables) as the library's EM loop now sets them "
            "(`hmmlvd.allocator.keep_freed_memory`, which this run applies too): what the "
            "kernels alone gained.",
            "FLOPs: einsum layer 2*B*P*K^3 + 2*B*P*K^2, Hadamard layer 2*B*E*K^2 (P partitions, "
@@ -476,6 +484,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--before-revision", default=BEFORE_REVISION, metavar="REV",
                    help="git revision whose EM step is timed beside today's (speedup; default "
                         f"{BEFORE_REVISION}, issue 15's starting point)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds of (now, before, before with the same malloc) timings, "
+                        "alternated; medians reported (default 3)")
     p.add_argument("--no-before", dest="before", action="store_false",
                    help="skip timing the EM step at --before-revision")
     p.add_argument("--step-size", type=float, default=0.1, help="EM step size (default 0.1)")
@@ -500,7 +511,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.delta is None:
         args.delta = [max(1, args.image_size // 4)]
     for name in ("image_size", "tree_images", "batch_size", "repeats", "profile_rows",
-                 "peak_size"):
+                 "peak_size", "rounds"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 2 <= args.tree_bins <= 256:

@@ -13,6 +13,11 @@ line to ``<out>/results.jsonl`` and saves its baseline circuit, as ``image_bpd``
 - ``--samples`` / ``--inpaint``: samples and bottom-half inpaintings of the model with the best
   *valid* bpd (the test bpd never selects anything).
 
+``--from-runs DIR ...`` makes the same report from finished ``hmmlvd image train`` folders
+(long runs made one at a time, e.g. on all 55,000 MNIST training images) instead of running
+anything: each folder's results.json must hold valid and test bpd (``image train`` without
+``--no-eval``, or ``hmmlvd image eval --record``); ``--section`` names the marked section.
+
 With the default 10,000 training images and 5 epochs the default configs take about 22
 minutes on one thread of a 2-core AMD EPYC VM (per-epoch times measured once, extrapolated;
 the two LVD runs are three quarters of it). ``--tiny`` runs K = 2 of every model on 200
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -39,7 +45,9 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from hmmlvd.errors import HMMLVDError
+from hmmlvd.data.images import load_images
+from hmmlvd.errors import DataError, HMMLVDError
+from hmmlvd.image_pipeline import load_image_model
 from hmmlvd.report import provenance, save_figure, write_section
 
 # image_bpd is the file next to this one (scripts/ is not a package; it is on sys.path when
@@ -97,8 +105,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
                         "have a line in the out folder's results.jsonl from there (and its "
                         "saved model) instead of training it again: an interrupted or "
                         "extended sweep goes on")
+    p.add_argument("--from-runs", type=Path, nargs="+", default=None, metavar="DIR",
+                   help="report these finished `hmmlvd image train` folders instead of running "
+                        "configs")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="with --from-runs: the dataset folder for the inpaintings (default "
+                        "../shared/data/<dataset>); otherwise passed to every run")
     p.add_argument("--write", type=Path, default=None, metavar="MARKDOWN",
-                   help=f"write the table into this file's {SECTION} section")
+                   help=f"write the table into this file's section (--section, default "
+                        f"{SECTION})")
+    p.add_argument("--section", default=SECTION, help=f"marked section name (default {SECTION})")
     p.add_argument("--plot", type=Path, default=Path("docs/image_bpd.png"), metavar="PNG",
                    help="test bpd vs parameters (default docs/image_bpd.png)")
     p.add_argument("--samples", type=Path, default=Path("docs/image_samples.png"),
@@ -108,6 +124,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
                    metavar="PNG", help="inpaintings of the best model on valid bpd "
                                        "(default docs/image_inpaint.png)")
     args, rest = p.parse_known_args(argv)
+    if args.data_dir is not None and args.from_runs is None:
+        rest += ["--data-dir", str(args.data_dir)]
     if args.configs is None:
         args.configs = [config(c) for c in (TINY_CONFIGS if args.tiny else DEFAULT_CONFIGS)]
     return args, rest
@@ -165,7 +183,7 @@ def settings_line(first: dict) -> str:
             f"threads {torch.get_num_threads()} | seed {s['seed']}")
 
 
-def notes(results: Sequence[dict], best: dict) -> list[str]:
+def notes(results: Sequence[dict], best: dict, from_runs: bool = False) -> list[str]:
     """Bullets under the table: structures, how times and bpd are counted, references."""
     structures = dict.fromkeys(f"{NAMES[series(r)]}: {r['structure']}." for r in results)
     published = ", ".join(f"{label} {bpd:.2f}" for label, bpd in PUBLISHED.values())
@@ -179,8 +197,9 @@ def notes(results: Sequence[dict], best: dict) -> list[str]:
             "anything.",
             f"Published MNIST test bpd (full 60K training set, long training; not our runs): "
             f"{published}.",
-            "Every run's JSON line, with its exact image_bpd command, is in results.jsonl of "
-            "the run folder."]
+            ("Every run's results.json (per-epoch log-likelihoods, timings) is in its folder."
+             if from_runs else "Every run's JSON line, with its exact image_bpd command, is in "
+             "results.jsonl of the run folder.")]
     return [f"- {line}" for line in lines]
 
 
@@ -210,9 +229,74 @@ def link(path: Path, markdown: Path) -> str:
     return Path(os.path.relpath(path.resolve(), markdown.resolve().parent)).as_posix()
 
 
+# ----- reports of finished runs -------------------------------------------------------------
+def run_folder_result(folder: Path) -> dict:
+    """A finished ``hmmlvd image train`` folder's results.json, in the form the report reads
+    (``settings``: what :func:`series` needs; ``train_seconds`` includes the run it was
+    continued from with ``--init``); DataError if it lacks valid or test bpd."""
+    path = folder / "results.json"
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    missing = [k for k in ("valid_bpd", "test_bpd", "params", "model", "size") if k not in result]
+    if missing:
+        raise DataError(f"{path} has no {', '.join(missing)}: evaluate the model with "
+                        f"`hmmlvd image eval --model {folder} --splits valid test --record`")
+    shape = result.get("image_shape", [0])
+    if "init" in result:  # continued from another run: its training time counts too
+        earlier = Path(result["init"]) / "results.json"
+        if earlier.is_file():
+            result["train_seconds"] += run_folder_result(Path(result["init"]))["train_seconds"]
+    return {**result, "folder": str(folder), "dimensions": math.prod(shape),
+            "settings": {"tie_inputs": "tie_inputs=True" in result.get("structure", "")}}
+
+
+def report_runs(args: argparse.Namespace) -> None:
+    """The table, plot, grids and (with --write) section of ``--from-runs`` folders."""
+    try:
+        results = [run_folder_result(folder) for folder in args.from_runs]
+        best = min(results, key=lambda r: r["valid_bpd"])
+        model, record = load_image_model(Path(best["folder"]))
+        dataset = record.get("dataset", "mnist")
+        folder = args.data_dir or Path("../shared/data") / dataset
+        data = load_images(dataset, folder)
+        title = f"{NAMES[series(best)]} K={best['size']} (best valid bpd)"
+        image_bpd.save_samples(model, tuple(record["image_shape"]), args.samples,
+                               f"samples: {title}")
+        image_bpd.save_inpaintings(model, data.test, args.inpaint,
+                                   f"bottom-half inpainting: {title}")
+    except HMMLVDError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    first = results[0]
+    plot(results, args.plot, f"{first['dataset']}, {first['train_images']:,} training images "
+         "(finished image train runs)")
+    printed = table(results)
+    print(printed)
+    if args.write is not None:
+        commands = [f"- `{r['command']}`" + (f" then `{r['eval_command']}`"
+                                              if "eval_command" in r else "")
+                    for r in results]
+        pictures = [f"![{name}]({link(p, args.write)})" for name, p in (
+            ("test bpd vs parameters", args.plot), ("samples", args.samples),
+            ("inpaintings", args.inpaint))]
+        body = "\n".join([provenance("Image bits per dimension of finished runs "
+                                     "(`scripts/image_sweep.py --from-runs`)",
+                                     torch.device("cpu")), "",
+                          printed, "", "Runs, in table order:", "", *commands, "",
+                          *notes(results, best, from_runs=True), "", "\n\n".join(pictures)])
+        write_section(args.write, args.section, body)
+        print(f"wrote the {args.section} section of {args.write}", file=sys.stderr)
+
+
 # ----- main ---------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> None:
     args, rest = parse_args(argv)
+    if args.from_runs is not None:
+        if rest:
+            raise SystemExit(f"error: --from-runs runs nothing; unknown flags {rest}")
+        report_runs(args)
+        return
     runs = [image_bpd.parse_args(run_argv(m, k, args, rest)) for m, k in args.configs]
     if args.dry_run:
         print("\n".join(r.command for r in runs))
@@ -256,8 +340,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         body = "\n".join([provenance("Image bits per dimension (`scripts/image_sweep.py`)",
                                      runs[0].device), "", printed, "",
                           *notes(results, best), "", "\n\n".join(pictures)])
-        write_section(args.write, SECTION, body)
-        print(f"wrote the {SECTION} section of {args.write}", file=sys.stderr)
+        write_section(args.write, args.section, body)
+        print(f"wrote the {args.section} section of {args.write}", file=sys.stderr)
 
 
 if __name__ == "__main__":

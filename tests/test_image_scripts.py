@@ -124,3 +124,46 @@ def test_sweep_reuses_finished_runs_and_keeps_variants_apart(mnist_dir, tmp_path
     sweep.main([*flags, "--reuse"])
     again = capsys.readouterr().out
     assert again.startswith("mnist: 200 training images") and first.endswith(again)
+
+
+def test_sweep_reports_finished_cli_runs(mnist_dir, tmp_path, capsys, monkeypatch):
+    """--from-runs tabulates `hmmlvd image train` folders: one evaluated by train, one trained
+    with --no-eval and evaluated by `image eval --record`, one continued from it by --init
+    (its train time includes the run it continued)."""
+    from hmmlvd.cli import main
+
+    runs = {name: tmp_path / name for name in ("hclt", "pd", "pd-more")}
+    data = ["--data-dir", str(mnist_dir), *TINY, "--size", "2"]
+    assert main(["image", "train", "--model", "hclt", *data, "--out", str(runs["hclt"])]) == 0
+    assert main(["image", "train", "--model", "pd", *data, "--no-eval",
+                 "--out", str(runs["pd"])]) == 0
+    sweep = load_script("image_sweep", monkeypatch)
+    pngs = [f for name in ("plot", "samples", "inpaint")
+            for f in (f"--{name}", str(tmp_path / f"{name}.png"))]
+    with pytest.raises(SystemExit, match=r"image eval --model .*--record"):
+        sweep.main(["--from-runs", str(runs["pd"]), "--data-dir", str(mnist_dir), *pngs])
+    assert main(["image", "eval", "--model", str(runs["pd"]), "--data-dir", str(mnist_dir),
+                 "--eval-size", "100", "--record", "--quiet"]) == 0
+    assert main(["image", "train", "--model", "pd", *data, "--epochs", "0",
+                 "--final-full-batch", "1", "--init", str(runs["pd"]),
+                 "--out", str(runs["pd-more"])]) == 0
+    capsys.readouterr()
+    results = tmp_path / "results.md"
+    results.write_text("# Results\n")
+    sweep.main(["--from-runs", *map(str, runs.values()), "--data-dir", str(mnist_dir), *pngs,
+                "--write", str(results), "--section", "full"])
+    printed = capsys.readouterr().out
+    recorded = {name: json.loads((folder / "results.json").read_text())
+                for name, folder in runs.items()}
+    assert "eval_command" in recorded["pd"] and "valid_bpd" in recorded["pd"]
+    rows = [line for line in printed.splitlines() if line.startswith("| HCLT") or
+            line.startswith("| PD")]
+    assert len(rows) == 3
+    total = recorded["pd"]["train_seconds"] + recorded["pd-more"]["train_seconds"]
+    assert f"| {total:.1f} |" in rows[2]
+    for name, result in recorded.items():
+        assert f"{result['test_bpd']:.4f} |" in rows[list(runs).index(name)]
+    text = results.read_text()
+    assert "<!-- full:begin -->" in text and recorded["pd"]["eval_command"] in text
+    for name in ("plot", "samples", "inpaint"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
