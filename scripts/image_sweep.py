@@ -224,6 +224,23 @@ def plot(results: Sequence[dict], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
+def save_grids(model: object, best: dict, shape: tuple, test_images: object,
+               args: argparse.Namespace) -> None:
+    """Samples and bottom-half inpaintings (of ``test_images``) of the best model on valid,
+    into ``--samples`` and ``--inpaint``."""
+    title = f"{NAMES[series(best)]} K={best['size']} (best valid bpd)"
+    image_bpd.save_samples(model, shape, args.samples, f"samples: {title}")
+    image_bpd.save_inpaintings(model, test_images, args.inpaint,
+                               f"bottom-half inpainting: {title}")
+
+
+def pictures(args: argparse.Namespace) -> str:
+    """The markdown of the plot and the two grids, linked from ``--write``'s folder."""
+    return "\n\n".join(f"![{name}]({link(p, args.write)})" for name, p in (
+        ("test bpd vs parameters", args.plot), ("samples", args.samples),
+        ("inpaintings", args.inpaint)))
+
+
 def link(path: Path, markdown: Path) -> str:
     """``path`` relative to the markdown file's folder (how the file should link it)."""
     return Path(os.path.relpath(path.resolve(), markdown.resolve().parent)).as_posix()
@@ -261,11 +278,7 @@ def report_runs(args: argparse.Namespace) -> None:
         dataset = record.get("dataset", "mnist")
         folder = args.data_dir or Path("../shared/data") / dataset
         data = load_images(dataset, folder)
-        title = f"{NAMES[series(best)]} K={best['size']} (best valid bpd)"
-        image_bpd.save_samples(model, tuple(record["image_shape"]), args.samples,
-                               f"samples: {title}")
-        image_bpd.save_inpaintings(model, data.test, args.inpaint,
-                                   f"bottom-half inpainting: {title}")
+        save_grids(model, best, tuple(record["image_shape"]), data.test, args)
     except HMMLVDError as exc:
         raise SystemExit(f"error: {exc}") from exc
     first = results[0]
@@ -277,14 +290,11 @@ def report_runs(args: argparse.Namespace) -> None:
         commands = [f"- `{r['command']}`" + (f" then `{r['eval_command']}`"
                                               if "eval_command" in r else "")
                     for r in results]
-        pictures = [f"![{name}]({link(p, args.write)})" for name, p in (
-            ("test bpd vs parameters", args.plot), ("samples", args.samples),
-            ("inpaintings", args.inpaint))]
         body = "\n".join([provenance("Image bits per dimension of finished runs "
                                      "(`scripts/image_sweep.py --from-runs`)",
                                      torch.device("cpu")), "",
                           printed, "", "Runs, in table order:", "", *commands, "",
-                          *notes(results, best, from_runs=True), "", "\n\n".join(pictures)])
+                          *notes(results, best, from_runs=True), "", pictures(args)])
         write_section(args.write, args.section, body)
         print(f"wrote the {args.section} section of {args.write}", file=sys.stderr)
 
@@ -322,10 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             del model
         if best_model is None:
             best_model = image_bpd.load_model(best_args)
-        title = f"{NAMES[series(best)]} K={best['size']} (best valid bpd)"
-        image_bpd.save_samples(best_model, data.shape, args.samples, f"samples: {title}")
-        image_bpd.save_inpaintings(best_model, data.test, args.inpaint,
-                                   f"bottom-half inpainting: {title}")
+        save_grids(best_model, best, data.shape, data.test, args)
     except HMMLVDError as exc:
         raise SystemExit(f"error: {exc}") from exc
     first = results[0]
@@ -334,12 +341,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     printed = "\n".join([settings_line(first), "", table(results)])
     print(printed)
     if args.write is not None:
-        pictures = [f"![{name}]({link(p, args.write)})" for name, p in (
-            ("test bpd vs parameters", args.plot), ("samples", args.samples),
-            ("inpaintings", args.inpaint))]
         body = "\n".join([provenance("Image bits per dimension (`scripts/image_sweep.py`)",
                                      runs[0].device), "", printed, "",
-                          *notes(results, best), "", "\n\n".join(pictures)])
+                          *notes(results, best), "", pictures(args)])
         write_section(args.write, args.section, body)
         print(f"wrote the {args.section} section of {args.write}", file=sys.stderr)
 
