@@ -247,6 +247,15 @@ def link(path: Path, markdown: Path) -> str:
 
 
 # ----- reports of finished runs -------------------------------------------------------------
+def training_seconds(folder: Path) -> float:
+    """A run folder's train time, plus that of the run it continued (``--init``), and so on."""
+    result = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    earlier = result.get("init")
+    if earlier and (Path(earlier) / "results.json").is_file():
+        return result["train_seconds"] + training_seconds(Path(earlier))
+    return result["train_seconds"]
+
+
 def run_folder_result(folder: Path) -> dict:
     """A finished ``hmmlvd image train`` folder's results.json, in the form the report reads
     (``settings``: what :func:`series` needs; ``train_seconds`` includes the run it was
@@ -261,10 +270,7 @@ def run_folder_result(folder: Path) -> dict:
         raise DataError(f"{path} has no {', '.join(missing)}: evaluate the model with "
                         f"`hmmlvd image eval --model {folder} --splits valid test --record`")
     shape = result.get("image_shape", [0])
-    if "init" in result:  # continued from another run: its training time counts too
-        earlier = Path(result["init"]) / "results.json"
-        if earlier.is_file():
-            result["train_seconds"] += run_folder_result(Path(result["init"]))["train_seconds"]
+    result["train_seconds"] = training_seconds(folder)
     return {**result, "folder": str(folder), "dimensions": math.prod(shape),
             "settings": {"tie_inputs": "tie_inputs=True" in result.get("structure", "")}}
 
