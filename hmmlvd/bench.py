@@ -157,7 +157,8 @@ def parse_bench_args(p: argparse.ArgumentParser, argv: Sequence[str] | None, sec
 BEFORE_REVISION = "7f743a3"
 
 #: Runs in a child process whose ``hmmlvd`` is the exported revision; uses only the API every
-#: revision has (RegionGraph, Partition, Circuit, em_step). argv: spec.json batches.npy
+#: revision has (RegionGraph, Partition, Circuit, em_step); the graph comes as
+#: ``RegionGraph.to_dict()``. argv: spec.json batches.npy
 _TIMER = """
 import json, statistics, sys, time
 import numpy as np, torch
@@ -214,10 +215,10 @@ def em_step_at_revision(revision_dir: Path, graph: dict, circuit: dict,
                         repeats: int, warmup: int, threads: int, device: torch.device,
                         environment: dict[str, str] | None = None
                         ) -> tuple[float, list[float]]:
-    """Median seconds of one ``em_step`` of the circuit (``graph``: RegionGraph fields as
-    JSON, ``circuit``: Circuit keyword arguments) timed in a child process running the
-    ``hmmlvd`` exported to ``revision_dir`` (:func:`export_revision`), on ``batches``
-    [N, B, D] taken in turn, as :func:`median_seconds` times the current code; and the mean
+    """Median seconds of one ``em_step`` of the circuit (``graph``: ``RegionGraph.to_dict()``,
+    rebuilt by :data:`_TIMER` without ``from_dict``, which older revisions lack; ``circuit``:
+    Circuit keyword arguments) timed in a child process running the ``hmmlvd`` exported to
+    ``revision_dir`` (:func:`export_revision`), on ``batches`` [N, B, D] taken in turn, as :func:`median_seconds` times the current code; and the mean
     log-likelihood every step returned (warm-up included), to check that both revisions
     compute the same thing. ``environment``: extra environment variables of the child (e.g.
     :data:`SAME_MALLOC`)."""
@@ -239,11 +240,3 @@ def em_step_at_revision(revision_dir: Path, graph: dict, circuit: dict,
         raise DataError(f"the child process imported {result['package']}, not the hmmlvd "
                         f"of {revision_dir}")
     return float(result["seconds"]), [float(v) for v in result["log_likelihoods"]]
-
-
-def graph_fields(graph: object) -> dict:
-    """A RegionGraph's fields as JSON-ready lists (what :data:`_TIMER` rebuilds)."""
-    return {"num_variables": graph.num_variables,
-            "regions": [list(r) for r in graph.regions],
-            "partitions": [[list(p.parent), [list(c) for c in p.children]]
-                           for p in graph.partitions]}

@@ -63,7 +63,6 @@ from hmmlvd.bench import (
     SAME_MALLOC,
     em_step_at_revision,
     export_revision,
-    graph_fields,
     matmul_rate,
     median_seconds,
     parse_bench_args,
@@ -245,7 +244,7 @@ def bench_row(structure: str, kind: str, k: int, graph: RegionGraph, x: torch.Te
                                  f"{round_ + 1}")
         for key, environment in (("before", None), ("same", SAME_MALLOC)):
             seconds, earlier = em_step_at_revision(
-                args.before_dir, graph_fields(graph), settings, taken, args.step_size,
+                args.before_dir, graph.to_dict(), settings, taken, args.step_size,
                 args.pseudocount, args.repeats, args.warmup, torch.get_num_threads(),
                 args.device, environment)
             times[key].append(seconds)

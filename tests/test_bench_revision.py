@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import hmmlvd
-from hmmlvd.bench import em_step_at_revision, export_revision, graph_fields
+from hmmlvd.bench import em_step_at_revision, export_revision
 from hmmlvd.errors import DataError
 from hmmlvd.pc import Circuit, em_step, poon_domingos
 
@@ -22,7 +22,7 @@ def test_the_child_computes_the_same_em_steps_as_this_process():
     graph = poon_domingos(4, 4, delta=2)
     settings = {"num_units": 3, "input": "categorical", "num_categories": 5, "seed": 4}
     batches = torch.randint(0, 5, (3, 16, 16), generator=torch.Generator().manual_seed(0))
-    seconds, values = em_step_at_revision(ROOT, graph_fields(graph), settings, batches, 0.5,
+    seconds, values = em_step_at_revision(ROOT, graph.to_dict(), settings, batches, 0.5,
                                           1e-3, repeats=2, warmup=2, threads=1,
                                           device=torch.device("cpu"))
     circuit = Circuit(graph, **settings)
@@ -34,7 +34,7 @@ def test_the_child_computes_the_same_em_steps_as_this_process():
 
 def test_a_folder_without_hmmlvd_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"failed|imported"):
-        em_step_at_revision(tmp_path, graph_fields(poon_domingos(2, 2, delta=1)),
+        em_step_at_revision(tmp_path, poon_domingos(2, 2, delta=1).to_dict(),
                             {"num_units": 2, "input": "bernoulli"},
                             torch.zeros(1, 4, 4, dtype=torch.long), 1.0, 0.0, 1, 0, 1,
                             torch.device("cpu"))
