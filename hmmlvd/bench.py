@@ -215,13 +215,13 @@ def em_step_at_revision(revision_dir: Path, graph: dict, circuit: dict,
                         repeats: int, warmup: int, threads: int, device: torch.device,
                         environment: dict[str, str] | None = None
                         ) -> tuple[float, list[float]]:
-    """Median seconds of one ``em_step`` of the circuit (``graph``: ``RegionGraph.to_dict()``,
-    rebuilt by :data:`_TIMER` without ``from_dict``, which older revisions lack; ``circuit``:
-    Circuit keyword arguments) timed in a child process running the ``hmmlvd`` exported to
-    ``revision_dir`` (:func:`export_revision`), on ``batches`` [N, B, D] taken in turn, as :func:`median_seconds` times the current code; and the mean
-    log-likelihood every step returned (warm-up included), to check that both revisions
-    compute the same thing. ``environment``: extra environment variables of the child (e.g.
-    :data:`SAME_MALLOC`)."""
+    """Median seconds of one ``em_step`` of a circuit, timed in a child process running the
+    ``hmmlvd`` exported to ``revision_dir`` (:func:`export_revision`), on ``batches``
+    [N, B, D] taken in turn, as :func:`median_seconds` times the current code. ``graph``:
+    ``RegionGraph.to_dict()`` (rebuilt without ``from_dict``, which older revisions lack);
+    ``circuit``: Circuit keyword arguments; ``environment``: extra environment variables of
+    the child (e.g. :data:`SAME_MALLOC`). Returns the seconds and the mean log-likelihood every
+    step returned (warm-up included), to check that both revisions compute the same thing."""
     spec = {"graph": graph, "circuit": circuit, "step_size": step_size,
             "pseudocount": pseudocount, "repeats": repeats, "warmup": warmup,
             "threads": threads, "device": str(device)}
