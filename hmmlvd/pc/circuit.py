@@ -246,11 +246,9 @@ class Circuit(nn.Module):
             self.position[r] = len(self.position)
         ordered = [p for r in single + mixed for p in partitions_of[r]]
         index_of = {id(p): i for i, p in enumerate(ordered)}
-        if self.product == "einsum":
-            children = sorted({self.position[c] for p in ordered for c in p.children})
-        else:
-            children = self._hadamard_input(ordered)
-        self.layers.append(self._product_layer(ordered, children, generator))
+        build = self._einsum_layer if self.product == "einsum" else self._hadamard_layer
+        product, children = build(ordered, generator)
+        self.layers.append(product)
         if mixed:
             width = max(len(partitions_of[r]) for r in mixed)
             slots = torch.zeros(len(mixed), width, dtype=torch.long)
@@ -276,42 +274,42 @@ class Circuit(nn.Module):
         return next(i + 1 for i, plan in enumerate(self.plans)
                     if position < plan.start + plan.num_single + plan.num_mixed)
 
-    def _hadamard_input(self, partitions: list[Partition]) -> list[int]:
-        """The region numbers a Hadamard layer reads, in block layout: the partitions' first
-        children, then their other children (each edge once, in edge order), each block
-        stably sorted by source, so that every source's rows are consecutive runs."""
-        firsts = [self.position[p.children[0]] for p in partitions]
-        edges = [self.position[c] for p in partitions for c in p.children[1:]]
-        return (sorted(firsts, key=self._source_of) + sorted(edges, key=self._source_of))
+    def _einsum_layer(self, partitions: list[Partition], generator: torch.Generator
+                      ) -> tuple[SumLayer, list[int]]:
+        """The einsum layer computing ``partitions`` and the region numbers its input holds
+        (each child region once, in numbering order)."""
+        wide = [p for p in partitions if len(p.children) != 2]
+        if wide:
+            raise ParameterError(
+                f"einsum layers need binary partitions, but region {wide[0].parent} is "
+                f"split into {len(wide[0].children)} children: use product='hadamard'")
+        children = sorted({self.position[c] for p in partitions for c in p.children})
+        local = {g: i for i, g in enumerate(children)}
+        left, right = (torch.tensor([local[self.position[p.children[side]]] for p in partitions])
+                       for side in (0, 1))
+        return EinsumLayer(left, right, self.num_units, generator,
+                           num_inputs=len(children)), children
 
-    def _product_layer(self, partitions: list[Partition], children: list[int],
-                       generator: torch.Generator) -> SumLayer:
-        """The einsum or Hadamard layer computing ``partitions``, whose input holds the
-        regions numbered ``children`` (in that order; a Hadamard layer's in block layout)."""
-        if self.product == "einsum":
-            local = {g: i for i, g in enumerate(children)}
-            pos = {r: local[self.position[r]] for p in partitions for r in p.children}
-            wide = [p for p in partitions if len(p.children) != 2]
-            if wide:
-                raise ParameterError(
-                    f"einsum layers need binary partitions, but region {wide[0].parent} is "
-                    f"split into {len(wide[0].children)} children: use product='hadamard'")
-            left = torch.tensor([pos[p.children[0]] for p in partitions])
-            right = torch.tensor([pos[p.children[1]] for p in partitions])
-            return EinsumLayer(left, right, self.num_units, generator, num_inputs=len(children))
+    def _hadamard_layer(self, partitions: list[Partition], generator: torch.Generator
+                        ) -> tuple[SumLayer, list[int]]:
+        """The Hadamard layer computing ``partitions`` and the region numbers its input holds,
+        in block layout: the partitions' first children, then their other children (each edge
+        once), each block stably sorted by source, so that every source's rows are
+        consecutive runs (read without a gather)."""
         firsts = [self.position[p.children[0]] for p in partitions]
         edges = [self.position[c] for p in partitions for c in p.children[1:]]
         first_rows = sorted(range(len(firsts)), key=lambda i: self._source_of(firsts[i]))
         edge_rows = sorted(range(len(edges)), key=lambda i: self._source_of(edges[i]))
-        first = torch.empty(len(firsts), dtype=torch.long)
+        first = torch.empty(len(firsts), dtype=torch.long)  # row of each partition's first
         first[torch.tensor(first_rows, dtype=torch.long)] = torch.arange(len(firsts))
-        edge_child = torch.empty(len(edges), dtype=torch.long)
+        edge_child = torch.empty(len(edges), dtype=torch.long)  # row of each edge's child
         edge_child[torch.tensor(edge_rows, dtype=torch.long)] = torch.arange(
             len(firsts), len(firsts) + len(edges))
         edge_partition = torch.tensor([i for i, p in enumerate(partitions)
                                        for _ in p.children[1:]])
+        children = [firsts[i] for i in first_rows] + [edges[i] for i in edge_rows]
         return HadamardLayer(first, edge_child, edge_partition, self.num_units, generator,
-                            num_inputs=len(children))
+                             num_inputs=len(children)), children
 
     def _plan_reads(self) -> None:
         """For every source (0: leaves, l + 1: layer l), the one read of what later layers
