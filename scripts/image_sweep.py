@@ -247,19 +247,19 @@ def link(path: Path, markdown: Path) -> str:
 
 
 # ----- reports of finished runs -------------------------------------------------------------
-def training_seconds(folder: Path) -> float:
-    """A run folder's train time, plus that of the run it continued (``--init``), and so on."""
+def training_chain(folder: Path) -> list[dict]:
+    """The results.json of a run folder after those of the runs it continued (``--init``)."""
     result = json.loads((folder / "results.json").read_text(encoding="utf-8"))
     earlier = result.get("init")
     if earlier and (Path(earlier) / "results.json").is_file():
-        return result["train_seconds"] + training_seconds(Path(earlier))
-    return result["train_seconds"]
+        return [*training_chain(Path(earlier)), result]
+    return [result]
 
 
 def run_folder_result(folder: Path) -> dict:
     """A finished ``hmmlvd image train`` folder's results.json, in the form the report reads
-    (``settings``: what :func:`series` needs; ``train_seconds`` includes the run it was
-    continued from with ``--init``); DataError if it lacks valid or test bpd."""
+    (``settings``: what :func:`series` needs; ``train_seconds`` and ``commands`` include the
+    runs it was continued from with ``--init``); DataError if it lacks valid or test bpd."""
     path = folder / "results.json"
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
@@ -270,7 +270,9 @@ def run_folder_result(folder: Path) -> dict:
         raise DataError(f"{path} has no {', '.join(missing)}: evaluate the model with "
                         f"`hmmlvd image eval --model {folder} --splits valid test --record`")
     shape = result.get("image_shape", [0])
-    result["train_seconds"] = training_seconds(folder)
+    chain = training_chain(folder)  # a continued run's train time includes its start's
+    result["train_seconds"] = sum(r["train_seconds"] for r in chain)
+    result["commands"] = [r["command"] for r in chain]
     return {**result, "folder": str(folder), "dimensions": math.prod(shape),
             "settings": {"tie_inputs": "tie_inputs=True" in result.get("structure", "")}}
 
@@ -293,9 +295,8 @@ def report_runs(args: argparse.Namespace) -> None:
     printed = table(results)
     print(printed)
     if args.write is not None:
-        commands = [f"- `{r['command']}`" + (f" then `{r['eval_command']}`"
-                                              if "eval_command" in r else "")
-                    for r in results]
+        commands = ["- " + " then ".join(f"`{c}`" for c in [*r["commands"], *(
+            [r["eval_command"]] if "eval_command" in r else [])]) for r in results]
         body = "\n".join([provenance("Image bits per dimension of finished runs "
                                      "(`scripts/image_sweep.py --from-runs`)",
                                      torch.device("cpu")), "",

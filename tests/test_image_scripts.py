@@ -165,5 +165,7 @@ def test_sweep_reports_finished_cli_runs(mnist_dir, tmp_path, capsys, monkeypatc
         assert f"{result['test_bpd']:.4f} |" in rows[list(runs).index(name)]
     text = results.read_text()
     assert "<!-- full:begin -->" in text and recorded["pd"]["eval_command"] in text
+    # the continued run is listed with the run it continued
+    assert f"`{recorded['pd']['command']}` then `{recorded['pd-more']['command']}`" in text
     for name in ("plot", "samples", "inpaint"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0
