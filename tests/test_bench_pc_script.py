@@ -45,7 +45,8 @@ def test_tiny_run_prints_every_row(bench, tmp_path, capsys):
     ``--before-revision``; any revision with the same API would do)."""
     results = tmp_path / "results.md"
     results.write_text("# Results\n\nkept\n")
-    before = (["--before-revision", "HEAD"] if has_git_history() else ["--no-before"])
+    before = (["--before-revision", "HEAD", "--rounds", "1"] if has_git_history()
+              else ["--no-before"])
     bench.main(["--image-size", "8", "--sizes", "2", "3", "--batch-size", "16",
                 "--random-data", "--device", "cpu", "--repeats", "1", "--warmup", "1",
                 "--tree-images", "64", "--peak-size", "64", "--write", str(results), *before])
