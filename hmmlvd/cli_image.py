@@ -306,10 +306,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def initial_model(args: argparse.Namespace) -> tuple[object, dict]:
     """The model of ``--init`` and its record, checked against ``--model``, ``--size`` and
-    ``--dataset``."""
-    if args.model == "lvd":
-        raise DataError("--init continues a baseline (hclt, pd, rat); image LVD builds its "
-                        "own starting point")
+    ``--dataset`` (that it is a baseline is :func:`train_image_model`'s check)."""
     model, record = load_image_model(args.init, device=args.device)
     want = {"model": args.model, "size": args.size, "dataset": args.dataset}
     for key, value in want.items():
@@ -365,6 +362,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
             path = args.model / "results.json"
             try:
                 saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+                if not isinstance(saved, dict):
+                    raise ValueError("not a JSON object")
             except ValueError as exc:
                 raise DataError(f"{path} is damaged ({exc}); move it away to record "
                                 "anew") from exc

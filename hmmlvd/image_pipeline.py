@@ -93,7 +93,8 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
     started = time.perf_counter()
     if kind == "lvd":
         if init is not None:
-            raise DataError("image LVD builds its own starting point: no initial model")
+            raise DataError("--init continues a baseline (hclt, pd, rat); image LVD builds "
+                            "its own starting point")
         from hmmlvd.lvd.image.train import train_patch_lvd  # hmmlvd.lvd loads transformers
 
         config = lvd_config(size, em, structure, **(lvd_fields or {}))

@@ -235,3 +235,21 @@ def test_init_continues_a_saved_model_with_full_batch_epochs(trained, mnist_dir,
                      str(trained["hclt"]), "--data-dir", str(mnist_dir),
                      "--out", str(tmp_path / "x")]) == 2
         assert message in one_line_error(capsys)
+
+
+def test_record_and_init_refuse_what_they_cannot_use(trained, mnist_dir, tmp_path, capsys):
+    """eval --record refuses a results.json that is not a JSON object; --init refuses to
+    continue an image-LVD model (LVD builds its own starting point). One line each."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained["hclt"], copy)
+    (copy / "results.json").write_text("[1, 2]")
+    assert main(["image", "eval", "--model", str(copy), "--data-dir", str(mnist_dir),
+                 "--eval-size", "50", "--record", "--quiet"]) == 2
+    assert "is damaged (not a JSON object)" in one_line_error(capsys)
+    assert (copy / "results.json").read_text() == "[1, 2]"
+    assert main(["image", "train", "--model", "lvd", "--size", "2", *TINY, *TINY_LVD,
+                 "--init", str(trained["lvd"]), "--data-dir", str(mnist_dir),
+                 "--out", str(tmp_path / "lvd-more")]) == 2
+    assert "image LVD builds its own starting point" in one_line_error(capsys)

@@ -13,8 +13,8 @@ scatter moves whole contiguous [B, K] blocks, and each layer's batched matrix pr
 their operands in place. Each layer reads only its own child regions, as one tensor
 [C_l, B, K]. To keep the backward
 pass linear in the circuit's size, a *source* (the leaves, or one layer's regions) is read
-once, by a single ``index_select`` of everything later layers need from it, then ``split``
-into per-consumer chunks; a layer concatenates the chunks it receives. (Writing all regions
+once, by one :class:`~hmmlvd.pc.rows.RowReader` of everything later layers need from it, in
+per-consumer chunks; a layer concatenates the chunks it receives. (Writing all regions
 into one shared buffer instead would make every layer's backward touch the whole buffer.)
 
 The structure (``RegionGraph``) stays separate from the layers that compute it; ``product``
