@@ -3,6 +3,7 @@
     hmmlvd image train --model hclt --size 16 --epochs 5 --data-dir ../shared/data/mnist \\
         --out runs/hclt16
     hmmlvd image train --model lvd --size 4 --num-latents 16 --out runs/lvd4
+    hmmlvd image train --model lvd --size 4 --num-latents 16 --out runs/lvd4 --resume
     hmmlvd image eval --model runs/hclt16 --data-dir ../shared/data/mnist
     hmmlvd image sample --model runs/hclt16 --out runs/hclt16/samples.png
     hmmlvd image inpaint --model runs/hclt16 --mask bottom --out runs/hclt16/inpaint.png
@@ -32,9 +33,11 @@ import torch
 
 from hmmlvd.atomic import atomic_write_json
 from hmmlvd.data.images import ImageData, load_images
-from hmmlvd.errors import DataError, HMMLVDError
+from hmmlvd.em.stop import signals_request_stop
+from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.image.baselines import StructureConfig
 from hmmlvd.image.grids import MASKS
+from hmmlvd.image.loading import load_pretrained
 from hmmlvd.image_pipeline import (
     LVD_SHARED,
     MODELS,
@@ -45,6 +48,7 @@ from hmmlvd.image_pipeline import (
 from hmmlvd.image_pipeline import image_bpd as bits_per_dim
 from hmmlvd.outdir import output_folder
 from hmmlvd.pc.em import EMConfig
+from hmmlvd.pc.resume import EMCheckpoints
 
 DATASETS = ("mnist", "cifar10")
 SPLITS = ("train", "valid", "test")
@@ -205,6 +209,9 @@ def build_image_parser(with_lvd: bool = False) -> argparse.ArgumentParser:
                     help="start EM from this saved model (trained by image train with the same "
                          "--model and --size; its structure is kept, the structure flags are "
                          "not used)")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue the run stopped in OUT (Ctrl-C, SIGTERM or a crash) from its "
+                         "last checkpoint; the settings must be the same")
     if with_lvd:
         add_lvd_flags(tr)
     tr.set_defaults(run=cmd_train)
@@ -269,8 +276,18 @@ def _prepare(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+def training_settings(args: argparse.Namespace, em: EMConfig,
+                      structure: StructureConfig) -> dict:
+    """What a checkpoint records and ``--resume`` must find unchanged, by flag name: the
+    model, its size, data, EM, structure and LVD settings and ``--init``."""
+    return {"model": args.model, "size": args.size, "dataset": args.dataset,
+            "train_size": args.train_size, "init": None if args.init is None else str(args.init),
+            **em.to_dict(), **dataclasses.asdict(structure), **lvd_values(args)}
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    """Train, save (model files + image.json), evaluate, write results.json."""
+    """Train (checkpointed: ``--resume`` continues a stopped run), save (model files +
+    image.json), evaluate, write results.json."""
     _prepare(args)
     check_model_flags(args)
     em, structure = em_config(args), structure_config(args)
@@ -278,11 +295,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.init is not None:
         init, init_record = initial_model(args)
     with output_folder(args.out):
+        checkpoints, resumed = _checkpoints(args, training_settings(args, em, structure))
         data = load_data(args)
         held_out = data.valid if args.patience else None  # valid decides when to stop
-        trained = train_image_model(args.model, data.train, args.size, em, structure,
-                                    lvd_values(args), args.device, progress=not args.quiet,
-                                    valid_images=held_out, init=init)
+        with signals_request_stop() as stop:  # Ctrl-C / SIGTERM: checkpoint, then stop
+            checkpoints.stop_signal = lambda: stop[0]
+            trained = train_image_model(args.model, data.train, args.size, em, structure,
+                                        lvd_values(args), args.device,
+                                        progress=not args.quiet, valid_images=held_out,
+                                        init=init, checkpoints=checkpoints, resumed=resumed)
         model = trained.model.eval()
         record = {"dataset": args.dataset, "model": args.model, "size": args.size,
                   "image_shape": list(data.shape), "train_images": len(data.train),
@@ -292,16 +313,31 @@ def cmd_train(args: argparse.Namespace) -> None:
                   "command": args.command_line,
                   **({} if args.init is None else {"init": str(args.init)})}
         save_image_model(model, args.out, record)
+        checkpoints.remove()  # the model is saved: nothing left to resume
         result = {**record, "params": model.num_parameters(), "summary": model.summary(),
                   "train_seconds": trained.seconds, "timings": trained.history["timings"],
                   "history": {k: v for k, v in trained.history.items() if k != "timings"},
-                  "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+                  "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                  **({"resumed": True} if resumed is not None else {})}
         bpd = "" if args.no_eval else "; " + evaluate(model, data, ("valid", "test"),
                                                       args.batch_size, args.quiet, result)
         atomic_write_json(args.out / "results.json", result)
     print(f"{args.dataset} {args.model} K={args.size}: {result['params']:,} parameters, "
           f"trained in {trained.seconds:.1f} s on {len(data.train):,} images{bpd} (saved in "
           f"{args.out})", flush=True)
+
+
+def _checkpoints(args: argparse.Namespace, settings: dict) -> tuple[EMCheckpoints, object]:
+    """The run's checkpoints in ``--out`` and, with ``--resume``, the model read back from the
+    newest one; a checkpoint left there without ``--resume`` is refused (never overwritten)."""
+    checkpoints = EMCheckpoints(args.out, settings)
+    if not args.resume:
+        if checkpoints.latest() is not None:
+            raise CheckpointError(f"{args.out} holds the checkpoints of a stopped run: continue "
+                                  "it with --resume, or give another --out")
+        return checkpoints, None
+    folder = checkpoints.resume()
+    return checkpoints, load_pretrained(folder, device=args.device)
 
 
 def initial_model(args: argparse.Namespace) -> tuple[object, dict]:

@@ -30,6 +30,7 @@ from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.pc.bpd import evaluate_bpd
 from hmmlvd.pc.circuit import Circuit
 from hmmlvd.pc.em import EMConfig
+from hmmlvd.pc.resume import EMCheckpoints
 
 MODELS = ("lvd", *BASELINES)
 LEVELS = 256  # pixels are categorical grey levels 0..255
@@ -77,13 +78,18 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
                       structure: StructureConfig | None = None,
                       lvd_fields: dict | None = None, device: str | torch.device = "cpu",
                       progress: bool = True, valid_images: np.ndarray | None = None,
-                      init: Circuit | None = None) -> TrainedImageModel:
+                      init: Circuit | None = None, checkpoints: EMCheckpoints | None = None,
+                      resumed: ImageModel | None = None) -> TrainedImageModel:
     """Build model ``kind`` (one of :data:`MODELS`) with K = ``size`` on ``train_images``
     [N, H, W, C] uint8 and train it: a baseline by ``fit`` (EM with ``em``), LVD by its
     pipeline (:func:`lvd_config` maps ``em`` and ``structure``; ``lvd_fields``: the other
     PatchLVDConfig fields). ``valid_images``: held-out images scored after every (final-stage)
     epoch; the best epoch on them is kept and ``em.patience`` may stop early. ``init``: a
-    baseline circuit to continue training instead of building one (over the same pixels)."""
+    baseline circuit to continue training instead of building one (over the same pixels).
+    ``checkpoints`` (:class:`~hmmlvd.pc.resume.EMCheckpoints`): EM saves as it goes and
+    honours stop requests; ``resumed``: the model read back from them after
+    ``checkpoints.resume()``, trained on from where they stood (LVD: within stage c).
+    ``seconds`` then adds the time of the earlier runs up to their last checkpoint."""
     structure = StructureConfig() if structure is None else structure
     train_images = np.asarray(train_images)
     if train_images.ndim != 4 or len(train_images) == 0:
@@ -91,6 +97,10 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
     if kind not in MODELS:
         raise DataError(f"unknown image model {kind!r}; expected one of {MODELS}")
     started = time.perf_counter()
+    if checkpoints is not None:
+        started -= checkpoints.seconds_before  # the earlier runs' time counts too
+    if resumed is not None and (checkpoints is None or checkpoints.progress is None):
+        raise DataError("a resumed model needs the checkpoints it was read from")
     if kind == "lvd":
         if init is not None:
             raise DataError("--init continues a baseline (hclt, pd, rat); image LVD builds "
@@ -99,13 +109,16 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
 
         config = lvd_config(size, em, structure, **(lvd_fields or {}))
         model, history = train_patch_lvd(train_images, config, progress=progress,
-                                         device=device, valid_images=valid_images)
+                                         device=device, valid_images=valid_images,
+                                         checkpoints=checkpoints, resumed=resumed)
         return TrainedImageModel(model, history, repr(config), time.perf_counter() - started)
     if lvd_fields:
         raise DataError(f"LVD settings {sorted(lvd_fields)} belong to the lvd model only")
     shape = tuple(train_images.shape[1:])
     pixels = flatten(train_images)
-    if init is None:
+    if resumed is not None:
+        model = resumed.to(device)
+    elif init is None:
         model = baseline_from_config(kind, pixels, shape, size, structure, em.seed,
                                      LEVELS).to(device)
     elif init.num_variables != pixels.shape[1]:
@@ -114,8 +127,13 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
     else:
         model = init.to(device)
     built = time.perf_counter()
+    if checkpoints is not None:
+        if resumed is None:  # what a resumed run reports as its structure time
+            checkpoints.record = {"structure_seconds": built - started}
+        built = started + float(checkpoints.record.get("structure_seconds", 0.0))
     valid = None if valid_images is None else torch.as_tensor(flatten(np.asarray(valid_images)))
-    model.fit(torch.as_tensor(pixels), em, valid=valid, progress=progress)
+    model.fit(torch.as_tensor(pixels), em, valid=valid, progress=progress,
+              checkpoints=checkpoints)
     history = {"timings": {"structure": built - started, "em": time.perf_counter() - built},
                "em": model.fit_history}
     if valid is not None:

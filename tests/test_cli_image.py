@@ -253,3 +253,58 @@ def test_record_and_init_refuse_what_they_cannot_use(trained, mnist_dir, tmp_pat
                  "--init", str(trained["lvd"]), "--data-dir", str(mnist_dir),
                  "--out", str(tmp_path / "lvd-more")]) == 2
     assert "image LVD builds its own starting point" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("model, extra", [("hclt", []), ("lvd", TINY_LVD)])
+def test_sigterm_checkpoints_and_resume_ends_as_an_uninterrupted_run(mnist_dir, tmp_path,
+                                                                     capsys, monkeypatch,
+                                                                     model, extra):
+    """SIGTERM in the middle of EM (LVD: of stage c): exit 143 with a checkpoint and one line
+    naming --resume; the same command without --resume, or with other settings, is refused in
+    one line; with --resume it ends with the model of a run never stopped."""
+    import os
+    import signal
+
+    import hmmlvd.pc.em as em_module
+
+    flags = [f for f in TINY if f not in ("--epochs", "1")]
+    command = ["image", "train", "--model", model, "--size", "2", *flags, *extra,
+               "--epochs", "2", "--patience", "1", "--final-full-batch", "1", "--no-eval",
+               "--data-dir", str(mnist_dir)]
+    assert main([*command, "--out", str(tmp_path / "whole")]) == 0
+    owner, name = ((PatchCircuit, "accumulate_counts") if model == "lvd"
+                   else (em_module, "accumulate_counts"))
+    real = getattr(owner, name)
+    calls = {"n": 0}
+
+    def terminate_on_third(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second batch of stage c's first epoch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    out = tmp_path / "stopped"
+    monkeypatch.setattr(owner, name, terminate_on_third)
+    capsys.readouterr()
+    assert main([*command, "--out", str(out)]) == 143
+    err = capsys.readouterr().err.strip()
+    assert "by SIGTERM" in err and "--resume" in err and "Traceback" not in err, err
+    assert (out / "checkpoints" / "latest").is_file() and not (out / "config.json").exists()
+    monkeypatch.setattr(owner, name, real)
+    assert main([*command, "--out", str(out)]) == 2
+    assert "continue it with --resume" in one_line_error(capsys)
+    assert main([*command, "--pseudocount", "0.5", "--out", str(out), "--resume"]) == 2
+    assert "--resume with --pseudocount 0.5" in one_line_error(capsys)
+    assert main([*command, "--out", str(out), "--resume"]) == 0
+    assert not (out / "checkpoints").exists()
+    whole, _ = load_image_model(tmp_path / "whole")
+    resumed, _ = load_image_model(out)
+    for (key, p), (_, q) in zip(whole.named_parameters(), resumed.named_parameters(),
+                                strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=key)
+    results = json.loads((out / "results.json").read_text())
+    reference = json.loads((tmp_path / "whole" / "results.json").read_text())
+    assert results["resumed"] is True
+    assert results["history"]["valid"] == reference["history"]["valid"]
+    if model == "lvd":  # stages a and b were not run again: their record came back
+        assert results["history"]["stage_a"] == reference["history"]["stage_a"]

@@ -49,6 +49,24 @@ class EarlyStopping:
         after the mini-batch ones, gets its own ``patience`` epochs); the best so far stays."""
         self._since = len(self.scores)
 
+    def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """What a checkpoint keeps to resume exactly: (scores, best epoch and where patience
+        counts from, as JSON values; the best epoch's parameters by name, empty if none)."""
+        return ({"scores": list(self.scores), "best_epoch": self.best_epoch,
+                 "since": self._since}, dict(self._best or {}))
+
+    def load_state(self, saved: dict, best: dict[str, torch.Tensor]) -> None:
+        """Continue from :meth:`state`'s output (read back from a checkpoint): ValueError if
+        it does not fit (a best epoch without parameters, or beyond the scores)."""
+        scores = [float(s) for s in saved["scores"]]
+        best_epoch = check_int(saved["best_epoch"], "best_epoch", 0)
+        since = check_int(saved["since"], "since", 0)
+        if best_epoch > len(scores) or since > len(scores) or bool(best_epoch) != bool(best):
+            raise ValueError(f"early-stopping state does not fit: best epoch {best_epoch} of "
+                             f"{len(scores)} scores, {len(best)} best parameters")
+        self.scores, self.best_epoch, self._since = scores, best_epoch, since
+        self._best = dict(best) if best else None
+
     @torch.no_grad()
     def restore(self) -> None:
         """Copy the best epoch's parameters back into the model (nothing if none scored)."""

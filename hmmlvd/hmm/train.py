@@ -23,10 +23,7 @@ import json
 import re
 import shutil
 import signal
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +32,13 @@ from hmmlvd import distributed, memory
 from hmmlvd.atomic import atomic_write_json, atomic_write_text
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.em import EpochStats, Learner, LoopState, epoch_seed, run_epochs
-from hmmlvd.errors import DataError, HMMLVDError
+from hmmlvd.em.stop import (  # noqa: F401  (TrainingInterrupted, StoppedAtOnce: re-exported)
+    StoppedAtOnce,
+    TrainingInterrupted,
+    signals_request_stop,
+    stopped_by,
+)
+from hmmlvd.errors import DataError
 from hmmlvd.hmm import parallel
 from hmmlvd.hmm.checkpoint import save_hmm
 from hmmlvd.hmm.em import CountAccumulator, ScaledEmission, expected_counts, maximize
@@ -45,51 +48,6 @@ if TYPE_CHECKING:  # HMM.fit calls this module; no runtime import of the model h
     from hmmlvd.hmm.model import HMM
 
 STATE_FILE = "train_state.json"
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both stop training after a checkpoint
-
-
-class TrainingInterrupted(HMMLVDError):
-    """Ctrl-C (SIGINT) or SIGTERM stopped training after a complete mini-batch; the message
-    says where the checkpoint is and how to resume; ``signal`` is the signal number (the
-    command line exits with 128 + it: 130, 143)."""
-
-    def __init__(self, message: str, signum: int = signal.SIGINT):
-        super().__init__(message)
-        self.signal = int(signum)
-
-
-class StoppedAtOnce(KeyboardInterrupt):
-    """A second SIGINT or SIGTERM while training was already stopping: no checkpoint is
-    written; ``signal`` is the signal number."""
-
-    def __init__(self, signum: int):
-        super().__init__()
-        self.signal = int(signum)
-
-
-@contextmanager
-def _signals_request_stop() -> Iterator[list[int]]:
-    """While active, a first SIGINT or SIGTERM only sets ``flag[0]`` to its number (training
-    stops at the next batch boundary, after a checkpoint); a second one raises
-    :class:`StoppedAtOnce`. Outside the main thread signals cannot be caught: nothing changes."""
-    flag = [0]
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def request_stop(signum: int, frame: object) -> None:
-        if flag[0]:
-            raise StoppedAtOnce(signum)
-        flag[0] = signum
-
-    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
-    try:
-        yield flag
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 @dataclass
 class Phase:
     """``epochs`` passes over the data with EM step size ``step_size``; ``full_batch``: one
@@ -191,7 +149,7 @@ def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None
     parallel.broadcast_parameters(hmm)  # every rank starts from rank 0's parameters
     state = state or TrainState()
     state.run_id = state.run_id or new_run_id()
-    with _signals_request_stop() as stop:
+    with signals_request_stop() as stop:
         return _train(hmm, windows, config, out, state, progress, stop)
 
 
@@ -285,7 +243,7 @@ def _stop(hmm: HMM, config: TrainConfig, state: TrainState, out: Path | None,
           signum: int) -> None:
     """Checkpoint where training stands (a full-batch epoch restarts: its model is unchanged)
     and raise :class:`TrainingInterrupted` for signal ``signum`` (on another rank: SIGINT)."""
-    by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+    by = stopped_by(signum)
     if out is None:
         raise TrainingInterrupted(f"training interrupted{by} (no output folder: nothing "
                                   "saved)", signum)

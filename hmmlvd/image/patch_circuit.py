@@ -46,6 +46,7 @@ from hmmlvd.pc.layers import SumLayer
 from hmmlvd.pc.layers.sum_layer import maximize_layers_
 from hmmlvd.pc.logspace import log_sum_exp
 from hmmlvd.pc.queries import choose_units, descend, fill_leaves
+from hmmlvd.pc.resume import EMCheckpoints
 from hmmlvd.pc.structures import Partition, Region, RegionGraph
 from hmmlvd.validate import check_int, check_pseudocount, check_step_size
 
@@ -358,19 +359,22 @@ class PatchCircuit(nn.Module):
     # ----- sklearn-like verbs (the same on Circuit and HMM) --------------------------------
     def fit(self, data: torch.Tensor, config: EMConfig | None = None, *,
             valid: torch.Tensor | None = None, missing: torch.Tensor | None = None,
-            progress: bool = True) -> PatchCircuit:
+            progress: bool = True, checkpoints: EMCheckpoints | None = None) -> PatchCircuit:
         """Train the whole circuit by joint EM (stage (c) of LVD) on images ``data`` [N, D]
         with ``config`` (an :class:`~hmmlvd.pc.em.EMConfig`; default ``EMConfig()``); returns
         self. ``fit_history`` then holds the mean training log-likelihood of each epoch;
         ``valid`` [M, D]: held-out images, as in :meth:`Circuit.fit
         <hmmlvd.pc.circuit.Circuit.fit>` (``valid_history``, ``config.patience``, best epoch
-        kept). The epoch loop is :func:`hmmlvd.pc.em.run_em`, the one
-        :func:`~hmmlvd.pc.em.fit_em` runs."""
+        kept; ``checkpoints`` as there). The epoch loop is :func:`hmmlvd.pc.em.run_em`, the
+        one :func:`~hmmlvd.pc.em.fit_em` runs."""
         config = em_config(config)
         data, missing = check_training_data(data, self.num_variables, missing)
         early = early_stopping(self, valid, config)
+        if checkpoints is not None:
+            checkpoints.watch(self)
         self.fit_history = run_em(self.accumulate_counts, self.maximize, self.discard_counts,
-                                  data, config, missing, progress, early=early)
+                                  data, config, missing, progress, early=early,
+                                  checkpoints=checkpoints)
         self.valid_history = [] if early is None else early.scores
         return self
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,7 @@ from hmmlvd.pc.layers import (
 )
 from hmmlvd.pc.queries import inpaint as inpaint_circuit
 from hmmlvd.pc.queries import sample as sample_circuit
+from hmmlvd.pc.resume import EMCheckpoints
 from hmmlvd.pc.rows import RowReader
 from hmmlvd.pc.structures import Partition, Region, RegionGraph
 from hmmlvd.validate import as_array
@@ -266,13 +268,18 @@ class Circuit(nn.Module):
             start=start, num_single=len(single), num_mixed=len(mixed),
             children=torch.tensor(children, dtype=torch.long), partitions=tuple(ordered)))
 
-    def _source_of(self, position: int) -> int:
-        """The source holding region number ``position`` (0: the leaves, l + 1: layer l),
-        among the layers placed so far."""
-        if position < self.input_layer.num_leaves:
-            return 0
-        return next(i + 1 for i, plan in enumerate(self.plans)
-                    if position < plan.start + plan.num_single + plan.num_mixed)
+    def _bounds(self) -> list[int]:
+        """Where the regions of each source end (source 0: the leaves, l + 1: layer l): source
+        s holds region numbers ``bounds[s-1] .. bounds[s] - 1``, for the layers placed so far."""
+        return [self.input_layer.num_leaves] + [
+            plan.start + plan.num_single + plan.num_mixed for plan in self.plans]
+
+    @staticmethod
+    def _sources(positions: Sequence[int] | torch.Tensor, bounds: Sequence[int]
+                 ) -> torch.Tensor:
+        """[M] the source holding each region number in ``positions`` [M] (see _bounds)."""
+        return torch.bucketize(torch.as_tensor(positions, dtype=torch.long),
+                               torch.tensor(bounds), right=True)
 
     def _einsum_layer(self, partitions: list[Partition], generator: torch.Generator
                       ) -> tuple[SumLayer, list[int]]:
@@ -298,8 +305,9 @@ class Circuit(nn.Module):
         consecutive runs (read without a gather)."""
         firsts = [self.position[p.children[0]] for p in partitions]
         edges = [self.position[c] for p in partitions for c in p.children[1:]]
-        first_rows = sorted(range(len(firsts)), key=lambda i: self._source_of(firsts[i]))
-        edge_rows = sorted(range(len(edges)), key=lambda i: self._source_of(edges[i]))
+        bounds = self._bounds()
+        first_rows, edge_rows = (torch.argsort(self._sources(rows, bounds), stable=True).tolist()
+                                 for rows in (firsts, edges))
         first = torch.empty(len(firsts), dtype=torch.long)  # row of each partition's first
         first[torch.tensor(first_rows, dtype=torch.long)] = torch.arange(len(firsts))
         edge_child = torch.empty(len(edges), dtype=torch.long)  # row of each edge's child
@@ -316,8 +324,7 @@ class Circuit(nn.Module):
         need from it (``self.readers[s]``, a :class:`~hmmlvd.pc.rows.RowReader`), in chunks:
         ``self.chunks[s]``, (layer, slot) per chunk. A layer's input is its slots
         concatenated in order: each slot is a run of its ``children`` held by one source."""
-        bounds = [self.input_layer.num_leaves] + [
-            plan.start + plan.num_single + plan.num_mixed for plan in self.plans]
+        bounds = self._bounds()
         self.source_bounds = bounds  # source s holds regions source_bounds[s-1] .. [s] - 1
         starts = [0, *bounds[:-1]]
         self.chunks: list[list[tuple[int, int]]] = [[] for _ in bounds]
@@ -325,7 +332,7 @@ class Circuit(nn.Module):
         reads: list[list[int]] = [[] for _ in bounds]
         sizes: list[list[int]] = [[] for _ in bounds]
         for layer, plan in enumerate(self.plans):
-            source_of = torch.bucketize(plan.children, torch.tensor(bounds), right=True)
+            source_of = self._sources(plan.children, bounds)
             runs = torch.unique_consecutive(source_of, return_counts=True)
             position = 0
             for slot, (source, size) in enumerate(zip(*(t.tolist() for t in runs),
@@ -433,8 +440,7 @@ class Circuit(nn.Module):
     def region_values(self, evaluation: Evaluation, regions: torch.Tensor) -> torch.Tensor:
         """[B, len(regions), K] values of the regions numbered ``regions`` [M] (in the
         numbering of ``position``), gathered from the sources that hold them."""
-        bounds = torch.tensor(self.source_bounds)
-        source = torch.bucketize(regions.cpu(), bounds, right=True)
+        source = self._sources(regions.cpu(), self.source_bounds)
         parts, order = [], []
         for s in source.unique().tolist():
             mine = (source == s).nonzero().squeeze(1)
@@ -472,18 +478,22 @@ class Circuit(nn.Module):
     # ----- sklearn-like verbs (the same on HMM and PatchCircuit) ---------------------------
     def fit(self, data: torch.Tensor, config: EMConfig | None = None, *,
             valid: torch.Tensor | None = None, missing: torch.Tensor | None = None,
-            progress: bool = True) -> Circuit:
+            progress: bool = True, checkpoints: EMCheckpoints | None = None) -> Circuit:
         """Train by EM on ``data`` [N, D] (``missing`` [N, D]: True where unobserved) with
         ``config`` (an :class:`~hmmlvd.pc.em.EMConfig`; default ``EMConfig()``); returns
         self. ``fit_history`` then holds the mean training log-likelihood of each epoch. With
         held-out ``valid`` [M, D]: ``valid_history`` holds its mean log-likelihood after each
         epoch, training stops after ``config.patience`` epochs without improvement (0: never
-        early), and the parameters of the best epoch on ``valid`` are kept. See
-        :func:`hmmlvd.pc.em.fit_em`, which this calls."""
+        early), and the parameters of the best epoch on ``valid`` are kept. ``checkpoints``
+        (:class:`~hmmlvd.pc.resume.EMCheckpoints`): saved as training goes, stop requests
+        honoured; resumed from if it was read back. See :func:`hmmlvd.pc.em.fit_em`, which
+        this calls."""
         config = em_config(config)
         early = early_stopping(self, valid, config)
+        if checkpoints is not None:
+            checkpoints.watch(self)
         self.fit_history = fit_em(self, data, config, missing=missing, progress=progress,
-                                  early=early)
+                                  early=early, checkpoints=checkpoints)
         self.valid_history = [] if early is None else early.scores
         return self
 

@@ -26,9 +26,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hmmlvd.em import EarlyStopping, Learner, check_possible, epoch_batches, run_epochs
+from hmmlvd.em import (
+    EarlyStopping,
+    EpochStats,
+    Learner,
+    LoopState,
+    check_possible,
+    epoch_batches,
+    run_epochs,
+)
 from hmmlvd.errors import DataError
 from hmmlvd.pc.layers.sum_layer import maximize_layers_
+from hmmlvd.pc.resume import EMCheckpoints, EMProgress
 from hmmlvd.validate import as_array, check_int, check_pseudocount, check_step_size
 
 if TYPE_CHECKING:  # circuit.py imports this module (Circuit.fit); nothing here needs it at run
@@ -172,7 +181,8 @@ class _CircuitLearner(Learner):
 def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None],
            discard: Callable[[], None], data: torch.Tensor, config: EMConfig,
            missing: torch.Tensor | None = None, progress: bool = True, desc: str = "EM",
-           early: EarlyStopping | None = None) -> list[float]:
+           early: EarlyStopping | None = None,
+           checkpoints: EMCheckpoints | None = None) -> list[float]:
     """EM over checked ``data`` [N, D] (and ``missing`` [N, D]) with the one epoch loop
     (:func:`hmmlvd.em.loop.run_epochs`): per batch ``accumulate(x, missing)`` (the E-step,
     adding to the model's counts), then ``maximize_step(step_size, pseudocount)`` after every
@@ -181,30 +191,80 @@ def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None]
     counts stay behind). Returns the mean log-likelihood per sample of each epoch, measured
     during its E-steps (before each batch's update). ``early``: scores held-out data after
     every epoch, may stop a phase, and its best epoch's parameters are restored at the end of
-    each phase."""
+    each phase. ``checkpoints`` (watching the model): saved before the first batch, after
+    every epoch and on a stop request (then :class:`~hmmlvd.em.stop.TrainingInterrupted` is
+    raised); when it was :meth:`~hmmlvd.pc.resume.EMCheckpoints.resume`-d, EM continues from
+    its progress and early-stopping state."""
     learner = _CircuitLearner(accumulate, maximize_step, discard, data, missing)
     phases = [[(config.step_size, config.full_batch)] * config.epochs,
               [(1.0, True)] * config.final_full_batch]
-    history: list[float] = []
+    start = EMProgress()
+    if checkpoints is not None and checkpoints.progress is not None:
+        start = checkpoints.progress
+        checkpoints.restore_early(early)
+    history: list[float] = list(start.history)
+    num_batches = -(-len(data) // config.batch_size)
     for phase, plan in enumerate(phases):
-        if not plan:
+        if phase < start.phase or not plan:
             continue
-        offset = len(history)
+        resumed = phase == start.phase
+        state = (LoopState(start.epoch, start.batch, start.step) if resumed
+                 else LoopState(0, 0, start.step))
+        offset = len(history) - state.epoch  # epochs of the earlier phases: seeds go on
 
         def batches(epoch: int, full_batch: bool, start_batch: int,
                     offset: int = offset) -> list[np.ndarray]:
             return epoch_batches(len(data), config.batch_size, config.seed, offset + epoch,
                                  shuffle=not full_batch, start_batch=start_batch)
 
-        if early is not None and phase:
+        if early is not None and phase and not resumed:
             early.restart_patience()
-        stats = run_epochs(learner, plan, config.pseudocount, batches,
-                           -(-len(data) // config.batch_size), progress=progress, desc=desc,
-                           after_epoch=early)
+        if not (resumed and start.phase_done):
+            stats = _run_phase(learner, plan, config.pseudocount, batches, num_batches, state,
+                               phase, history, progress, desc, early, checkpoints,
+                               fresh=not resumed or checkpoints is None
+                               or checkpoints.progress is None)
+            history += [s.mean_log_likelihood for s in stats]
         if early is not None:
             early.restore()
-        history += [s.mean_log_likelihood for s in stats]
+        start = EMProgress(phase + 1, 0, 0, state.step, False, list(history))
     return history
+
+
+def _run_phase(learner: Learner, plan: list[tuple[float, bool]], pseudocount: float,
+               batches: Callable[[int, bool, int], list[np.ndarray]], num_batches: int,
+               state: LoopState, phase: int, history: list[float], progress: bool, desc: str,
+               early: EarlyStopping | None, checkpoints: EMCheckpoints | None,
+               fresh: bool) -> list[EpochStats]:
+    """One phase of :func:`run_em` from ``state``, with the early-stopping and checkpoint
+    hooks; ``history``: the epochs finished before this call (all phases); ``fresh``: the
+    phase starts here (not from a checkpoint), so its starting point is saved first."""
+    if checkpoints is None:
+        return run_epochs(learner, plan, pseudocount, batches, num_batches, state,
+                          progress=progress, desc=desc, after_epoch=early)
+    done: list[float] = []
+
+    def where(phase_done: bool = False) -> EMProgress:
+        return EMProgress(phase, state.epoch, state.batch, state.step, phase_done,
+                          history + done)
+
+    def after_epoch(loop: LoopState, stats: EpochStats) -> bool:
+        done.append(stats.mean_log_likelihood)
+        stop = bool(early(loop, stats)) if early is not None else False
+        checkpoints.save(where(stop or loop.epoch >= len(plan)), early)
+        return stop
+
+    def on_stop(loop: LoopState, full_batch: bool) -> None:
+        checkpoints.stop(where(), early, checkpoints.stop_signal())
+
+    if fresh:
+        checkpoints.save(where(), early)
+    if checkpoints.stop_signal():
+        checkpoints.stop(where(), early, checkpoints.stop_signal())
+    return run_epochs(learner, plan, pseudocount, batches, num_batches, state,
+                      progress=progress, desc=desc,
+                      stop_requested=lambda: bool(checkpoints.stop_signal()),
+                      on_stop=on_stop, after_epoch=after_epoch)
 
 
 def early_stopping(model: Circuit, valid: object, config: EMConfig) -> EarlyStopping | None:
@@ -225,7 +285,8 @@ def fit_em(circuit: Circuit, data: torch.Tensor, config: EMConfig | None = None,
            step_size: float | None = None, pseudocount: float | None = None,
            full_batch: bool | None = None, seed: int | None = None,
            missing: torch.Tensor | None = None, progress: bool = True, desc: str = "EM",
-           early: EarlyStopping | None = None) -> list[float]:
+           early: EarlyStopping | None = None,
+           checkpoints: EMCheckpoints | None = None) -> list[float]:
     """Train ``circuit`` with EM on ``data`` [N, D] (``missing`` [N, D]: True where a value
     is unobserved); returns the mean training log-likelihood of each epoch (measured during
     its E-steps, i.e. before each batch's update).
@@ -250,7 +311,7 @@ def fit_em(circuit: Circuit, data: torch.Tensor, config: EMConfig | None = None,
         maximize(circuit, step, pseudo)
 
     return run_em(accumulate, maximize_step, lambda: discard_counts(circuit), data, config,
-                  missing, progress, desc, early)
+                  missing, progress, desc, early, checkpoints)
 
 
 def discard_counts(circuit: Circuit) -> None:

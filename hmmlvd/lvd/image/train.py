@@ -23,6 +23,7 @@ from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.lvd.image.features import patch_latents
 from hmmlvd.lvd.image.featurisers import make_featuriser
 from hmmlvd.pc.em import EMConfig, fit_em
+from hmmlvd.pc.resume import EMCheckpoints
 from hmmlvd.pc.structures import RegionGraph, learn_hclt
 
 NUM_LEVELS = 256  # pixel values are categories 0..255
@@ -120,15 +121,31 @@ def _held_out(valid_images: np.ndarray | None, shape: tuple) -> torch.Tensor | N
 
 def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: bool = True,
                     device: str | torch.device = "cpu",
-                    valid_images: np.ndarray | None = None) -> tuple[PatchCircuit, dict]:
+                    valid_images: np.ndarray | None = None,
+                    checkpoints: EMCheckpoints | None = None,
+                    resumed: PatchCircuit | None = None) -> tuple[PatchCircuit, dict]:
     """Distil, build and train the patch-latent circuit of ``train_images`` [N, H, W, C]
     (uint8 pixel levels). Returns the circuit and a history: per-stage mean log-likelihoods
     per epoch and seconds per step of the pipeline. ``valid_images`` [M, H, W, C]: held-out
     images scored after every stage-(c) epoch (``history["valid"]``); the best epoch is kept
-    and ``config.patience`` may stop stage (c) early."""
+    and ``config.patience`` may stop stage (c) early. ``checkpoints``: stage (c) is saved as
+    it goes (:class:`~hmmlvd.pc.resume.EMCheckpoints`, first at its start, with the history of
+    stages (a) and (b) as the record); ``resumed``: the model read back from them
+    (``checkpoints.resume()``): stages (a) and (b) are not run again."""
     if train_images.ndim != 4 or len(train_images) < 2:
         raise DataError(f"training images must be [N >= 2, H, W, C], got {train_images.shape}")
     valid = _held_out(valid_images, train_images.shape[1:])
+    if resumed is not None:
+        if checkpoints is None or checkpoints.progress is None:
+            raise DataError("a resumed model needs the checkpoints it was read from")
+        history = dict(checkpoints.record.get("history", {}))
+        history["timings"] = dict(history.get("timings", {}))
+        started = time.perf_counter()
+        resumed.fit(torch.as_tensor(flatten(train_images)), _stage_c_settings(config),
+                    valid=valid, progress=progress, checkpoints=checkpoints)
+        earlier = checkpoints.seconds_before - sum(history["timings"].values())
+        history["timings"]["stage_c"] = max(earlier, 0.0) + time.perf_counter() - started
+        return resumed, _stage_c_history(resumed, history, valid)
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -157,14 +174,26 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
                                 em_settings(config, config.stage_b_epochs),
                                 progress=progress, desc="LVD stage b")
     lap("stage_b")
-    stage_c = replace(em_settings(config, config.stage_c_epochs), patience=config.patience,
-                      final_full_batch=config.final_full_batch)
-    model.fit(torch.as_tensor(flatten(train_images)), stage_c, valid=valid, progress=progress)
+    if checkpoints is not None:  # what a resumed stage (c) reports besides its own epochs
+        checkpoints.record = {"history": {**history, "timings": dict(timings)}}
+    model.fit(torch.as_tensor(flatten(train_images)), _stage_c_settings(config), valid=valid,
+              progress=progress, checkpoints=checkpoints)
+    lap("stage_c")
+    return model, _stage_c_history(model, history, valid)
+
+
+def _stage_c_settings(config: PatchLVDConfig) -> EMConfig:
+    """Stage (c)'s EM settings: mini-batch epochs with early stopping, then full-batch."""
+    return replace(em_settings(config, config.stage_c_epochs), patience=config.patience,
+                   final_full_batch=config.final_full_batch)
+
+
+def _stage_c_history(model: PatchCircuit, history: dict, valid: torch.Tensor | None) -> dict:
+    """``history`` with stage (c)'s epochs (and held-out scores) added."""
     history["stage_c"] = model.fit_history
     if valid is not None:
         history["valid"] = model.valid_history
-    lap("stage_c")
-    return model, history
+    return history
 
 
 class _StageA(Learner):

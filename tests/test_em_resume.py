@@ -1,0 +1,169 @@
+"""Circuit EM checkpoints (hmmlvd.pc.resume): a run stopped anywhere and resumed ends with the
+parameters of the run that was never stopped, for circuits and patch circuits, through every
+phase (mini-batch epochs with early stopping, then full-batch epochs)."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from hmmlvd.em.stop import TrainingInterrupted
+from hmmlvd.errors import CheckpointError
+from hmmlvd.pc import Circuit, EMConfig, poon_domingos
+from hmmlvd.pc.resume import EMCheckpoints
+
+SETTINGS = {"model": "pd", "size": 2, "pseudocount": 0.1}
+CONFIG = EMConfig(epochs=4, batch_size=7, step_size=0.5, pseudocount=0.1, patience=2,
+                  final_full_batch=6, seed=3)
+
+
+def data_and_valid() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    return torch.randint(0, 4, (30, 4), generator=gen), torch.randint(0, 4, (9, 4), generator=gen)
+
+
+def fresh() -> Circuit:
+    return Circuit(poon_domingos(2, 2, delta=1), 2, input="categorical", num_categories=4,
+                   seed=5)
+
+
+class StopAt:
+    """A stop_signal that answers ``signum`` from its ``at``-th question on."""
+
+    def __init__(self, at: int, signum: int = signal.SIGINT):
+        self.at, self.signum, self.asked = at, signum, 0
+
+    def __call__(self) -> int:
+        self.asked += 1
+        return self.signum if self.asked >= self.at else 0
+
+
+def train_with_stops(out, stops: list[int], build=fresh, load=Circuit.from_pretrained,
+                     data: tuple | None = None, config: EMConfig = CONFIG):
+    """Train ``build()`` in ``out`` on ``data`` (train, valid), stopped at each of ``stops``
+    (questions into each run) and resumed from ``load(folder)``; returns the final model and
+    how many runs were interrupted."""
+    train, valid = data or data_and_valid()
+    interrupted = 0
+    model, checkpoints = build(), EMCheckpoints(out, SETTINGS)
+    for run in range(len(stops) + 1):
+        if run:
+            checkpoints = EMCheckpoints(out, SETTINGS)
+            model = load(checkpoints.resume())
+        checkpoints.stop_signal = StopAt(stops[run]) if run < len(stops) else (lambda: 0)
+        try:
+            model.fit(train, config, valid=valid, progress=False, checkpoints=checkpoints)
+            return model, interrupted
+        except TrainingInterrupted:
+            interrupted += 1
+    raise AssertionError("the last run was not allowed to finish")
+
+
+def assert_same_parameters(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
+
+
+def test_checkpoints_do_not_change_training(tmp_path):
+    data, valid = data_and_valid()
+    plain = fresh().fit(data, CONFIG, valid=valid, progress=False)
+    saved = fresh().fit(data, CONFIG, valid=valid, progress=False,
+                        checkpoints=EMCheckpoints(tmp_path, SETTINGS))
+    assert_same_parameters(plain, saved)
+    assert saved.valid_history == plain.valid_history
+    assert len(plain.valid_history) > 4  # both phases ran (the test covers them)
+
+
+def test_a_run_stopped_anywhere_resumes_to_the_same_model(tmp_path):
+    """Every stop point of the whole run (each batch of each epoch, both phases, the phase
+    boundaries): stopped there once, resumed, the result is the uninterrupted one."""
+    data, valid = data_and_valid()
+    reference = fresh().fit(data, CONFIG, valid=valid, progress=False)
+    counter = StopAt(10**9)
+    fresh().fit(data, CONFIG, valid=valid, progress=False,
+                checkpoints=EMCheckpoints(tmp_path / "count", SETTINGS, counter))
+    assert counter.asked > 20
+    for at in range(1, counter.asked + 1):
+        model, interrupted = train_with_stops(tmp_path / f"stop{at}", [at])
+        assert interrupted == 1
+        assert_same_parameters(model, reference)
+        assert model.valid_history == reference.valid_history, at
+        assert len(model.fit_history) == len(reference.fit_history)
+
+
+def test_a_run_stopped_again_and_again_still_ends_the_same(tmp_path):
+    data, valid = data_and_valid()
+    reference = fresh().fit(data, CONFIG, valid=valid, progress=False)
+    model, interrupted = train_with_stops(tmp_path, [2] * 12)
+    assert interrupted == 12
+    assert_same_parameters(model, reference)
+    assert model.valid_history == reference.valid_history
+
+
+def test_a_stop_says_where_and_how_to_resume(tmp_path):
+    data, valid = data_and_valid()
+    checkpoints = EMCheckpoints(tmp_path, SETTINGS, StopAt(3, signal.SIGTERM))
+    with pytest.raises(TrainingInterrupted, match=r"by SIGTERM.*--resume") as info:
+        fresh().fit(data, CONFIG, valid=valid, progress=False, checkpoints=checkpoints)
+    assert info.value.signal == signal.SIGTERM
+    folders = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert folders[-1] == "latest" and len(folders) == 2  # the older ones were deleted
+
+
+def test_resume_refuses_other_settings_naming_the_flag(tmp_path):
+    data, valid = data_and_valid()
+    with pytest.raises(TrainingInterrupted):
+        fresh().fit(data, CONFIG, valid=valid, progress=False,
+                    checkpoints=EMCheckpoints(tmp_path, SETTINGS, StopAt(4)))
+    with pytest.raises(CheckpointError, match=r"--pseudocount 0\.2.*started with 0\.1"):
+        EMCheckpoints(tmp_path, {**SETTINGS, "pseudocount": 0.2}).resume()
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        EMCheckpoints(tmp_path / "empty", SETTINGS).resume()
+
+
+def test_a_damaged_checkpoint_is_named(tmp_path):
+    data, valid = data_and_valid()
+    with pytest.raises(TrainingInterrupted):
+        fresh().fit(data, CONFIG, valid=valid, progress=False,
+                    checkpoints=EMCheckpoints(tmp_path, SETTINGS, StopAt(12)))
+    checkpoints = EMCheckpoints(tmp_path, SETTINGS)
+    folder = checkpoints.latest()
+    state = folder / "em_state.json"
+    raw = json.loads(state.read_text())
+    state.write_text(json.dumps({**raw, "progress": {**raw["progress"], "epoch": -1}}))
+    with pytest.raises(CheckpointError, match=r"em_state\.json is damaged"):
+        checkpoints.resume()
+    (tmp_path / "checkpoints" / "latest").write_text("../../etc\n")
+    with pytest.raises(CheckpointError, match="not a checkpoint folder"):
+        checkpoints.resume()
+
+
+def test_patch_circuit_resumes_to_the_same_model(tmp_path):
+    """Stage (c) of image LVD on a tiny patch circuit: stopped mid-epoch and in the full-batch
+    phase, resumed, it ends where the uninterrupted run does."""
+    from hmmlvd.image.patch_circuit import PatchCircuit
+    from hmmlvd.pc.structures import learn_hclt
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 4, (40, 4, 4, 1))
+    flat = torch.as_tensor(images.reshape(40, -1))
+    patches = images.reshape(40, 2, 2, 2, 2).transpose(0, 1, 3, 2, 4).reshape(40, 4, 4)
+    subs = [learn_hclt(patches[:, i], 4, 4) for i in range(4) for _ in range(2)]
+    top = learn_hclt(rng.integers(0, 2, (40, 4)), 2)
+
+    def build() -> PatchCircuit:
+        return PatchCircuit((4, 4, 1), 2, subs, top, 2, 2, 2, num_categories=4, seed=1)
+
+    config = EMConfig(epochs=2, batch_size=9, step_size=0.5, pseudocount=0.1, patience=1,
+                      final_full_batch=2)
+    valid = flat[:10]
+    reference = build().fit(flat, config, valid=valid, progress=False)
+    model, interrupted = train_with_stops(tmp_path, [3, 9, 2], build,
+                                          PatchCircuit.from_pretrained, (flat, valid), config)
+    assert interrupted == 3
+    assert_same_parameters(model, reference)
+    assert model.valid_history == reference.valid_history
