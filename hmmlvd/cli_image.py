@@ -47,7 +47,7 @@ from hmmlvd.image_pipeline import (
 )
 from hmmlvd.image_pipeline import image_bpd as bits_per_dim
 from hmmlvd.outdir import output_folder
-from hmmlvd.pc.em import EMConfig
+from hmmlvd.pc.em import LEAF_PRIORS, EMConfig
 from hmmlvd.pc.resume import EMCheckpoints
 
 DATASETS = ("mnist", "cifar10")
@@ -67,6 +67,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-size", type=float, default=0.1, help="EM step size (default 0.1)")
     p.add_argument("--pseudocount", type=float, default=0.01,
                    help="M-step pseudocount (default 0.01)")
+    p.add_argument("--leaf-prior", choices=LEAF_PRIORS, default="uniform",
+                   help="how the pseudocount of the pixel distributions is spread over the 256 "
+                        "levels: uniform (default) or marginal (by each pixel's histogram in "
+                        "the training images)")
     p.add_argument("--seed", type=int, default=0, help="seeds parameters, RAT trees, EM order")
     p.add_argument("--patience", type=int, default=0, metavar="N",
                    help="early stopping: score the valid split after every epoch, stop after N "
@@ -151,7 +155,8 @@ def em_config(args: argparse.Namespace) -> EMConfig:
     return EMConfig(epochs=args.epochs, batch_size=args.batch_size, step_size=args.step_size,
                     pseudocount=args.pseudocount, seed=args.seed,
                     patience=getattr(args, "patience", 0),
-                    final_full_batch=getattr(args, "final_full_batch", 0))
+                    final_full_batch=getattr(args, "final_full_batch", 0),
+                    leaf_prior=getattr(args, "leaf_prior", "uniform"))
 
 
 def structure_config(args: argparse.Namespace) -> StructureConfig:

@@ -308,3 +308,28 @@ def test_sigterm_checkpoints_and_resume_ends_as_an_uninterrupted_run(mnist_dir, 
     assert results["history"]["valid"] == reference["history"]["valid"]
     if model == "lvd":  # stages a and b were not run again: their record came back
         assert results["history"]["stage_a"] == reference["history"]["stage_a"]
+
+
+def test_leaf_prior_flag_reaches_every_lvd_stage(mnist_dir, tmp_path, monkeypatch):
+    """--leaf-prior marginal: stage (a) and stage (c) M-steps of the sub-circuits spread the
+    pseudocount by the pixel histograms (seen at the layer), the top stays uniform."""
+    from hmmlvd.pc.layers.categorical import CategoricalInput
+
+    seen = []
+    real = CategoricalInput.maximize_
+
+    def spy(self, step_size, pseudocount):
+        seen.append((self.num_categories, self.prior is not None))
+        return real(self, step_size, pseudocount)
+
+    monkeypatch.setattr(CategoricalInput, "maximize_", spy)
+    out = tmp_path / "lvd"
+    assert main(["image", "train", "--model", "lvd", "--size", "2", *TINY, *TINY_LVD,
+                 "--leaf-prior", "marginal", "--no-eval", "--data-dir", str(mnist_dir),
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "leaf_prior='marginal'" in results["structure"]
+    # every M-step of the 256-level pixel inputs used the prior (stages a and c), the top's
+    # inputs over the 2 latent values (stages b and c) did not
+    assert {levels for levels, _ in seen} == {256, 2}
+    assert all(used == (levels == 256) for levels, used in seen)

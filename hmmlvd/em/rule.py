@@ -1,7 +1,8 @@
 """The M-step rule of every model in hmmlvd, and the E-step's probability-zero check.
 
 For a table of distributions theta (normalised over ``dims``), expected counts n of the same
-shape, step size a in (0, 1] and pseudocount c >= 0:
+shape, step size a in (0, 1] and pseudocount c >= 0 (a number, or a tensor broadcastable to n:
+a pseudocount per outcome, e.g. c * C * prior for a prior over C outcomes):
 
     target = (n + c) * valid / sum_dims((n + c) * valid)
     theta <- (1 - a) * theta + a * target        for every distribution with sum_dims(n) > 0
@@ -23,7 +24,7 @@ import torch
 from hmmlvd.errors import DataError
 
 
-def _target(counts: torch.Tensor, dims: tuple[int, ...], pseudocount: float,
+def _target(counts: torch.Tensor, dims: tuple[int, ...], pseudocount: float | torch.Tensor,
             valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(normalised smoothed counts: a fresh tensor the caller may overwrite, True where a
     distribution has counts — keeping size-1 ``dims``)."""
@@ -37,7 +38,8 @@ def _target(counts: torch.Tensor, dims: tuple[int, ...], pseudocount: float,
 
 
 def _mixed(theta: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...], step_size: float,
-           pseudocount: float, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+           pseudocount: float | torch.Tensor, valid: torch.Tensor | None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """(theta + a * seen * (target - theta) in a fresh tensor, seen): one temporary of
     theta's size; a distribution without counts gets theta + 0, i.e. theta bit for bit."""
     target, seen = _target(counts, dims, pseudocount, valid)
@@ -56,7 +58,7 @@ def mix_probabilities(theta: torch.Tensor, counts: torch.Tensor, dims: tuple[int
 
 
 def mix_log_probabilities(log_theta: torch.Tensor, counts: torch.Tensor, dims: tuple[int, ...],
-                          step_size: float, pseudocount: float,
+                          step_size: float, pseudocount: float | torch.Tensor,
                           valid: torch.Tensor | None = None) -> torch.Tensor:
     """The rule on log-probabilities: returns the new log-table; distributions without
     counts are returned bit for bit."""

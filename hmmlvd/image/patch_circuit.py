@@ -40,9 +40,17 @@ from hmmlvd.pc.circuit import (
     parameter_bound,
     positive_int,
 )
-from hmmlvd.pc.em import EMConfig, check_training_data, early_stopping, em_config, run_em
+from hmmlvd.pc.em import (
+    EMConfig,
+    check_training_data,
+    early_stopping,
+    em_config,
+    run_em,
+    set_leaf_prior,
+)
 from hmmlvd.pc.gumbel import pick_index
 from hmmlvd.pc.layers import SumLayer
+from hmmlvd.pc.layers.categorical import marginal_histograms
 from hmmlvd.pc.layers.sum_layer import maximize_layers_
 from hmmlvd.pc.logspace import log_sum_exp
 from hmmlvd.pc.queries import choose_units, descend, fill_leaves
@@ -339,6 +347,21 @@ class PatchCircuit(nn.Module):
         check_pseudocount(pseudocount)
         self._maximize(step_size, pseudocount, top=True)
 
+    def set_leaf_prior(self, kind: str, x: torch.Tensor,
+                       missing: torch.Tensor | None = None) -> None:
+        """How the sub-circuits' pixel distributions spread the pseudocount (see
+        :func:`hmmlvd.pc.em.set_leaf_prior`): "marginal" uses each pixel's histogram in images
+        ``x`` [N, D] for all its copies (every latent value of its patch); the top circuit's
+        inputs (over the latents, seen only through soft evidence) stay uniform."""
+        x = torch.as_tensor(x)
+        source = self.virtual(torch.arange(self.num_variables, device=self.device)[None])[0]
+        set_leaf_prior(self.top.input_layer, "uniform", x)
+        if kind == "marginal":  # pixel histograms, read by every copy of the pixel
+            pixels = marginal_histograms(x, self.num_categories, missing)
+            self.parts.input_layer.set_prior_(pixels.index_select(0, source.cpu()))
+        else:
+            set_leaf_prior(self.parts.input_layer, kind, x)
+
     def discard_counts(self) -> None:
         """Drop every accumulated count (after a failed E-step), keeping the parameters."""
         for circuit in (self.parts, self.top):
@@ -369,6 +392,7 @@ class PatchCircuit(nn.Module):
         one :func:`~hmmlvd.pc.em.fit_em` runs."""
         config = em_config(config)
         data, missing = check_training_data(data, self.num_variables, missing)
+        self.set_leaf_prior(config.leaf_prior, data, missing)
         early = early_stopping(self, valid, config)
         if checkpoints is not None:
             checkpoints.watch(self)

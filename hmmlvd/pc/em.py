@@ -36,6 +36,7 @@ from hmmlvd.em import (
     run_epochs,
 )
 from hmmlvd.errors import DataError
+from hmmlvd.pc.layers.categorical import CategoricalInput, marginal_histograms
 from hmmlvd.pc.layers.sum_layer import maximize_layers_
 from hmmlvd.pc.resume import EMCheckpoints, EMProgress
 from hmmlvd.validate import as_array, check_int, check_pseudocount, check_step_size
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # circuit.py imports this module (Circuit.fit); nothing here 
     from hmmlvd.pc.circuit import Circuit
 
 SEED_LIMIT = 2**63  # seeds lie in [0, 2**63), as on the command line
+LEAF_PRIORS = ("uniform", "marginal")  # how a categorical input's pseudocount is spread
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,10 @@ class EMConfig:
     (``fit(..., valid=x)``), stop after this many epochs without a better held-out
     log-likelihood (0: run every epoch); either way the best epoch's parameters are kept;
     ``final_full_batch``: then this many full-batch epochs at step size 1 (classic EM on all
-    the data, from the best mini-batch epoch; patience counts again from their start)."""
+    the data, from the best mini-batch epoch; patience counts again from their start);
+    ``leaf_prior``: how the pseudocount of categorical inputs is spread over the categories,
+    "uniform" or "marginal" (by each variable's histogram in the training data, see
+    :func:`set_leaf_prior`; sum weights always get it uniformly)."""
 
     epochs: int = 1
     batch_size: int = 512
@@ -70,6 +75,7 @@ class EMConfig:
     seed: int = 0
     patience: int = 0
     final_full_batch: int = 0
+    leaf_prior: str = "uniform"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: store the checked, normalised values
@@ -85,6 +91,8 @@ class EMConfig:
         set_(self, "seed", seed)
         set_(self, "patience", check_int(self.patience, "patience", 0))
         set_(self, "final_full_batch", check_int(self.final_full_batch, "final_full_batch", 0))
+        if self.leaf_prior not in LEAF_PRIORS:
+            raise DataError(f"leaf_prior must be one of {LEAF_PRIORS}, got {self.leaf_prior!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -303,6 +311,7 @@ def fit_em(circuit: Circuit, data: torch.Tensor, config: EMConfig | None = None,
     config = em_config(config, epochs=epochs, batch_size=batch_size, step_size=step_size,
                        pseudocount=pseudocount, full_batch=full_batch, seed=seed)
     data, missing = check_training_data(data, circuit.num_variables, missing)
+    set_leaf_prior(circuit.input_layer, config.leaf_prior, data, missing)
 
     def accumulate(x: torch.Tensor, mask: torch.Tensor | None) -> float:
         return accumulate_counts(circuit, x, mask)
@@ -312,6 +321,24 @@ def fit_em(circuit: Circuit, data: torch.Tensor, config: EMConfig | None = None,
 
     return run_em(accumulate, maximize_step, lambda: discard_counts(circuit), data, config,
                   missing, progress, desc, early, checkpoints)
+
+
+def set_leaf_prior(layer: object, kind: str, data: torch.Tensor,
+                   missing: torch.Tensor | None = None) -> None:
+    """Spread the pseudocount of a categorical input ``layer`` as ``kind`` says: "uniform", or
+    "marginal": by each variable's histogram of values in ``data`` [N, D] (``missing``: not
+    counted), add-one smoothed (:func:`~hmmlvd.pc.layers.categorical.marginal_histograms`).
+    A sparse leaf (few samples reach it) is then smoothed towards what its variable does take,
+    not towards values it never takes. DataError for "marginal" on other inputs."""
+    if kind not in LEAF_PRIORS:
+        raise DataError(f"leaf_prior must be one of {LEAF_PRIORS}, got {kind!r}")
+    if not isinstance(layer, CategoricalInput):
+        if kind == "marginal":
+            raise DataError(f"leaf_prior 'marginal' needs categorical inputs, not "
+                            f"{type(layer).__name__}")
+        return
+    layer.set_prior_(None if kind == "uniform" else
+                     marginal_histograms(data, layer.num_categories, missing))
 
 
 def discard_counts(circuit: Circuit) -> None:

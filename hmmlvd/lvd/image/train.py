@@ -22,7 +22,7 @@ from hmmlvd.errors import DataError
 from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.lvd.image.features import patch_latents
 from hmmlvd.lvd.image.featurisers import make_featuriser
-from hmmlvd.pc.em import EMConfig, fit_em
+from hmmlvd.pc.em import LEAF_PRIORS, EMConfig, fit_em
 from hmmlvd.pc.resume import EMCheckpoints
 from hmmlvd.pc.structures import RegionGraph, learn_hclt
 
@@ -44,7 +44,9 @@ class PatchLVDConfig:
     :class:`~hmmlvd.image.patch_circuit.PatchCircuit`); patience: stage (c) stops after this
     many epochs without a better held-out log-likelihood (with ``valid_images``; 0: never
     early; the best epoch is kept either way); final_full_batch: stage (c) then runs this
-    many full-batch epochs at step size 1 (see :class:`~hmmlvd.pc.em.EMConfig`)."""
+    many full-batch epochs at step size 1 (see :class:`~hmmlvd.pc.em.EMConfig`); leaf_prior:
+    "uniform" or "marginal", how stages (a) and (c) spread the pseudocount of the sub-circuits'
+    pixel distributions (:meth:`PatchCircuit.set_leaf_prior`)."""
 
     patch: int = 7
     num_latents: int = 16
@@ -65,6 +67,11 @@ class PatchLVDConfig:
     tie_inputs: bool = False
     patience: int = 0
     final_full_batch: int = 0
+    leaf_prior: str = "uniform"
+
+    def __post_init__(self) -> None:
+        if self.leaf_prior not in LEAF_PRIORS:
+            raise DataError(f"leaf_prior must be one of {LEAF_PRIORS}, got {self.leaf_prior!r}")
 
 
 def group_batches(labels: np.ndarray, num_latents: int, batch_size: int, seed: int,
@@ -166,6 +173,7 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
     model = PatchCircuit(train_images.shape[1:], config.patch, subs, top, config.num_latents,
                          config.sub_units, config.top_units, NUM_LEVELS, config.seed,
                          config.tie_inputs).to(device)
+    model.set_leaf_prior(config.leaf_prior, torch.as_tensor(flatten(train_images)))
     lap("structure")
     history: dict = {"timings": timings}
     history["stage_a"] = _stage_a(model, patches, labels, config, progress)
@@ -185,7 +193,7 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
 def _stage_c_settings(config: PatchLVDConfig) -> EMConfig:
     """Stage (c)'s EM settings: mini-batch epochs with early stopping, then full-batch."""
     return replace(em_settings(config, config.stage_c_epochs), patience=config.patience,
-                   final_full_batch=config.final_full_batch)
+                   final_full_batch=config.final_full_batch, leaf_prior=config.leaf_prior)
 
 
 def _stage_c_history(model: PatchCircuit, history: dict, valid: torch.Tensor | None) -> dict:

@@ -20,6 +20,12 @@ class CategoricalInput(InputLayer):
 
     Stored category-major (C before K) so that looking up one observed value for all K
     components reads one contiguous row: a batch's densities are a single ``index_select``.
+
+    The M-step's pseudocount c is spread over the C categories by a *prior* per row: uniform
+    (c per category, the default) or, after :meth:`set_prior_`, ``c * C * prior[r]`` (the same
+    total mass c * C, e.g. the variable's marginal histogram: smoothing then never moves
+    probability to values the variable does not take, such as grey levels of a background
+    pixel).
     """
 
     def __init__(self, entry_var: torch.Tensor, entry_leaf: torch.Tensor, num_leaves: int,
@@ -30,6 +36,7 @@ class CategoricalInput(InputLayer):
         raw = torch.rand(len(entry_var), num_categories, num_units, generator=generator) + 0.01
         self.log_prob = nn.Parameter(log_normalise(torch.log(raw), (1,)))
         self.register_buffer("entry_row", torch.arange(len(entry_var)), persistent=False)
+        self.prior: torch.Tensor | None = None  # [R, C]: how the pseudocount is spread
         self._counts: torch.Tensor | None = None
 
     def tie_(self, entry_row: torch.Tensor) -> None:
@@ -45,6 +52,28 @@ class CategoricalInput(InputLayer):
         with torch.no_grad():
             self.log_prob = nn.Parameter(self.log_prob[first.to(self.log_prob.device)].clone())
         self.entry_row = entry_row.to(self.entry_var.device).clone()
+
+    def set_prior_(self, variable_prior: torch.Tensor | None) -> None:
+        """Spread the pseudocount by ``variable_prior`` [V, C] (one distribution over the C
+        categories per variable, e.g. from :func:`marginal_histograms`): row r gets the mean
+        of its entries' variables' distributions. None: uniform again."""
+        if variable_prior is None:
+            self.prior = None
+            return
+        prior = torch.as_tensor(variable_prior, dtype=self.log_prob.dtype,
+                                device=self.log_prob.device)
+        variables = int(self.entry_var.max()) + 1 if self.num_entries else 0
+        if (prior.dim() != 2 or prior.shape[1] != self.num_categories
+                or prior.shape[0] < variables):
+            raise ParameterError(f"a prior needs [V >= {variables}, {self.num_categories}] "
+                                 f"(a distribution per variable), got {tuple(prior.shape)}")
+        if not bool(torch.isfinite(prior).all()) or bool((prior < 0).any()) or not torch.allclose(
+                prior.sum(1), torch.ones((), dtype=prior.dtype, device=prior.device),
+                atol=1e-4):
+            raise ParameterError("a prior must hold finite, non-negative rows summing to 1")
+        rows = prior.new_zeros(len(self.log_prob), self.num_categories).index_add_(
+            0, self.entry_row, prior.index_select(0, self.entry_var))
+        self.prior = rows / rows.sum(1, keepdim=True)
 
     def check_data(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
@@ -108,8 +137,11 @@ class CategoricalInput(InputLayer):
         if self._counts is None:
             return
         counts = self._counts.view_as(self.log_prob)
+        spread: float | torch.Tensor = pseudocount  # per category: uniform
+        if self.prior is not None and pseudocount:
+            spread = (pseudocount * self.num_categories) * self.prior[:, :, None]  # [R, C, 1]
         self.log_prob.copy_(mix_log_probabilities(self.log_prob, counts, (1,), step_size,
-                                                  pseudocount))
+                                                  spread))
         self._counts = None
 
     def discard_counts_(self) -> None:
@@ -129,6 +161,23 @@ class CategoricalInput(InputLayer):
 
     def check(self) -> None:
         check_log_probs(self.log_prob, (1,), "categorical input log_prob")
+
+
+def marginal_histograms(x: torch.Tensor, num_categories: int,
+                        missing: torch.Tensor | None = None,
+                        batch_size: int = 4096) -> torch.Tensor:
+    """[D, C] each variable's distribution of values in ``x`` [N, D] (integers 0..C-1; the
+    entries ``missing`` [N, D] marks are not counted), with add-one smoothing:
+    (count + 1) / (observed + C), so no value has probability zero."""
+    counts = torch.zeros(x.shape[1], num_categories, dtype=torch.float64)
+    offsets = torch.arange(x.shape[1]) * num_categories
+    for start in range(0, len(x), batch_size):
+        rows = x[start:start + batch_size].long().cpu().clamp(0, num_categories - 1) + offsets
+        weight = torch.ones(rows.shape, dtype=torch.float64)
+        if missing is not None:
+            weight = (~missing[start:start + batch_size].cpu()).double()
+        counts.view(-1).index_add_(0, rows.flatten(), weight.flatten())
+    return ((counts + 1) / (counts.sum(1, keepdim=True) + num_categories)).float()
 
 
 class BernoulliInput(CategoricalInput):
