@@ -17,6 +17,9 @@ line to ``<out>/results.jsonl`` and saves its baseline circuit, as ``image_bpd``
 (long runs made one at a time, e.g. on all 55,000 MNIST training images) instead of running
 anything: each folder's results.json must hold valid and test bpd (``image train`` without
 ``--no-eval``, or ``hmmlvd image eval --record``); ``--section`` names the marked section.
+With ``--valid-only`` it reports a search instead (runs scored on valid alone, the test split
+untouched): each run's flags beside the first's, parameters, train time, epochs run (best)
+and valid bpd; no plot, no pictures.
 
 With the default 10,000 training images and 5 epochs the default configs take about 22
 minutes on one thread of a 2-core AMD EPYC VM (per-epoch times measured once, extrapolated;
@@ -108,6 +111,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, l
     p.add_argument("--from-runs", type=Path, nargs="+", default=None, metavar="DIR",
                    help="report these finished `hmmlvd image train` folders instead of running "
                         "configs")
+    p.add_argument("--valid-only", action="store_true",
+                   help="with --from-runs: a search table on valid bpd alone (runs scored with "
+                        "`hmmlvd image eval --splits valid --record`); no test, plot or pictures")
     p.add_argument("--data-dir", type=Path, default=None,
                    help="with --from-runs: the dataset folder for the inpaintings (default "
                         "../shared/data/<dataset>); otherwise passed to every run")
@@ -256,25 +262,96 @@ def training_chain(folder: Path) -> list[dict]:
     return [result]
 
 
-def run_folder_result(folder: Path) -> dict:
+def run_folder_result(folder: Path, splits: Sequence[str] = ("valid", "test")) -> dict:
     """A finished ``hmmlvd image train`` folder's results.json, in the form the report reads
     (``settings``: what :func:`series` needs; ``train_seconds`` and ``commands`` include the
-    runs it was continued from with ``--init``); DataError if it lacks valid or test bpd."""
+    runs it was continued from with ``--init``); DataError if it lacks the bpd of a split in
+    ``splits``."""
     path = folder / "results.json"
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
-    missing = [k for k in ("valid_bpd", "test_bpd", "params", "model", "size") if k not in result]
+    needed = [f"{split}_bpd" for split in splits] + ["params", "model", "size"]
+    missing = [k for k in needed if k not in result]
     if missing:
         raise DataError(f"{path} has no {', '.join(missing)}: evaluate the model with "
-                        f"`hmmlvd image eval --model {folder} --splits valid test --record`")
+                        f"`hmmlvd image eval --model {folder} --splits {' '.join(splits)} "
+                        "--record`")
     shape = result.get("image_shape", [0])
     chain = training_chain(folder)  # a continued run's train time includes its start's
     result["train_seconds"] = sum(r["train_seconds"] for r in chain)
     result["commands"] = [r["command"] for r in chain]
     return {**result, "folder": str(folder), "dimensions": math.prod(shape),
             "settings": {"tie_inputs": "tie_inputs=True" in result.get("structure", "")}}
+
+
+#: Flags of a search's commands that say where and how fast, not what was trained.
+PLACE_FLAGS = {"--out": 1, "--data-dir": 1, "--threads": 1, "--device": 1, "--quiet": 0,
+               "--no-eval": 0}
+
+
+def run_flags(command: str) -> dict[str, str]:
+    """The training flags of an ``hmmlvd image train`` command (after ``train``) and their
+    values ("" for a switch), without the :data:`PLACE_FLAGS`."""
+    words = shlex.split(command)
+    words = words[words.index("train") + 1:] if "train" in words else words
+    flags: dict[str, str] = {}
+    for i, word in enumerate(words):
+        if word.startswith("--") and word not in PLACE_FLAGS:
+            following = words[i + 1] if i + 1 < len(words) else "--"
+            flags[word] = "" if following.startswith("--") else following
+    return flags
+
+
+def flags_text(flags: dict[str, str]) -> str:
+    return " ".join(f"{flag} {value}".strip() for flag, value in flags.items())
+
+
+def search_table(results: Sequence[dict]) -> str:
+    """Runs scored on valid only: each run's flags that differ from the first run's (the first
+    row lists its own), parameters, train time, epochs run (best by valid) and valid bpd (the
+    best in bold)."""
+    best = min(r["valid_bpd"] for r in results)
+    base = run_flags(results[0]["commands"][-1])
+    lines = ["| run | flags | parameters | train time (s) | epochs (best) | valid bpd |",
+             "|---|---|---:|---:|---:|---:|"]
+    for i, r in enumerate(results):
+        flags = run_flags(r["commands"][-1])
+        changed = {f: v for f, v in flags.items() if base.get(f) != v}
+        dropped = [f"no {f}" for f in base if f not in flags]
+        shown = flags_text(flags if i == 0 else changed)
+        shown = " ".join([shown, *dropped]).strip() if i else shown
+        history = r.get("history", {})
+        trained = history.get("stage_c", history.get("em", []))
+        valid_curve = history.get("valid", [])
+        epochs = f"{len(trained)}"
+        if valid_curve:
+            epochs += f" ({max(range(len(valid_curve)), key=valid_curve.__getitem__) + 1})"
+        valid = f"{r['valid_bpd']:.4f}"
+        if r["valid_bpd"] == best:
+            valid = f"**{valid}**"
+        lines.append(f"| {Path(r['folder']).name} | `{shown or '(as above)'}` | {r['params']:,} | "
+                     f"{r['train_seconds']:.0f} | {epochs} | {valid} |")
+    return "\n".join(lines)
+
+
+def report_search(args: argparse.Namespace) -> None:
+    """``--from-runs --valid-only``: the search table and (with --write) its section."""
+    try:
+        results = [run_folder_result(folder, ("valid",)) for folder in args.from_runs]
+    except HMMLVDError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    printed = search_table(results)
+    print(printed)
+    if args.write is not None:
+        body = "\n".join([provenance("Search on valid bpd (`scripts/image_sweep.py --from-runs "
+                                     "--valid-only`)", torch.device("cpu")), "", printed, "",
+                          "- Test bpd was not computed for these runs: valid alone chose.",
+                          "- Each run's results.json (per-epoch log-likelihoods, timings) "
+                          "is in its folder; flags after the first row are those that differ."])
+        write_section(args.write, args.section, body)
+        print(f"wrote the {args.section} section of {args.write}", file=sys.stderr)
 
 
 def report_runs(args: argparse.Namespace) -> None:
@@ -312,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.from_runs is not None:
         if rest:
             raise SystemExit(f"error: --from-runs runs nothing; unknown flags {rest}")
-        report_runs(args)
+        (report_search if args.valid_only else report_runs)(args)
         return
     runs = [image_bpd.parse_args(run_argv(m, k, args, rest)) for m, k in args.configs]
     if args.dry_run:

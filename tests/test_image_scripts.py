@@ -169,3 +169,43 @@ def test_sweep_reports_finished_cli_runs(mnist_dir, tmp_path, capsys, monkeypatc
     assert f"`{recorded['pd']['command']}` then `{recorded['pd-more']['command']}`" in text
     for name in ("plot", "samples", "inpaint"):
         assert (tmp_path / f"{name}.png").stat().st_size > 0
+
+
+def test_search_report_shows_changed_flags_and_valid_only(mnist_dir, tmp_path, capsys,
+                                                          monkeypatch):
+    """--from-runs --valid-only: runs scored on valid alone (no test bpd) in a table of the
+    flags that differ from the first run's, epochs run (best by valid), valid bpd."""
+    from hmmlvd.cli import main
+
+    runs = [tmp_path / name for name in ("a", "b")]
+    common = ["--model", "hclt", "--size", "2", "--data-dir", str(mnist_dir), *TINY, "--no-eval",
+              "--patience", "1", "--epochs", "2"]
+    for folder, extra in zip(runs, (["--pseudocount", "0.01"], ["--pseudocount", "0.5",
+                                                               "--final-full-batch", "1"]),
+                             strict=True):
+        assert main(["image", "train", *common, *extra, "--out", str(folder)]) == 0
+        assert main(["image", "eval", "--model", str(folder), "--splits", "valid",
+                     "--data-dir", str(mnist_dir), "--eval-size", "100", "--record",
+                     "--quiet"]) == 0
+    sweep = load_script("image_sweep", monkeypatch)
+    with pytest.raises(SystemExit, match="has no test_bpd"):
+        sweep.main(["--from-runs", *map(str, runs), "--data-dir", str(mnist_dir),
+                    "--plot", str(tmp_path / "p.png"), "--samples", str(tmp_path / "s.png"),
+                    "--inpaint", str(tmp_path / "i.png")])
+    capsys.readouterr()
+    results = tmp_path / "results.md"
+    results.write_text("# Results\n")
+    sweep.main(["--from-runs", *map(str, runs), "--valid-only", "--write", str(results),
+                "--section", "search"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| a")
+            or line.startswith("| b")]
+    recorded = [json.loads((folder / "results.json").read_text()) for folder in runs]
+    assert "--pseudocount 0.01" in rows[0] and "--epochs 2" in rows[0]
+    assert "`--pseudocount 0.5 --final-full-batch 1`" in rows[1]  # only what changed
+    for row, result in zip(rows, recorded, strict=True):
+        assert f"{result['valid_bpd']:.4f}" in row and "test_bpd" not in result
+        curve = result["history"]["valid"]
+        best = max(range(len(curve)), key=curve.__getitem__) + 1
+        assert f"| {len(result['history']['em'])} ({best}) |" in row
+    assert "<!-- search:begin -->" in results.read_text()
+    assert not (tmp_path / "p.png").exists()
