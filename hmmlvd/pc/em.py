@@ -206,8 +206,9 @@ def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None]
     learner = _CircuitLearner(accumulate, maximize_step, discard, data, missing)
     phases = [[(config.step_size, config.full_batch)] * config.epochs,
               [(1.0, True)] * config.final_full_batch]
-    start = EMProgress()
-    if checkpoints is not None and checkpoints.progress is not None:
+    start = EMProgress()  # where EM begins: a resumed checkpoint's progress, or the start
+    from_checkpoint = checkpoints is not None and checkpoints.progress is not None
+    if from_checkpoint:
         start = checkpoints.progress
         checkpoints.restore_early(early)
     history: list[float] = list(start.history)
@@ -215,7 +216,7 @@ def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None]
     for phase, plan in enumerate(phases):
         if phase < start.phase or not plan:
             continue
-        resumed = phase == start.phase
+        resumed = from_checkpoint and phase == start.phase  # this phase is under way
         state = (LoopState(start.epoch, start.batch, start.step) if resumed
                  else LoopState(0, 0, start.step))
         offset = len(history) - state.epoch  # epochs of the earlier phases: seeds go on
@@ -230,8 +231,7 @@ def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None]
         if not (resumed and start.phase_done):
             stats = _run_phase(learner, plan, config.pseudocount, batches, num_batches, state,
                                phase, history, progress, desc, early, checkpoints,
-                               fresh=not resumed or checkpoints is None
-                               or checkpoints.progress is None)
+                               fresh=not resumed)
             history += [s.mean_log_likelihood for s in stats]
         if early is not None:
             early.restore()
