@@ -6,6 +6,7 @@ signal number (130, 143)."""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,8 +38,9 @@ class StoppedAtOnce(KeyboardInterrupt):
 @contextmanager
 def signals_request_stop() -> Iterator[list[int]]:
     """While active, a first SIGINT or SIGTERM only sets ``flag[0]`` to its number (training
-    stops at the next batch boundary, after a checkpoint); a second one raises
-    :class:`StoppedAtOnce`. Outside the main thread signals cannot be caught: nothing changes."""
+    stops at the next batch boundary, after a checkpoint; a line on stderr says so); a second
+    one raises :class:`StoppedAtOnce`. Outside the main thread signals cannot be caught:
+    nothing changes."""
     flag = [0]
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -48,6 +50,9 @@ def signals_request_stop() -> Iterator[list[int]]:
         if flag[0]:
             raise StoppedAtOnce(signum)
         flag[0] = signum
+        print(f"\n{signal.Signals(signum).name}: stopping at the next batch boundary, after a "
+              "checkpoint (send it again to stop at once, without one)", file=sys.stderr,
+              flush=True)
 
     previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
     try:
