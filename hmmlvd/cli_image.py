@@ -47,7 +47,7 @@ from hmmlvd.image_pipeline import (
 )
 from hmmlvd.image_pipeline import image_bpd as bits_per_dim
 from hmmlvd.outdir import output_folder
-from hmmlvd.pc.em import LEAF_PRIORS, EMConfig
+from hmmlvd.pc.em import LEAF_PRIORS, PSEUDOCOUNT_PER, EMConfig
 from hmmlvd.pc.resume import EMCheckpoints
 
 DATASETS = ("mnist", "cifar10")
@@ -71,6 +71,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="how the pseudocount of the pixel distributions is spread over the 256 "
                         "levels: uniform (default) or marginal (by each pixel's histogram in "
                         "the training images)")
+    p.add_argument("--pseudocount-per", choices=PSEUDOCOUNT_PER, default="batch",
+                   help="batch: every M-step adds the pseudocount (default); data: it is a prior "
+                        "over the whole training set, a mini-batch M-step adds pseudocount * "
+                        "B / N (the same smoothing in mini-batch and full-batch epochs)")
     p.add_argument("--seed", type=int, default=0, help="seeds parameters, RAT trees, EM order")
     p.add_argument("--patience", type=int, default=0, metavar="N",
                    help="early stopping: score the valid split after every epoch, stop after N "
@@ -156,7 +160,8 @@ def em_config(args: argparse.Namespace) -> EMConfig:
                     pseudocount=args.pseudocount, seed=args.seed,
                     patience=getattr(args, "patience", 0),
                     final_full_batch=getattr(args, "final_full_batch", 0),
-                    leaf_prior=getattr(args, "leaf_prior", "uniform"))
+                    leaf_prior=getattr(args, "leaf_prior", "uniform"),
+                    pseudocount_per=getattr(args, "pseudocount_per", "batch"))
 
 
 def structure_config(args: argparse.Namespace) -> StructureConfig:

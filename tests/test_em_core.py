@@ -266,3 +266,32 @@ def test_final_full_batch_epochs_are_classic_em_after_the_mini_batch_ones():
     assert history[3] >= history[2] - 1e-6  # classic EM never lowers the likelihood
     with pytest.raises(DataError, match="final_full_batch must be"):
         EMConfig(final_full_batch=-1)
+
+
+def test_pseudocount_per_data_is_a_prior_over_the_training_set():
+    """pseudocount_per="data": a mini-batch M-step of B of N samples adds pseudocount * B / N,
+    a full-batch one the whole pseudocount: the same as two fits with those pseudocounts."""
+    from hmmlvd.pc import Circuit, EMConfig, poon_domingos
+
+    gen = torch.Generator().manual_seed(4)
+    data = torch.randint(0, 4, (30, 4), generator=gen)
+
+    def fresh() -> Circuit:
+        return Circuit(poon_domingos(2, 2, delta=1), 2, input="categorical", num_categories=4,
+                       seed=6)
+
+    per_data = fresh().fit(data, EMConfig(epochs=2, batch_size=7, step_size=0.5,
+                                          pseudocount=0.6, final_full_batch=2,
+                                          pseudocount_per="data"), progress=False)
+    twice = fresh().fit(data, EMConfig(epochs=2, batch_size=7, step_size=0.5,
+                                       pseudocount=0.6 * 7 / 30), progress=False)
+    twice.fit(data, EMConfig(epochs=2, batch_size=30, pseudocount=0.6, full_batch=True),
+              progress=False)
+    per_batch = fresh().fit(data, EMConfig(epochs=2, batch_size=7, step_size=0.5,
+                                           pseudocount=0.6, final_full_batch=2), progress=False)
+    for p, q, r in zip(per_data.parameters(), twice.parameters(), per_batch.parameters(),
+                       strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(p, r, atol=1e-3)  # per batch it smooths more
+    with pytest.raises(DataError, match="pseudocount_per must be one of"):
+        EMConfig(pseudocount_per="epoch")

@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # circuit.py imports this module (Circuit.fit); nothing here 
 
 SEED_LIMIT = 2**63  # seeds lie in [0, 2**63), as on the command line
 LEAF_PRIORS = ("uniform", "marginal")  # how a categorical input's pseudocount is spread
+PSEUDOCOUNT_PER = ("batch", "data")  # what one pseudocount is added to
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,12 @@ class EMConfig:
     the data, from the best mini-batch epoch; patience counts again from their start);
     ``leaf_prior``: how the pseudocount of categorical inputs is spread over the categories,
     "uniform" or "marginal" (by each variable's histogram in the training data, see
-    :func:`set_leaf_prior`; sum weights always get it uniformly)."""
+    :func:`set_leaf_prior`; sum weights always get it uniformly); ``pseudocount_per``:
+    "batch" (every M-step adds the whole pseudocount, the default) or "data" (the pseudocount
+    is a prior over the whole training set, as in MAP EM: a mini-batch M-step of B of the N
+    samples adds ``pseudocount * B / N``, a full-batch one the whole of it; so the smoothing of
+    mini-batch and full-batch epochs is the same, where per batch it is N / B times stronger
+    in the mini-batch ones)."""
 
     epochs: int = 1
     batch_size: int = 512
@@ -76,6 +82,7 @@ class EMConfig:
     patience: int = 0
     final_full_batch: int = 0
     leaf_prior: str = "uniform"
+    pseudocount_per: str = "batch"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: store the checked, normalised values
@@ -93,6 +100,16 @@ class EMConfig:
         set_(self, "final_full_batch", check_int(self.final_full_batch, "final_full_batch", 0))
         if self.leaf_prior not in LEAF_PRIORS:
             raise DataError(f"leaf_prior must be one of {LEAF_PRIORS}, got {self.leaf_prior!r}")
+        if self.pseudocount_per not in PSEUDOCOUNT_PER:
+            raise DataError(f"pseudocount_per must be one of {PSEUDOCOUNT_PER}, got "
+                            f"{self.pseudocount_per!r}")
+
+    def step_pseudocount(self, full_batch: bool, num_samples: int) -> float:
+        """The pseudocount one M-step adds (see ``pseudocount_per``) when the data has
+        ``num_samples`` samples."""
+        if self.pseudocount_per == "batch" or full_batch:
+            return self.pseudocount
+        return self.pseudocount * min(self.batch_size, num_samples) / num_samples
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -229,7 +246,8 @@ def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None]
         if early is not None and phase and not resumed:
             early.restart_patience()
         if not (resumed and start.phase_done):
-            stats = _run_phase(learner, plan, config.pseudocount, batches, num_batches, state,
+            pseudocount = config.step_pseudocount(plan[0][1], len(data))
+            stats = _run_phase(learner, plan, pseudocount, batches, num_batches, state,
                                phase, history, progress, desc, early, checkpoints,
                                fresh=not resumed)
             history += [s.mean_log_likelihood for s in stats]

@@ -22,7 +22,7 @@ from hmmlvd.errors import DataError
 from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.lvd.image.features import patch_latents
 from hmmlvd.lvd.image.featurisers import make_featuriser
-from hmmlvd.pc.em import LEAF_PRIORS, EMConfig, fit_em
+from hmmlvd.pc.em import EMConfig, fit_em
 from hmmlvd.pc.resume import EMCheckpoints
 from hmmlvd.pc.structures import RegionGraph, learn_hclt
 
@@ -46,7 +46,8 @@ class PatchLVDConfig:
     early; the best epoch is kept either way); final_full_batch: stage (c) then runs this
     many full-batch epochs at step size 1 (see :class:`~hmmlvd.pc.em.EMConfig`); leaf_prior:
     "uniform" or "marginal", how stages (a) and (c) spread the pseudocount of the sub-circuits'
-    pixel distributions (:meth:`PatchCircuit.set_leaf_prior`)."""
+    pixel distributions (:meth:`PatchCircuit.set_leaf_prior`); pseudocount_per: "batch" or
+    "data", what stage (c)'s pseudocount is added to (see :class:`~hmmlvd.pc.em.EMConfig`)."""
 
     patch: int = 7
     num_latents: int = 16
@@ -68,10 +69,10 @@ class PatchLVDConfig:
     patience: int = 0
     final_full_batch: int = 0
     leaf_prior: str = "uniform"
+    pseudocount_per: str = "batch"
 
     def __post_init__(self) -> None:
-        if self.leaf_prior not in LEAF_PRIORS:
-            raise DataError(f"leaf_prior must be one of {LEAF_PRIORS}, got {self.leaf_prior!r}")
+        _stage_c_settings(self)  # checks the EM fields as EMConfig does
 
 
 def group_batches(labels: np.ndarray, num_latents: int, batch_size: int, seed: int,
@@ -193,7 +194,8 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
 def _stage_c_settings(config: PatchLVDConfig) -> EMConfig:
     """Stage (c)'s EM settings: mini-batch epochs with early stopping, then full-batch."""
     return replace(em_settings(config, config.stage_c_epochs), patience=config.patience,
-                   final_full_batch=config.final_full_batch, leaf_prior=config.leaf_prior)
+                   final_full_batch=config.final_full_batch, leaf_prior=config.leaf_prior,
+                   pseudocount_per=config.pseudocount_per)
 
 
 def _stage_c_history(model: PatchCircuit, history: dict, valid: torch.Tensor | None) -> dict:
