@@ -30,7 +30,7 @@ from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.pc.bpd import evaluate_bpd
 from hmmlvd.pc.circuit import Circuit
 from hmmlvd.pc.em import EMConfig
-from hmmlvd.pc.resume import EMCheckpoints
+from hmmlvd.pc.resume import EMCheckpoints, check_resumed
 
 MODELS = ("lvd", *BASELINES)
 LEVELS = 256  # pixels are categorical grey levels 0..255
@@ -100,8 +100,8 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
     started = time.perf_counter()
     if checkpoints is not None:
         started -= checkpoints.seconds_before  # the earlier runs' time counts too
-    if resumed is not None and (checkpoints is None or checkpoints.progress is None):
-        raise DataError("a resumed model needs the checkpoints it was read from")
+    if resumed is not None:
+        check_resumed(checkpoints)
     if kind == "lvd":
         if init is not None:
             raise DataError("--init continues a baseline (hclt, pd, rat); image LVD builds "

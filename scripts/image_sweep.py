@@ -157,6 +157,17 @@ def finished_runs(path: Path) -> dict[str, dict]:
     return {r["command"]: r for r in results}
 
 
+def same_settings(saved: dict, run_args: argparse.Namespace) -> bool:
+    """Whether a results.jsonl line's settings are those of ``run_args``; a flag the line
+    lacks (one added after it was written) counts as that flag's default."""
+    current = image_bpd.jsonable(run_args)
+    parser = image_bpd.common_parser()
+    if run_args.model == "lvd":
+        image_bpd.add_lvd_flags(parser)
+    return set(saved) <= set(current) and all(
+        saved.get(name, parser.get_default(name)) == value for name, value in current.items())
+
+
 # ----- report -------------------------------------------------------------------------------
 def series(result: dict) -> str:
     """The curve a result belongs to: its model, or a variant of it."""
@@ -405,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for i, run_args in enumerate(runs, 1):
             print(f"[{i}/{len(runs)}] {run_args.command}", file=sys.stderr, flush=True)
             previous = done.get(run_args.command)
-            if previous is not None and previous["settings"] == image_bpd.jsonable(run_args):
+            if previous is not None and same_settings(previous["settings"], run_args):
                 result, model = previous, None
                 print("  reused from results.jsonl", file=sys.stderr, flush=True)
             else:

@@ -192,6 +192,15 @@ class EMCheckpoints:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def check_resumed(checkpoints: EMCheckpoints | None) -> EMCheckpoints:
+    """``checkpoints`` if they were read back (a model to train on from them needs them);
+    DataError otherwise."""
+    if checkpoints is None or checkpoints.progress is None:
+        raise DataError("a resumed model needs the checkpoints it was read from "
+                        "(EMCheckpoints.resume())")
+    return checkpoints
+
+
 def check_same_settings(saved: dict, given: dict, out: Path) -> None:
     """CheckpointError naming the first setting (as its flag) whose value differs."""
     for key in sorted(set(saved) | set(given)):

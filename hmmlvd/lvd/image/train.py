@@ -23,7 +23,7 @@ from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.lvd.image.features import patch_latents
 from hmmlvd.lvd.image.featurisers import make_featuriser
 from hmmlvd.pc.em import EMConfig, fit_em
-from hmmlvd.pc.resume import EMCheckpoints
+from hmmlvd.pc.resume import EMCheckpoints, check_resumed
 from hmmlvd.pc.structures import RegionGraph, learn_hclt
 
 NUM_LEVELS = 256  # pixel values are categories 0..255
@@ -144,8 +144,7 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
         raise DataError(f"training images must be [N >= 2, H, W, C], got {train_images.shape}")
     valid = _held_out(valid_images, train_images.shape[1:])
     if resumed is not None:
-        if checkpoints is None or checkpoints.progress is None:
-            raise DataError("a resumed model needs the checkpoints it was read from")
+        checkpoints = check_resumed(checkpoints)
         history = dict(checkpoints.record.get("history", {}))
         history["timings"] = dict(history.get("timings", {}))
         started = time.perf_counter()
