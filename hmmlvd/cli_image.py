@@ -295,6 +295,13 @@ def training_settings(args: argparse.Namespace, em: EMConfig,
             **em.to_dict(), **dataclasses.asdict(structure), **lvd_values(args)}
 
 
+def setting_defaults() -> dict:
+    """What the settings added since checkpoints were first written stood at before (their
+    defaults: the behaviour of the hmmlvd that did not record them)."""
+    em = EMConfig()
+    return {"leaf_prior": em.leaf_prior, "pseudocount_per": em.pseudocount_per}
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     """Train (checkpointed: ``--resume`` continues a stopped run), save (model files +
     image.json), evaluate, write results.json."""
@@ -340,7 +347,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def _checkpoints(args: argparse.Namespace, settings: dict) -> tuple[EMCheckpoints, object]:
     """The run's checkpoints in ``--out`` and, with ``--resume``, the model read back from the
     newest one; a checkpoint left there without ``--resume`` is refused (never overwritten)."""
-    checkpoints = EMCheckpoints(args.out, settings)
+    checkpoints = EMCheckpoints(args.out, settings, defaults=setting_defaults())
     if not args.resume:
         if checkpoints.latest() is not None:
             raise CheckpointError(f"{args.out} holds the checkpoints of a stopped run: continue "

@@ -167,3 +167,19 @@ def test_patch_circuit_resumes_to_the_same_model(tmp_path):
     assert interrupted == 3
     assert_same_parameters(model, reference)
     assert model.valid_history == reference.valid_history
+
+
+def test_a_setting_added_later_counts_as_its_default_in_an_older_checkpoint(tmp_path):
+    """A checkpoint written before a setting existed resumes when the setting is at the value
+    that stood for the old behaviour, and is refused with any other value."""
+    data, valid = data_and_valid()
+    with pytest.raises(TrainingInterrupted):
+        fresh().fit(data, CONFIG, valid=valid, progress=False,
+                    checkpoints=EMCheckpoints(tmp_path, SETTINGS, StopAt(4)))
+    newer = {**SETTINGS, "pseudocount_per": "batch"}
+    EMCheckpoints(tmp_path, newer, defaults={"pseudocount_per": "batch"}).resume()
+    with pytest.raises(CheckpointError, match="--pseudocount-per 'data'"):
+        EMCheckpoints(tmp_path, {**SETTINGS, "pseudocount_per": "data"},
+                      defaults={"pseudocount_per": "batch"}).resume()
+    with pytest.raises(CheckpointError, match="--pseudocount-per 'batch'"):
+        EMCheckpoints(tmp_path, newer).resume()  # without the default: refused

@@ -74,15 +74,18 @@ class EMCheckpoints:
     """The checkpoints of one run in ``out`` (see the module docstring).
 
     ``settings``: what the run was started with (a flat JSON object; :meth:`resume` refuses
-    other values); ``stop_signal()``: the number of a signal that asked training to stop, 0
-    while none did; ``record``: JSON kept with every checkpoint (set it before EM starts).
+    other values; ``defaults``: the value a setting had before it existed, for checkpoints
+    written by an older hmmlvd that did not record it); ``stop_signal()``: the number of a
+    signal that asked training to stop, 0 while none did; ``record``: JSON kept with every
+    checkpoint (set it before EM starts).
     """
 
     def __init__(self, out: str | Path, settings: dict,
-                 stop_signal: Callable[[], int] | None = None):
+                 stop_signal: Callable[[], int] | None = None, defaults: dict | None = None):
         self.out = Path(out)
         self.root = self.out / FOLDER
         self.settings = dict(settings)
+        self.defaults = dict(defaults or {})
         self.stop_signal = stop_signal or (lambda: 0)
         self.record: dict = {}
         self.progress: EMProgress | None = None  # set by resume(): where to continue
@@ -127,7 +130,7 @@ class EMCheckpoints:
         except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
             raise CheckpointError(f"{path} is damaged or not from hmmlvd: "
                                   f"{type(exc).__name__}: {exc}") from exc
-        check_same_settings(settings, self.settings, self.out)
+        check_same_settings({**self.defaults, **settings}, self.settings, self.out)
         self.progress, self.record, self.seconds_before = progress, record, seconds
         self._clock = time.perf_counter()
         self._early = None if early is None else (early, folder)
