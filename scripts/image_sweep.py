@@ -182,12 +182,15 @@ def table(results: Sequence[dict]) -> str:
     lines = ["| model | K | parameters | train time (s) | valid bpd | test bpd |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in results:
-        valid = f"{r['valid_bpd']:.4f}"
-        if r["valid_bpd"] == best:
-            valid = f"**{valid}**"
         lines.append(f"| {NAMES[series(r)]} | {r['size']} | {r['params']:,} | "
-                     f"{r['train_seconds']:.1f} | {valid} | {r['test_bpd']:.4f} |")
+                     f"{r['train_seconds']:.1f} | {valid_cell(r, best)} | {r['test_bpd']:.4f} |")
     return "\n".join(lines)
+
+
+def valid_cell(result: dict, best: float) -> str:
+    """A result's valid bpd for a table, in bold when it is the ``best``."""
+    valid = f"{result['valid_bpd']:.4f}"
+    return f"**{valid}**" if result["valid_bpd"] == best else valid
 
 
 def settings_line(first: dict) -> str:
@@ -339,11 +342,8 @@ def search_table(results: Sequence[dict]) -> str:
         epochs = f"{len(trained)}"
         if valid_curve:
             epochs += f" ({max(range(len(valid_curve)), key=valid_curve.__getitem__) + 1})"
-        valid = f"{r['valid_bpd']:.4f}"
-        if r["valid_bpd"] == best:
-            valid = f"**{valid}**"
         lines.append(f"| {Path(r['folder']).name} | `{shown or '(as above)'}` | {r['params']:,} | "
-                     f"{r['train_seconds']:.0f} | {epochs} | {valid} |")
+                     f"{r['train_seconds']:.0f} | {epochs} | {valid_cell(r, best)} |")
     return "\n".join(lines)
 
 
