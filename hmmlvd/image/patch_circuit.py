@@ -354,9 +354,9 @@ class PatchCircuit(nn.Module):
         ``x`` [N, D] for all its copies (every latent value of its patch); the top circuit's
         inputs (over the latents, seen only through soft evidence) stay uniform."""
         x = torch.as_tensor(x)
-        source = self.virtual(torch.arange(self.num_variables, device=self.device)[None])[0]
         set_leaf_prior(self.top.input_layer, "uniform", x)
         if kind == "marginal":  # pixel histograms, read by every copy of the pixel
+            source = self.virtual(torch.arange(self.num_variables, device=self.device)[None])[0]
             pixels = marginal_histograms(x, self.num_categories, missing)
             self.parts.input_layer.set_prior_(pixels.index_select(0, source.cpu()))
         else:

@@ -173,7 +173,8 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
     model = PatchCircuit(train_images.shape[1:], config.patch, subs, top, config.num_latents,
                          config.sub_units, config.top_units, NUM_LEVELS, config.seed,
                          config.tie_inputs).to(device)
-    model.set_leaf_prior(config.leaf_prior, torch.as_tensor(flatten(train_images)))
+    pixels = torch.as_tensor(flatten(train_images))  # [N, D], stage (c)'s data
+    model.set_leaf_prior(config.leaf_prior, pixels)
     lap("structure")
     history: dict = {"timings": timings}
     history["stage_a"] = _stage_a(model, patches, labels, config, progress)
@@ -184,7 +185,7 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
     lap("stage_b")
     if checkpoints is not None:  # what a resumed stage (c) reports besides its own epochs
         checkpoints.record = {"history": {**history, "timings": dict(timings)}}
-    model.fit(torch.as_tensor(flatten(train_images)), _stage_c_settings(config), valid=valid,
+    model.fit(pixels, _stage_c_settings(config), valid=valid,
               progress=progress, checkpoints=checkpoints)
     lap("stage_c")
     return model, _stage_c_history(model, history, valid)
