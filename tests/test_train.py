@@ -107,6 +107,9 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, w
     assert (final.epoch, final.batch, final.step) == (ref_state.epoch, ref_state.batch,
                                                       ref_state.step)
     assert [r["epoch"] for r in final.history] == [r["epoch"] for r in ref_state.history]
+    # an epoch resumed part-way reports the mean over all its batches, as uninterrupted
+    assert ([r["train_ll_per_token"] for r in final.history]
+            == pytest.approx([r["train_ll_per_token"] for r in ref_state.history], rel=1e-9))
     # the final checkpoint of the resumed run is the final model too
     resumed, _, last = load_checkpoint(out)
     assert_same_parameters(resumed, reference)

@@ -57,11 +57,15 @@ class Learner:
 @dataclass
 class LoopState:
     """Where a run stands: ``epoch`` epochs finished, ``batch`` batches of the current
-    (mini-batch) epoch done, ``step`` M-steps done."""
+    (mini-batch) epoch done, ``step`` M-steps done; ``epoch_total`` / ``epoch_units``: the
+    summed log-likelihood and units of those ``batch`` batches, so that an epoch resumed
+    part-way reports the mean over all its batches."""
 
     epoch: int = 0
     batch: int = 0
     step: int = 0
+    epoch_total: float = 0.0
+    epoch_units: float = 0.0
 
 
 @dataclass
@@ -101,7 +105,7 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float, bool]], pseudocount
         started = time.perf_counter()
         label = f"epoch {state.epoch + 1}/{len(plan)}"
         start = 0 if full_batch else state.batch
-        total, units = 0.0, 0.0
+        total, units = (state.epoch_total, state.epoch_units) if start else (0.0, 0.0)
         learner.begin_epoch(full_batch)
         with tqdm(total=num_batches, initial=start, unit="batch", disable=not progress,
                   desc=f"{desc} {label}".strip(), dynamic_ncols=True) as bar:
@@ -113,6 +117,7 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float, bool]], pseudocount
                         learner.m_step(step_size, pseudocount)
                         state.batch += 1
                         state.step += 1
+                        state.epoch_total, state.epoch_units = total, units
                     bar.update(1)
                     bar.set_postfix({unit: f"{total / max(units, 1):.4f}"})
                     if not full_batch and after_step is not None and state.batch < num_batches:
@@ -121,6 +126,7 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float, bool]], pseudocount
                         learner.sync()
                         if full_batch:
                             state.batch = 0
+                            state.epoch_total = state.epoch_units = 0.0
                         if on_stop is not None:
                             on_stop(state, full_batch)
                         return stats
@@ -136,6 +142,7 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float, bool]], pseudocount
                                 total / max(units, 1), time.perf_counter() - started))
         state.epoch += 1
         state.batch = 0
+        state.epoch_total = state.epoch_units = 0.0
         if after_epoch is not None and after_epoch(state, stats[-1]):
             break  # the hook asked to stop (e.g. early stopping on held-out data)
     return stats

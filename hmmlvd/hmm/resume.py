@@ -34,6 +34,7 @@ def load_checkpoint(out: Path, device: str = "cpu") -> tuple[HMM, TrainConfig, T
         state = TrainState(**raw)
         for name in ("epoch", "batch", "step"):
             check_int(getattr(state, name), name, 0)
+        state.epoch_total, state.epoch_units = float(state.epoch_total), float(state.epoch_units)
         if not isinstance(state.run_id, str) or not isinstance(state.trained_on, dict):
             raise TypeError("run_id must be a string and trained_on an object")
     except (ValueError, TypeError, KeyError, AttributeError, DataError) as exc:

@@ -234,8 +234,8 @@ def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None]
         if phase < start.phase or not plan:
             continue
         resumed = from_checkpoint and phase == start.phase  # this phase is under way
-        state = (LoopState(start.epoch, start.batch, start.step) if resumed
-                 else LoopState(0, 0, start.step))
+        state = (LoopState(start.epoch, start.batch, start.step, start.epoch_total,
+                           start.epoch_units) if resumed else LoopState(0, 0, start.step))
         offset = len(history) - state.epoch  # epochs of the earlier phases: seeds go on
 
         def batches(epoch: int, full_batch: bool, start_batch: int,
@@ -272,7 +272,7 @@ def _run_phase(learner: Learner, plan: list[tuple[float, bool]], pseudocount: fl
 
     def where(phase_done: bool = False) -> EMProgress:
         return EMProgress(phase, state.epoch, state.batch, state.step, phase_done,
-                          history + done)
+                          history + done, state.epoch_total, state.epoch_units)
 
     def after_epoch(loop: LoopState, stats: EpochStats) -> bool:
         done.append(stats.mean_log_likelihood)

@@ -13,8 +13,8 @@ When they are written (by :func:`hmmlvd.pc.em.run_em`): before the first batch (
 before EM, e.g. LVD's stages (a) and (b), is never redone), after every epoch, and when a stop is
 requested (SIGINT / SIGTERM: after the current batch, see :mod:`hmmlvd.em.stop`). Shuffles are
 fixed by (seed, epoch), so a resumed epoch replays exactly the batches the stopped one had left
-and ends with the parameters an uninterrupted run would have; only the epoch's reported mean
-log-likelihood then covers the batches after the resume.
+and ends with the parameters (and the reported mean log-likelihood) an uninterrupted run would
+have.
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ class EMProgress:
     ones), ``epoch`` epochs of it finished, ``batch`` batches of the current mini-batch epoch
     done, ``step`` M-steps done in all; ``phase_done``: the phase has ended (early stopping or
     its last epoch) and its best parameters are still to be restored; ``history``: the mean
-    training log-likelihood of every finished epoch, all phases."""
+    training log-likelihood of every finished epoch, all phases; ``epoch_total`` /
+    ``epoch_units``: the summed log-likelihood and images of the current epoch's ``batch``
+    batches (see :class:`~hmmlvd.em.loop.LoopState`)."""
 
     phase: int = 0
     epoch: int = 0
@@ -56,6 +58,8 @@ class EMProgress:
     step: int = 0
     phase_done: bool = False
     history: list[float] = field(default_factory=list)
+    epoch_total: float = 0.0
+    epoch_units: float = 0.0
 
     @classmethod
     def from_dict(cls, raw: dict) -> EMProgress:
@@ -67,6 +71,8 @@ class EMProgress:
         if not isinstance(progress.phase_done, bool):
             raise ValueError(f"phase_done must be true or false, got {progress.phase_done!r}")
         progress.history = [float(v) for v in progress.history]
+        progress.epoch_total = float(progress.epoch_total)
+        progress.epoch_units = float(progress.epoch_units)
         return progress
 
 
