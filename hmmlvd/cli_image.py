@@ -65,6 +65,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256,
                    help="images per EM step and per evaluation batch (256)")
     p.add_argument("--step-size", type=float, default=0.1, help="EM step size (default 0.1)")
+    p.add_argument("--final-step-size", type=float, default=None, metavar="A",
+                   help="anneal the step size linearly from --step-size to A over the "
+                        "mini-batch epochs (lvd: of each stage), as the LVD paper trains "
+                        "(default: constant)")
     p.add_argument("--pseudocount", type=float, default=0.01,
                    help="M-step pseudocount (default 0.01)")
     p.add_argument("--leaf-prior", choices=LEAF_PRIORS, default="uniform",
@@ -152,6 +156,9 @@ def check_model_flags(args: argparse.Namespace) -> None:
     if not 0 < args.step_size <= 1 or not 0 <= args.pseudocount < math.inf:
         raise DataError(f"--step-size must be in (0, 1] and --pseudocount >= 0, got "
                         f"{args.step_size} and {args.pseudocount}")
+    final = getattr(args, "final_step_size", None)
+    if final is not None and not 0 < final <= 1:
+        raise DataError(f"--final-step-size must be in (0, 1], got {final}")
 
 
 def em_config(args: argparse.Namespace) -> EMConfig:
@@ -161,7 +168,8 @@ def em_config(args: argparse.Namespace) -> EMConfig:
                     patience=getattr(args, "patience", 0),
                     final_full_batch=getattr(args, "final_full_batch", 0),
                     leaf_prior=getattr(args, "leaf_prior", "uniform"),
-                    pseudocount_per=getattr(args, "pseudocount_per", "batch"))
+                    pseudocount_per=getattr(args, "pseudocount_per", "batch"),
+                    final_step_size=getattr(args, "final_step_size", None))
 
 
 def structure_config(args: argparse.Namespace) -> StructureConfig:
@@ -299,7 +307,8 @@ def setting_defaults() -> dict:
     """What the settings added since checkpoints were first written stood at before (their
     defaults: the behaviour of the hmmlvd that did not record them)."""
     em = EMConfig()
-    return {"leaf_prior": em.leaf_prior, "pseudocount_per": em.pseudocount_per}
+    return {"leaf_prior": em.leaf_prior, "pseudocount_per": em.pseudocount_per,
+            "final_step_size": em.final_step_size}
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -39,7 +39,8 @@ IMAGE_FILE = "image.json"  # beside config.json: what the model's variables are
 DATASET_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 #: PatchLVDConfig fields set from the shared settings (size, EM, structure), not by name.
 LVD_SHARED = ("sub_units", "stage_c_epochs", "batch_size", "step_size", "pseudocount", "seed",
-              "tree_bins", "patience", "final_full_batch", "leaf_prior", "pseudocount_per")
+              "tree_bins", "patience", "final_full_batch", "leaf_prior", "pseudocount_per",
+              "final_step_size")
 
 ImageModel = Circuit | PatchCircuit
 
@@ -72,7 +73,8 @@ def lvd_config(size: int, em: EMConfig, structure: StructureConfig,
                           step_size=em.step_size, pseudocount=em.pseudocount, seed=em.seed,
                           tree_bins=structure.tree_bins, patience=em.patience,
                           final_full_batch=em.final_full_batch, leaf_prior=em.leaf_prior,
-                          pseudocount_per=em.pseudocount_per, **fields)
+                          pseudocount_per=em.pseudocount_per,
+                          final_step_size=em.final_step_size, **fields)
 
 
 def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConfig,

@@ -334,3 +334,37 @@ def test_leaf_prior_flag_reaches_every_lvd_stage(mnist_dir, tmp_path, monkeypatc
     # inputs over the 2 latent values (stages b and c) did not
     assert {levels for levels, _ in seen} == {256, 2}
     assert all(used == (levels == 256) for levels, used in seen)
+
+
+def test_final_step_size_anneals_every_lvd_stage(mnist_dir, tmp_path, monkeypatch, capsys):
+    """--final-step-size: the mini-batch epochs of stages (a), (b) and (c) each anneal from
+    --step-size to it (the plans the one EM loop gets; the loop's steps are tested in
+    test_em_core); full-batch epochs stay at 1; out of (0, 1] it is a one-line error."""
+    import hmmlvd.lvd.image.train as lvd_train
+    import hmmlvd.pc.em as pc_em
+    from hmmlvd.em import Anneal
+
+    plans = []
+
+    def spy(real):
+        def run(learner, plan, *args, **kwargs):
+            plans.append(list(plan))
+            return real(learner, plan, *args, **kwargs)
+        return run
+
+    monkeypatch.setattr(lvd_train, "run_epochs", spy(lvd_train.run_epochs))
+    monkeypatch.setattr(pc_em, "run_epochs", spy(pc_em.run_epochs))
+    tiny = [*TINY_LVD[:-4], "--stage-a-epochs", "2", "--stage-b-epochs", "3"]
+    assert main(["image", "train", "--model", "lvd", "--size", "2", *TINY, *tiny,
+                 "--step-size", "0.5", "--final-step-size", "0.1", "--final-full-batch", "1",
+                 "--no-eval", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "a")]) == 0
+    mini = [[a for a, full in plan if not full] for plan in plans]
+    assert [len(m) for m in mini] == [2, 3, 1, 0]  # stages a, b, c, then c's full batch
+    for steps in mini[:3]:
+        assert all(isinstance(a, Anneal) and (a.first, a.last) == (0.5, 0.1) for a in steps)
+        assert [a.epoch for a in steps] == list(range(len(steps)))
+    assert plans[3] == [(1.0, True)]
+    assert main(["image", "train", "--model", "hclt", "--size", "2", *TINY,
+                 "--final-step-size", "0", "--data-dir", str(mnist_dir),
+                 "--out", str(tmp_path / "b")]) == 2
+    assert "--final-step-size must be in (0, 1]" in one_line_error(capsys)

@@ -17,6 +17,7 @@ from hmmlvd.em import (
     check_possible,
     epoch_batches,
     epoch_order,
+    linear_anneal,
     mix_log_probabilities,
     mix_probabilities,
     run_epochs,
@@ -295,3 +296,56 @@ def test_pseudocount_per_data_is_a_prior_over_the_training_set():
         assert not torch.allclose(p, r, atol=1e-3)  # per batch it smooths more
     with pytest.raises(DataError, match="pseudocount_per must be one of"):
         EMConfig(pseudocount_per="epoch")
+
+
+def test_annealed_step_sizes_fall_linearly_over_all_steps_and_resume_in_place():
+    """linear_anneal(first, last, E) with n batches an epoch: the E * n M-steps use
+    linspace(first, last, E * n); a run resumed mid-epoch continues the same sequence;
+    full-batch epochs (one step each) anneal over the epochs."""
+    learner = Recorder()
+    run_epochs(learner, [(a, False) for a in linear_anneal(0.5, 0.1, 2)], 0.0, batches_of(3),
+               3, progress=False)
+    steps = [float(c[1:]) for c in learner.calls if c.startswith("m")]
+    np.testing.assert_allclose(steps, np.linspace(0.5, 0.1, 6), rtol=1e-12)
+    resumed = Recorder()
+    run_epochs(resumed, [(a, False) for a in linear_anneal(0.5, 0.1, 2)], 0.0, batches_of(3),
+               3, LoopState(epoch=1, batch=1, step=4), progress=False)
+    steps = [float(c[1:]) for c in resumed.calls if c.startswith("m")]
+    np.testing.assert_allclose(steps, np.linspace(0.5, 0.1, 6)[4:], rtol=1e-12)
+    full = Recorder()
+    stats = run_epochs(full, [(a, True) for a in linear_anneal(0.9, 0.3, 3)], 0.0,
+                       batches_of(2), 2, progress=False)
+    steps = [float(c[1:]) for c in full.calls if c.startswith("m")]
+    np.testing.assert_allclose(steps, [0.9, 0.6, 0.3], rtol=1e-12)
+    assert [s.step_size for s in stats] == pytest.approx([0.9, 0.6, 0.3])
+
+
+def test_circuit_fit_with_final_step_size_is_em_at_the_annealed_steps():
+    """EMConfig(final_step_size=...) trains as em_step does by hand, batch by batch in the
+    epochs' order, at step sizes linspace(step_size, final_step_size, all steps)."""
+    from hmmlvd.pc import Circuit, EMConfig, poon_domingos
+    from hmmlvd.pc.em import em_step
+
+    gen = torch.Generator().manual_seed(7)
+    data = torch.randint(0, 4, (30, 4), generator=gen)
+
+    def fresh() -> Circuit:
+        return Circuit(poon_domingos(2, 2, delta=1), 2, input="categorical", num_categories=4,
+                       seed=2)
+
+    config = EMConfig(epochs=3, batch_size=7, step_size=0.8, final_step_size=0.05,
+                      pseudocount=0.1, seed=4)
+    annealed = fresh().fit(data, config, progress=False)
+    by_hand = fresh()
+    batches = [b for e in range(3) for b in epoch_batches(30, 7, 4, e)]
+    for batch, a in zip(batches, np.linspace(0.8, 0.05, len(batches)), strict=True):
+        em_step(by_hand, data[torch.as_tensor(batch)], float(a), 0.1)
+    constant = fresh().fit(data, EMConfig(epochs=3, batch_size=7, step_size=0.8,
+                                          pseudocount=0.1, seed=4), progress=False)
+    for p, q, r in zip(annealed.parameters(), by_hand.parameters(), constant.parameters(),
+                       strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(p, r, atol=1e-3)
+    for bad in (0, 1.5, True, float("nan")):
+        with pytest.raises(DataError, match="step size"):
+            EMConfig(final_step_size=bad)

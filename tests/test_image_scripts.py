@@ -212,16 +212,20 @@ def test_search_report_shows_changed_flags_and_valid_only(mnist_dir, tmp_path, c
 
 
 def test_reuse_takes_lines_written_before_a_flag_existed_at_its_default(monkeypatch):
-    """A results.jsonl line written before --leaf-prior / --pseudocount-per existed is the
-    same run as one with those flags at their defaults, and not the same as one without."""
+    """A results.jsonl line written before --leaf-prior / --pseudocount-per /
+    --final-step-size existed is the same run as one with those flags at their defaults, and
+    not the same as one without."""
     sweep = load_script("image_sweep", monkeypatch)
     bpd = load_script("image_bpd", monkeypatch)
     for model in ("hclt", "lvd"):
         run = bpd.parse_args(["--model", model, "--size", "2", "--device", "cpu"])
         old = {k: v for k, v in bpd.jsonable(run).items()
-               if k not in ("leaf_prior", "pseudocount_per")}
+               if k not in ("leaf_prior", "pseudocount_per", "final_step_size")}
         assert sweep.same_settings(old, run)
         other = bpd.parse_args(["--model", model, "--size", "2", "--device", "cpu",
                                 "--pseudocount-per", "data"])
         assert not sweep.same_settings(old, other)
+        annealed = bpd.parse_args(["--model", model, "--size", "2", "--device", "cpu",
+                                   "--final-step-size", "0.01"])
+        assert not sweep.same_settings(old, annealed)
         assert not sweep.same_settings({**old, "pseudocount": 0.5}, run)

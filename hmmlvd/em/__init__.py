@@ -15,9 +15,9 @@ Each model supplies only its E-step (expected counts by autograd: the counts of 
 
 from hmmlvd.em.batches import epoch_batches, epoch_order, epoch_seed, permutation
 from hmmlvd.em.early import EarlyStopping
-from hmmlvd.em.loop import EpochStats, Learner, LoopState, run_epochs
+from hmmlvd.em.loop import Anneal, EpochStats, Learner, LoopState, linear_anneal, run_epochs
 from hmmlvd.em.rule import check_possible, mix_log_probabilities, mix_probabilities
 
-__all__ = ["EarlyStopping", "EpochStats", "Learner", "LoopState", "check_possible",
-           "epoch_batches", "epoch_order", "epoch_seed", "mix_log_probabilities",
+__all__ = ["Anneal", "EarlyStopping", "EpochStats", "Learner", "LoopState", "check_possible",
+           "epoch_batches", "epoch_order", "epoch_seed", "linear_anneal", "mix_log_probabilities",
            "mix_probabilities", "permutation", "run_epochs"]

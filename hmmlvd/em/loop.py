@@ -2,7 +2,8 @@
 circuits (:func:`hmmlvd.pc.em.fit_em`).
 
 An epoch is mini-batch or full-batch with a step size a (a *plan*: one ``(a, full_batch)`` per
-epoch). Mini-batch: for each batch, the E-step then an M-step with step a. Full-batch: the
+epoch; a is a number, or an :class:`Anneal` that moves it linearly from step to step).
+Mini-batch: for each batch, the E-step then an M-step with step a. Full-batch: the
 E-steps of all batches are summed, then one M-step. The model's side is a :class:`Learner`;
 the loop owns the order of calls, the resumable position (:class:`LoopState`), the progress bar
 and the hooks: ``after_step`` (periodic checkpoints), ``stop_requested`` / ``on_stop`` (Ctrl-C
@@ -54,6 +55,39 @@ class Learner:
         raise NotImplementedError
 
 
+@dataclass(frozen=True)
+class Anneal:
+    """Epoch ``epoch`` of ``epochs`` whose M-steps anneal the step size linearly from ``first``
+    (the first step of epoch 0) to ``last`` (the last step of the last epoch): with n batches
+    an epoch (1 in a full-batch epoch), step t = epoch * n + b of the T = epochs * n uses
+    ``first + (last - first) * t / (T - 1)`` (``first`` when T = 1). Build with
+    :func:`linear_anneal`."""
+
+    first: float
+    last: float
+    epoch: int
+    epochs: int
+
+    def at(self, batch: int, num_batches: int) -> float:
+        """The step size of batch ``batch`` of this epoch's ``num_batches``."""
+        steps = self.epochs * num_batches
+        if steps <= 1:
+            return self.first
+        return self.first + (self.last - self.first) * (self.epoch * num_batches + batch) / (
+            steps - 1)
+
+
+def linear_anneal(first: float, last: float, epochs: int) -> list[Anneal]:
+    """The step sizes of ``epochs`` epochs annealed linearly from ``first`` to ``last``
+    (one :class:`Anneal` per epoch, for a plan)."""
+    return [Anneal(first, last, e, epochs) for e in range(epochs)]
+
+
+def step_size_at(step_size: float | Anneal, batch: int, num_batches: int) -> float:
+    """The step size of a plan entry at batch ``batch`` of ``num_batches``."""
+    return step_size.at(batch, num_batches) if isinstance(step_size, Anneal) else step_size
+
+
 @dataclass
 class LoopState:
     """Where a run stands: ``epoch`` epochs finished, ``batch`` batches of the current
@@ -70,7 +104,7 @@ class LoopState:
 
 @dataclass
 class EpochStats:
-    """What one epoch reported: its step size and kind, the mean log-likelihood per unit
+    """What one epoch reported: its (first) step size and kind, the mean log-likelihood per unit
     measured during its E-steps (before each batch's update), and its wall time."""
 
     epoch: int
@@ -80,7 +114,8 @@ class EpochStats:
     seconds: float
 
 
-def run_epochs(learner: Learner, plan: Sequence[tuple[float, bool]], pseudocount: float,
+def run_epochs(learner: Learner, plan: Sequence[tuple[float | Anneal, bool]],
+               pseudocount: float,
                batches: Callable[[int, bool, int], Iterable[Any]], num_batches: int,
                state: LoopState | None = None, *, progress: bool = True, desc: str = "",
                unit: str = "ll", after_step: Callable[[LoopState], None] | None = None,
@@ -102,6 +137,7 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float, bool]], pseudocount
     stats: list[EpochStats] = []
     while state.epoch < len(plan):
         step_size, full_batch = plan[state.epoch]
+        steps = 1 if full_batch else num_batches  # M-steps in this epoch
         started = time.perf_counter()
         label = f"epoch {state.epoch + 1}/{len(plan)}"
         start = 0 if full_batch else state.batch
@@ -114,7 +150,8 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float, bool]], pseudocount
                     log_likelihood, size = learner.e_step(batch)
                     total, units = total + log_likelihood, units + size
                     if not full_batch:
-                        learner.m_step(step_size, pseudocount)
+                        learner.m_step(step_size_at(step_size, state.batch, steps),
+                                       pseudocount)
                         state.batch += 1
                         state.step += 1
                         state.epoch_total, state.epoch_units = total, units
@@ -131,14 +168,14 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float, bool]], pseudocount
                             on_stop(state, full_batch)
                         return stats
                 if full_batch:
-                    learner.m_step(step_size, pseudocount)
+                    learner.m_step(step_size_at(step_size, 0, steps), pseudocount)
                     state.step += 1
             except BaseException:
                 learner.discard()
                 raise
         learner.sync()
         learner.end_epoch()
-        stats.append(EpochStats(state.epoch + 1, step_size, full_batch,
+        stats.append(EpochStats(state.epoch + 1, step_size_at(step_size, 0, steps), full_batch,
                                 total / max(units, 1), time.perf_counter() - started))
         state.epoch += 1
         state.batch = 0

@@ -27,12 +27,14 @@ import torch
 from tqdm.auto import tqdm
 
 from hmmlvd.em import (
+    Anneal,
     EarlyStopping,
     EpochStats,
     Learner,
     LoopState,
     check_possible,
     epoch_batches,
+    linear_anneal,
     run_epochs,
 )
 from hmmlvd.errors import DataError
@@ -56,7 +58,10 @@ class EMConfig:
 
     ``epochs`` passes over the data (0: none); ``batch_size`` samples per E-step;
     ``step_size`` a in (0, 1]: mini-batch EM mixes ``theta <- (1 - a) theta + a theta_new``
-    after every batch; ``pseudocount`` (>= 0) added to every count before normalising;
+    after every batch; ``final_step_size``: if given, the step size is annealed linearly from
+    ``step_size`` (first M-step) to it (last M-step of the ``epochs``, as in the LVD paper's
+    training; see :func:`hmmlvd.em.loop.linear_anneal`); ``pseudocount`` (>= 0) added to
+    every count before normalising;
     ``full_batch``: sum the counts of all batches, then one M-step per epoch (``a = 1`` is
     classic EM and never lowers the likelihood); ``seed`` fixes each epoch's batch order
     (see :func:`hmmlvd.em.batches.epoch_batches`); ``patience``: with held-out data
@@ -83,12 +88,15 @@ class EMConfig:
     final_full_batch: int = 0
     leaf_prior: str = "uniform"
     pseudocount_per: str = "batch"
+    final_step_size: float | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: store the checked, normalised values
         set_(self, "epochs", check_int(self.epochs, "epochs", 0))
         set_(self, "batch_size", check_int(self.batch_size, "batch size", 1))
         set_(self, "step_size", check_step_size(self.step_size))
+        if self.final_step_size is not None:
+            set_(self, "final_step_size", check_step_size(self.final_step_size))
         set_(self, "pseudocount", check_pseudocount(self.pseudocount))
         if not isinstance(self.full_batch, bool):
             raise DataError(f"full_batch must be True or False, got {self.full_batch!r}")
@@ -110,6 +118,14 @@ class EMConfig:
         if self.pseudocount_per == "batch" or full_batch:
             return self.pseudocount
         return self.pseudocount * min(self.batch_size, num_samples) / num_samples
+
+    def epoch_plan(self) -> list[tuple[float | Anneal, bool]]:
+        """The (step size, full batch) of each of the ``epochs`` (annealed if
+        ``final_step_size`` is given)."""
+        if self.final_step_size is None:
+            return [(self.step_size, self.full_batch)] * self.epochs
+        return [(a, self.full_batch)
+                for a in linear_anneal(self.step_size, self.final_step_size, self.epochs)]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -221,8 +237,7 @@ def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None]
     raised); when it was :meth:`~hmmlvd.pc.resume.EMCheckpoints.resume`-d, EM continues from
     its progress and early-stopping state."""
     learner = _CircuitLearner(accumulate, maximize_step, discard, data, missing)
-    phases = [[(config.step_size, config.full_batch)] * config.epochs,
-              [(1.0, True)] * config.final_full_batch]
+    phases = [config.epoch_plan(), [(1.0, True)] * config.final_full_batch]
     start = EMProgress()  # where EM begins: a resumed checkpoint's progress, or the start
     from_checkpoint = checkpoints is not None and checkpoints.progress is not None
     if from_checkpoint:

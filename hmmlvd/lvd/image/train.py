@@ -47,7 +47,9 @@ class PatchLVDConfig:
     many full-batch epochs at step size 1 (see :class:`~hmmlvd.pc.em.EMConfig`); leaf_prior:
     "uniform" or "marginal", how stages (a) and (c) spread the pseudocount of the sub-circuits'
     pixel distributions (:meth:`PatchCircuit.set_leaf_prior`); pseudocount_per: "batch" or
-    "data", what stage (c)'s pseudocount is added to (see :class:`~hmmlvd.pc.em.EMConfig`)."""
+    "data", what stage (c)'s pseudocount is added to (see :class:`~hmmlvd.pc.em.EMConfig`);
+    final_step_size: if given, each stage's mini-batch epochs anneal the step size linearly
+    from step_size to it (as the LVD paper trains)."""
 
     patch: int = 7
     num_latents: int = 16
@@ -70,6 +72,7 @@ class PatchLVDConfig:
     final_full_batch: int = 0
     leaf_prior: str = "uniform"
     pseudocount_per: str = "batch"
+    final_step_size: float | None = None
 
     def __post_init__(self) -> None:
         _stage_c_settings(self)  # checks the EM fields as EMConfig does
@@ -113,7 +116,8 @@ def structures(patches: np.ndarray, labels: np.ndarray, num_latents: int, num_ca
 def em_settings(config: PatchLVDConfig, epochs: int) -> EMConfig:
     """The mini-batch EM settings of a stage of ``epochs`` epochs."""
     return EMConfig(epochs=epochs, batch_size=config.batch_size, step_size=config.step_size,
-                    pseudocount=config.pseudocount, seed=config.seed)
+                    pseudocount=config.pseudocount, seed=config.seed,
+                    final_step_size=config.final_step_size)
 
 
 def _held_out(valid_images: np.ndarray | None, shape: tuple) -> torch.Tensor | None:
@@ -239,6 +243,7 @@ def _stage_a(model: PatchCircuit, patches: np.ndarray, labels: np.ndarray,
         return group_batches(labels, config.num_latents, config.batch_size, config.seed, epoch)
 
     stats = run_epochs(_StageA(model, patches, config.num_latents),
-                       [(config.step_size, False)] * config.stage_a_epochs, config.pseudocount,
-                       batches, num_batches, progress=progress, desc="LVD stage a")
+                       em_settings(config, config.stage_a_epochs).epoch_plan(),
+                       config.pseudocount, batches, num_batches, progress=progress,
+                       desc="LVD stage a")
     return [s.mean_log_likelihood for s in stats]
