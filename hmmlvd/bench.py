@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmmlvd.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD
+from hmmlvd.allocator import ENVIRONMENT
 from hmmlvd.device import resolve_device
 from hmmlvd.errors import DataError
 from hmmlvd.hmm.em import ExpectedCounts, ScaledEmission, expected_counts, maximize
@@ -189,8 +189,7 @@ print(json.dumps({"seconds": statistics.median(times), "log_likelihoods": values
 
 #: glibc's malloc set as :func:`hmmlvd.allocator.keep_freed_memory` sets it, through the
 #: environment: an earlier revision timed with it shows what the kernels alone gained.
-SAME_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
-               "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
+SAME_MALLOC = dict(ENVIRONMENT)
 
 
 def export_revision(revision: str, directory: Path) -> Path:

@@ -423,8 +423,9 @@ def notes(args: argparse.Namespace, images: Images, graph_notes: Sequence[str]) 
            "revision, timed in a child process in this run: `hmmlvd.bench."
            "em_step_at_revision`); speedup = before / now; now, before and before with the "
            f"same malloc are timed in {args.rounds} alternating rounds, medians shown. Same "
-           "malloc: the earlier revision timed again with glibc's mmap and trim thresholds "
-           "set (through MALLOC_*_ environment variables) as the library's EM loop now sets them "
+           "malloc: the earlier revision timed again with glibc's malloc set (no mmap, no "
+           "trimming, through MALLOC_*_ environment variables) as the library's EM loop now "
+           "sets it "
            "(`hmmlvd.allocator.keep_freed_memory`, which this run applies too): what the "
            "kernels alone gained.",
            "FLOPs: einsum layer 2*B*P*K^3 + 2*B*P*K^2, Hadamard layer 2*B*E*K^2 (P partitions, "
