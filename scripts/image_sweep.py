@@ -358,7 +358,8 @@ def report_search(args: argparse.Namespace) -> None:
     if args.write is not None:
         body = "\n".join([provenance("Search on valid bpd (`scripts/image_sweep.py --from-runs "
                                      "--valid-only`)", torch.device("cpu")), "", printed, "",
-                          "- Test bpd was not computed for these runs: valid alone chose.",
+                          "- Only valid bpd is shown (and only it chose): test is computed once, "
+                          "for the runs a results table takes.",
                           "- Each run's results.json (per-epoch log-likelihoods, timings) "
                           "is in its folder; flags after the first row are those that differ."])
         write_section(args.write, args.section, body)
