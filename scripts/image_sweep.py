@@ -40,6 +40,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import sys
 from collections.abc import Sequence
@@ -176,13 +177,19 @@ def series(result: dict) -> str:
     return result["model"]
 
 
+def model_name(result: dict) -> str:
+    """A result's model in words; LVD's with its latent values per patch (C)."""
+    name, latents = NAMES[series(result)], result["settings"].get("num_latents")
+    return f"{name}, C={latents}" if result["model"] == "lvd" and latents else name
+
+
 def table(results: Sequence[dict]) -> str:
     """The results as a markdown table, in run order; the best valid bpd in bold."""
     best = min(r["valid_bpd"] for r in results)
     lines = ["| model | K | parameters | train time (s) | valid bpd | test bpd |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {NAMES[series(r)]} | {r['size']} | {r['params']:,} | "
+        lines.append(f"| {model_name(r)} | {r['size']} | {r['params']:,} | "
                      f"{r['train_seconds']:.1f} | {valid_cell(r, best)} | {r['test_bpd']:.4f} |")
     return "\n".join(lines)
 
@@ -296,8 +303,11 @@ def run_folder_result(folder: Path, splits: Sequence[str] = ("valid", "test")) -
     chain = training_chain(folder)  # a continued run's train time includes its start's
     result["train_seconds"] = sum(r["train_seconds"] for r in chain)
     result["commands"] = [r["command"] for r in chain]
+    structure = result.get("structure", "")
+    latents = re.search(r"num_latents=(\d+)", structure)
     return {**result, "folder": str(folder), "dimensions": math.prod(shape),
-            "settings": {"tie_inputs": "tie_inputs=True" in result.get("structure", "")}}
+            "settings": {"tie_inputs": "tie_inputs=True" in structure,
+                         "num_latents": int(latents.group(1)) if latents else None}}
 
 
 #: Flags of a search's commands that say where and how fast, not what was trained.

@@ -80,7 +80,7 @@ def test_sweep_writes_table_plot_and_pictures(mnist_dir, tmp_path, capsys, monke
                 "--quiet", "--device", "cpu", "--write", str(results),
                 *(f for name, path in pngs.items() for f in (f"--{name}", str(path)))])
     printed = capsys.readouterr().out
-    for name in ("HCLT", "PD", "RAT-SPN", "LVD (patch latents)"):
+    for name in ("HCLT", "PD", "RAT-SPN", "LVD (patch latents), C=2"):  # --tiny: 2 latents
         assert f"| {name} | 2 |" in printed
     text = results.read_text()
     assert text.startswith("# Results\n\nkept\n")
@@ -114,7 +114,7 @@ def test_sweep_reuses_finished_runs_and_keeps_variants_apart(mnist_dir, tmp_path
                for f in (f"--{name}", str(tmp_path / f"{name}.png")))]
     sweep.main(flags)
     first = capsys.readouterr().out
-    assert "| LVD, tied inputs | 2 |" in first and "| PD | 2 |" in first
+    assert "| LVD, tied inputs, C=2 | 2 |" in first and "| PD | 2 |" in first
     assert (tmp_path / "runs" / "lvd-tied-2" / "config.json").is_file()
 
     def no_training(*_args, **_kwargs):
@@ -229,3 +229,24 @@ def test_reuse_takes_lines_written_before_a_flag_existed_at_its_default(monkeypa
                                    "--final-step-size", "0.01"])
         assert not sweep.same_settings(old, annealed)
         assert not sweep.same_settings({**old, "pseudocount": 0.5}, run)
+
+
+def test_a_cli_lvd_run_is_named_with_its_latent_values(tmp_path, monkeypatch):
+    """--from-runs reads C and tied inputs of an LVD run from its results.json's structure."""
+    sweep = load_script("image_sweep", monkeypatch)
+    folder = tmp_path / "lvd"
+    folder.mkdir()
+    result = {"model": "lvd", "size": 8, "params": 10, "valid_bpd": 1.3, "test_bpd": 1.2,
+              "train_seconds": 5.0, "command": "hmmlvd image train --model lvd",
+              "structure": "PatchLVDConfig(patch=7, num_latents=32, sub_units=8, "
+                           "tie_inputs=True, patience=2)"}
+    (folder / "results.json").write_text(json.dumps(result))
+    read = sweep.run_folder_result(folder)
+    assert sweep.model_name(read) == "LVD, tied inputs, C=32"
+    (folder / "results.json").write_text(json.dumps({
+        **result, "structure": result["structure"].replace("tie_inputs=True", "tie_inputs="
+                                                          "False").replace("=32", "=4")}))
+    assert sweep.model_name(sweep.run_folder_result(folder)) == "LVD (patch latents), C=4"
+    hclt = {**result, "model": "hclt", "structure": "hclt K=8"}
+    (folder / "results.json").write_text(json.dumps(hclt))
+    assert sweep.model_name(sweep.run_folder_result(folder)) == "HCLT"
