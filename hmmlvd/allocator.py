@@ -16,9 +16,9 @@ still falls back to ``mmap`` for if it cannot grow) and the heap is never trimme
 (``M_TRIM_THRESHOLD`` = -1). From the second EM step on, a step reuses the memory of the one
 before and faults in nothing (``tests/test_allocator.py`` counts the faults). The price: the
 process keeps the heap of its largest step until it exits (that memory is needed again at
-the next step anyway). The EM loop (:func:`hmmlvd.em.loop.run_epochs`) calls it;
-``HMMLVD_MALLOPT=0`` in the environment leaves malloc as it is. Elsewhere than Linux with
-glibc it does nothing.
+the next step anyway). The EM loop (:func:`hmmlvd.em.loop.run_epochs`) and circuit scoring
+(:func:`hmmlvd.pc.bpd.mean_log_likelihood`, ``evaluate_bpd``) call it; ``HMMLVD_MALLOPT=0``
+in the environment leaves malloc as it is. Elsewhere than Linux with glibc it does nothing.
 """
 
 from __future__ import annotations
