@@ -272,7 +272,7 @@ def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None]
     return history
 
 
-def _run_phase(learner: Learner, plan: list[tuple[float, bool]], pseudocount: float,
+def _run_phase(learner: Learner, plan: list[tuple[float | Anneal, bool]], pseudocount: float,
                batches: Callable[[int, bool, int], list[np.ndarray]], num_batches: int,
                state: LoopState, phase: int, history: list[float], progress: bool, desc: str,
                early: EarlyStopping | None, checkpoints: EMCheckpoints | None,
