@@ -312,7 +312,7 @@ def run_folder_result(folder: Path, splits: Sequence[str] = ("valid", "test")) -
 
 #: Flags of a search's commands that say where and how fast, not what was trained.
 PLACE_FLAGS = {"--out": 1, "--data-dir": 1, "--threads": 1, "--device": 1, "--quiet": 0,
-               "--no-eval": 0}
+               "--no-eval": 0, "--resume": 0}
 
 
 def run_flags(command: str) -> dict[str, str]:

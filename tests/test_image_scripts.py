@@ -250,3 +250,11 @@ def test_a_cli_lvd_run_is_named_with_its_latent_values(tmp_path, monkeypatch):
     hclt = {**result, "model": "hclt", "structure": "hclt K=8"}
     (folder / "results.json").write_text(json.dumps(hclt))
     assert sweep.model_name(sweep.run_folder_result(folder)) == "HCLT"
+
+
+def test_run_flags_leave_out_where_and_how_a_run_went(monkeypatch):
+    """A search table's flags are what was trained: not the folder, threads or a --resume."""
+    sweep = load_script("image_sweep", monkeypatch)
+    flags = sweep.run_flags("hmmlvd image train --model lvd --size 32 --tie-inputs --resume "
+                            "--threads 1 --quiet --out runs/x --data-dir d --no-eval")
+    assert flags == {"--model": "lvd", "--size": "32", "--tie-inputs": ""}
