@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hmmlvd.allocator import keep_freed_memory
 from hmmlvd.bench import (
     matmul_rate,
     median_seconds,
@@ -355,6 +356,7 @@ def hmmlearn_available() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    keep_freed_memory()  # as the library's EM loop does (hmmlvd.allocator)
     args.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if args.threads is not None:
         torch.set_num_threads(args.threads)
