@@ -28,6 +28,7 @@ from hmmlvd.bench import parse_bench_args, si
 from hmmlvd.report import provenance, write_section
 
 SECTION = "bench_malloc"
+PATCH = 7  # image LVD's default patch side
 TRAIN_IMAGES = 55_000
 
 
@@ -40,7 +41,8 @@ def child(args: argparse.Namespace) -> dict:
     import torch
 
     from hmmlvd.allocator import keep_freed_memory
-    from hmmlvd.data.images import load_mnist
+    from hmmlvd.data.images import flatten, load_mnist
+    from hmmlvd.data.patches import split_patches
     from hmmlvd.image.patch_circuit import PatchCircuit
     from hmmlvd.lvd.image.train import structures
 
@@ -49,15 +51,14 @@ def child(args: argparse.Namespace) -> dict:
     data = load_mnist(args.data_dir)
     steps = args.warmup + args.repeats
     images = data.train[: max(args.tree_images, steps * args.batch_size)]
-    n, side = len(images), 28 // 7
-    patches = images.reshape(n, side, 7, side, 7).transpose(0, 1, 3, 2, 4).reshape(n, -1, 49)
+    patches = split_patches(images, PATCH)  # [N, n, P], the circuit's variable order
     labels = np.random.default_rng(args.seed).integers(0, args.num_latents,
-                                                       (n, side * side))
+                                                       patches.shape[:2])
     subs, top = structures(patches[: args.tree_images], labels[: args.tree_images],
                            args.num_latents, 256, 8)
-    model = PatchCircuit((28, 28, 1), 7, subs, top, args.num_latents, args.size,
+    model = PatchCircuit(images.shape[1:], PATCH, subs, top, args.num_latents, args.size,
                          args.num_latents, seed=args.seed, tie_inputs=True)
-    flat = torch.as_tensor(images.reshape(n, -1).astype(np.int64))
+    flat = torch.as_tensor(flatten(images))
     times, faults = [], []
     for step in range(steps):
         batch = flat[step * args.batch_size:(step + 1) * args.batch_size]
