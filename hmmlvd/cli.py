@@ -31,7 +31,7 @@ from hmmlvd.cli_image import parse_image_args
 from hmmlvd.data.vocab import UNK
 from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
-from hmmlvd.device import resolve_device
+from hmmlvd.device import DTYPE_NAMES, resolve_device, resolve_dtype
 from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.hmm.checkpoint import read_config
 from hmmlvd.hmm.config import HMMConfig
@@ -142,6 +142,10 @@ def add_em_args(p: argparse.ArgumentParser) -> None:
                    help="end with N full-batch epochs (step size 1) after the mini-batch "
                         "phases (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
+                   help="compute dtype of the E-step (auto, default: bfloat16 where the CPU/GPU "
+                        "multiplies it natively, else float32); parameters, counts and "
+                        "reported perplexities are float32 either way")
 
 
 def add_lvd_args(p: argparse.ArgumentParser) -> None:
@@ -272,7 +276,7 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
                                 args.phase2_step_size, args.final_full_batch)
     return TrainConfig(phases=phases, batch_size=args.batch_size, pseudocount=args.pseudocount,
                        full_batch=args.full_batch, seed=args.seed,
-                       checkpoint_every=args.checkpoint_every)
+                       checkpoint_every=args.checkpoint_every, dtype=args.dtype)
 
 
 def resolve_model_shape(args: argparse.Namespace, vocab_size: int) -> None:
@@ -343,7 +347,8 @@ def train_in_folder(args: argparse.Namespace, initialise: Callable[..., HMM],
         memory.check_training(HMMConfig(args.hidden_states, len(data.vocab), args.length,
                                         args.homogeneous),
                               -(-config.batch_size // distributed.world_size()), device,
-                              config.any_full_batch)
+                              config.any_full_batch, dtype=resolve_dtype(config.dtype, device),
+                              mini_batch=config.any_mini_batch)
         hmm = initialise(data, windows, device, summary)
         state = TrainState(trained_on=trained_on)
     ranks = f" on {distributed.world_size()} ranks" if distributed.is_distributed() else ""

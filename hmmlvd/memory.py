@@ -10,12 +10,18 @@ P_A = T-1 or 1 transition matrices, P_B = T or 1 emission tables):
   loading a checkpoint need just these.
 - **MLE from labels**: + the float64 transition counts ``8 P_A H^2`` (normalised in place)
   + about 48 bytes of index temporaries per token of a chunk of windows.
-- **one EM step on B windows**: + activations ``4 B T (7 H + 16)`` (the gathered emissions
-  [B, T, H], the two [B, H] tensors each forward step saves for the backward pass, their
-  gradients, the emission counts and the M-step's per-token rows, plus int64 indices) + the
-  transition work ``4 (T-1) H^2 c`` (autograd holds a gradient per step before summing them,
-  then the counts and the M-step's normaliser: c = 3 non-homogeneous, 2 homogeneous)
-  + for full-batch EM a parameter-sized count accumulator and two emission-table temporaries.
+- **one EM step on B windows**, computed in chunks of C windows (``hmm.em.chunk_windows``):
+  + per chunk ``C T (d_c H + 64)`` bytes: the gathered emissions (float32, plus their copy in
+  the compute dtype), the two [C, H] tensors each forward step saves for the backward pass and
+  their gradients (in the compute dtype, 4 or 2 bytes each), plus int64 indices; so
+  ``d_c = 20`` in float32 and ``14`` in bfloat16 (``4 + 5 * 2``);
+  + for mini-batch EM ``8 B T H``: the batch's float32 emission counts and the M-step's
+  weighted copy of them; for full-batch EM the float32 counts of one chunk ``4 C T H``, a
+  parameter-sized count accumulator, and no table-sized temporary (its M-step runs in place);
+  + the transition work ``4 (T-1) H^2 c`` (autograd holds a gradient per step before summing
+  them, then the counts and the M-step's normaliser: c = 3 non-homogeneous, 2 homogeneous).
+  Without chunking (C = B) in float32 that is the ``4 B T (7 H + 16)`` fitted originally.
+  A run with both kinds of epochs needs the larger of the two.
 
 The constants were fitted to the peak resident memory (VmHWM) of one EM step on the CPU at
 H = 64..1536, V = 100..50,000, B = 16..16,384, T = 32; the estimate of the total lies within
@@ -48,7 +54,9 @@ if TYPE_CHECKING:  # hmmlvd.hmm imports this module: no runtime import of it her
 SKIP_ENV = "HMMLVD_SKIP_MEMORY_CHECK"
 FLOAT32 = 4
 # Fitted constants (see the module docstring).
-ACTIVATION_FLOATS_PER_STATE = 7  # [B, T, H]-sized float32 tensors alive at the peak
+ACTIVATION_FLOATS_PER_STATE = 7  # [B, T, H]-sized float32 tensors alive at the peak (unchunked)
+CHUNK_BYTES_PER_STATE = {torch.float32: 20, torch.bfloat16: 14}  # per token of a chunk, per state
+BATCH_COUNT_BYTES_PER_STATE = 8  # mini-batch: emission counts + their weighted copy, float32
 INDEX_BYTES_PER_TOKEN = 64  # int64 token/row indices and [B, T] scalars per token
 TRANSITION_COPIES = {False: 3, True: 2}  # [T-1, H, H]-sized tensors at the peak, by homogeneous
 MLE_INDEX_BYTES_PER_TOKEN = 48
@@ -94,17 +102,28 @@ def model_estimate(config: HMMConfig, method: str = "random", num_windows: int =
     return MemoryEstimate(params, counts, MLE_INDEX_BYTES_PER_TOKEN * tokens)
 
 
-def training_estimate(config: HMMConfig, batch_size: int, full_batch: bool = False
+def training_estimate(config: HMMConfig, batch_size: int, full_batch: bool = False,
+                      dtype: torch.dtype = torch.float32, mini_batch: bool | None = None
                       ) -> MemoryEstimate:
-    """Peak bytes of EM on batches of ``batch_size`` windows: parameters, count tables and
-    temporaries, and the forward/backward activations of one batch."""
-    h, v, length = config.num_states, config.vocab_size, config.length
+    """Peak bytes of EM on batches of ``batch_size`` windows in compute ``dtype``: parameters,
+    count tables and temporaries, and the forward/backward activations of one chunk (see the
+    module docstring). ``full_batch``: some epochs are full-batch; ``mini_batch``: some are
+    mini-batch (default: ``not full_batch``); the peak is that of the larger kind."""
+    from hmmlvd.hmm.em import chunk_windows  # hmmlvd.hmm imports this module
+
+    h, length = config.num_states, config.length
+    mini_batch = not full_batch if mini_batch is None else mini_batch
     params = parameter_bytes(config)
-    counts = FLOAT32 * max(length - 1, 0) * h * h * TRANSITION_COPIES[bool(config.homogeneous)]
-    if full_batch:  # CountAccumulator (parameter-sized) + two [P_B*V, H] M-step temporaries
-        counts += params + 2 * FLOAT32 * config.emission_positions * v * h
-    tokens = batch_size * length
-    activations = tokens * (FLOAT32 * ACTIVATION_FLOATS_PER_STATE * h + INDEX_BYTES_PER_TOKEN)
+    transitions = FLOAT32 * max(length - 1, 0) * h * h * TRANSITION_COPIES[bool(config.homogeneous)]
+    chunk_tokens = min(batch_size, chunk_windows(h, length)) * length
+    per_chunk = chunk_tokens * (CHUNK_BYTES_PER_STATE.get(dtype, 20) * h + INDEX_BYTES_PER_TOKEN)
+    kinds = []
+    if mini_batch or not full_batch:
+        batch_counts = batch_size * length * BATCH_COUNT_BYTES_PER_STATE * h
+        kinds.append((transitions, per_chunk + batch_counts))
+    if full_batch:  # CountAccumulator (parameter-sized) + one chunk's float32 counts
+        kinds.append((transitions + params, per_chunk + chunk_tokens * FLOAT32 * h))
+    counts, activations = max(kinds, key=sum)
     return MemoryEstimate(params, counts, activations)
 
 
@@ -244,11 +263,14 @@ def check_model(config: HMMConfig, device: str | torch.device = "cpu", method: s
 
 
 def check_training(config: HMMConfig, batch_size: int, device: str | torch.device = "cpu",
-                   full_batch: bool = False, allocated: bool = False) -> MemoryEstimate:
-    """Raise :class:`InsufficientMemoryError` if EM on batches of ``batch_size`` windows needs
-    more memory than ``device`` has available. ``allocated``: the parameters already exist on
-    the device (so only the rest has to fit into what is still available)."""
-    estimate = training_estimate(config, batch_size, full_batch)
+                   full_batch: bool = False, allocated: bool = False,
+                   dtype: torch.dtype = torch.float32, mini_batch: bool | None = None
+                   ) -> MemoryEstimate:
+    """Raise :class:`InsufficientMemoryError` if EM on batches of ``batch_size`` windows in
+    compute ``dtype`` needs more memory than ``device`` has available. ``allocated``: the
+    parameters already exist on the device (so only the rest has to fit into what is still
+    available). ``full_batch`` / ``mini_batch``: see :func:`training_estimate`."""
+    estimate = training_estimate(config, batch_size, full_batch, dtype, mini_batch)
     device = torch.device(device)
     if skipped():
         return estimate

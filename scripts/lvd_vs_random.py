@@ -53,7 +53,7 @@ from hmmlvd.cli import (
     train_config_from,
 )
 from hmmlvd.data import TokenWindows, WikiText, load_wikitext
-from hmmlvd.device import resolve_device
+from hmmlvd.device import resolve_device, resolve_dtype
 from hmmlvd.errors import CheckpointError, HMMLVDError
 from hmmlvd.hmm import HMM, TrainConfig, sliding_perplexity, train
 from hmmlvd.hmm.resume import load_checkpoint
@@ -208,14 +208,15 @@ def fmt(x: float | None) -> str:
 def table(rows: Sequence[Row], baselines: Sequence[BaselineRow], splits: Sequence[str]) -> str:
     """Markdown: baselines first, then one line per (H, init) with stage seconds."""
     head = (["model", "H"] + [f"{s} ppl" for s in splits] +
-            ["embed s", "cluster s", "MLE s", "EM s", "eval s"])
+            ["EM dtype", "embed s", "cluster s", "MLE s", "EM s", "eval s"])
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for b in baselines:
         lines.append(f"| {b.name} (train stream) | - | " +
-                     " | ".join(fmt(b.perplexity.get(s)) for s in splits) + " |" + " - |" * 5)
+                     " | ".join(fmt(b.perplexity.get(s)) for s in splits) + " |" + " - |" * 6)
     for r in sorted(rows, key=lambda r: (r.num_states, r.init)):
         cells = [f"{r.init} init", str(r.num_states),
                  *(fmt(r.ppl.get(s)) for s in splits),
+                 r.settings["train_config"].get("dtype", "float32"),
                  *(f"{r.seconds[k]:.0f}" if k in r.seconds else "-"
                    for k in ("embed", "cluster", "mle", "em", "eval"))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -259,7 +260,8 @@ def settings_line(args: argparse.Namespace, subset: str, lvd_count: int) -> str:
     kmeans = f" on {args.kmeans_sample:,} windows" if args.kmeans_sample else ""
     tokens = f", first {args.max_eval_tokens:,} tokens" if args.max_eval_tokens else ""
     return (f"Settings: EM on {subset}; EM {json.dumps([asdict(p) for p in config.phases])}, "
-            f"batch {config.batch_size}, pseudocount {config.pseudocount}, seed {args.seed}; "
+            f"batch {config.batch_size}, pseudocount {config.pseudocount}, EM compute dtype "
+            f"{args.dtype}, seed {args.seed}; "
             f"LVD from {lvd_count:,} windows (seeded subset): encoder "
             f"{args.encoder or 'packaged all-MiniLM-L6-v2'} ({args.encoder_dtype}, "
             f"{args.embedding_mode} suffix embeddings), k-means {args.kmeans_iters} iterations"
@@ -327,6 +329,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     # the dtype that runs, so that run folders and the report name it (not "auto")
     args.encoder_dtype = str(resolve_encoder_dtype(args.encoder_dtype, args.device)
                              ).removeprefix("torch.")
+    args.dtype = str(resolve_dtype(args.dtype, args.device)).removeprefix("torch.")
     if args.plot is None:
         args.plot = (args.write.parent if args.write else args.out) / "lvd_vs_random.png"
     return args

@@ -11,6 +11,7 @@ import pytest
 import torch
 from lvd_tiny import build_tiny_bert
 
+from hmmlvd import device as device_module
 from hmmlvd.errors import EncoderError, HMMLVDError
 from hmmlvd.lvd import Encoder, load_encoder, word_to_text
 from hmmlvd.lvd.text import encoder as encoder_module
@@ -124,9 +125,9 @@ CPUINFO = ("processor\t: 0\nvendor_id\t: AuthenticAMD\n"
 
 
 def test_parse_cpu_flags():
-    flags = encoder_module.parse_cpu_flags(CPUINFO)
+    flags = device_module.parse_cpu_flags(CPUINFO)
     assert {"avx512f", "avx512_bf16", "avx2"} <= flags and "amx_bf16" not in flags
-    assert encoder_module.parse_cpu_flags("processor\t: 0\n") == frozenset()
+    assert device_module.parse_cpu_flags("processor\t: 0\n") == frozenset()
 
 
 @pytest.mark.parametrize(("flags", "want"), [
@@ -136,13 +137,13 @@ def test_parse_cpu_flags():
     (set(), torch.float32),
 ])
 def test_auto_dtype_on_cpu_follows_native_bf16_flags(monkeypatch, flags, want):
-    monkeypatch.setattr(encoder_module, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: frozenset(flags))
     assert encoder_module.resolve_encoder_dtype("auto", "cpu") == want
     assert encoder_module.resolve_encoder_dtype("auto", torch.device("cpu")) == want
 
 
 def test_fixed_dtype_names_ignore_the_device(monkeypatch):
-    monkeypatch.setattr(encoder_module, "cpu_flags", lambda: frozenset())
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: frozenset())
     resolve = encoder_module.resolve_encoder_dtype
     assert resolve("float32", "cpu") == torch.float32
     assert resolve("bfloat16", "cpu") == torch.bfloat16
@@ -175,18 +176,18 @@ def test_auto_dtype_elsewhere_is_float32():
 
 
 def test_cpu_flags_off_linux(monkeypatch):
-    monkeypatch.setattr(encoder_module.sys, "platform", "darwin")
-    encoder_module.cpu_flags.cache_clear()
+    monkeypatch.setattr(device_module.sys, "platform", "darwin")
+    device_module.cpu_flags.cache_clear()
     try:
-        assert encoder_module.cpu_flags() == frozenset()
+        assert device_module.cpu_flags() == frozenset()
     finally:
-        encoder_module.cpu_flags.cache_clear()
+        device_module.cpu_flags.cache_clear()
 
 
 @pytest.mark.parametrize(("flags", "want"), [({"avx512_bf16"}, torch.bfloat16),
                                              (set(), torch.float32)])
 def test_load_encoder_takes_dtype_names(tiny_dir, monkeypatch, flags, want):
-    monkeypatch.setattr(encoder_module, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: frozenset(flags))
     assert next(load_encoder(str(tiny_dir), dtype="auto").model.parameters()).dtype == want
     enc = load_encoder(str(tiny_dir), dtype="bfloat16")
     assert next(enc.model.parameters()).dtype == torch.bfloat16

