@@ -206,3 +206,20 @@ def test_final_full_batch_flag_ends_with_full_batch_epochs(corpus, tmp_path):
     history = json.loads((out / "results.json").read_text())["history"]
     assert [(row["step_size"], row["full_batch"]) for row in history] == [
         (0.5, False), (0.5, False), (1.0, True)]
+
+
+def test_byte_order_mark_of_a_token_file_is_not_part_of_the_first_word(corpus, tmp_path):
+    """A token file saved with a UTF-8 byte order mark trains the same vocabulary as without
+    it: the mark does not make its first word a new (unknown) word."""
+    plain = tmp_path / "plain"
+    argv = ["train", "--hidden-states", "2", "--length", "4", "--epochs", "0",
+            "--final-full-batch", "0", "--device", "cpu", "--no-eval"]
+    assert main([*argv, "--data-dir", str(corpus), "--out", str(plain)]) == 0
+    for split in ("train", "valid", "test"):
+        path = corpus / f"wiki.{split}.tokens"
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    marked = tmp_path / "marked"
+    assert main([*argv, "--data-dir", str(corpus), "--out", str(marked)]) == 0
+    words = (marked / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    assert not any("\ufeff" in w for w in words)
+    assert words == (plain / "vocab.txt").read_text(encoding="utf-8").splitlines()

@@ -58,10 +58,12 @@ def _read_local(data_dir: Path) -> dict[str, list[str]]:
 def read_token_file(path: Path) -> list[str]:
     """The tokens of one UTF-8 text file (see :func:`tokenize_lines`); :class:`DataError`
     naming the file when it is not UTF-8: undecodable bytes, or NUL characters (UTF-16 text of
-    ASCII words decodes as UTF-8 with a NUL after every letter). OS errors (permission denied)
-    pass through, naming the file."""
+    ASCII words decodes as UTF-8 with a NUL after every letter). A UTF-8 byte order mark at the
+    start (editors on Windows write one) is dropped: U+FEFF is not whitespace, so it would
+    otherwise become part of the first word. OS errors (permission denied) pass through,
+    naming the file."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return tokenize_lines(_checked_lines(f, path))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text: {_first_bad_byte(path)}; convert it to "
