@@ -39,6 +39,8 @@ from hmmlvd.image.baselines import StructureConfig
 from hmmlvd.image.grids import MASKS
 from hmmlvd.image.loading import load_pretrained
 from hmmlvd.image_pipeline import (
+    DATASET_SHAPES,
+    LEVELS,
     LVD_SHARED,
     MODELS,
     load_image_model,
@@ -146,7 +148,10 @@ def wants_lvd(argv: Sequence[str]) -> bool:
 
 
 def check_model_flags(args: argparse.Namespace) -> None:
-    """DataError naming the first model, EM, structure or data flag out of range."""
+    """DataError naming the first model, EM, structure or data flag out of range, before any
+    work. ``--tree-bins`` may not exceed the 256 grey levels, and an LVD ``--context`` may not
+    exceed the side of the dataset's images (wider windows hold only padding, and their size
+    grows as the square of the context)."""
     for name in ("size", "batch_size", "tree_images", "repetitions"):
         if getattr(args, name) < 1:
             raise DataError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -159,6 +164,14 @@ def check_model_flags(args: argparse.Namespace) -> None:
     final = getattr(args, "final_step_size", None)
     if final is not None and not 0 < final <= 1:
         raise DataError(f"--final-step-size must be in (0, 1], got {final}")
+    if not 2 <= args.tree_bins <= LEVELS:
+        raise DataError(f"--tree-bins must be in [2, {LEVELS}] (pixels have {LEVELS} grey "
+                        f"levels), got {args.tree_bins}")
+    context = getattr(args, "context", None)  # an LVD flag: set with --model lvd only
+    shape = DATASET_SHAPES.get(getattr(args, "dataset", None) or "")
+    if context is not None and shape is not None and not 0 <= context <= min(shape[:2]):
+        raise DataError(f"--context must be in [0, {min(shape[:2])}] (pixels around a patch; "
+                        f"{args.dataset} images are {_sides(shape[:2])}), got {context}")
 
 
 def em_config(args: argparse.Namespace) -> EMConfig:

@@ -132,6 +132,21 @@ def test_train_refuses_bad_values_before_any_work(mnist_dir, tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("model, flags, message", [
+    ("hclt", ["--tree-bins", "300"], "--tree-bins must be in [2, 256]"),
+    ("hclt", ["--tree-bins", "1"], "--tree-bins must be in [2, 256]"),
+    ("lvd", ["--context", "29"], "--context must be in [0, 28]"),
+    ("lvd", ["--context", "-1"], "--context must be in [0, 28]")])
+def test_train_refuses_tree_bins_and_context_out_of_range_before_any_work(
+        mnist_dir, tmp_path, capsys, model, flags, message):
+    """More bins than the 256 grey levels, or more context than the 28x28 image has, are
+    named in one line before the output folder is made or any image is read."""
+    assert main(["image", "train", "--model", model, "--size", "2", *flags, "--data-dir",
+                 str(tmp_path / "no-data"), "--out", str(tmp_path / "m")]) == 2
+    assert message in one_line_error(capsys)
+    assert not (tmp_path / "m").exists()
+
+
 def test_out_that_is_a_file_is_one_line(mnist_dir, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(["image", "train", "--model", "pd", "--size", "2", *TINY, "--data-dir",
