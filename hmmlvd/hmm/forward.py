@@ -29,14 +29,16 @@ import torch
 @dataclass
 class ForwardResult:
     """``log_prefix`` [B, L]: log p(x_1..x_t) for t = 1..L (float32, -inf if impossible).
-    ``alpha`` [B, H]: p(z_L | x_1..x_L), the filtered state distribution after the last step."""
+    ``alpha`` [B, H]: p(z_L | x_1..x_L), the filtered state distribution after the last step.
+    ``states`` [B, L, H]: p(z_t | x_1..x_t) at every step t (only when asked for; else None)."""
 
     log_prefix: torch.Tensor
     alpha: torch.Tensor
+    states: torch.Tensor | None = None
 
 
 def forward(initial: torch.Tensor, transitions: torch.Tensor, emissions: torch.Tensor,
-            prefix_grads: bool = True) -> ForwardResult:
+            prefix_grads: bool = True, states: bool = False) -> ForwardResult:
     """Run the scaled forward recursion on B windows of length L.
 
     initial: [H] p(z_1). transitions: [L-1, H, H], transitions[t][i, j] = p(z_{t+2}=j | z_{t+1}=i)
@@ -51,6 +53,8 @@ def forward(initial: torch.Tensor, transitions: torch.Tensor, emissions: torch.T
     every value is unchanged and the gradient of ``log_prefix[:, -1]`` stays exact (log p is
     the log of the last unnormalised sum plus constants), but gradients of shorter prefixes are
     not, and the backward pass is cheaper. EM uses it.
+    ``states``: also return every filtered distribution (forward filtering, backward sampling).
+    An emission factor of 1 for every state marginalises that position's word (missing words).
     """
     length = emissions.shape[1]
     dtype = emissions.dtype  # compute dtype of the recursion
@@ -73,11 +77,15 @@ def forward(initial: torch.Tensor, transitions: torch.Tensor, emissions: torch.T
     unnorm = initial.unsqueeze(0) * step_emissions[0] * inv_scale[:, 0]  # [B, H]
     norm = normaliser(unnorm, 0)
     log_norms = [norm.squeeze(-1).log()]
+    filtered = [unnorm / norm.clamp_min(tiny)] if states else None
     for t in range(1, length):
         # p(z_{t-1} | x_<t) / scale_t; an impossible prefix (norm 0) stays all-zero
         factor = torch.where(norm > 0, inv_scale[:, t] / norm.clamp_min(tiny), 0.0)
         unnorm = ((unnorm * factor).to(dtype) @ step_transitions[t - 1]) * step_emissions[t]
         norm = normaliser(unnorm, t)
         log_norms.append(norm.squeeze(-1).log())
+        if states:
+            filtered.append(unnorm / norm.clamp_min(tiny))
     log_prefix = (torch.stack(log_norms, dim=1) + log_scale).cumsum(dim=1)  # [B, L]
-    return ForwardResult(log_prefix=log_prefix, alpha=unnorm / norm.clamp_min(tiny))
+    return ForwardResult(log_prefix=log_prefix, alpha=unnorm / norm.clamp_min(tiny),
+                         states=torch.stack(filtered, dim=1) if states else None)

@@ -24,8 +24,9 @@ import torch
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import CheckpointError, DataError, ParameterError
-from hmmlvd.hmm import checkpoint
+from hmmlvd.hmm import checkpoint, queries
 from hmmlvd.hmm.config import HMMConfig
+from hmmlvd.hmm.dfa import DFA
 from hmmlvd.hmm.forward import ForwardResult, forward
 from hmmlvd.hmm.init import mle_parameters, random_parameters
 from hmmlvd.hmm.sample import sample as sample_windows
@@ -197,10 +198,60 @@ class HMM:
         return forward(self.initial, self.transitions_for(x.shape[1]), self.gather_emissions(x))
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+    def log_likelihood(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x) of each window: x [B, L] -> [B]. Windows shorter than T are prefixes
-        (positions 1..L), marginalising the rest."""
+        (positions 1..L), marginalising the rest. ``mask`` [B, L] (True = observed): log
+        p(x_observed), each missing word marginalised (its emission factor is 1)."""
+        if mask is not None:
+            return queries.masked_log_likelihood(self, x, mask)
         return self.run_forward(x).log_prefix[:, -1]
+
+    # ----- exact queries (hmmlvd.hmm.queries) ----------------------------------------------
+    def predict_proba(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Posteriors p(z_t = h | x_observed): windows [B, L] -> [B, L, H]
+        (:func:`~hmmlvd.hmm.queries.posteriors`)."""
+        return queries.posteriors(self, x, mask)
+
+    def decode(self, x: torch.Tensor, mask: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Viterbi: the most likely state path [B, L] and its log p(x_observed, path) [B]
+        (:func:`~hmmlvd.hmm.queries.viterbi`)."""
+        return queries.viterbi(self, x, mask)
+
+    def infill_distribution(self, x: torch.Tensor, mask: torch.Tensor, top_k: int | None = None
+                            ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """p(x_t = w | x_observed) at every position: [B, L, V], or the ``top_k`` words as
+        (probabilities, ids) [B, L, k] (:func:`~hmmlvd.hmm.queries.infill_distribution`)."""
+        return queries.infill_distribution(self, x, mask, top_k)
+
+    def infill(self, x: torch.Tensor, mask: torch.Tensor, num_samples: int = 1,
+               generator: torch.Generator | None = None, *, seed: int | None = None
+               ) -> torch.Tensor:
+        """Joint samples of the missing words given the observed ones: [B, L] -> [B, N, L]
+        (:func:`~hmmlvd.hmm.queries.infill_samples`)."""
+        return queries.infill_samples(self, x, mask, num_samples,
+                                      self._generator(generator, seed))
+
+    def constraint_probability(self, dfa: DFA, prefix: torch.Tensor | None = None
+                               ) -> torch.Tensor:
+        """p(x in L(dfa) | prefix) per prefix row [B] (no prefix: [1], the prior)
+        (:func:`~hmmlvd.hmm.queries.constraint_log_probability`)."""
+        return queries.constraint_log_probability(self, dfa, prefix).exp()
+
+    def constrained_next_token(self, prefix: torch.Tensor | None, dfa: DFA) -> torch.Tensor:
+        """p(x_{L+1} = w | prefix, x in L(dfa)) for every word: [B, V]
+        (:func:`~hmmlvd.hmm.queries.constrained_next_token`)."""
+        return queries.constrained_next_token(self, prefix, dfa)
+
+    def _generator(self, generator: torch.Generator | None, seed: int | None
+                   ) -> torch.Generator | None:
+        """``generator``, or a fresh one on the model's device seeded by ``seed``."""
+        if seed is None:
+            return generator
+        if generator is not None:
+            raise DataError("give a seed or a generator, not both")
+        seed = check_int(seed, "seed", 0)
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     @torch.no_grad()
     def next_token_distribution(self, prefix: torch.Tensor) -> torch.Tensor:
@@ -229,17 +280,16 @@ class HMM:
         return result.alpha @ self.transition_matrix(prefix.shape[1] - 1)
 
     def sample(self, num_samples: int, prefix: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, *, seed: int | None = None
-               ) -> torch.Tensor:
+               generator: torch.Generator | None = None, *, seed: int | None = None,
+               constraint: DFA | None = None) -> torch.Tensor:
         """Draw windows [N, T]; with ``prefix`` [L] or [N, L], draw the rest of each window
         from p(x_{L+1..T} | prefix). ``seed``: draw with a generator seeded by it on the
-        model's device (instead of ``generator``; the same seed gives the same windows). See
-        :mod:`hmmlvd.hmm.sample`."""
-        if seed is not None:
-            if generator is not None:
-                raise DataError("give a seed or a generator, not both")
-            seed = check_int(seed, "seed", 0)
-            generator = torch.Generator(device=self.device).manual_seed(seed)
+        model's device (instead of ``generator``; the same seed gives the same windows).
+        ``constraint``: draw exactly from p(x | x in L(constraint), prefix), never by rejection
+        (:func:`~hmmlvd.hmm.queries.constrained_sample`). See :mod:`hmmlvd.hmm.sample`."""
+        generator = self._generator(generator, seed)
+        if constraint is not None:
+            return queries.constrained_sample(self, num_samples, constraint, prefix, generator)
         return sample_windows(self, num_samples, prefix=prefix, generator=generator)
 
     # ----- sklearn-like verbs (the same on Circuit and PatchCircuit) -----------------------
