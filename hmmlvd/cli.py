@@ -28,6 +28,14 @@ import torch
 from hmmlvd import distributed, memory
 from hmmlvd.atomic import atomic_write_json, check_writable, make_folder
 from hmmlvd.cli_image import parse_image_args
+from hmmlvd.cli_queries import (
+    add_constraint_args,
+    add_query_parsers,
+    cmd_decode,
+    cmd_infill,
+    constraint_from,
+    sample_constrained,
+)
 from hmmlvd.data.vocab import UNK
 from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
@@ -230,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--prefix", default="", help="words to continue (space separated)")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--device", default="auto")
+    add_constraint_args(sa)
+    add_query_parsers(sub)
 
     # parsed by hmmlvd.cli_image (main routes `hmmlvd image ...` there); listed here for --help
     sub.add_parser("image", help="image circuits (HCLT, PD, RAT-SPN, image LVD): train, eval, "
@@ -427,8 +437,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if hmm.vocab is None:
         raise CheckpointError(f"{args.model} has no vocab.txt: cannot turn samples into words")
     prefix = prefix_ids(hmm, args.prefix)
-    gen = torch.Generator(device=hmm.device).manual_seed(args.seed)
-    samples = hmm.sample(args.num_samples, prefix=prefix, generator=gen)
+    constraint = constraint_from(hmm, args)
+    if constraint is not None:
+        samples = sample_constrained(hmm, constraint, args, prefix)
+    else:
+        gen = torch.Generator(device=hmm.device).manual_seed(args.seed)
+        samples = hmm.sample(args.num_samples, prefix=prefix, generator=gen)
     for start in range(0, len(samples), 4096):  # no Python list of every sample at once
         for row in samples[start:start + 4096].tolist():
             print(" ".join(hmm.vocab.decode(row)))
@@ -460,7 +474,7 @@ def cmd_image(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"train": cmd_train, "lvd": cmd_lvd, "eval": cmd_eval, "sample": cmd_sample,
-            "image": cmd_image}
+            "decode": cmd_decode, "infill": cmd_infill, "image": cmd_image}
 
 
 def main(argv: list[str] | None = None) -> int:
