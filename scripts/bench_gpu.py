@@ -41,7 +41,13 @@ from dataclasses import dataclass
 
 import torch
 
-from hmmlvd.bench import (
+from hmmlvd.hmm.config import HMMConfig
+from hmmlvd.hmm.em import expected_counts
+from hmmlvd.hmm.model import HMM
+from hmmlvd.memory import training_estimate
+from hmmlvd.report import device_name, provenance, write_section
+
+from benchlib import (
     matmul_rate,
     median_seconds,
     parse_bench_args,
@@ -53,11 +59,6 @@ from hmmlvd.bench import (
     time_em_step,
     time_forward,
 )
-from hmmlvd.hmm.config import HMMConfig
-from hmmlvd.hmm.em import expected_counts
-from hmmlvd.hmm.model import HMM
-from hmmlvd.memory import training_estimate
-from hmmlvd.report import device_name, provenance, write_section
 
 SECTION = "bench_gpu"
 GIB = 2**30

@@ -48,7 +48,10 @@ import torch
 from tqdm import tqdm
 
 from hmmlvd.allocator import keep_freed_memory
-from hmmlvd.bench import (
+from hmmlvd.hmm.model import HMM
+from hmmlvd.report import device_name, provenance, write_section
+
+from benchlib import (
     matmul_rate,
     median_seconds,
     parse_bench_args,
@@ -59,8 +62,6 @@ from hmmlvd.bench import (
     time_em_step,
     time_forward,
 )
-from hmmlvd.hmm.model import HMM
-from hmmlvd.report import device_name, provenance, write_section
 
 if TYPE_CHECKING:
     from hmmlearn.hmm import CategoricalHMM

@@ -24,8 +24,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from hmmlvd.bench import parse_bench_args, si
 from hmmlvd.report import provenance, write_section
+
+from benchlib import parse_bench_args, si
 
 SECTION = "bench_malloc"
 PATCH = 7  # image LVD's default patch side

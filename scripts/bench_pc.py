@@ -58,7 +58,13 @@ import torch
 from tqdm import tqdm
 
 from hmmlvd.allocator import keep_freed_memory
-from hmmlvd.bench import (
+from hmmlvd.errors import DataError
+from hmmlvd.pc import Circuit, em_step, poon_domingos
+from hmmlvd.pc.layers import EinsumLayer, HadamardLayer
+from hmmlvd.pc.structures import RegionGraph, learn_hclt
+from hmmlvd.report import device_name, provenance, write_section
+
+from benchlib import (
     BEFORE_REVISION,
     SAME_MALLOC,
     em_step_at_revision,
@@ -70,11 +76,6 @@ from hmmlvd.bench import (
     si,
     synchronize,
 )
-from hmmlvd.errors import DataError
-from hmmlvd.pc import Circuit, em_step, poon_domingos
-from hmmlvd.pc.layers import EinsumLayer, HadamardLayer
-from hmmlvd.pc.structures import RegionGraph, learn_hclt
-from hmmlvd.report import device_name, provenance, write_section
 
 SECTION = "bench_pc"
 SQUARE_SIZE = 2048
@@ -420,7 +421,7 @@ def notes(args: argparse.Namespace, images: Images, graph_notes: Sequence[str]) 
            f"s/epoch is implied (step time x 60,000 / B), not a measured epoch. EM step before "
            f"= the same step (same structure, seed and batches) with the library as it was at "
            f"commit {args.before_revision} (issue 15's starting point; `git archive` of that "
-           "revision, timed in a child process in this run: `hmmlvd.bench."
+           "revision, timed in a child process in this run: `benchlib."
            "em_step_at_revision`); speedup = before / now; now, before and before with the "
            f"same malloc are timed in {args.rounds} alternating rounds, medians shown. Same "
            "malloc: the earlier revision timed again with glibc's malloc set (no mmap, no "

@@ -12,11 +12,12 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 def load_script(name: str, monkeypatch) -> ModuleType:
     """``scripts/<name>.py`` as module ``name``, registered in ``sys.modules`` (dataclasses
-    look their module up there) until the test ends; ``sys.path`` changes it makes are undone
-    too."""
+    look their module up there) until the test ends, with ``scripts/`` first on ``sys.path``
+    as when the script runs (it imports ``benchlib`` from there); ``sys.path`` changes are
+    undone too."""
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(sys, "path", [str(SCRIPTS), *sys.path])  # as `python scripts/x.py`
     spec.loader.exec_module(module)
     return module

@@ -3,12 +3,11 @@ structure, K) and writes its section; the FLOP count matches a hand count on tin
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from script_loading import load_script
 
 from hmmlvd.pc import Circuit, hclt_region_graph, poon_domingos
 
@@ -17,12 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_pc.py"
 
 @pytest.fixture
 def bench(monkeypatch):
-    spec = importlib.util.spec_from_file_location("bench_pc", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_pc", module)  # dataclasses look it up
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the script adds scripts/ to it
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_pc", monkeypatch)
 
 
 def has_git_history() -> bool:

@@ -1,4 +1,4 @@
-"""hmmlvd.bench's EM step of another revision, timed in a child process: the child imports
+"""benchlib's EM step of another revision, timed in a child process: the child imports
 the package it is given (not the one on the caller's path) and computes what this process
 computes on the same circuit and batches."""
 
@@ -9,13 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from script_loading import load_script
 
 import hmmlvd
-from hmmlvd.bench import em_step_at_revision, export_revision
 from hmmlvd.errors import DataError
 from hmmlvd.pc import Circuit, em_step, poon_domingos
 
 ROOT = Path(hmmlvd.__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def bench(monkeypatch):
+    """scripts/benchlib.py, imported as the benchmark scripts import it."""
+    global em_step_at_revision, export_revision
+    module = load_script("benchlib", monkeypatch)
+    em_step_at_revision, export_revision = module.em_step_at_revision, module.export_revision
 
 
 def test_the_child_computes_the_same_em_steps_as_this_process():

@@ -3,7 +3,8 @@
 target is a fraction of, peak memory, seeded random windows, the HMM's timed forward and EM
 step (the M-step as it is and as it was before lazy emission scaling), number formatting, the
 flags every benchmark shares, and a circuit's EM step timed with the library of an earlier git
-revision (issue 15's before/after in one run).
+revision (a before/after in one run). It lives beside the benchmarks, outside the installed
+package: the scripts import it as ``benchlib`` (their own folder is first on ``sys.path``).
 Targets live in the scripts as ratios measured in one run, never in tests."""
 
 from __future__ import annotations
