@@ -19,6 +19,12 @@ class CheckpointError(HMMLVDError):
     """A saved model folder is missing, incomplete, or does not match its config."""
 
 
+class WriteError(CheckpointError, OSError):
+    """A model or checkpoint folder could not be written (disk full, quota, permission
+    denied): one line naming the folder, the reason and the fix. An :class:`OSError` too (its
+    ``errno`` set where the reason has one), so code that handles OS errors handles it."""
+
+
 class EncoderError(HMMLVDError):
     """A text encoder cannot be loaded or used: the packaged default is not installed, a hub
     name is not available offline, a folder is not a model, or the tokenizer is unsuitable."""

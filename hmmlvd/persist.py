@@ -15,9 +15,11 @@ tensors with the expected shapes (before any tensor is read), and nothing change
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Mapping
@@ -29,7 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from hmmlvd.atomic import atomic_write, atomic_write_json, make_folder
-from hmmlvd.errors import CheckpointError, HMMLVDError
+from hmmlvd.errors import CheckpointError, HMMLVDError, WriteError
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "model.safetensors"
@@ -42,15 +44,59 @@ def save(directory: str | os.PathLike, tensors: Mapping[str, torch.Tensor], conf
          model_type: str, extra: Callable[[Path], None] | None = None) -> Path:
     """Write ``tensors`` and ``config`` into ``directory`` (created if needed; a file there is a
     :class:`CheckpointError`); ``extra(folder)`` writes further files (e.g. ``vocab.txt``)
-    before the config. Returns the folder."""
+    before the config. Returns the folder.
+
+    A write that fails (disk full, quota, permission denied; safetensors reports these as a
+    ``SafetensorError``, not an OSError) raises :class:`WriteError` naming the folder, and a
+    folder this call created is removed again, so no incomplete folder is left behind (files
+    already in a folder that existed keep their previous, complete contents: every file is
+    written atomically)."""
+    existed = Path(directory).is_dir()
     folder = make_folder(directory, "model folder")
     cpu = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    atomic_write(folder / TENSORS_FILE, lambda tmp: save_file(cpu, tmp))
-    if extra is not None:
-        extra(folder)
-    atomic_write_json(folder / CONFIG_FILE,
-                      {"format_version": FORMAT_VERSION, "model_type": model_type, **config})
+    try:
+        atomic_write(folder / TENSORS_FILE, lambda tmp: save_file(cpu, tmp))
+        if extra is not None:
+            extra(folder)
+        atomic_write_json(folder / CONFIG_FILE,
+                          {"format_version": FORMAT_VERSION, "model_type": model_type, **config})
+    except BaseException as exc:
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        failure = write_failure(exc, folder)
+        if failure is not None:
+            raise failure from exc
+        raise
     return folder
+
+
+#: What to do about a failed write, by errno (anything else: make it writable).
+WRITE_FIXES = {errno.ENOSPC: "free space on its disk, or save elsewhere, and run again",
+               errno.EDQUOT: "free space within your disk quota, or save elsewhere, and run "
+                             "again"}
+
+
+def write_failure(exc: BaseException, folder: Path) -> WriteError | None:
+    """The :class:`WriteError` of an OS error (not an hmmlvd error) or a safetensors I/O error
+    (``... I/O error: No space left on device (os error 28)``) raised while writing into
+    ``folder``; None for any other exception."""
+    code: int | None = None
+    if isinstance(exc, SafetensorError):
+        text = str(exc)
+        if "I/O error" not in text and "os error" not in text:
+            return None
+        found = re.search(r"os error (\d+)", text)
+        code = int(found[1]) if found else None
+        reason = os.strerror(code) if code else text.rsplit(": ", 1)[-1]
+    elif isinstance(exc, OSError) and not isinstance(exc, HMMLVDError):
+        code = exc.errno
+        reason = exc.strerror or str(exc) or type(exc).__name__
+    else:
+        return None
+    fix = WRITE_FIXES.get(code, "make it writable, or save elsewhere, and run again")
+    failure = WriteError(f"cannot save into {folder}: {reason.strip().splitlines()[0]}; {fix}")
+    failure.errno = code
+    return failure
 
 
 def save_once(folder: str | os.PathLike, tensors: Mapping[str, torch.Tensor],

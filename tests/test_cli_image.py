@@ -383,3 +383,45 @@ def test_final_step_size_anneals_every_lvd_stage(mnist_dir, tmp_path, monkeypatc
                  "--final-step-size", "0", "--data-dir", str(mnist_dir),
                  "--out", str(tmp_path / "b")]) == 2
     assert "--final-step-size must be in (0, 1]" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("failing", ["tensors", "state"])
+def test_disk_full_while_checkpointing_is_one_line_and_the_last_checkpoint_resumes(
+        mnist_dir, tmp_path, capsys, monkeypatch, failing):
+    """The disk fills up while the second checkpoint is written: its tensors (safetensors
+    raises its own error, not an OSError) or its em_state.json (an OSError). One line naming
+    the folder and what to do, no incomplete checkpoint folder, `latest` still names the
+    first, and --resume from it finishes the run."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    import hmmlvd.pc.resume as resume_module
+    import hmmlvd.persist as persist_module
+
+    owner, name = ((persist_module, "save_file") if failing == "tensors"
+                   else (resume_module, "atomic_write_json"))
+    real, calls = getattr(owner, name), []
+
+    def fill_up(what, path):
+        calls.append(path)
+        if len(calls) == 2 and failing == "tensors":
+            raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                                  "(os error 28)")
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(what, path)
+
+    out = tmp_path / "run"
+    command = ["image", "train", "--model", "hclt", "--size", "2", *TINY, "--no-eval",
+               "--data-dir", str(mnist_dir), "--out", str(out)]
+    monkeypatch.setattr(owner, name, fill_up)
+    assert main(command) == 2
+    line = one_line_error(capsys)
+    root = out / "checkpoints"
+    assert f"cannot save into {root / 'em-00000002'}: No space left on device" in line, line
+    assert sorted(p.name for p in root.iterdir()) == ["em-00000001", "latest"]
+    assert (root / "latest").read_text().strip() == "em-00000001"
+    monkeypatch.setattr(owner, name, real)
+    assert main([*command, "--resume"]) == 0
+    assert (out / "model.safetensors").is_file() and not root.exists()

@@ -174,10 +174,14 @@ def test_save_writes_the_config_last(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         persist.save(tmp_path / "m", tensors(), {}, "thing", extra=extra)
     assert seen == [[persist.TENSORS_FILE], [persist.TENSORS_FILE, "vocab.txt"]]
-    assert not (tmp_path / "m" / persist.CONFIG_FILE).exists()
-    assert persist.tensor_shapes(tmp_path / "m") == SHAPES
+    assert not (tmp_path / "m").exists()  # the folder this save created is removed again
+    (tmp_path / "old").mkdir()  # a folder that was there is kept, without a config
+    with pytest.raises(OSError, match="disk full"):
+        persist.save(tmp_path / "old", tensors(), {}, "thing", extra=extra)
+    assert not (tmp_path / "old" / persist.CONFIG_FILE).exists()
+    assert persist.tensor_shapes(tmp_path / "old") == SHAPES
     with pytest.raises(CheckpointError, match="is missing"):  # so it does not pass as saved
-        persist.read_config(tmp_path / "m", "thing")
+        persist.read_config(tmp_path / "old", "thing")
 
 
 def test_save_onto_a_file(tmp_path):

@@ -420,3 +420,48 @@ def test_save_circuit_onto_a_file_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="is a file, not a folder"):
         save_circuit(circuit, target)
     assert target.read_text() == "a file"
+
+
+# ----- a disk that fills up while a checkpoint is written --------------------------------------
+#: What safetensors raises when the disk is full (its own exception type, not an OSError).
+DISK_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+def test_disk_full_while_checkpointing_is_one_line_and_the_last_checkpoint_resumes(
+        corpus, tmp_path, capsys, monkeypatch):
+    """The third checkpoint's tensors cannot be written: one line naming the folder and what
+    to do (no traceback), no incomplete step folder left, `latest` still names the second,
+    and --resume from it ends as an uninterrupted run."""
+    from safetensors import SafetensorError
+
+    import hmmlvd.persist as persist_module
+
+    args = train_args(corpus, tmp_path / "run", "--checkpoint-every", "1")
+    assert main(train_args(corpus, tmp_path / "whole")) == 0
+    real_save_file, calls = persist_module.save_file, []
+
+    def fill_up(tensors, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise SafetensorError(DISK_FULL)
+        return real_save_file(tensors, path)
+
+    monkeypatch.setattr(persist_module, "save_file", fill_up)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err  # the progress bar, then the error
+    line = one_line_error(err.strip().rsplit("\n", 1)[-1])
+    assert "Traceback" not in err, err
+    root = out / "checkpoints"
+    assert f"cannot save into {root / 'step-00000003'}: No space left on device" in line, line
+    assert "free space" in line, line
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000001",
+                                                      "step-00000002"]
+    assert (root / "latest").read_text().strip() == "step-00000002"
+    assert not (out / "config.json").exists()
+    monkeypatch.setattr(persist_module, "save_file", real_save_file)
+    assert main([*args, "--resume"]) == 0
+    whole, resumed = HMM.from_pretrained(tmp_path / "whole"), HMM.from_pretrained(out)
+    for name, p in whole.parameters().items():
+        torch.testing.assert_close(resumed.parameters()[name], p, rtol=0, atol=1e-6)

@@ -168,19 +168,28 @@ class EMCheckpoints:
 
     def save(self, progress: EMProgress, early: EarlyStopping | None) -> Path:
         """Write a complete checkpoint of the watched model and ``progress``, point ``latest``
-        at it, then delete the older ones. Returns its folder."""
+        at it, then delete the older ones. Returns its folder. If a write fails (disk full:
+        :class:`~hmmlvd.errors.WriteError`), the new folder is removed and ``latest`` and the
+        checkpoint it names are left as they were, so the run still resumes from there."""
         serials = [int(p.name[3:]) for p in self.root.glob("em-*") if NAME.fullmatch(p.name)]
         folder = self.root / f"em-{max(serials, default=0) + 1:08d}"
-        self._model.save_pretrained(folder)
-        early_state = None
-        if early is not None:
-            early_state, best = early.state()
-            if best:
-                persist.save(folder / BEST_FOLDER, best, {}, "em_best")
-        atomic_write_json(folder / STATE_FILE, {
-            "settings": self.settings, "record": self.record, "progress": asdict(progress),
-            "early": early_state,
-            "seconds": self.seconds_before + time.perf_counter() - self._clock})
+        try:
+            self._model.save_pretrained(folder)
+            early_state = None
+            if early is not None:
+                early_state, best = early.state()
+                if best:
+                    persist.save(folder / BEST_FOLDER, best, {}, "em_best")
+            atomic_write_json(folder / STATE_FILE, {
+                "settings": self.settings, "record": self.record,
+                "progress": asdict(progress), "early": early_state,
+                "seconds": self.seconds_before + time.perf_counter() - self._clock})
+        except BaseException as exc:
+            shutil.rmtree(folder, ignore_errors=True)  # a new serial: nothing else was there
+            failure = persist.write_failure(exc, folder)
+            if failure is not None:
+                raise failure from exc
+            raise
         atomic_write_text(self.root / "latest", folder.name + "\n")
         for stale in self.root.glob("em-*"):
             if stale != folder and NAME.fullmatch(stale.name) and stale.is_dir():
