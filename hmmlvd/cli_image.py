@@ -51,6 +51,7 @@ from hmmlvd.image_pipeline import image_bpd as bits_per_dim
 from hmmlvd.outdir import output_folder
 from hmmlvd.pc.em import LEAF_PRIORS, PSEUDOCOUNT_PER, EMConfig
 from hmmlvd.pc.resume import EMCheckpoints
+from hmmlvd.provenance import image_training_record
 
 DATASETS = ("mnist", "cifar10")
 SPLITS = ("train", "valid", "test")
@@ -334,8 +335,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.init is not None:
         init, init_record = initial_model(args)
     with output_folder(args.out):
-        checkpoints, resumed = _checkpoints(args, training_settings(args, em, structure))
         data = load_data(args)
+        trained_on = image_training_record("image train", data.train)
+        checkpoints, resumed = _checkpoints(args, training_settings(args, em, structure),
+                                            trained_on)
         held_out = data.valid if args.patience else None  # valid decides when to stop
         with signals_request_stop() as stop:  # Ctrl-C / SIGTERM: checkpoint, then stop
             checkpoints.stop_signal = lambda: stop[0]
@@ -357,6 +360,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                   "train_seconds": trained.seconds, "timings": trained.history["timings"],
                   "history": {k: v for k, v in trained.history.items() if k != "timings"},
                   "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                  "trained_on": trained_on,
                   **({"resumed": True} if resumed is not None else {})}
         bpd = "" if args.no_eval else "; " + evaluate(model, data, ("valid", "test"),
                                                       args.batch_size, args.quiet, result)
@@ -366,10 +370,14 @@ def cmd_train(args: argparse.Namespace) -> None:
           f"{args.out})", flush=True)
 
 
-def _checkpoints(args: argparse.Namespace, settings: dict) -> tuple[EMCheckpoints, object]:
+def _checkpoints(args: argparse.Namespace, settings: dict,
+                 trained_on: dict) -> tuple[EMCheckpoints, object]:
     """The run's checkpoints in ``--out`` and, with ``--resume``, the model read back from the
-    newest one; a checkpoint left there without ``--resume`` is refused (never overwritten)."""
-    checkpoints = EMCheckpoints(args.out, settings, defaults=setting_defaults())
+    newest one (refused if it was trained with other ``settings`` or on other images than
+    ``trained_on`` records); a checkpoint left there without ``--resume`` is refused (never
+    overwritten)."""
+    checkpoints = EMCheckpoints(args.out, settings, defaults=setting_defaults(),
+                                trained_on=trained_on)
     if not args.resume:
         if checkpoints.latest() is not None:
             raise CheckpointError(f"{args.out} holds the checkpoints of a stopped run: continue "

@@ -1,6 +1,7 @@
 """What a model was trained on, as digests and settings: the vocabulary digest that
 ``config.json`` records (checked on loading), and the record of a training run (data digest,
-window selection, model shape, command) that checkpoints keep and ``--resume`` compares."""
+window selection, model shape, command; for image runs the images' digest) that checkpoints
+keep and ``--resume`` compares."""
 
 from __future__ import annotations
 
@@ -29,6 +30,23 @@ def token_digest(stream: np.ndarray) -> str:
     return "sha256:" + hashlib.sha256(data.tobytes()).hexdigest()
 
 
+def image_digest(images: np.ndarray) -> str:
+    """``sha256:<hex>`` of images [N, H, W, C] of grey levels: their shape, then their values
+    (as uint8, row-major), so that the same bytes in another shape differ."""
+    data = np.ascontiguousarray(np.asarray(images), dtype=np.uint8)
+    digest = hashlib.sha256(repr(tuple(data.shape)).encode("ascii"))
+    digest.update(memoryview(data).cast("B"))
+    return "sha256:" + digest.hexdigest()
+
+
+def image_training_record(command: str, train_images: np.ndarray) -> dict:
+    """What an image run trains on, in the form :func:`check_same_training` compares: the
+    command and the training images' digest and number (the model and EM settings are kept
+    and compared by :class:`hmmlvd.pc.resume.EMCheckpoints`)."""
+    return {"command": command, "data_sha256": image_digest(train_images),
+            "train_images": len(train_images)}
+
+
 def training_record(command: str, train_stream: np.ndarray, num_windows: int,
                     max_windows: int | None, seed: int, hidden_states: int, length: int,
                     homogeneous: bool) -> dict:
@@ -38,6 +56,16 @@ def training_record(command: str, train_stream: np.ndarray, num_windows: int,
             "train_tokens": len(train_stream), "num_windows": int(num_windows),
             "max_windows": max_windows, "seed": seed, "hidden_states": hidden_states,
             "length": length, "homogeneous": bool(homogeneous)}
+
+
+def _data_words(record: dict) -> str:
+    """The training data of a record in words: ``5,000 train images sha256:0123456789ab…``
+    (or train tokens; the count where the record has it)."""
+    digest = f"{record['data_sha256'][:19]}…"
+    for key, noun in (("train_tokens", "train tokens"), ("train_images", "train images")):
+        if isinstance(record.get(key), int):
+            return f"{record[key]:,} {noun} {digest}"
+    return f"train data {digest}"
 
 
 def _flag(flag: str, value: object) -> str:
@@ -58,9 +86,9 @@ def check_same_training(saved: dict, given: dict, out: Path) -> None:
                               "another --out")
     if "data_sha256" in saved and saved["data_sha256"] != given["data_sha256"]:
         raise CheckpointError(
-            f"the training data differs from what {where} was trained on (train tokens "
-            f"{saved['data_sha256'][:19]}… then, {given['data_sha256'][:19]}… now): resume "
-            "with the data folder the run was started with")
+            f"the training data differs from what {where} was trained on "
+            f"({_data_words(saved)} then, {_data_words(given)} now): resume with the data "
+            "folder the run was started with")
     for key, flag in FLAGS.items():
         if key in saved and saved[key] != given[key]:
             raise CheckpointError(f"--resume with {_flag(flag, given[key])}, but {where} was "

@@ -425,3 +425,37 @@ def test_disk_full_while_checkpointing_is_one_line_and_the_last_checkpoint_resum
     monkeypatch.setattr(owner, name, real)
     assert main([*command, "--resume"]) == 0
     assert (out / "model.safetensors").is_file() and not root.exists()
+
+
+def test_resume_on_other_images_is_refused_naming_the_data(mnist_dir, tmp_path, capsys,
+                                                           monkeypatch):
+    """A run stopped by SIGTERM and resumed with --data-dir at other images (same count) is
+    refused in one line naming the training data; with its own images it resumes."""
+    import os
+    import signal
+
+    import hmmlvd.pc.em as em_module
+
+    real, calls = em_module.accumulate_counts, []
+
+    def terminate_on_second(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    out = tmp_path / "run"
+    command = ["image", "train", "--model", "hclt", "--size", "2", *TINY, "--no-eval",
+               "--out", str(out)]
+    monkeypatch.setattr(em_module, "accumulate_counts", terminate_on_second)
+    assert main([*command, "--data-dir", str(mnist_dir)]) == 143
+    monkeypatch.setattr(em_module, "accumulate_counts", real)
+    other = write_mnist(tmp_path / "other", seed=1)
+    capsys.readouterr()
+    assert main([*command, "--data-dir", str(other), "--resume"]) == 2
+    line = one_line_error(capsys)
+    assert "the training data differs" in line and "200 train images sha256:" in line, line
+    assert "resume with the data folder the run was started with" in line, line
+    assert (out / "checkpoints" / "latest").is_file() and not (out / "config.json").exists()
+    assert main([*command, "--data-dir", str(mnist_dir), "--resume"]) == 0
+    assert json.loads((out / "results.json").read_text())["trained_on"]["train_images"] == 200

@@ -5,9 +5,11 @@ A checkpoint is a folder ``out/checkpoints/em-NNNNNNNN/`` (NNNNNNNN: a serial nu
 model as ``save_pretrained`` writes it, the best epoch's parameters so far (``best/``, the same
 safetensors + JSON format) and ``em_state.json``: where EM stands (:class:`EMProgress`), the
 early-stopping scores, the run's settings (a resume with other settings is refused, naming the
-flag), a free ``record`` (e.g. LVD's stage (a) and (b) history) and the wall time spent so
-far. ``out/checkpoints/latest`` names the newest complete one and is written last; older ones
-are then deleted. A run killed at any moment thus resumes from a complete checkpoint.
+flag), what it trains on (``trained_on``: e.g. the training images' digest; a resume on other
+data is refused), a free ``record`` (e.g. LVD's stage (a) and (b) history) and the wall time
+spent so far. ``out/checkpoints/latest`` names the newest complete one and is written last;
+older ones are then deleted. A run killed at any moment thus resumes from a complete
+checkpoint.
 
 When they are written (by :func:`hmmlvd.pc.em.run_em`): before the first batch (so work done
 before EM, e.g. LVD's stages (a) and (b), is never redone), after every epoch, and when a stop is
@@ -35,6 +37,7 @@ from hmmlvd.atomic import atomic_write_json, atomic_write_text
 from hmmlvd.em import EarlyStopping
 from hmmlvd.em.stop import TrainingInterrupted, stopped_by
 from hmmlvd.errors import CheckpointError, DataError
+from hmmlvd.provenance import check_same_training
 
 STATE_FILE = "em_state.json"
 BEST_FOLDER = "best"
@@ -81,17 +84,21 @@ class EMCheckpoints:
 
     ``settings``: what the run was started with (a flat JSON object; :meth:`resume` refuses
     other values; ``defaults``: the value a setting had before it existed, for checkpoints
-    written by an older hmmlvd that did not record it); ``stop_signal()``: the number of a
-    signal that asked training to stop, 0 while none did; ``record``: JSON kept with every
-    checkpoint (set it before EM starts).
+    written by an older hmmlvd that did not record it); ``trained_on``: what it trains on (a
+    record of :mod:`hmmlvd.provenance`, e.g. the training images' digest; :meth:`resume`
+    refuses other data with :func:`~hmmlvd.provenance.check_same_training`); ``stop_signal()``:
+    the number of a signal that asked training to stop, 0 while none did; ``record``: JSON kept
+    with every checkpoint (set it before EM starts).
     """
 
     def __init__(self, out: str | Path, settings: dict,
-                 stop_signal: Callable[[], int] | None = None, defaults: dict | None = None):
+                 stop_signal: Callable[[], int] | None = None, defaults: dict | None = None,
+                 trained_on: dict | None = None):
         self.out = Path(out)
         self.root = self.out / FOLDER
         self.settings = dict(settings)
         self.defaults = dict(defaults or {})
+        self.trained_on = dict(trained_on or {})
         self.stop_signal = stop_signal or (lambda: 0)
         self.record: dict = {}
         self.progress: EMProgress | None = None  # set by resume(): where to continue
@@ -119,7 +126,8 @@ class EMCheckpoints:
         """Read the newest checkpoint: sets :attr:`progress` and :attr:`record`, keeps the
         early-stopping state for :meth:`restore_early`, and returns the folder to load the
         model from. :class:`CheckpointError` when there is none, it is damaged, or it was
-        written with other settings (naming the first that differs)."""
+        written with other settings (naming the first that differs) or on other data (its
+        ``trained_on`` record; checkpoints written before it was recorded are not checked)."""
         folder = self.latest()
         if folder is None:
             raise CheckpointError(f"no checkpoint to resume from in {self.out} (no "
@@ -131,12 +139,14 @@ class EMCheckpoints:
             progress = EMProgress.from_dict(raw["progress"])
             early = raw["early"]
             seconds = float(raw.get("seconds", 0.0))
-            if not isinstance(settings, dict) or not isinstance(record, dict):
-                raise TypeError("settings and record must be objects")
+            trained_on = raw.get("trained_on", {})
+            if not all(isinstance(v, dict) for v in (settings, record, trained_on)):
+                raise TypeError("settings, record and trained_on must be objects")
         except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
             raise CheckpointError(f"{path} is damaged or not from hmmlvd: "
                                   f"{type(exc).__name__}: {exc}") from exc
         check_same_settings({**self.defaults, **settings}, self.settings, self.out)
+        check_same_training(trained_on, self.trained_on, self.out)
         self.progress, self.record, self.seconds_before = progress, record, seconds
         self._clock = time.perf_counter()
         self._early = None if early is None else (early, folder)
@@ -181,7 +191,7 @@ class EMCheckpoints:
                 if best:
                     persist.save(folder / BEST_FOLDER, best, {}, "em_best")
             atomic_write_json(folder / STATE_FILE, {
-                "settings": self.settings, "record": self.record,
+                "settings": self.settings, "record": self.record, "trained_on": self.trained_on,
                 "progress": asdict(progress), "early": early_state,
                 "seconds": self.seconds_before + time.perf_counter() - self._clock})
         except BaseException as exc:
