@@ -231,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(ev)
     ev.add_argument("--model", type=Path, required=True, help="saved model folder")
     add_eval_args(ev)
+    ev.add_argument("--dtype", choices=DTYPE_NAMES, default="float32",
+                    help="dtype of the forward's matmuls (default float32; bfloat16 or auto "
+                         "trade a little precision for speed, log-probabilities are summed "
+                         "in float32 either way)")
 
     sa = sub.add_parser("sample", help="sample windows from a saved model")
     sa.add_argument("--model", type=Path, required=True)
@@ -247,15 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def evaluate(hmm: HMM, data: WikiText, args: argparse.Namespace) -> dict[str, dict]:
+def evaluate(hmm: HMM, data: WikiText, args: argparse.Namespace,
+             dtype: torch.dtype = torch.float32) -> dict[str, dict]:
     """Sliding (and optionally window) perplexity on each requested split, printed in a table
-    beside the unigram and Kneser–Ney baselines on the same token streams."""
+    beside the unigram and Kneser–Ney baselines on the same token streams; the forward's
+    matmuls in ``dtype``."""
     results = {}
     streams = {split: data.split(split)[: args.max_eval_tokens] for split in args.splits}
     for split, stream in streams.items():
         row = {}
         started = time.perf_counter()
-        ppl = sliding_perplexity(hmm, stream, args.eval_batch_size, progress=True)
+        ppl = sliding_perplexity(hmm, stream, args.eval_batch_size, progress=True, dtype=dtype)
         row["sliding_ppl"], row["tokens"] = ppl.perplexity, ppl.count
         if args.window_ppl:
             windows = TokenWindows(stream, hmm.length)
@@ -429,7 +435,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if hmm.vocab is None and len(data.vocab) != hmm.vocab_size:
         raise CheckpointError(f"the model has vocab_size {hmm.vocab_size} but the data has "
                               f"{len(data.vocab)} words")
-    evaluate(hmm, data, args)
+    dtype = resolve_dtype(args.dtype, hmm.device)
+    if dtype != torch.float32:
+        print(f"forward matmuls in {str(dtype).removeprefix('torch.')}")
+    evaluate(hmm, data, args, dtype)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

@@ -15,6 +15,12 @@ words, windows of T = 32 tokens), on one device:
 - **matmul rate**: the measured float32 ``torch.mm`` rate in the same run, the peak of a
   [B,H] x [H,H] matmul (the shape the forward uses, T of them back to back) and a large square
   one (2048^3). Achieved FLOP/s are reported as a fraction of it;
+- **compute dtype**: each of the above in float32 and (where the device multiplies bfloat16
+  natively, or with ``--dtype bfloat16/both``) in bfloat16, each against the matmul rate of
+  its own dtype measured in the same run, and the bf16 EM step as a ratio to float32's;
+- **queries** (``--query-states``): Viterbi decoding, the masked log-likelihood (20% of the
+  words missing) and the two-keyword constrained forward (``constraint_log_probability`` on
+  prefixes of T/2 words, |Q| = 4 DFA states), each as a multiple of the plain forward;
 - **hmmlearn**: ``CategoricalHMM.score`` of a homogeneous model with the same H and V (its
   parameters copied from a homogeneous ``HMM``) on the first few windows (it is slow), each
   window a separate sequence (``lengths``). Its log-likelihood is checked against ours.
@@ -48,7 +54,10 @@ import torch
 from tqdm import tqdm
 
 from hmmlvd.allocator import keep_freed_memory
+from hmmlvd.device import DTYPE_NAMES, native_bf16, resolve_dtype
+from hmmlvd.hmm.dfa import keywords
 from hmmlvd.hmm.model import HMM
+from hmmlvd.hmm.queries import constraint_log_probability
 from hmmlvd.report import device_name, provenance, write_section
 
 from benchlib import (
@@ -73,8 +82,15 @@ SQUARE_SIZE = 2048
 TARGET_H = 256
 TARGET_FORWARD_FRACTION = 0.40
 TARGET_SPEEDUP = 100.0
-# EM step as a fraction of the matmul rate, by H (issue 16: 25% at H=64, 45% at H >= 256)
+# EM step as a fraction of the matmul rate, by H: 25% at H=64, 45% at H >= 256 (float32)
 TARGET_EM_FRACTIONS = {64: 0.25, 256: 0.45, 512: 0.45}
+# bf16 EM step / float32 EM step, by the smallest H it applies to; bf16 EM as a fraction of the
+# bf16 matmul rate from H = 512 on
+TARGET_BF16_SPEEDUPS = {256: 1.5, 512: 2.0}
+TARGET_BF16_EM_FRACTION = 0.50
+# queries as multiples of the plain forward (the constrained one: 2 |Q| with |Q| = 4)
+TARGET_QUERY_RATIOS = {"decode": 1.5, "masked": 1.5, "constrained": 8.0}
+QUERY_MISSING = 0.2  # fraction of words missing in the masked-likelihood timing
 
 
 @dataclass
@@ -87,9 +103,10 @@ class SizeResult:
     length: int
     forward_seconds: float
     em_seconds: float
-    em_dense_seconds: float  # the same step with the dense M-step (before the scaled table)
-    matmul_rate: float  # FLOP/s of T back-to-back [B,H] x [H,H] matmuls
+    em_dense_seconds: float | None  # the same step with the dense M-step (float32 only)
+    matmul_rate: float  # FLOP/s of T back-to-back [B,H] x [H,H] matmuls in this row's dtype
     peak_memory: int  # bytes
+    dtype: str = "float32"
     hmmlearn_seconds: float | None = None
     hmmlearn_windows: int = 0
     hmmlearn_error: float | None = None  # |sum log p(ours) - sum log p(hmmlearn)| / windows
@@ -121,7 +138,9 @@ class SizeResult:
         return 3.0 * self.forward_flops / self.em_seconds
 
     @property
-    def em_dense_flops_per_s(self) -> float:
+    def em_dense_flops_per_s(self) -> float | None:
+        if self.em_dense_seconds is None:
+            return None
         return 3.0 * self.forward_flops / self.em_dense_seconds
 
     @property
@@ -167,37 +186,77 @@ def bench_hmmlearn(num_states: int, args: argparse.Namespace, x: torch.Tensor
 
 
 # ----- one size -----------------------------------------------------------------------------
-def bench_size(num_states: int, args: argparse.Namespace, x: torch.Tensor,
+def bench_size(num_states: int, dtype_name: str, args: argparse.Namespace, x: torch.Tensor,
                progress: tqdm) -> SizeResult:
-    """Time forward, EM step, matmul and (optionally) hmmlearn at H = ``num_states``."""
+    """Time forward, EM step, matmul and (float32 only: the dense M-step and, optionally,
+    hmmlearn) at H = ``num_states`` in compute dtype ``dtype_name``."""
     device = args.device
+    dtype = resolve_dtype(dtype_name, device)
     batch_size = x.shape[0]
-    progress.set_postfix_str(f"H={num_states}: init")
+    label = f"H={num_states} {dtype_name}"
+    progress.set_postfix_str(f"{label}: init")
     hmm = HMM(num_states, args.vocab_size, args.length, homogeneous=args.homogeneous,
               seed=args.seed, device=device)
     x_dev = x.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    progress.set_postfix_str(f"H={num_states}: matmul")
+    progress.set_postfix_str(f"{label}: matmul")
     rate = matmul_rate(batch_size, num_states, num_states, args.length, device, args.repeats,
-                       args.warmup)
-    progress.set_postfix_str(f"H={num_states}: forward")
-    forward_s = time_forward(hmm, x_dev, args.repeats, args.warmup)
-    progress.set_postfix_str(f"H={num_states}: EM step")
-    em_s = time_em_step(hmm, x_dev, args.repeats, args.warmup, args.step_size, args.pseudocount)
-    progress.set_postfix_str(f"H={num_states}: EM step, dense M-step")
-    dense_s = time_em_step(hmm, x_dev, args.repeats, args.warmup, args.step_size,
-                           args.pseudocount, dense=True)
+                       args.warmup, dtype)
+    progress.set_postfix_str(f"{label}: forward")
+    forward_s = time_forward(hmm, x_dev, args.repeats, args.warmup, dtype)
+    progress.set_postfix_str(f"{label}: EM step")
+    em_s = time_em_step(hmm, x_dev, args.repeats, args.warmup, args.step_size, args.pseudocount,
+                        dtype=dtype)
+    dense_s = None
+    if dtype == torch.float32:
+        progress.set_postfix_str(f"{label}: EM step, dense M-step")
+        dense_s = time_em_step(hmm, x_dev, args.repeats, args.warmup, args.step_size,
+                               args.pseudocount, dense=True)
     result = SizeResult(num_states, batch_size, args.length, forward_s, em_s, dense_s, rate,
-                        peak_memory(device))
+                        peak_memory(device), dtype_name)
     del hmm, x_dev
-    if args.hmmlearn_windows > 0:
-        progress.set_postfix_str(f"H={num_states}: hmmlearn")
+    if args.hmmlearn_windows > 0 and dtype == torch.float32:
+        progress.set_postfix_str(f"{label}: hmmlearn")
         windows = x[: args.hmmlearn_windows]
         result.hmmlearn_seconds, result.hmmlearn_error = bench_hmmlearn(num_states, args,
                                                                         windows)
         result.hmmlearn_windows = len(windows)
     return result
+
+
+@dataclass
+class QueryResult:
+    """Median seconds of the plain forward and of each query on the same B windows."""
+
+    num_states: int
+    forward_seconds: float
+    seconds: dict[str, float]  # decode, masked, constrained
+
+
+def bench_queries(num_states: int, args: argparse.Namespace, x: torch.Tensor,
+                  progress: tqdm) -> QueryResult:
+    """Viterbi, masked log-likelihood and the two-keyword constrained forward at H =
+    ``num_states`` (float32), each timed like the forward on the same windows."""
+    device = args.device
+    hmm = HMM(num_states, args.vocab_size, args.length, homogeneous=args.homogeneous,
+              seed=args.seed, device=device)
+    x = x.to(device)
+    gen = torch.Generator().manual_seed(args.seed)
+    mask = (torch.rand(x.shape, generator=gen) >= QUERY_MISSING).to(device)
+    dfa = keywords([int(x[0, 0]), int(x[0, 1])])  # two keywords: |Q| = 4
+    prefix = x[:, : args.length // 2]
+    repeats, warmup = args.query_repeats, min(args.warmup, 1)
+    runs = {"decode": lambda: hmm.decode(x),
+            "masked": lambda: hmm.log_likelihood(x, mask),
+            "constrained": lambda: constraint_log_probability(hmm, dfa, prefix)}
+    progress.set_postfix_str(f"H={num_states}: queries, forward")
+    forward_s = time_forward(hmm, x, repeats, warmup)
+    seconds = {}
+    for name, run in runs.items():
+        progress.set_postfix_str(f"H={num_states}: queries, {name}")
+        seconds[name] = median_seconds(run, device, repeats, warmup)
+    return QueryResult(num_states, forward_s, seconds)
 
 
 # ----- report -------------------------------------------------------------------------------
@@ -207,30 +266,69 @@ def header_line(args: argparse.Namespace, rate: float) -> str:
             f"threads: {torch.get_num_threads()} | batch size: {args.batch_size} | "
             f"T={args.length} | V={args.vocab_size} | "
             f"{'homogeneous' if args.homogeneous else 'non-homogeneous'} | "
-            f"matmul rate: {si(rate, 'FLOP/s')}")
+            f"float32 matmul rate: {si(rate, 'FLOP/s')}")
 
 
-def table(results: Sequence[SizeResult], rate: float) -> str:
-    """The results as a markdown table."""
-    columns = ["H", "forward tok/s", "forward FLOP/s", "% of matmul rate", "EM step tok/s",
-               "EM % of matmul rate", "EM, dense M-step: tok/s", "dense: % of matmul rate",
-               "EM speedup", "hmmlearn tok/s", "speedup vs hmmlearn", "peak mem"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---:|" * len(columns)]
+def table(results: Sequence[SizeResult], rates: dict[str, float]) -> str:
+    """The results as a markdown table, one row per (H, dtype); percentages are of the
+    largest matmul rate of the row's own dtype (``rates``: by dtype name)."""
+    columns = ["H", "dtype", "forward tok/s", "forward FLOP/s", "% of matmul rate",
+               "EM step tok/s", "EM % of matmul rate", "EM vs float32",
+               "EM, dense M-step: tok/s", "dense: % of matmul rate", "EM speedup",
+               "hmmlearn tok/s", "speedup vs hmmlearn", "peak mem"]
+    lines = ["| " + " | ".join(columns) + " |", "|---:|---|" + "---:|" * (len(columns) - 2)]
+    fp32 = {r.num_states: r for r in results if r.dtype == "float32"}
     for r in results:
+        rate = rates[r.dtype]
         hl = r.hmmlearn_tokens_per_s
         speedup = f"{r.forward_tokens_per_s / hl:.3g}x" if hl else "-"
-        cells = [str(r.num_states), si(r.forward_tokens_per_s), si(r.forward_flops_per_s),
-                 percent(r.forward_flops_per_s / rate), si(r.em_tokens_per_s),
-                 percent(r.em_flops_per_s / rate), si(r.tokens / r.em_dense_seconds),
-                 percent(r.em_dense_flops_per_s / rate),
-                 f"{r.em_dense_seconds / r.em_seconds:.2f}x", si(hl), speedup,
-                 si(r.peak_memory, "B")]
+        base = fp32.get(r.num_states)
+        versus = f"{base.em_seconds / r.em_seconds:.2f}x" if base else "-"
+        dense = r.em_dense_seconds is not None
+        cells = [str(r.num_states), r.dtype, si(r.forward_tokens_per_s),
+                 si(r.forward_flops_per_s), percent(r.forward_flops_per_s / rate),
+                 si(r.em_tokens_per_s), percent(r.em_flops_per_s / rate), versus,
+                 si(r.tokens / r.em_dense_seconds) if dense else "-",
+                 percent(r.em_dense_flops_per_s / rate) if dense else "-",
+                 f"{r.em_dense_seconds / r.em_seconds:.2f}x" if dense else "-", si(hl),
+                 speedup, si(r.peak_memory, "B")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def query_table(results: Sequence[QueryResult], batch_size: int, length: int) -> str:
+    """Seconds of each query and its multiple of the plain forward, with the targets."""
+    lines = ["| H | forward s | decode s | decode / forward | masked likelihood s | "
+             "masked / forward | 2-keyword constrained s | constrained / forward |",
+             "|---:|" + "---:|" * 7]
+    for r in results:
+        cells = [str(r.num_states), f"{r.forward_seconds:.3g}"]
+        for name in ("decode", "masked", "constrained"):
+            cells += [f"{r.seconds[name]:.3g}", f"{r.seconds[name] / r.forward_seconds:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    verdicts = []
+    for r in results:
+        for name, goal in TARGET_QUERY_RATIOS.items():
+            got = r.seconds[name] / r.forward_seconds
+            verdicts.append(f"H={r.num_states} {name} {got:.2f}x (target <= {goal:g}x: "
+                            f"{'met' if got <= goal else f'missed by {got / goal:.1f}x'})")
+    return "\n".join([*lines, "", f"Queries on the same {batch_size} windows of T={length} "
+                      "(float32): decode = Viterbi path and score; masked = log p(observed "
+                      f"words) with {QUERY_MISSING:.0%} of the words missing; constrained = "
+                      "p(window contains two keywords | its first T/2 words), |Q| = 4.",
+                      "Query targets: " + "; ".join(verdicts) + "."])
+
+
 def notes(results: Sequence[SizeResult], rates: dict[str, float],
           args: argparse.Namespace) -> list[str]:
+    """Lines under the table: how things were counted, matmul rates, hmmlearn, targets
+    (``rates``: every matmul rate measured, by label)."""
+    return _notes([r for r in results if r.dtype == "float32"], rates, args) + \
+        bf16_notes(results, rates, args)
+
+
+def _notes(results: Sequence[SizeResult], rates: dict[str, float],
+           args: argparse.Namespace) -> list[str]:
     """Lines under the table: how things were counted, matmul rates, hmmlearn, targets."""
     memory = ("torch.cuda.max_memory_allocated" if args.device.type == "cuda"
               else "process peak RSS so far")
@@ -250,13 +348,47 @@ def notes(results: Sequence[SizeResult], rates: dict[str, float],
                    f"'{args.hmmlearn_implementation}') of the first {with_hl[0].hmmlearn_windows}"
                    f" windows, homogeneous model; speedup = our forward tok/s / hmmlearn tok/s; "
                    f"|log-likelihood difference| per window: {worst:.2g} nats at most.")
+    fp32_rate = own_rate(rates, "float32")
     target = next((r for r in results if r.num_states == TARGET_H), None)
     if target is not None:
-        out.append(target_line(target, max(rates.values())))
+        out.append(target_line(target, fp32_rate))
     em_targets = [r for r in results if r.num_states in TARGET_EM_FRACTIONS]
     if em_targets:
-        out.append(em_target_line(em_targets, max(rates.values())))
+        out.append(em_target_line(em_targets, fp32_rate))
     return out
+
+
+def own_rate(rates: dict[str, float], dtype: str) -> float:
+    """The largest matmul rate measured in ``dtype`` (labels end with the dtype name)."""
+    return max(v for k, v in rates.items() if k.endswith(dtype))
+
+
+def bf16_notes(results: Sequence[SizeResult], rates: dict[str, float],
+               args: argparse.Namespace) -> list[str]:
+    """The bf16 targets, or why there are no bf16 rows."""
+    if args.bf16_skipped:
+        return [f"bfloat16: skipped, {device_name(args.device)} has no native bf16 matmul "
+                "(no avx512_bf16 / amx_bf16; torch emulates it at "
+                f"{si(args.bf16_emulated_rate, 'FLOP/s')} against float32's "
+                f"{si(own_rate(rates, 'float32'), 'FLOP/s')} for {SQUARE_SIZE}^3): training "
+                "there runs in float32 (`--dtype auto`); `--dtype bfloat16` times it anyway."]
+    fp32 = {r.num_states: r for r in results if r.dtype == "float32"}
+    parts = []
+    for r in results:
+        if r.dtype != "bfloat16" or r.num_states not in fp32:
+            continue
+        ratio = fp32[r.num_states].em_seconds / r.em_seconds
+        goal = max((g for h, g in TARGET_BF16_SPEEDUPS.items() if r.num_states >= h),
+                   default=None)
+        if goal is not None:
+            parts.append(f"H={r.num_states} EM bf16/fp32 {ratio:.2f}x (target {goal:g}x: "
+                         f"{'met' if ratio >= goal else 'missed'})")
+        if r.num_states >= 512:
+            share = r.em_flops_per_s / own_rate(rates, "bfloat16")
+            parts.append(f"H={r.num_states} bf16 EM {share:.0%} of the bf16 matmul rate "
+                         f"(target {TARGET_BF16_EM_FRACTION:.0%}: "
+                         f"{'met' if share >= TARGET_BF16_EM_FRACTION else 'missed'})")
+    return ["bfloat16 targets: " + "; ".join(parts) + "."] if parts else []
 
 
 def em_target_line(results: Sequence[SizeResult], rate: float) -> str:
@@ -292,11 +424,14 @@ def hmmlearn_version() -> str:
 
 
 def report(results: Sequence[SizeResult], rates: dict[str, float],
-           args: argparse.Namespace) -> str:
-    """Header line, table and notes, as printed."""
-    rate = max(rates.values())
-    return "\n".join([header_line(args, rate), "", table(results, rate), "",
-                      *notes(results, rates, args)])
+           args: argparse.Namespace, queries: Sequence[QueryResult] = ()) -> str:
+    """Header line, table, notes and the query table, as printed."""
+    by_dtype = {d: own_rate(rates, d) for d in {r.dtype for r in results}}
+    lines = [header_line(args, own_rate(rates, "float32")), "", table(results, by_dtype), "",
+             *notes(results, rates, args)]
+    if queries:
+        lines += ["", query_table(queries, args.batch_size, args.length)]
+    return "\n".join(lines)
 
 
 def section_body(printed: str, args: argparse.Namespace) -> str:
@@ -327,6 +462,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="EM step size of the M-step (default 0.1)")
     p.add_argument("--pseudocount", type=float, default=1e-3,
                    help="M-step pseudocount (default 1e-3)")
+    p.add_argument("--dtype", choices=[*DTYPE_NAMES, "both"], default="auto",
+                   help="compute dtypes to time: auto (default: float32, and bfloat16 where the "
+                        "device has native bf16), float32, bfloat16 or both")
+    p.add_argument("--query-states", type=int, nargs="*", default=[128, 256, 512], metavar="H",
+                   help="H of the query timings (decode, masked likelihood, constrained "
+                        "forward; default 128 256 512; none to skip)")
+    p.add_argument("--query-repeats", type=int, default=3,
+                   help="timed runs of each query (default 3)")
     p.add_argument("--hmmlearn-windows", type=int, default=128,
                    help="windows hmmlearn scores; 0 skips hmmlearn (default 128)")
     p.add_argument("--hmmlearn-repeats", type=int, default=1,
@@ -336,7 +479,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parse_bench_args(p, argv, SECTION, "seed of the model and the windows (default 0)")
     if args.batch_size is None:
         args.batch_size = 8192 if args.device.type == "cuda" else 1024
-    for name in ("vocab_size", "length", "batch_size", "repeats", "hmmlearn_repeats"):
+    native = native_bf16(args.device)
+    args.dtypes = {"auto": ["float32", "bfloat16"] if native else ["float32"],
+                   "float32": ["float32"], "bfloat16": ["float32", "bfloat16"],
+                   "both": ["float32", "bfloat16"]}[args.dtype]
+    args.bf16_skipped = "bfloat16" not in args.dtypes
+    for name in ("vocab_size", "length", "batch_size", "repeats", "hmmlearn_repeats",
+                 "query_repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if min(args.hidden_states) < 1 or args.warmup < 0 or args.hmmlearn_windows < 0:
@@ -362,16 +511,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     x = random_windows(args.batch_size, args.length, args.vocab_size, args.seed)
-    square = matmul_rate(SQUARE_SIZE, SQUARE_SIZE, SQUARE_SIZE, 1, args.device, args.repeats,
-                         args.warmup)
-    rates = {f"{SQUARE_SIZE}^3": square}
-    results = []
+    rates = {}
+    for name in args.dtypes:
+        rates[f"{SQUARE_SIZE}^3 {name}"] = matmul_rate(
+            SQUARE_SIZE, SQUARE_SIZE, SQUARE_SIZE, 1, args.device, args.repeats, args.warmup,
+            resolve_dtype(name, args.device))
+    if args.bf16_skipped and args.dtype == "auto":
+        args.bf16_emulated_rate = matmul_rate(SQUARE_SIZE, SQUARE_SIZE, SQUARE_SIZE, 1,
+                                              args.device, 1, 1, torch.bfloat16)
+    results, queries = [], []
     with tqdm(args.hidden_states, desc="bench_hmm", unit="size", file=sys.stderr) as progress:
         for h in progress:
-            result = bench_size(h, args, x, progress)
-            rates[f"[{args.batch_size},{h}]x[{h},{h}]"] = result.matmul_rate
-            results.append(result)
-    printed = report(results, rates, args)
+            for name in args.dtypes:
+                result = bench_size(h, name, args, x, progress)
+                rates[f"[{args.batch_size},{h}]x[{h},{h}] {name}"] = result.matmul_rate
+                results.append(result)
+        for h in args.query_states:
+            queries.append(bench_queries(h, args, x, progress))
+    printed = report(results, rates, args, queries)
     print(printed)
     if args.write is not None:
         write_section(args.write, SECTION, section_body(printed, args))

@@ -80,23 +80,28 @@ def random_windows(batch_size: int, length: int, vocab_size: int, seed: int) -> 
     return torch.randint(0, vocab_size, (batch_size, length), generator=gen)
 
 
-def time_forward(hmm: HMM, x: torch.Tensor, repeats: int, warmup: int) -> float:
-    """Median seconds of ``hmm.log_likelihood(x)``."""
-    return median_seconds(lambda: hmm.log_likelihood(x), hmm.device, repeats, warmup)
+def time_forward(hmm: HMM, x: torch.Tensor, repeats: int, warmup: int,
+                 dtype: torch.dtype = torch.float32) -> float:
+    """Median seconds of the forward pass over ``x`` (``hmm.log_likelihood(x)``, its matmuls
+    in ``dtype``)."""
+    with torch.no_grad():
+        return median_seconds(lambda: hmm.run_forward(x, dtype), hmm.device, repeats, warmup)
 
 
 def time_em_step(hmm: HMM, x: torch.Tensor, repeats: int, warmup: int, step_size: float,
-                 pseudocount: float, dense: bool = False) -> float:
-    """Median seconds of one mini-batch EM step (E-step + M-step; updates ``hmm`` in place):
-    with the emission table held scaled across steps as ``train`` does, or (``dense``) with
-    the dense M-step that rewrites the whole table."""
+                 pseudocount: float, dense: bool = False,
+                 dtype: torch.dtype = torch.float32) -> float:
+    """Median seconds of one mini-batch EM step (E-step in ``dtype`` + M-step; updates
+    ``hmm`` in place): with the emission table held scaled across steps as ``train`` does, or
+    (``dense``) with the dense M-step that rewrites the whole table."""
     scaled = ScaledEmission(hmm)
 
     def step() -> None:
         if dense:
-            dense_maximize(hmm, expected_counts(hmm, x), step_size, pseudocount)
+            dense_maximize(hmm, expected_counts(hmm, x, dtype=dtype), step_size, pseudocount)
         else:
-            maximize(hmm, expected_counts(hmm, x, scaled), step_size, pseudocount, scaled)
+            maximize(hmm, expected_counts(hmm, x, scaled, dtype), step_size, pseudocount,
+                     scaled)
 
     seconds = median_seconds(step, hmm.device, repeats, warmup)
     scaled.materialise()

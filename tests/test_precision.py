@@ -146,3 +146,33 @@ def test_training_records_the_dtype_it_ran_in(make_hmm, windows_factory, monkeyp
                                                                    batch_size=20),
                       progress=False)
         assert [row["dtype"] for row in state.history] == [want]
+
+
+def test_bf16_perplexity_is_close_to_float32_and_really_bf16(make_hmm, windows_factory):
+    from hmmlvd.hmm.eval import sliding_token_log_probs
+
+    hmm = make_hmm(8, 20, 6, seed=19, sharpness=1.0)
+    stream = windows_factory(1, 300, 20, seed=20)[0].numpy()
+    fp32 = sliding_token_log_probs(hmm, stream, 64)
+    bf16 = sliding_token_log_probs(hmm, stream, 64, dtype=torch.bfloat16)
+    assert fp32.dtype == bf16.dtype == torch.float64
+    assert not torch.equal(fp32, bf16)  # the dtype reached the forward
+    assert bf16.mean().item() == pytest.approx(fp32.mean().item(), rel=5e-3)
+
+
+def test_eval_cli_takes_a_dtype(tmp_path, capsys):
+    from word_corpus import write_word_corpus
+
+    from hmmlvd.cli import main
+    from hmmlvd.data import load_wikitext
+    from hmmlvd.hmm.eval import sliding_perplexity
+
+    corpus = write_word_corpus(tmp_path / "wt")
+    data = load_wikitext(corpus)
+    hmm = HMM(3, len(data.vocab), 6, seed=1, vocab=data.vocab)
+    hmm.save_pretrained(tmp_path / "m")
+    assert main(["eval", "--model", str(tmp_path / "m"), "--data-dir", str(corpus),
+                 "--splits", "test", "--device", "cpu", "--dtype", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    want = sliding_perplexity(hmm, data.test, dtype=torch.bfloat16).perplexity
+    assert "forward matmuls in bfloat16" in out and f"{want:.2f}" in out

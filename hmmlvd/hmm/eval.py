@@ -33,17 +33,19 @@ class Perplexity:
 
 @torch.no_grad()
 def sliding_token_log_probs(hmm: HMM, stream: np.ndarray, batch_size: int = 1024,
-                            progress: bool = False) -> torch.Tensor:
+                            progress: bool = False, dtype: torch.dtype = torch.float32
+                            ) -> torch.Tensor:
     """log p(s_k | the up-to-(T-1) tokens before it) for every token of ``stream`` [N] -> [N]
     (float64, on the CPU). A token of probability 0 gets -inf, and so does every token whose
     context contains one (p(ctx) = 0: the conditional is 0/0, never NaN). ``batch_size`` >= 1
-    windows go through the forward pass at once."""
+    windows go through the forward pass at once, its matmuls in ``dtype`` (the log
+    probabilities are accumulated in float32, then float64, either way)."""
     batch_size = check_int(batch_size, "batch_size", 1)
     stream = np.asarray(stream)
     if stream.ndim != 1 or len(stream) == 0:
         raise DataError("stream must be a non-empty 1-D array of token ids")
     length = min(hmm.length, len(stream))
-    first = hmm.run_forward(torch.as_tensor(stream[None, :length])).log_prefix[0]  # [L]
+    first = hmm.run_forward(torch.as_tensor(stream[None, :length]), dtype).log_prefix[0]  # [L]
     head = _conditional(first, torch.cat([first.new_zeros(1), first[:-1]])).double().cpu()
     if len(stream) <= hmm.length:
         return head
@@ -51,7 +53,7 @@ def sliding_token_log_probs(hmm: HMM, stream: np.ndarray, batch_size: int = 1024
     tail = []
     starts = range(1, len(windows), batch_size)
     for s in tqdm(starts, desc="sliding eval", disable=not progress, unit="batch"):
-        log_prefix = hmm.run_forward(windows[s:s + batch_size]).log_prefix
+        log_prefix = hmm.run_forward(windows[s:s + batch_size], dtype).log_prefix
         context = log_prefix[:, -2] if hmm.length > 1 else torch.zeros_like(log_prefix[:, -1])
         tail.append(_conditional(log_prefix[:, -1], context).double().cpu())
     return torch.cat([head, *tail])
@@ -68,9 +70,11 @@ def _exp_neg(mean: float) -> float:
 
 
 def sliding_perplexity(hmm: HMM, stream: np.ndarray, batch_size: int = 1024,
-                       progress: bool = False) -> Perplexity:
-    """The LVD paper's perplexity of a token stream (see the module docstring)."""
-    log_probs = sliding_token_log_probs(hmm, stream, batch_size, progress)
+                       progress: bool = False, dtype: torch.dtype = torch.float32
+                       ) -> Perplexity:
+    """The LVD paper's perplexity of a token stream (see the module docstring); ``dtype``:
+    of the forward's matmuls (see :func:`sliding_token_log_probs`)."""
+    log_probs = sliding_token_log_probs(hmm, stream, batch_size, progress, dtype)
     mean = log_probs.mean().item()
     return Perplexity(perplexity=_exp_neg(mean), count=len(log_probs), mean_log_prob=mean)
 

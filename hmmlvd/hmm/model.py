@@ -189,13 +189,16 @@ class HMM:
             return transition  # not a slice: its backward would allocate another full copy
         return transition[: length - 1]
 
-    def run_forward(self, x: torch.Tensor) -> ForwardResult:
-        """Forward pass over checked windows x [B, L] (L <= T) starting at position 1."""
-        return self._forward(self.check_windows(x))
+    def run_forward(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> ForwardResult:
+        """Forward pass over checked windows x [B, L] (L <= T) starting at position 1, its
+        matmuls in ``dtype`` (bfloat16: see :func:`~hmmlvd.hmm.forward.forward`; the
+        log-likelihoods are float32 either way)."""
+        return self._forward(self.check_windows(x), dtype)
 
-    def _forward(self, x: torch.Tensor) -> ForwardResult:
+    def _forward(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> ForwardResult:
         """Forward pass over windows already checked by :meth:`check_windows`."""
-        return forward(self.initial, self.transitions_for(x.shape[1]), self.gather_emissions(x))
+        return forward(self.initial, self.transitions_for(x.shape[1]).to(dtype),
+                       self.gather_emissions(x).to(dtype))
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
