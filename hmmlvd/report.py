@@ -36,9 +36,28 @@ def machine_line(device: torch.device) -> str:
     return line
 
 
+#: The clone's folder: recorded paths are written relative to it.
+CLONE = Path(__file__).resolve().parents[1]
+
+
+def clone_relative(command: str) -> str:
+    """``command`` with every absolute path inside the clone's parent folder written relative
+    to the clone (``/work/shared/data/x`` -> ``../shared/data/x`` for a clone at ``/work/main``),
+    so that a recorded command reruns from any clone. Other words are kept as they are."""
+    words = []
+    for word in shlex.split(command):
+        flag, eq, value = word.partition("=") if word.startswith("--") else ("", "", word)
+        path = Path(os.path.normpath(value))  # lexical: a link inside the clone stays there
+        if path.is_absolute() and path.is_relative_to(CLONE.parent):
+            value = os.path.relpath(path, CLONE)
+        words.append(f"{flag}{eq}{value}")
+    return shlex.join(words)
+
+
 def provenance(title: str, device: torch.device) -> str:
-    """A section heading plus the exact command line, machine and date."""
-    command = shlex.join(["python", *sys.argv])
+    """A section heading plus the exact command line (paths relative to the clone), machine
+    and date."""
+    command = clone_relative(shlex.join(["python", *sys.argv]))
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     return "\n".join([f"## {title}", "", f"Command: `{command}`  ",
                       f"Machine: {machine_line(device)}, torch {torch.__version__}  ",

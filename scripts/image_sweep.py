@@ -52,7 +52,7 @@ from matplotlib.figure import Figure
 from hmmlvd.data.images import load_images
 from hmmlvd.errors import DataError, HMMLVDError
 from hmmlvd.image_pipeline import load_image_model
-from hmmlvd.report import provenance, save_figure, write_section
+from hmmlvd.report import clone_relative, provenance, save_figure, write_section
 
 # image_bpd is the file next to this one (scripts/ is not a package; it is on sys.path when
 # this file runs as a script, not when a test loads it).
@@ -394,7 +394,7 @@ def report_runs(args: argparse.Namespace) -> None:
     printed = table(results)
     print(printed)
     if args.write is not None:
-        commands = ["- " + " then ".join(f"`{c}`" for c in [*r["commands"], *(
+        commands = ["- " + " then ".join(f"`{clone_relative(c)}`" for c in [*r["commands"], *(
             [r["eval_command"]] if "eval_command" in r else [])]) for r in results]
         body = "\n".join([provenance("Image bits per dimension of finished runs "
                                      "(`scripts/image_sweep.py --from-runs`)",

@@ -19,3 +19,13 @@ def test_section_in_a_new_file(tmp_path):
     path = tmp_path / "new.md"
     write_section(path, "s", "body")
     assert path.read_text() == "<!-- s:begin -->\nbody\n<!-- s:end -->\n"
+
+
+def test_recorded_commands_name_paths_relative_to_the_clone():
+    from hmmlvd.report import CLONE, clone_relative
+
+    shared = CLONE.parent / "shared" / "data" / "mnist"
+    inside = CLONE / "runs" / "x"
+    command = f"python scripts/a.py --data-dir {shared} --out={inside} --other /etc/hosts 'a b'"
+    assert clone_relative(command) == ("python scripts/a.py --data-dir ../shared/data/mnist "
+                                       "--out=runs/x --other /etc/hosts 'a b'")
