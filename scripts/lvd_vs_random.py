@@ -38,7 +38,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -94,12 +94,25 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     return replace(train_config_from(args), keep_checkpoints=1)
 
 
+#: EM settings every run's digest names; any other setting is named only when it differs from
+#: what runs made before it existed did (:data:`IMPLIED`, else the field's default), so that
+#: adding a setting keeps the folders of earlier runs (finished or in progress) theirs.
+DIGEST_FIELDS = ("phases", "batch_size", "pseudocount", "full_batch", "seed")
+IMPLIED = {"dtype": "float32"}  # the E-step ran in float32 before it had a dtype
+NOT_RESULTS = ("checkpoint_every", "keep_checkpoints")  # where and how often, not what
+
+
+def digest_config(config: TrainConfig) -> dict:
+    """The EM settings of a run's digest (see :data:`DIGEST_FIELDS`)."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return {k: v for k, v in asdict(config).items() if k in DIGEST_FIELDS or (
+        k not in NOT_RESULTS and v != IMPLIED.get(k, defaults[k]))}
+
+
 def run_settings(init: str, h: int, args: argparse.Namespace, data: WikiText,
                  windows: TokenWindows) -> dict:
     """Everything that determines a run's result (its folder is named by a digest of it)."""
-    config = asdict(train_config(args))
-    config.pop("checkpoint_every")
-    config.pop("keep_checkpoints")
+    config = digest_config(train_config(args))
     settings = {"init": init, "num_states": h, "length": args.length, "seed": args.seed,
                 "train_windows": len(windows), "train_tokens": len(data.train),
                 "vocab_size": len(data.vocab), "train_config": config,
@@ -216,7 +229,7 @@ def table(rows: Sequence[Row], baselines: Sequence[BaselineRow], splits: Sequenc
     for r in sorted(rows, key=lambda r: (r.num_states, r.init)):
         cells = [f"{r.init} init", str(r.num_states),
                  *(fmt(r.ppl.get(s)) for s in splits),
-                 r.settings["train_config"].get("dtype", "float32"),
+                 r.settings["train_config"].get("dtype", IMPLIED["dtype"]),
                  *(f"{r.seconds[k]:.0f}" if k in r.seconds else "-"
                    for k in ("embed", "cluster", "mle", "em", "eval"))]
         lines.append("| " + " | ".join(cells) + " |")

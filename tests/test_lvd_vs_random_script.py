@@ -142,3 +142,22 @@ def test_a_second_sweep_on_the_same_out_is_refused(corpus, bert, tmp_path, capsy
         assert script.main(argv(corpus, bert, tmp_path, "--inits", "random")) == 2
     err = capsys.readouterr().err
     assert err.startswith("lvd_vs_random: error:") and "in use" in err
+
+
+def test_run_digest_keeps_earlier_runs_folders(monkeypatch):
+    """A setting added later is left out of the digest at the value earlier runs implied
+    (float32 E-step) or at its default, and named once it differs."""
+    script = load_script("lvd_vs_random", monkeypatch)
+    from hmmlvd.hmm import Phase, TrainConfig
+
+    fp32 = TrainConfig(phases=[Phase(2, 0.3)], batch_size=16, pseudocount=1e-4,
+                       dtype="float32")
+    assert script.digest_config(fp32) == {
+        "phases": [{"epochs": 2, "step_size": 0.3, "full_batch": False}], "batch_size": 16,
+        "pseudocount": 1e-4, "full_batch": False, "seed": 0}
+    bf16 = script.digest_config(TrainConfig(phases=[Phase(2, 0.3)], batch_size=16,
+                                            pseudocount=1e-4, dtype="bfloat16"))
+    assert bf16["dtype"] == "bfloat16"
+    every = TrainConfig(phases=[Phase(2, 0.3)], batch_size=16, pseudocount=1e-4,
+                        checkpoint_every=7, dtype="float32")
+    assert "checkpoint_every" not in script.digest_config(every)
