@@ -54,7 +54,7 @@ from hmmlvd.hmm.train import (
     two_phase_schedule,
 )
 from hmmlvd.ngram import baseline_perplexities
-from hmmlvd.outdir import output_folder
+from hmmlvd.outdir import TEXT_RUN, output_folder
 from hmmlvd.provenance import check_same_training, setting_differences, training_record
 
 BASELINE_ORDERS = (1, 2, 3)  # unigram, Kneser–Ney bigram and trigram beside every result
@@ -323,9 +323,10 @@ def run_training(args: argparse.Namespace, initialise: Callable[..., HMM]) -> No
     """Shared by train and lvd: load data, initialise (or resume), run EM, save, evaluate.
     ``initialise(data, windows, device, summary)`` returns the starting model. Under torchrun
     every rank trains; rank 0 alone prints, saves, evaluates and writes results. ``--out`` is
-    checked, locked and cleared of temporary files first (:mod:`hmmlvd.outdir`)."""
+    checked, locked and cleared of temporary files first (:mod:`hmmlvd.outdir`; without
+    ``--resume``, a stopped run there, or a run of another kind, is refused)."""
     device = distributed.init(resolve_device(args.device))
-    with output_folder(args.out):
+    with output_folder(args.out, TEXT_RUN, args.resume):
         train_in_folder(args, initialise, device)
 
 
@@ -380,7 +381,9 @@ def train_in_folder(args: argparse.Namespace, initialise: Callable[..., HMM],
         return
     hmm.save_pretrained(args.out)
     print(f"saved model to {args.out} ({summary['train_seconds_this_run']:.1f} s of EM this run)")
-    summary.update(model=hmm.config.to_dict(), history=state.history)
+    # run_id: tells a finished run's folder from one whose newest checkpoints a later,
+    # stopped run wrote (hmmlvd.outdir.run_in_folder)
+    summary.update(model=hmm.config.to_dict(), history=state.history, run_id=state.run_id)
     if not args.no_eval:
         summary["eval"] = evaluate(hmm, data, args)
     atomic_write_json(args.out / "results.json", summary)

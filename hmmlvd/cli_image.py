@@ -34,7 +34,7 @@ import torch
 from hmmlvd.atomic import atomic_write_json
 from hmmlvd.data.images import ImageData, load_images
 from hmmlvd.em.stop import signals_request_stop
-from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
+from hmmlvd.errors import DataError, HMMLVDError
 from hmmlvd.image.baselines import StructureConfig
 from hmmlvd.image.grids import MASKS
 from hmmlvd.image.loading import load_pretrained
@@ -48,7 +48,7 @@ from hmmlvd.image_pipeline import (
     train_image_model,
 )
 from hmmlvd.image_pipeline import image_bpd as bits_per_dim
-from hmmlvd.outdir import output_folder
+from hmmlvd.outdir import IMAGE_RUN, output_folder
 from hmmlvd.pc.em import LEAF_PRIORS, PSEUDOCOUNT_PER, EMConfig
 from hmmlvd.pc.resume import EMCheckpoints
 from hmmlvd.provenance import image_training_record
@@ -334,7 +334,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     init, init_record = None, {}
     if args.init is not None:
         init, init_record = initial_model(args)
-    with output_folder(args.out):
+    with output_folder(args.out, IMAGE_RUN, args.resume):
         data = load_data(args)
         trained_on = image_training_record("image train", data.train)
         checkpoints, resumed = _checkpoints(args, training_settings(args, em, structure),
@@ -374,14 +374,11 @@ def _checkpoints(args: argparse.Namespace, settings: dict,
                  trained_on: dict) -> tuple[EMCheckpoints, object]:
     """The run's checkpoints in ``--out`` and, with ``--resume``, the model read back from the
     newest one (refused if it was trained with other ``settings`` or on other images than
-    ``trained_on`` records); a checkpoint left there without ``--resume`` is refused (never
-    overwritten)."""
+    ``trained_on`` records). Checkpoints left there without ``--resume`` were refused before
+    (:func:`hmmlvd.outdir.output_folder`): they are never overwritten."""
     checkpoints = EMCheckpoints(args.out, settings, defaults=setting_defaults(),
                                 trained_on=trained_on)
     if not args.resume:
-        if checkpoints.latest() is not None:
-            raise CheckpointError(f"{args.out} holds the checkpoints of a stopped run: continue "
-                                  "it with --resume, or give another --out")
         return checkpoints, None
     folder = checkpoints.resume()
     return checkpoints, load_pretrained(folder, device=args.device)

@@ -1,12 +1,15 @@
 """The output folder of a training run (``--out``), made ready before any work: created and
-checked to be a writable folder, locked for the whole run (:mod:`hmmlvd.lock`), and cleared of
-the temporary files a killed run left (:func:`hmmlvd.atomic.remove_temporaries`). Under
-torchrun rank 0 alone does this and every rank fails together if it fails."""
+checked to be a writable folder, locked for the whole run (:mod:`hmmlvd.lock`), cleared of
+the temporary files a killed run left (:func:`hmmlvd.atomic.remove_temporaries`), and checked
+not to hold a run that the new one would spoil (:func:`check_run_folder`). Under torchrun
+rank 0 alone does this and every rank fails together if it fails."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from hmmlvd import distributed
@@ -14,14 +17,107 @@ from hmmlvd.atomic import check_writable, make_folder, remove_temporaries
 from hmmlvd.errors import CheckpointError, HMMLVDError
 from hmmlvd.lock import LOCK_FILE, output_lock
 
+#: The kinds of training run, by the commands that make them.
+TEXT_RUN, IMAGE_RUN = "text", "image"
+RUN_NAMES = {TEXT_RUN: "a text HMM run (`hmmlvd train` or `hmmlvd lvd`)",
+             IMAGE_RUN: "an image circuit run (`hmmlvd image train`)"}
+#: How each kind names its checkpoint folders (``checkpoints/latest`` holds the name), and the
+#: ``model_type`` of the ``config.json`` its finished model has. These are the layouts of
+#: :mod:`hmmlvd.hmm.train` / :mod:`hmmlvd.pc.resume` and of the saved models; this module sits
+#: below them and cannot import them.
+CHECKPOINT_PREFIXES = {"step-": TEXT_RUN, "em-": IMAGE_RUN}
+MODEL_TYPES = {"hmm": TEXT_RUN, "circuit": IMAGE_RUN, "patch_circuit": IMAGE_RUN}
+IMAGE_RECORD = "image.json"  # written beside an image model only
+TEXT_STATE = "train_state.json"  # a text checkpoint's state: its run_id
+RESULTS = "results.json"  # written last by a finished run (text: with its run_id)
+SMALL_FILE = 2**20  # bytes: larger pointers, records or configs are not read here
+
+
+@dataclass(frozen=True)
+class FolderRun:
+    """The run an output folder holds: its kind (:data:`TEXT_RUN` or :data:`IMAGE_RUN`) and
+    whether it finished (an unfinished one has checkpoints to resume from)."""
+
+    kind: str
+    finished: bool
+
+
+def _small_json(path: Path) -> dict | None:
+    """A JSON object of at most :data:`SMALL_FILE` bytes; None when missing, larger, damaged
+    or not an object."""
+    try:
+        if path.stat().st_size > SMALL_FILE:
+            return None
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def run_in_folder(out: Path) -> FolderRun | None:
+    """The run ``out`` holds, from its checkpoints (``checkpoints/latest``) or its finished
+    model (``image.json``, the ``model_type`` of ``config.json``); None when it holds none
+    (or nothing this can tell). A text run keeps its checkpoints when it finishes: it is
+    finished when ``results.json`` was written by the run of the newest checkpoint (the same
+    ``run_id``; a results.json without one, from an older hmmlvd, counts as finished). An
+    image run deletes its checkpoints when it finishes."""
+    try:
+        pointer = out / "checkpoints" / "latest"
+        name = (pointer.read_text(encoding="utf-8").strip()
+                if pointer.is_file() and pointer.stat().st_size <= SMALL_FILE else "")
+    except (OSError, UnicodeDecodeError):
+        name = ""
+    kind = next((k for prefix, k in CHECKPOINT_PREFIXES.items() if name.startswith(prefix)),
+                None)
+    if kind == IMAGE_RUN:
+        return FolderRun(IMAGE_RUN, finished=False)
+    if kind == TEXT_RUN:
+        results = _small_json(out / RESULTS)
+        state = _small_json(out / "checkpoints" / name / TEXT_STATE) or {}
+        finished = results is not None and results.get("run_id", state.get("run_id")) \
+            == state.get("run_id")
+        return FolderRun(TEXT_RUN, finished)
+    if (out / IMAGE_RECORD).is_file():
+        return FolderRun(IMAGE_RUN, finished=True)
+    config = _small_json(out / "config.json")
+    if config is None:
+        return None
+    kind = MODEL_TYPES.get(config.get("model_type", "hmm"))  # untyped: an older hmmlvd's HMM
+    return None if kind is None else FolderRun(kind, finished=True)
+
+
+def check_run_folder(out: Path, kind: str, resume: bool) -> None:
+    """:class:`CheckpointError` if a new run of ``kind`` in ``out`` (``resume``: with
+    ``--resume``) would spoil what ``out`` holds: a run of the other kind; without
+    ``--resume``, an unfinished run (its checkpoints and ``latest`` would be overwritten, and
+    it could no longer be resumed) or a finished image model (it would be replaced). A
+    finished text model may be trained over (its folder is reused, as before)."""
+    found = run_in_folder(out)
+    if found is None:
+        return
+    if found.kind != kind:
+        raise CheckpointError(f"--out {out} holds {RUN_NAMES[found.kind]}, not "
+                              f"{RUN_NAMES[kind]}: choose another --out")
+    if resume:
+        return
+    if not found.finished:
+        raise CheckpointError(f"--out {out} holds an unfinished run (the checkpoints of a "
+                              "stopped run): continue it with --resume, or choose another "
+                              "--out")
+    if kind == IMAGE_RUN:
+        raise CheckpointError(f"--out {out} holds a trained image model: choose another "
+                              "--out, or remove that folder first to train it anew")
+
 
 @contextmanager
-def output_folder(out: Path) -> Iterator[Path]:
+def output_folder(out: Path, kind: str | None = None, resume: bool = False) -> Iterator[Path]:
     """Prepare and lock ``out`` while the block runs. Raises :class:`CheckpointError` (its
     subclass :class:`~hmmlvd.lock.FolderLockedError` when another run holds the folder) before
     anything else happens if ``out`` is a file, lies below one, cannot be created or written,
-    or is in use. A folder created here is removed again if the block fails before writing
-    anything into it."""
+    or is in use, or (with ``kind``, the kind of run about to start; ``resume``: whether it
+    continues one) if it holds a run that this one must not spoil (:func:`check_run_folder`).
+    A folder created here is removed again if the block fails before writing anything into
+    it."""
     stack = ExitStack()
     error: HMMLVDError | None = None
     removed: list[Path] = []
@@ -32,6 +128,8 @@ def output_folder(out: Path) -> Iterator[Path]:
             make_folder(out, "output folder")
             check_writable(out, "output folder")
             stack.enter_context(output_lock(out))
+            if kind is not None:
+                check_run_folder(out, kind, resume)
             removed = remove_temporaries(out)
         except HMMLVDError as exc:
             stack.close()

@@ -459,3 +459,22 @@ def test_resume_on_other_images_is_refused_naming_the_data(mnist_dir, tmp_path, 
     assert (out / "checkpoints" / "latest").is_file() and not (out / "config.json").exists()
     assert main([*command, "--data-dir", str(mnist_dir), "--resume"]) == 0
     assert json.loads((out / "results.json").read_text())["trained_on"]["train_images"] == 200
+
+
+def test_new_run_in_the_out_of_a_trained_model_is_refused(trained, mnist_dir, capsys):
+    """A finished image model in --out is not replaced by a new image train: one line saying
+    so and how to go on; the model's files are unchanged."""
+    from hmmlvd.lock import LOCK_FILE
+
+    out = trained["hclt"]
+
+    def files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in out.iterdir()
+                if p.is_file() and p.name != LOCK_FILE}
+
+    before = files()
+    assert main(["image", "train", "--model", "hclt", "--size", "2", *TINY, "--data-dir",
+                 str(mnist_dir), "--out", str(out)]) == 2
+    line = one_line_error(capsys)
+    assert f"--out {out} holds a trained image model: choose another --out, or remove" in line
+    assert files() == before

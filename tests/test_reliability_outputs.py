@@ -465,3 +465,74 @@ def test_disk_full_while_checkpointing_is_one_line_and_the_last_checkpoint_resum
     whole, resumed = HMM.from_pretrained(tmp_path / "whole"), HMM.from_pretrained(out)
     for name, p in whole.parameters().items():
         torch.testing.assert_close(resumed.parameters()[name], p, rtol=0, atol=1e-6)
+
+
+# ----- a new run in the --out of another run ----------------------------------------------------
+def test_new_run_in_the_out_of_a_stopped_run_is_refused(corpus, tmp_path, capsys, monkeypatch):
+    """Without --resume, a run in the folder of a stopped one would overwrite its `latest`,
+    after which the stopped run could not be resumed: refused in one line, nothing changed;
+    with --resume it finishes, and a new run may then reuse the finished run's folder."""
+    real, calls = train_module.expected_counts, []
+
+    def terminate_on_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    out = tmp_path / "run"
+    args = train_args(corpus, out, "--checkpoint-every", "1")
+    monkeypatch.setattr(train_module, "expected_counts", terminate_on_third)
+    assert main(args) == 143
+    monkeypatch.setattr(train_module, "expected_counts", real)
+    latest = (out / "checkpoints" / "latest").read_text()
+    capsys.readouterr()
+    for command in ("train", "lvd"):
+        argv = train_args(corpus, out, "--checkpoint-every", "1", command=command)
+        assert main(argv) == 2
+        line = one_line_error(capsys.readouterr().err, command)
+        assert f"--out {out} holds an unfinished run" in line, line
+        assert "continue it with --resume, or choose another --out" in line, line
+        assert (out / "checkpoints" / "latest").read_text() == latest
+    assert main([*args, "--resume"]) == 0
+    assert main(train_args(corpus, out, "--hidden-states", "2")) == 0  # finished: reusable
+    assert HMM.from_pretrained(out).num_states == 2
+
+
+def files_in(folder: Path) -> list[str]:
+    """Every file below ``folder`` with its contents, but the lock file a run leaves."""
+    from hmmlvd.lock import LOCK_FILE
+
+    return sorted(f"{p.relative_to(folder)}: {p.read_bytes()!r}" for p in folder.rglob("*")
+                  if p.is_file() and p.name != LOCK_FILE)
+
+
+def test_runs_of_the_other_kind_are_refused_in_each_others_out(corpus, tmp_path, capsys):
+    """A text run in the folder of an image run (finished or stopped), or an image run in
+    the folder of a text run: one line saying what the folder holds; nothing changed."""
+    from hmmlvd.image_pipeline import save_image_model
+    from hmmlvd.pc import Circuit, poon_domingos
+
+    image = tmp_path / "image"
+    circuit = Circuit(poon_domingos(2, 3, delta=1), 2, num_categories=256, seed=0)
+    save_image_model(circuit, image, {"image_shape": [2, 3, 1]})
+    stopped = tmp_path / "stopped-image"  # the checkpoints of a stopped image run
+    (stopped / "checkpoints").mkdir(parents=True)
+    (stopped / "checkpoints" / "latest").write_text("em-00000001\n")
+    for out in (image, stopped):
+        for extra in ([], ["--resume"]):
+            before = files_in(out)
+            assert main(train_args(corpus, out, *extra)) == 2
+            line = one_line_error(capsys.readouterr().err)
+            assert f"--out {out} holds an image circuit run (`hmmlvd image train`), not a " \
+                   "text HMM run" in line, line
+            assert "choose another --out" in line, line
+            assert files_in(out) == before
+    text = tmp_path / "text"
+    assert main(train_args(corpus, text)) == 0
+    capsys.readouterr()
+    assert main(["image", "train", "--model", "pd", "--size", "2", "--data-dir",
+                 str(tmp_path / "no-images"), "--out", str(text)]) == 2
+    line = one_line_error(capsys.readouterr().err, "image")
+    assert f"--out {text} holds a text HMM run (`hmmlvd train` or `hmmlvd lvd`), not an " \
+           "image circuit run" in line, line
