@@ -88,25 +88,28 @@ def run_in_folder(out: Path) -> FolderRun | None:
 
 def check_run_folder(out: Path, kind: str, resume: bool) -> None:
     """:class:`CheckpointError` if a new run of ``kind`` in ``out`` (``resume``: with
-    ``--resume``) would spoil what ``out`` holds: a run of the other kind; without
-    ``--resume``, an unfinished run (its checkpoints and ``latest`` would be overwritten, and
-    it could no longer be resumed) or a finished image model (it would be replaced). A
-    finished text model may be trained over (its folder is reused, as before)."""
+    ``--resume``) would spoil what ``out`` holds, or cannot continue it: a run of the other
+    kind; without ``--resume``, an unfinished run (its checkpoints and ``latest`` would be
+    overwritten, and it could no longer be resumed); a finished image model (it would be
+    replaced; with ``--resume``, it has no checkpoints left). A finished text model may be
+    trained over, or resumed from its checkpoints (kept)."""
     found = run_in_folder(out)
     if found is None:
         return
     if found.kind != kind:
         raise CheckpointError(f"--out {out} holds {RUN_NAMES[found.kind]}, not "
                               f"{RUN_NAMES[kind]}: choose another --out")
-    if resume:
-        return
     if not found.finished:
+        if resume:
+            return
         raise CheckpointError(f"--out {out} holds an unfinished run (the checkpoints of a "
                               "stopped run): continue it with --resume, or choose another "
                               "--out")
-    if kind == IMAGE_RUN:
-        raise CheckpointError(f"--out {out} holds a trained image model: choose another "
-                              "--out, or remove that folder first to train it anew")
+    if kind == IMAGE_RUN:  # its checkpoints are gone: nothing to resume either
+        raise CheckpointError(f"--out {out} holds a trained image model"
+                              f"{' (its run finished: nothing to resume)' if resume else ''}: "
+                              "choose another --out, or remove that folder first to train "
+                              "it anew")
 
 
 @contextmanager

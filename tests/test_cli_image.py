@@ -473,8 +473,12 @@ def test_new_run_in_the_out_of_a_trained_model_is_refused(trained, mnist_dir, ca
                 if p.is_file() and p.name != LOCK_FILE}
 
     before = files()
-    assert main(["image", "train", "--model", "hclt", "--size", "2", *TINY, "--data-dir",
-                 str(mnist_dir), "--out", str(out)]) == 2
+    command = ["image", "train", "--model", "hclt", "--size", "2", *TINY, "--data-dir",
+               str(mnist_dir), "--out", str(out)]
+    assert main(command) == 2
     line = one_line_error(capsys)
     assert f"--out {out} holds a trained image model: choose another --out, or remove" in line
+    assert main([*command, "--resume"]) == 2
+    line = one_line_error(capsys)
+    assert "trained image model (its run finished: nothing to resume): choose another" in line
     assert files() == before
