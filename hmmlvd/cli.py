@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from hmmlvd import distributed, memory
+from hmmlvd import distributed
 from hmmlvd.atomic import atomic_write_json, check_writable, make_folder
 from hmmlvd.cli_image import parse_image_args
 from hmmlvd.cli_queries import (
@@ -41,11 +41,12 @@ from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.device import DTYPE_NAMES, resolve_device, resolve_dtype
 from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
+from hmmlvd.hmm import memory as hmm_memory
 from hmmlvd.hmm.checkpoint import read_config
 from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.eval import sliding_perplexity, window_perplexity
 from hmmlvd.hmm.model import HMM
-from hmmlvd.hmm.resume import load_checkpoint
+from hmmlvd.hmm.resume import load_best, load_checkpoint
 from hmmlvd.hmm.train import (
     TrainConfig,
     TrainingInterrupted,
@@ -66,7 +67,7 @@ DEFAULT_LENGTH = 32
 #: any work. --hidden-states, --length, --max-windows and --lvd-windows are checked where they
 #: are used, with messages of their own.
 INT_MINIMUMS = {"epochs": 0, "phase2_epochs": 0, "final_full_batch": 0, "batch_size": 1,
-                "checkpoint_every": 0, "eval_batch_size": 1, "max_eval_tokens": 1,
+                "patience": 0, "checkpoint_every": 0, "eval_batch_size": 1, "max_eval_tokens": 1,
                 "embed_batch_size": 1, "kmeans_sample": 1, "kmeans_iters": 1,
                 "num_samples": 1}
 SEED_LIMIT = 2**63  # seeds lie in [0, 2**63): what torch and numpy generators all accept
@@ -150,6 +151,10 @@ def add_em_args(p: argparse.ArgumentParser) -> None:
                    help="end with N full-batch epochs (step size 1) after the mini-batch "
                         "phases (default 1)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, default=0, metavar="N",
+                   help="score the valid split after every epoch, keep the best epoch, and end "
+                        "a run of mini-batch epochs after N without improvement (then the "
+                        "full-batch epochs go on from the best; 0, default: no validation)")
     p.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
                    help="compute dtype of the E-step (auto, default: bfloat16 where the CPU/GPU "
                         "multiplies it natively, else float32); parameters, counts and "
@@ -292,7 +297,8 @@ def train_config_from(args: argparse.Namespace) -> TrainConfig:
                                 args.phase2_step_size, args.final_full_batch)
     return TrainConfig(phases=phases, batch_size=args.batch_size, pseudocount=args.pseudocount,
                        full_batch=args.full_batch, seed=args.seed,
-                       checkpoint_every=args.checkpoint_every, dtype=args.dtype)
+                       checkpoint_every=args.checkpoint_every, dtype=args.dtype,
+                       patience=args.patience)
 
 
 def resolve_model_shape(args: argparse.Namespace, vocab_size: int) -> None:
@@ -345,8 +351,10 @@ def train_in_folder(args: argparse.Namespace, initialise: Callable[..., HMM],
     summary["trained_on"] = trained_on
     subset = (f" (a seeded random subset of the {len(windows.view):,} train windows)"
               if len(windows) < len(windows.view) else "")
+    best: dict = {}
     if args.resume:
         hmm, saved, state = load_checkpoint(args.out, device=device)
+        best = load_best(args.out, hmm)
         if saved != config:
             raise CheckpointError(f"--resume with different training settings than the "
                                   f"checkpoint in {args.out}: "
@@ -361,7 +369,7 @@ def train_in_folder(args: argparse.Namespace, initialise: Callable[..., HMM],
         say(f"resuming from epoch {state.epoch + 1}, batch {state.batch} (step {state.step})")
     else:
         # fail now, not after a long LVD initialisation, if the model and EM cannot fit
-        memory.check_training(HMMConfig(args.hidden_states, len(data.vocab), args.length,
+        hmm_memory.check_training(HMMConfig(args.hidden_states, len(data.vocab), args.length,
                                         args.homogeneous),
                               -(-config.batch_size // distributed.world_size()), device,
                               config.any_full_batch, dtype=resolve_dtype(config.dtype, device),
@@ -375,7 +383,8 @@ def train_in_folder(args: argparse.Namespace, initialise: Callable[..., HMM],
         say(f"training {hmm} on {len(windows):,} windows{subset}, "
             f"{hmm.num_parameters:,} parameters{ranks}")
     started = time.perf_counter()
-    state = train(hmm, windows, config, out=args.out, state=state)
+    valid = TokenWindows(data.valid, args.length) if config.patience else None
+    state = train(hmm, windows, config, out=args.out, state=state, valid=valid, best=best)
     summary["train_seconds_this_run"] = time.perf_counter() - started
     if not distributed.is_main():
         return

@@ -43,8 +43,8 @@ import torch
 
 from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.em import expected_counts
+from hmmlvd.hmm.memory import training_estimate
 from hmmlvd.hmm.model import HMM
-from hmmlvd.memory import training_estimate
 from hmmlvd.report import device_name, provenance, write_section
 
 from benchlib import (
@@ -68,7 +68,7 @@ GIB = 2**30
 def estimate_bytes(num_states: int, vocab_size: int, length: int, batch_size: int,
                    homogeneous: bool = False) -> int:
     """Bytes a mini-batch EM step needs at its peak: the library's own estimate
-    (:func:`hmmlvd.memory.training_estimate`, what ``train`` checks before the first batch)."""
+    (:func:`hmmlvd.hmm.memory.training_estimate`, what ``train`` checks before the first batch)."""
     config = HMMConfig(num_states, vocab_size, length, homogeneous)
     return training_estimate(config, batch_size).total
 
@@ -302,7 +302,7 @@ def report(em: Sequence[EMResult], pairs: Sequence[PairResult], rates: dict[str,
         f"fp32, batch {args.batch_size} windows:", "",
         em_table(em, rates, args), "",
         f"FLOPs: 3 x 2*B*T*H^2 per EM step; medians of {args.repeats} runs after {args.warmup} "
-        f"warm-up; peak mem = {memory}; est. need = hmmlvd.memory.training_estimate.", "",
+        f"warm-up; peak mem = {memory}; est. need = hmmlvd.hmm.memory.training_estimate.", "",
         f"**Homogeneous HMM, batch {args.pyjuice_batch_size}**, ours vs PyJuice "
         f"({pyjuice_version()}); fwd+bwd = ours: expected counts (forward + autograd "
         "backward); PyJuice: pc(x) + pc.backward(x) (node and parameter flows):", "",

@@ -56,7 +56,7 @@ from hmmlvd.data import TokenWindows, WikiText, load_wikitext
 from hmmlvd.device import resolve_device, resolve_dtype
 from hmmlvd.errors import CheckpointError, HMMLVDError
 from hmmlvd.hmm import HMM, TrainConfig, sliding_perplexity, train
-from hmmlvd.hmm.resume import load_checkpoint
+from hmmlvd.hmm.resume import load_best, load_checkpoint
 from hmmlvd.hmm.train import TrainingInterrupted, TrainState
 from hmmlvd.lvd.text.distill import (
     DEFAULT_LVD_WINDOWS,
@@ -188,6 +188,7 @@ def run_one(init: str, h: int, data: WikiText, windows: TokenWindows, embeddings
     config = train_config(args)
     if (folder / "checkpoints" / "latest").is_file():
         hmm, saved, state = load_checkpoint(folder, device=args.device)
+        best = load_best(folder, hmm)
         if saved != config:
             raise CheckpointError(f"{folder} holds a run with other EM settings: {saved}")
         hmm.vocab = data.vocab
@@ -197,9 +198,10 @@ def run_one(init: str, h: int, data: WikiText, windows: TokenWindows, embeddings
         hmm, seconds = initialise(init, h, data, embeddings, args)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / INIT_FILE, seconds)
-        state = TrainState()
+        state, best = TrainState(), {}
         print(f"{folder.name}: {init} init, EM on {len(windows):,} windows")
-    state = train(hmm, windows, config, out=folder, state=state)
+    valid = TokenWindows(data.valid, args.length) if config.patience else None
+    state = train(hmm, windows, config, out=folder, state=state, valid=valid, best=best)
     seconds["em"] = sum(epoch["seconds"] for epoch in state.history)
     started = time.perf_counter()
     ppl = {s: sliding_perplexity(hmm, data.split(s)[: args.max_eval_tokens], 2048,

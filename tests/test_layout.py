@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hmmlvd"
 #: Layer of each top-level part of the package; an import may only go to the same or a lower
 #: layer. Everything not named is a foundation module (errors, validate, atomic, persist, ...).
 LAYERS = {"data": 1, "ngram": 2, "hmm": 2, "pc": 3, "image": 4, "lvd": 5, "image_pipeline": 6,
-          "bench": 6, "cli_image": 7, "cli": 8, "__main__": 9, "": 9}
+          "cli_image": 7, "cli_queries": 7, "cli": 8, "__main__": 9, "": 9}
 
 
 def module_names() -> dict[str, Path]:

@@ -1,4 +1,4 @@
-"""Memory estimates (hmmlvd.memory): the closed form of the parameter bytes, how the EM
+"""Memory estimates (hmmlvd.hmm.memory, on hmmlvd.memory): the parameter bytes, how the EM
 estimate grows, checks that fail before anything is allocated, the escape hatch, the CLI's
 one-line error, and one re-measurement of the estimate against the real peak memory."""
 
@@ -15,11 +15,11 @@ import pytest
 import torch
 from word_corpus import write_word_corpus
 
-from hmmlvd import memory
+from hmmlvd import memory as device_memory
 from hmmlvd.cli import main
 from hmmlvd.data import TokenWindows
 from hmmlvd.errors import InsufficientMemoryError, ParameterError
-from hmmlvd.hmm import HMM, HMMConfig, Phase, TrainConfig, mle_from_labels, train
+from hmmlvd.hmm import HMM, HMMConfig, Phase, TrainConfig, memory, mle_from_labels, train
 from hmmlvd.hmm import init as init_module
 
 GB = 10**9
@@ -30,7 +30,7 @@ def available(monkeypatch):
     """``available(n)`` makes every device report ``n`` bytes available."""
 
     def set_available(n: int | None) -> None:
-        monkeypatch.setattr(memory, "available_bytes", lambda device: n)
+        monkeypatch.setattr(device_memory, "available_bytes", lambda device: n)
 
     monkeypatch.delenv(memory.SKIP_ENV, raising=False)
     return set_available
@@ -147,10 +147,10 @@ def test_escape_hatch_and_unknown_availability(available, monkeypatch):
 
 
 def test_available_bytes_reads_this_machine():
-    cpu = memory.available_bytes("cpu")
+    cpu = device_memory.available_bytes("cpu")
     if Path("/proc/meminfo").is_file():
         assert cpu is not None and cpu > 0
-    assert memory.available_bytes("meta") is None
+    assert device_memory.available_bytes("meta") is None
 
 
 @pytest.fixture
@@ -184,7 +184,7 @@ MEASURE = textwrap.dedent("""
     import torch
     torch.set_num_threads(1)
     from hmmlvd.hmm import HMM, HMMConfig, expected_counts, maximize
-    from hmmlvd import memory
+    from hmmlvd.hmm import memory
 
     def status(key):
         text = open("/proc/self/status").read()

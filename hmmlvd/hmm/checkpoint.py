@@ -15,7 +15,7 @@ from hmmlvd import persist
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.hmm.config import HMMConfig
-from hmmlvd.memory import check_model
+from hmmlvd.hmm.memory import check_model
 from hmmlvd.provenance import vocab_digest
 
 if TYPE_CHECKING:  # the HMM calls this module; no runtime import of it here

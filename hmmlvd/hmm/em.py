@@ -29,6 +29,7 @@ import torch
 from hmmlvd.em.rule import check_possible, mix_probabilities
 from hmmlvd.errors import DataError
 from hmmlvd.hmm.forward import forward
+from hmmlvd.hmm.memory import chunk_windows
 from hmmlvd.validate import check_pseudocount, check_step_size
 
 if TYPE_CHECKING:  # the HMM's verbs call this module; no runtime import of it here
@@ -137,17 +138,6 @@ def _times_position_weight(values: torch.Tensor, positions: torch.Tensor,
                 len(positions) // num, num)):
         return (values.view(-1, num, values.shape[1]) * weight).view_as(values)
     return weight.index_select(0, positions).mul_(values)
-
-
-#: Windows per E-step chunk are chosen so that a chunk holds at most this many [window,
-#: position, state] entries (2^26: 16,384 windows at H = 128, T = 32; 2,048 at H = 1024): the
-#: activations of a chunk stay near 1.3 GB in float32 whatever the batch size.
-CHUNK_ENTRIES = 2**26
-
-
-def chunk_windows(num_states: int, length: int) -> int:
-    """Windows per E-step chunk for H = ``num_states`` and T = ``length`` (at least 1)."""
-    return max(1, CHUNK_ENTRIES // max(num_states * length, 1))
 
 
 def expected_counts(hmm: HMM, x: torch.Tensor, emission: ScaledEmission | None = None,

@@ -8,7 +8,7 @@ import torch
 
 from hmmlvd.errors import DataError
 from hmmlvd.hmm.config import HMMConfig
-from hmmlvd.memory import check_model
+from hmmlvd.hmm.memory import check_model
 from hmmlvd.validate import as_id_tensor, check_int, check_integer_dtype, check_pseudocount
 
 

@@ -65,6 +65,7 @@ class HMM:
                             f"vocab_size={vocab_size}")
         self.vocab = vocab
         self.fit_history: list[float] = []  # mean log-likelihood per epoch of the last fit
+        self.valid_history: list[float] = []  # held-out mean log-likelihood per epoch
         self.validate()
 
     # ----- sizes and placement -------------------------------------------------------------
@@ -297,21 +298,28 @@ class HMM:
 
     # ----- sklearn-like verbs (the same on Circuit and PatchCircuit) -----------------------
     def fit(self, data: TokenWindows | torch.Tensor | np.ndarray,
-            config: TrainConfig | None = None, *, out: str | os.PathLike | None = None,
+            config: TrainConfig | None = None, *, valid: TokenWindows | torch.Tensor |
+            np.ndarray | None = None, out: str | os.PathLike | None = None,
             progress: bool = True) -> HMM:
         """Train in place by EM on ``data``, a :class:`~hmmlvd.data.windows.TokenWindows` or
         token windows [N, T], with ``config`` (a :class:`~hmmlvd.hmm.train.TrainConfig`;
         default ``TrainConfig()``), checkpointing into ``out`` if given; returns self.
-        ``fit_history`` then holds the mean training log-likelihood per window of each epoch
-        (per-token value x T). See :func:`hmmlvd.hmm.train.train`, which this calls."""
+        ``valid``: held-out windows (the same kinds) scored after every epoch: the best
+        epoch's parameters are kept and ``config.patience`` stops early, as circuits'
+        ``fit(..., valid=...)`` does. ``fit_history`` then holds the mean training
+        log-likelihood per window of each epoch (per-token value x T) and ``valid_history``
+        the held-out one. See :func:`hmmlvd.hmm.train.train`, which this calls."""
         config = TrainConfig() if config is None else config
         if not isinstance(config, TrainConfig):
             raise DataError(f"config must be a TrainConfig, got {type(config).__name__}")
-        if not isinstance(data, TokenWindows):
-            data = TokenWindows.from_rows(self.check_windows(data, exact_length=True))
+        data, valid = (None if d is None else d if isinstance(d, TokenWindows)
+                       else TokenWindows.from_rows(self.check_windows(d, exact_length=True))
+                       for d in (data, valid))
         state = train(self, data, config, out=None if out is None else Path(out),
-                      progress=progress)
+                      progress=progress, valid=valid)
         self.fit_history = [row["train_ll_per_token"] * self.length for row in state.history]
+        self.valid_history = [row["valid_ll_per_window"] for row in state.history
+                              if "valid_ll_per_window" in row]
         return self
 
     @torch.no_grad()

@@ -30,19 +30,19 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hmmlvd import distributed, memory
+from hmmlvd import distributed, persist
 from hmmlvd.atomic import atomic_write_json, atomic_write_text
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.device import DTYPE_NAMES, resolve_dtype
-from hmmlvd.em import EpochStats, Learner, LoopState, epoch_seed, run_epochs
+from hmmlvd.em import EarlyStopping, EpochStats, Learner, LoopState, epoch_seed, run_epochs
 from hmmlvd.em.stop import (  # noqa: F401  (TrainingInterrupted, StoppedAtOnce: re-exported)
     StoppedAtOnce,
     TrainingInterrupted,
     signals_request_stop,
     stopped_by,
 )
-from hmmlvd.errors import DataError
-from hmmlvd.hmm import parallel
+from hmmlvd.errors import CheckpointError, DataError
+from hmmlvd.hmm import memory, parallel
 from hmmlvd.hmm.checkpoint import save_hmm
 from hmmlvd.hmm.em import (
     CountAccumulator,
@@ -57,6 +57,8 @@ if TYPE_CHECKING:  # HMM.fit calls this module; no runtime import of the model h
     from hmmlvd.hmm.model import HMM
 
 STATE_FILE = "train_state.json"
+BEST_FOLDER = "best"  # a checkpoint's best-epoch parameters (early stopping)
+BEST_TYPE = "hmm-best-parameters"
 @dataclass
 class Phase:
     """``epochs`` passes over the data with EM step size ``step_size``; ``full_batch``: one
@@ -90,6 +92,11 @@ class TrainConfig:
     ``dtype``: compute dtype of the E-step's forward/backward (``auto``: bfloat16 where the
     device multiplies it natively, else float32; see :func:`hmmlvd.device.resolve_dtype`);
     counts, M-step and parameters are float32 whatever it is.
+    ``patience``: with held-out windows (``train(..., valid=...)``), the epochs without a
+    better held-out log-likelihood after which a run of mini-batch epochs stops, going on from
+    the best epoch with the full-batch epochs that follow, if any (where patience counts
+    afresh); 0 runs every epoch. With held-out windows the best epoch's parameters are kept
+    either way (as circuits' ``EMConfig.patience``).
     """
 
     phases: list[Phase] = field(default_factory=lambda: [Phase(1, 0.5)])
@@ -100,8 +107,10 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     dtype: str = "auto"
+    patience: int = 0
 
     def __post_init__(self) -> None:
+        check_int(self.patience, "patience", 0)
         if self.dtype not in DTYPE_NAMES:
             raise DataError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
         check_int(self.batch_size, "batch size", 1)
@@ -146,17 +155,25 @@ class TrainState(LoopState):
     global ``step`` count (from :class:`~hmmlvd.em.loop.LoopState`), and per-epoch ``history``
     rows. ``run_id``: set when training starts, kept on resume (rotation deletes only
     checkpoints of this id); ``trained_on``: what the caller records about the data and
-    settings (see :mod:`hmmlvd.provenance`)."""
+    settings (see :mod:`hmmlvd.provenance`); ``early``: the held-out scores, best epoch and
+    where patience counts from (the best parameters live in the checkpoint's ``best/``:
+    :func:`hmmlvd.hmm.resume.load_best`)."""
 
     history: list[dict] = field(default_factory=list)
     run_id: str = ""
     trained_on: dict = field(default_factory=dict)
+    early: dict = field(default_factory=dict)  # EarlyStopping.state()'s JSON part, if any
 
 
 def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None = None,
-          state: TrainState | None = None, progress: bool = True) -> TrainState:
+          state: TrainState | None = None, progress: bool = True,
+          valid: TokenWindows | None = None, best: dict[str, torch.Tensor] | None = None
+          ) -> TrainState:
     """Train ``hmm`` in place by EM on ``windows``; checkpoint into ``out`` if given.
-    ``state``: continue from it (from :func:`load_checkpoint`). Returns the final state.
+    ``state``: continue from it (from :func:`load_checkpoint`, with ``best``: the best
+    parameters it read back). ``valid``: held-out windows scored after every epoch (mean
+    log-likelihood per window); the best epoch's parameters end in ``hmm`` and
+    ``config.patience`` stops runs of mini-batch epochs early. Returns the final state.
     Ctrl-C or SIGTERM stops after the current mini-batch, saves a checkpoint and raises
     :class:`TrainingInterrupted`. Raises :class:`~hmmlvd.errors.InsufficientMemoryError` before
     the first batch if EM's counts and activations cannot fit next to the model."""
@@ -166,11 +183,25 @@ def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None
     dtype = resolve_dtype(config.dtype, hmm.device)
     memory.check_training(hmm.config, local_batch, hmm.device, config.any_full_batch,
                           allocated=True, dtype=dtype, mini_batch=config.any_mini_batch)
+    if config.patience and valid is None:
+        raise DataError("patience needs held-out windows: pass valid= (e.g. the valid split)")
     parallel.broadcast_parameters(hmm)  # every rank starts from rank 0's parameters
     state = state or TrainState()
     state.run_id = state.run_id or new_run_id()
+    early = None
+    if valid is not None:
+        early = EarlyStopping(lambda: hmm.score(valid), hmm.parameters, config.patience)
+        if state.early:
+            try:
+                early.load_state(state.early, best or {})
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"the checkpoint's early-stopping record is damaged: "
+                                      f"{exc}") from exc
     with signals_request_stop() as stop:
-        return _train(hmm, windows, config, out, state, progress, stop, dtype)
+        state = _train(hmm, windows, config, out, state, progress, stop, dtype, early)
+    if early is not None:
+        early.restore()
+    return state
 
 
 def new_run_id() -> str:
@@ -232,7 +263,8 @@ class _HMMLearner(Learner):
 
 
 def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None,
-           state: TrainState, progress: bool, stop: list[int], dtype: torch.dtype) -> TrainState:
+           state: TrainState, progress: bool, stop: list[int], dtype: torch.dtype,
+           early: EarlyStopping | None) -> TrainState:
     plan = list(zip(config.epoch_plan(), config.full_batch_plan(), strict=True))
     num_batches = windows.num_batches(config.batch_size)
     learner = _HMMLearner(hmm, dtype)
@@ -245,18 +277,29 @@ def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | Non
         if out is not None and config.checkpoint_every \
                 and state.step % config.checkpoint_every == 0:
             learner.sync()
-            _save(hmm, config, state, out)
+            _save(hmm, config, state, out, early)
 
     def on_stop(state: TrainState, full_batch: bool) -> None:
-        _stop(hmm, config, state, out, signum=stop[0] or signal.SIGINT)
+        _stop(hmm, config, state, out, signum=stop[0] or signal.SIGINT, early=early)
 
     def after_epoch(state: TrainState, stats: EpochStats) -> None:
-        state.history.append({"epoch": stats.epoch, "step_size": stats.step_size,
-                              "full_batch": stats.full_batch,
-                              "train_ll_per_token": stats.mean_log_likelihood,
-                              "seconds": stats.seconds, "dtype": str(dtype).removeprefix("torch.")})
+        row = {"epoch": stats.epoch, "step_size": stats.step_size,
+               "full_batch": stats.full_batch, "train_ll_per_token": stats.mean_log_likelihood,
+               "seconds": stats.seconds, "dtype": str(dtype).removeprefix("torch.")}
+        if early is not None:
+            out_of_patience = early(state, stats)
+            row["valid_ll_per_window"] = early.scores[-1]
+            skip_to = next_full_batch(plan, state.epoch)
+            if out_of_patience and not stats.full_batch and skip_to is not None:
+                early.restore()  # the full-batch epochs start from the best epoch
+                state.epoch = skip_to
+            elif out_of_patience:
+                state.epoch = len(plan)  # nothing after it: training ends here
+            if state.epoch < len(plan) and plan[state.epoch][1] and not stats.full_batch:
+                early.restart_patience()
+        state.history.append(row)
         if out is not None:
-            _save(hmm, config, state, out)
+            _save(hmm, config, state, out, early)
 
     run_epochs(learner, plan, config.pseudocount, batches, num_batches, state,
                progress=progress and distributed.is_main(), unit="ll_per_token",
@@ -265,37 +308,50 @@ def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | Non
     return state
 
 
+def next_full_batch(plan: list[tuple[float, bool]], epoch: int) -> int | None:
+    """Index of the first full-batch epoch of ``plan`` at or after ``epoch``, or None."""
+    return next((i for i in range(epoch, len(plan)) if plan[i][1]), None)
+
+
 def _stop(hmm: HMM, config: TrainConfig, state: TrainState, out: Path | None,
-          signum: int) -> None:
+          signum: int, early: EarlyStopping | None = None) -> None:
     """Checkpoint where training stands (a full-batch epoch restarts: its model is unchanged)
     and raise :class:`TrainingInterrupted` for signal ``signum`` (on another rank: SIGINT)."""
     by = stopped_by(signum)
     if out is None:
         raise TrainingInterrupted(f"training interrupted{by} (no output folder: nothing "
                                   "saved)", signum)
-    folder = _save(hmm, config, state, out)
+    folder = _save(hmm, config, state, out, early)
     raise TrainingInterrupted(f"training interrupted{by} at epoch {state.epoch + 1}, batch "
                               f"{state.batch}; checkpoint saved in {folder}. Resume with the "
                               "same command plus --resume", signum)
 
 
-def _save(hmm: HMM, config: TrainConfig, state: TrainState, out: Path) -> Path:
+def _save(hmm: HMM, config: TrainConfig, state: TrainState, out: Path,
+          early: EarlyStopping | None = None) -> Path:
     """:func:`save_checkpoint` on rank 0 while the other ranks wait; returns the folder."""
     folder = out / "checkpoints" / f"step-{state.step:08d}"
+    best = None
+    if early is not None:
+        state.early, best = early.state()
     if distributed.is_main():
-        folder = save_checkpoint(hmm, config, state, out)
+        folder = save_checkpoint(hmm, config, state, out, best)
     distributed.barrier()
     return folder
 
 
-def save_checkpoint(hmm: HMM, config: TrainConfig, state: TrainState, out: Path) -> Path:
+def save_checkpoint(hmm: HMM, config: TrainConfig, state: TrainState, out: Path,
+                    best: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a complete checkpoint folder, then point ``latest`` at it; keep the newest
     ``config.keep_checkpoints`` of this run (``state.run_id``, given one if it has none), by
-    step number. Checkpoints of other runs in ``out`` are never deleted."""
+    step number. Checkpoints of other runs in ``out`` are never deleted. ``best``: the best
+    epoch's parameters so far (early stopping), saved in the folder's ``best/``."""
     state.run_id = state.run_id or new_run_id()
     root = out / "checkpoints"
     folder = root / f"step-{state.step:08d}"
     save_hmm(hmm, folder)
+    if best:
+        persist.save(folder / BEST_FOLDER, best, hmm.config.to_dict(), BEST_TYPE)
     atomic_write_json(folder / STATE_FILE, {"train_config": asdict(config), **asdict(state)})
     atomic_write_text(root / "latest", folder.name + "\n")
     mine = sorted(_checkpoints_of_run(root, state.run_id))

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmmlvd import distributed, memory
+from hmmlvd import distributed
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.errors import DataError
+from hmmlvd.hmm import memory
 from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.model import HMM, mle_from_labels
 from hmmlvd.lvd.cluster import kmeans_labels
