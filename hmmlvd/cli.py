@@ -40,6 +40,7 @@ from hmmlvd.data.vocab import UNK
 from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.device import DTYPE_NAMES, resolve_device, resolve_dtype
+from hmmlvd.em.config import PSEUDOCOUNT_PER, EMConfig
 from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.hmm import memory as hmm_memory
 from hmmlvd.hmm.checkpoint import read_config
@@ -47,13 +48,7 @@ from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.eval import sliding_perplexity, window_perplexity
 from hmmlvd.hmm.model import HMM
 from hmmlvd.hmm.resume import load_best, load_checkpoint
-from hmmlvd.hmm.train import (
-    TrainConfig,
-    TrainingInterrupted,
-    TrainState,
-    train,
-    two_phase_schedule,
-)
+from hmmlvd.hmm.train import TrainingInterrupted, TrainState, train
 from hmmlvd.ngram import baseline_perplexities
 from hmmlvd.outdir import TEXT_RUN, output_folder
 from hmmlvd.provenance import check_same_training, setting_differences, training_record
@@ -132,30 +127,40 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 def add_em_args(p: argparse.ArgumentParser) -> None:
     """The EM schedule flags (``hmmlvd train``/``lvd``, ``scripts/lvd_vs_random.py``). Their
-    defaults are the schedule chosen on WikiText-2 *valid* perplexity (H = 128, LVD init; the
-    search is in docs/results.md): 2 mini-batch epochs of 16,384 windows at step size 0.3, then
-    one full-batch epoch, pseudocount 1e-4."""
-    p.add_argument("--epochs", type=int, default=2, help="phase-1 epochs (default 2)")
-    p.add_argument("--step-size", type=float, default=0.3,
-                   help="phase-1 EM step size a (default 0.3)")
-    p.add_argument("--phase2-epochs", type=int, default=0, help="phase-2 epochs (default 0)")
-    p.add_argument("--phase2-step-size", type=float, default=0.1,
-                   help="phase-2 step size (default 0.1)")
-    p.add_argument("--batch-size", type=int, default=16384, help="windows per mini-batch "
-                   "(default 16,384: smaller batches estimate V-word emission rows noisily)")
-    p.add_argument("--pseudocount", type=float, default=1e-4,
-                   help="M-step pseudocount (default 1e-4)")
+    defaults are :class:`~hmmlvd.em.config.EMConfig`'s: the schedule chosen on WikiText-2
+    *valid* perplexity (see its docstring)."""
+    em = EMConfig()
+    p.add_argument("--epochs", type=int, default=em.epochs,
+                   help=f"phase-1 epochs (default {em.epochs})")
+    p.add_argument("--step-size", type=float, default=em.step_size,
+                   help=f"phase-1 EM step size a (default {em.step_size})")
+    p.add_argument("--final-step-size", type=float, default=em.final_step_size, metavar="A",
+                   help="anneal the phase-1 step size linearly from --step-size to A over its "
+                        "epochs, as the LVD paper trains (default: constant)")
+    p.add_argument("--phase2-epochs", type=int, default=em.phase2_epochs,
+                   help=f"phase-2 epochs (default {em.phase2_epochs})")
+    p.add_argument("--phase2-step-size", type=float, default=em.phase2_step_size,
+                   help=f"phase-2 step size (default {em.phase2_step_size})")
+    p.add_argument("--batch-size", type=int, default=em.batch_size,
+                   help=f"windows per mini-batch (default {em.batch_size:,}: smaller batches "
+                        "estimate V-word emission rows noisily)")
+    p.add_argument("--pseudocount", type=float, default=em.pseudocount,
+                   help=f"M-step pseudocount (default {em.pseudocount:g})")
+    p.add_argument("--pseudocount-per", choices=PSEUDOCOUNT_PER, default=em.pseudocount_per,
+                   help="batch: every M-step adds the pseudocount (default); data: it is a "
+                        "prior over all training windows, a mini-batch M-step adds "
+                        "pseudocount * B / N")
     p.add_argument("--full-batch", action="store_true",
                    help="every epoch full-batch: one M-step per epoch from all windows")
-    p.add_argument("--final-full-batch", type=int, default=1, metavar="N",
+    p.add_argument("--final-full-batch", type=int, default=em.final_full_batch, metavar="N",
                    help="end with N full-batch epochs (step size 1) after the mini-batch "
-                        "phases (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--patience", type=int, default=0, metavar="N",
+                        f"phases (default {em.final_full_batch})")
+    p.add_argument("--seed", type=int, default=em.seed)
+    p.add_argument("--patience", type=int, default=em.patience, metavar="N",
                    help="score the valid split after every epoch, keep the best epoch, and end "
                         "a run of mini-batch epochs after N without improvement (then the "
                         "full-batch epochs go on from the best; 0, default: no validation)")
-    p.add_argument("--dtype", choices=DTYPE_NAMES, default="auto",
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default=em.dtype,
                    help="compute dtype of the E-step (auto, default: bfloat16 where the CPU/GPU "
                         "multiplies it natively, else float32); parameters, counts and "
                         "reported perplexities are float32 either way")
@@ -291,14 +296,15 @@ def evaluate(hmm: HMM, data: WikiText, args: argparse.Namespace,
     return results
 
 
-def train_config_from(args: argparse.Namespace) -> TrainConfig:
+def train_config_from(args: argparse.Namespace) -> EMConfig:
     """The EM schedule and settings named by the train/lvd flags."""
-    phases = two_phase_schedule(args.epochs, args.step_size, args.phase2_epochs,
-                                args.phase2_step_size, args.final_full_batch)
-    return TrainConfig(phases=phases, batch_size=args.batch_size, pseudocount=args.pseudocount,
-                       full_batch=args.full_batch, seed=args.seed,
-                       checkpoint_every=args.checkpoint_every, dtype=args.dtype,
-                       patience=args.patience)
+    return EMConfig(epochs=args.epochs, step_size=args.step_size,
+                    final_step_size=args.final_step_size, phase2_epochs=args.phase2_epochs,
+                    phase2_step_size=args.phase2_step_size,
+                    final_full_batch=args.final_full_batch, full_batch=args.full_batch,
+                    batch_size=args.batch_size, pseudocount=args.pseudocount,
+                    pseudocount_per=args.pseudocount_per, patience=args.patience,
+                    seed=args.seed, checkpoint_every=args.checkpoint_every, dtype=args.dtype)
 
 
 def resolve_model_shape(args: argparse.Namespace, vocab_size: int) -> None:

@@ -33,6 +33,7 @@ import torch
 
 from hmmlvd.atomic import atomic_write_json
 from hmmlvd.data.images import ImageData, load_images
+from hmmlvd.em.config import LEAF_PRIORS, PSEUDOCOUNT_PER, EMConfig
 from hmmlvd.em.stop import signals_request_stop
 from hmmlvd.errors import DataError, HMMLVDError
 from hmmlvd.image.baselines import StructureConfig
@@ -49,7 +50,8 @@ from hmmlvd.image_pipeline import (
 )
 from hmmlvd.image_pipeline import image_bpd as bits_per_dim
 from hmmlvd.outdir import IMAGE_RUN, output_folder
-from hmmlvd.pc.em import LEAF_PRIORS, PSEUDOCOUNT_PER, EMConfig
+from hmmlvd.pc.em import CIRCUIT_EM
+from hmmlvd.pc.em import IMPLIED as CIRCUIT_IMPLIED
 from hmmlvd.pc.resume import EMCheckpoints
 from hmmlvd.provenance import image_training_record
 
@@ -63,31 +65,35 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=MODELS, required=True)
     p.add_argument("--size", type=int, required=True, metavar="K",
                    help="units per region (lvd: K of the sub-circuits)")
-    p.add_argument("--epochs", type=int, default=5,
-                   help="mini-batch EM epochs (lvd: finetuning epochs, stage c; default 5)")
-    p.add_argument("--batch-size", type=int, default=256,
-                   help="images per EM step and per evaluation batch (256)")
-    p.add_argument("--step-size", type=float, default=0.1, help="EM step size (default 0.1)")
+    em = CIRCUIT_EM  # the flags' defaults: circuits' EM settings, in one place
+    p.add_argument("--epochs", type=int, default=em.epochs,
+                   help=f"mini-batch EM epochs (lvd: finetuning epochs, stage c; default "
+                        f"{em.epochs})")
+    p.add_argument("--batch-size", type=int, default=em.batch_size,
+                   help=f"images per EM step and per evaluation batch ({em.batch_size})")
+    p.add_argument("--step-size", type=float, default=em.step_size,
+                   help=f"EM step size (default {em.step_size})")
     p.add_argument("--final-step-size", type=float, default=None, metavar="A",
                    help="anneal the step size linearly from --step-size to A over the "
                         "mini-batch epochs (lvd: of each stage), as the LVD paper trains "
                         "(default: constant)")
-    p.add_argument("--pseudocount", type=float, default=0.01,
-                   help="M-step pseudocount (default 0.01)")
-    p.add_argument("--leaf-prior", choices=LEAF_PRIORS, default="uniform",
+    p.add_argument("--pseudocount", type=float, default=em.pseudocount,
+                   help=f"M-step pseudocount (default {em.pseudocount})")
+    p.add_argument("--leaf-prior", choices=LEAF_PRIORS, default=em.leaf_prior,
                    help="how the pseudocount of the pixel distributions is spread over the 256 "
                         "levels: uniform (default) or marginal (by each pixel's histogram in "
                         "the training images)")
-    p.add_argument("--pseudocount-per", choices=PSEUDOCOUNT_PER, default="batch",
+    p.add_argument("--pseudocount-per", choices=PSEUDOCOUNT_PER, default=em.pseudocount_per,
                    help="batch: every M-step adds the pseudocount (default); data: it is a prior "
                         "over the whole training set, a mini-batch M-step adds pseudocount * "
                         "B / N (the same smoothing in mini-batch and full-batch epochs)")
-    p.add_argument("--seed", type=int, default=0, help="seeds parameters, RAT trees, EM order")
-    p.add_argument("--patience", type=int, default=0, metavar="N",
+    p.add_argument("--seed", type=int, default=em.seed,
+                   help="seeds parameters, RAT trees, EM order")
+    p.add_argument("--patience", type=int, default=em.patience, metavar="N",
                    help="early stopping: score the valid split after every epoch, stop after N "
                         "epochs without a better valid bpd and keep the best epoch (0: off, "
                         "default; --epochs is then the most)")
-    p.add_argument("--final-full-batch", type=int, default=0, metavar="N",
+    p.add_argument("--final-full-batch", type=int, default=em.final_full_batch, metavar="N",
                    help="then N full-batch EM epochs at step size 1, from the best mini-batch "
                         "epoch (lvd: of stage c; default 0)")
     structure = p.add_argument_group("baseline structures (hmmlvd.image.baselines)")
@@ -176,14 +182,14 @@ def check_model_flags(args: argparse.Namespace) -> None:
 
 
 def em_config(args: argparse.Namespace) -> EMConfig:
-    """The EM settings of the flags."""
-    return EMConfig(epochs=args.epochs, batch_size=args.batch_size, step_size=args.step_size,
-                    pseudocount=args.pseudocount, seed=args.seed,
-                    patience=getattr(args, "patience", 0),
-                    final_full_batch=getattr(args, "final_full_batch", 0),
-                    leaf_prior=getattr(args, "leaf_prior", "uniform"),
-                    pseudocount_per=getattr(args, "pseudocount_per", "batch"),
-                    final_step_size=getattr(args, "final_step_size", None))
+    """The EM settings of the flags (the rest: :data:`~hmmlvd.pc.em.CIRCUIT_EM`'s)."""
+    return dataclasses.replace(
+        CIRCUIT_EM, epochs=args.epochs, batch_size=args.batch_size, step_size=args.step_size,
+        pseudocount=args.pseudocount, seed=args.seed, patience=getattr(args, "patience", 0),
+        final_full_batch=getattr(args, "final_full_batch", 0),
+        leaf_prior=getattr(args, "leaf_prior", "uniform"),
+        pseudocount_per=getattr(args, "pseudocount_per", "batch"),
+        final_step_size=getattr(args, "final_step_size", None))
 
 
 def structure_config(args: argparse.Namespace) -> StructureConfig:
@@ -320,9 +326,10 @@ def training_settings(args: argparse.Namespace, em: EMConfig,
 def setting_defaults() -> dict:
     """What the settings added since checkpoints were first written stood at before (their
     defaults: the behaviour of the hmmlvd that did not record them)."""
-    em = EMConfig()
+    em = CIRCUIT_EM
     return {"leaf_prior": em.leaf_prior, "pseudocount_per": em.pseudocount_per,
-            "final_step_size": em.final_step_size}
+            "final_step_size": em.final_step_size, **CIRCUIT_IMPLIED,
+            "phase2_step_size": em.phase2_step_size, "keep_checkpoints": em.keep_checkpoints}
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -23,13 +23,13 @@ import torch
 
 from hmmlvd.atomic import atomic_write_json
 from hmmlvd.data.images import flatten
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import CheckpointError, DataError
 from hmmlvd.image.baselines import BASELINES, StructureConfig, baseline_from_config
 from hmmlvd.image.loading import load_pretrained
 from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.pc.bpd import evaluate_bpd
 from hmmlvd.pc.circuit import Circuit
-from hmmlvd.pc.em import EMConfig
 from hmmlvd.pc.resume import EMCheckpoints, check_resumed
 
 MODELS = ("lvd", *BASELINES)

@@ -38,7 +38,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +54,9 @@ from hmmlvd.cli import (
 )
 from hmmlvd.data import TokenWindows, WikiText, load_wikitext
 from hmmlvd.device import resolve_device, resolve_dtype
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import CheckpointError, HMMLVDError
-from hmmlvd.hmm import HMM, TrainConfig, sliding_perplexity, train
+from hmmlvd.hmm import HMM, sliding_perplexity, train
 from hmmlvd.hmm.resume import load_best, load_checkpoint
 from hmmlvd.hmm.train import TrainingInterrupted, TrainState
 from hmmlvd.lvd.text.distill import (
@@ -89,24 +90,38 @@ class Row:
 
 
 # ----- settings and run folders ---------------------------------------------------------------
-def train_config(args: argparse.Namespace) -> TrainConfig:
+def train_config(args: argparse.Namespace) -> EMConfig:
     """The CLI's EM settings from the same flags (mini-batch phases; one checkpoint kept)."""
     return replace(train_config_from(args), keep_checkpoints=1)
 
 
-#: EM settings every run's digest names; any other setting is named only when it differs from
-#: what runs made before it existed did (:data:`IMPLIED`, else the field's default), so that
-#: adding a setting keeps the folders of earlier runs (finished or in progress) theirs.
-DIGEST_FIELDS = ("phases", "batch_size", "pseudocount", "full_batch", "seed")
+#: EM settings every run's digest names (the schedule as the list of phases that runs have
+#: always been named by); any other setting is named only when it differs from what runs made
+#: before it existed did (:data:`IMPLIED`, else its default), so that adding a setting keeps
+#: the folders of earlier runs (finished or in progress) theirs.
+DIGEST_FIELDS = ("batch_size", "pseudocount", "full_batch", "seed")
+SCHEDULE = ("epochs", "step_size", "phase2_epochs", "phase2_step_size", "final_full_batch")
 IMPLIED = {"dtype": "float32"}  # the E-step ran in float32 before it had a dtype
 NOT_RESULTS = ("checkpoint_every", "keep_checkpoints")  # where and how often, not what
 
 
-def digest_config(config: TrainConfig) -> dict:
+def schedule_phases(config: EMConfig) -> list[dict]:
+    """The schedule as phases: [first] [+ second] [+ full-batch epochs at step size 1]."""
+    phases = [{"epochs": config.epochs, "step_size": config.step_size, "full_batch": False}]
+    if config.phase2_epochs:
+        phases.append({"epochs": config.phase2_epochs, "step_size": config.phase2_step_size,
+                       "full_batch": False})
+    if config.final_full_batch:
+        phases.append({"epochs": config.final_full_batch, "step_size": 1.0, "full_batch": True})
+    return phases
+
+
+def digest_config(config: EMConfig) -> dict:
     """The EM settings of a run's digest (see :data:`DIGEST_FIELDS`)."""
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    return {k: v for k, v in asdict(config).items() if k in DIGEST_FIELDS or (
-        k not in NOT_RESULTS and v != IMPLIED.get(k, defaults[k]))}
+    defaults = EMConfig().to_dict()
+    named = {k: v for k, v in config.to_dict().items() if k in DIGEST_FIELDS or (
+        k not in (*NOT_RESULTS, *SCHEDULE) and v != IMPLIED.get(k, defaults[k]))}
+    return {"phases": schedule_phases(config), **named}
 
 
 def run_settings(init: str, h: int, args: argparse.Namespace, data: WikiText,
@@ -274,7 +289,7 @@ def settings_line(args: argparse.Namespace, subset: str, lvd_count: int) -> str:
     config = train_config(args)
     kmeans = f" on {args.kmeans_sample:,} windows" if args.kmeans_sample else ""
     tokens = f", first {args.max_eval_tokens:,} tokens" if args.max_eval_tokens else ""
-    return (f"Settings: EM on {subset}; EM {json.dumps([asdict(p) for p in config.phases])}, "
+    return (f"Settings: EM on {subset}; EM {json.dumps(schedule_phases(config))}, "
             f"batch {config.batch_size}, pseudocount {config.pseudocount}, EM compute dtype "
             f"{args.dtype}, seed {args.seed}; "
             f"LVD from {lvd_count:,} windows (seeded subset): encoder "

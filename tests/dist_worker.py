@@ -26,9 +26,8 @@ from safetensors.torch import save_file
 from hmmlvd import HMM, distributed
 from hmmlvd.cli import main as main_cli
 from hmmlvd.data import TokenWindows
+from hmmlvd.em.config import EMConfig
 from hmmlvd.hmm import (
-    Phase,
-    TrainConfig,
     expected_counts,
     load_checkpoint,
     maximize,
@@ -50,11 +49,11 @@ def model(homogeneous: bool = False) -> HMM:
     return HMM(H, V, T, homogeneous, seed=0)
 
 
-def config(full_batch: bool = False, checkpoint_every: int = 0) -> TrainConfig:
+def config(full_batch: bool = False, checkpoint_every: int = 0) -> EMConfig:
     """Two epochs (step sizes 0.5 then 0.2); checkpoints kept so a test can resume from any."""
-    return TrainConfig(phases=[Phase(1, 0.5), Phase(1, 0.2)], batch_size=BATCH,
-                       full_batch=full_batch, seed=3, checkpoint_every=checkpoint_every,
-                       keep_checkpoints=100)
+    return EMConfig(epochs=1, step_size=0.5, phase2_epochs=1, phase2_step_size=0.2,
+                    final_full_batch=0, batch_size=BATCH, full_batch=full_batch, seed=3,
+                    checkpoint_every=checkpoint_every, keep_checkpoints=100)
 
 
 def result_path(tmp: Path, scenario: str, rank: int) -> Path:

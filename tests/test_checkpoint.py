@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from hmmlvd.atomic import atomic_write, atomic_write_json
 from hmmlvd.data import Vocabulary
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.hmm import HMM
 
@@ -155,7 +156,7 @@ def test_pickle_is_never_loaded(saved, tmp_path, monkeypatch):
     import pickle
 
     from hmmlvd.hmm.resume import load_checkpoint
-    from hmmlvd.hmm.train import TrainConfig, TrainState, save_checkpoint
+    from hmmlvd.hmm.train import TrainState, save_checkpoint
 
     folder, hmm = saved
     marker = tmp_path / "marker"
@@ -163,7 +164,7 @@ def test_pickle_is_never_loaded(saved, tmp_path, monkeypatch):
     for name in ("pytorch_model.bin", "model.pt", "model.pkl"):
         (folder / name).write_bytes(payload)
     out = tmp_path / "run"
-    save_checkpoint(hmm, TrainConfig(batch_size=2), TrainState(step=1), out)
+    save_checkpoint(hmm, EMConfig(batch_size=2), TrainState(step=1), out)
 
     def refuse(*args, **kwargs):
         raise AssertionError("pickle used while loading")

@@ -223,3 +223,22 @@ def test_byte_order_mark_of_a_token_file_is_not_part_of_the_first_word(corpus, t
     words = (marked / "vocab.txt").read_text(encoding="utf-8").splitlines()
     assert not any("\ufeff" in w for w in words)
     assert words == (plain / "vocab.txt").read_text(encoding="utf-8").splitlines()
+
+
+def test_the_command_lines_take_their_em_defaults_from_the_configs():
+    """One source of truth: ``hmmlvd train``/``lvd`` without EM flags run ``EMConfig()``
+    (besides the command line's own checkpoint cadence), ``hmmlvd image train`` runs
+    ``CIRCUIT_EM``."""
+    import dataclasses
+
+    from hmmlvd.cli import build_parser, train_config_from
+    from hmmlvd.cli_image import em_config, parse_image_args
+    from hmmlvd.em.config import EMConfig
+    from hmmlvd.pc.em import CIRCUIT_EM
+
+    for command in ("train", "lvd"):
+        args = build_parser().parse_args([command, "--out", "x"])
+        got = train_config_from(args)
+        assert got == dataclasses.replace(EMConfig(), checkpoint_every=args.checkpoint_every)
+    args = parse_image_args(["train", "--model", "hclt", "--size", "4", "--out", "x"])
+    assert em_config(args) == CIRCUIT_EM

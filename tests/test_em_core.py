@@ -22,8 +22,9 @@ from hmmlvd.em import (
     mix_probabilities,
     run_epochs,
 )
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import DataError
-from hmmlvd.hmm import HMM, Phase, TrainConfig
+from hmmlvd.hmm import HMM
 
 
 def reference_rule(theta: list[float], counts: list[float], a: float, c: float,
@@ -178,7 +179,7 @@ def test_hmm_left_valid_when_a_mini_batch_epoch_fails():
     emission = torch.tensor([[[0.6, 0.5], [0.4, 0.5], [0.0, 0.0]]]).expand(3, 3, 2).clone()
     hmm = HMM(2, 3, 3, initial=torch.tensor([0.5, 0.5]),
               transition=torch.full((2, 2, 2), 0.5), emission=emission.clone())
-    config = TrainConfig(phases=[Phase(1, 0.5)], batch_size=1, pseudocount=0.0)
+    config = EMConfig(epochs=1, step_size=0.5, final_full_batch=0, batch_size=1, pseudocount=0.0)
     with pytest.raises(DataError, match="probability 0"):
         hmm.fit(torch.tensor(windows), config, progress=False)
     torch.testing.assert_close(hmm.emission.sum(1), torch.ones(3, 2))
@@ -218,16 +219,17 @@ def test_circuit_fit_with_held_out_data_keeps_its_best_epoch():
     valid = torch.randint(0, 3, (40, 4), generator=gen)
     circuit = Circuit(poon_domingos(2, 2, delta=1), 3, input="categorical", num_categories=3,
                       seed=0)
-    circuit.fit(train, EMConfig(epochs=6, full_batch=True, batch_size=12, pseudocount=0.01),
+    circuit.fit(train, EMConfig(epochs=6, full_batch=True, batch_size=12, pseudocount=0.01,
+                                final_full_batch=0, step_size=1.0),
                 valid=valid, progress=False)
     history = circuit.valid_history
     assert len(circuit.fit_history) == 6 and len(history) == 6
     assert history.index(max(history)) < 5  # the best epoch is not the last one ...
     assert circuit.score(valid) == pytest.approx(max(history), abs=1e-6)  # ... and it is kept
     with pytest.raises(DataError, match="patience needs held-out data"):
-        circuit.fit(train, EMConfig(patience=1), progress=False)
+        circuit.fit(train, EMConfig(patience=1, final_full_batch=0, step_size=1.0), progress=False)
     with pytest.raises(DataError, match="patience must be"):
-        EMConfig(patience=-1)
+        EMConfig(patience=-1, final_full_batch=0, step_size=1.0)
 
 
 def test_restarted_patience_counts_from_the_new_phase():
@@ -256,17 +258,18 @@ def test_final_full_batch_epochs_are_classic_em_after_the_mini_batch_ones():
 
     both = fresh().fit(data, EMConfig(epochs=2, batch_size=7, step_size=0.5, pseudocount=0.1,
                                       final_full_batch=2), progress=False)
-    twice = fresh().fit(data, EMConfig(epochs=2, batch_size=7, step_size=0.5, pseudocount=0.1),
+    twice = fresh().fit(data, EMConfig(epochs=2, batch_size=7, step_size=0.5, pseudocount=0.1,
+                                       final_full_batch=0),
                         progress=False)
     twice.fit(data, EMConfig(epochs=2, batch_size=30, step_size=1.0, pseudocount=0.1,
-                             full_batch=True), progress=False)
+                             full_batch=True, final_full_batch=0), progress=False)
     assert len(both.fit_history) == 4
     for p, q in zip(both.parameters(), twice.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
     history = both.fit_history
     assert history[3] >= history[2] - 1e-6  # classic EM never lowers the likelihood
     with pytest.raises(DataError, match="final_full_batch must be"):
-        EMConfig(final_full_batch=-1)
+        EMConfig(final_full_batch=-1, step_size=1.0)
 
 
 def test_pseudocount_per_data_is_a_prior_over_the_training_set():
@@ -285,8 +288,10 @@ def test_pseudocount_per_data_is_a_prior_over_the_training_set():
                                           pseudocount=0.6, final_full_batch=2,
                                           pseudocount_per="data"), progress=False)
     twice = fresh().fit(data, EMConfig(epochs=2, batch_size=7, step_size=0.5,
-                                       pseudocount=0.6 * 7 / 30), progress=False)
-    twice.fit(data, EMConfig(epochs=2, batch_size=30, pseudocount=0.6, full_batch=True),
+                                       pseudocount=0.6 * 7 / 30, final_full_batch=0),
+                        progress=False)
+    twice.fit(data, EMConfig(epochs=2, batch_size=30, pseudocount=0.6, full_batch=True,
+                             final_full_batch=0, step_size=1.0),
               progress=False)
     per_batch = fresh().fit(data, EMConfig(epochs=2, batch_size=7, step_size=0.5,
                                            pseudocount=0.6, final_full_batch=2), progress=False)
@@ -295,7 +300,7 @@ def test_pseudocount_per_data_is_a_prior_over_the_training_set():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(p, r, atol=1e-3)  # per batch it smooths more
     with pytest.raises(DataError, match="pseudocount_per must be one of"):
-        EMConfig(pseudocount_per="epoch")
+        EMConfig(pseudocount_per="epoch", final_full_batch=0, step_size=1.0)
 
 
 def test_annealed_step_sizes_fall_linearly_over_all_steps_and_resume_in_place():
@@ -334,18 +339,19 @@ def test_circuit_fit_with_final_step_size_is_em_at_the_annealed_steps():
                        seed=2)
 
     config = EMConfig(epochs=3, batch_size=7, step_size=0.8, final_step_size=0.05,
-                      pseudocount=0.1, seed=4)
+                      pseudocount=0.1, seed=4, final_full_batch=0)
     annealed = fresh().fit(data, config, progress=False)
     by_hand = fresh()
     batches = [b for e in range(3) for b in epoch_batches(30, 7, 4, e)]
     for batch, a in zip(batches, np.linspace(0.8, 0.05, len(batches)), strict=True):
         em_step(by_hand, data[torch.as_tensor(batch)], float(a), 0.1)
     constant = fresh().fit(data, EMConfig(epochs=3, batch_size=7, step_size=0.8,
-                                          pseudocount=0.1, seed=4), progress=False)
+                                          pseudocount=0.1, seed=4, final_full_batch=0),
+                           progress=False)
     for p, q, r in zip(annealed.parameters(), by_hand.parameters(), constant.parameters(),
                        strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(p, r, atol=1e-3)
     for bad in (0, 1.5, True, float("nan")):
         with pytest.raises(DataError, match="step size"):
-            EMConfig(final_step_size=bad)
+            EMConfig(final_step_size=bad, final_full_batch=0, step_size=1.0)

@@ -31,8 +31,9 @@ from library_errors import assert_error, library_call
 
 from hmmlvd.data.vocab import UNK, Vocabulary
 from hmmlvd.data.windows import TokenWindows
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import CheckpointError, DataError, ParameterError
-from hmmlvd.hmm import HMM, HMMConfig, Phase, TrainConfig, train
+from hmmlvd.hmm import HMM, HMMConfig, train
 from hmmlvd.hmm.em import expected_counts, maximize
 from hmmlvd.hmm.model import mle_from_labels
 from hmmlvd.hmm.resume import load_checkpoint
@@ -456,30 +457,32 @@ def test_maximize_bad_step_and_pseudocount(step_size, pseudocount, homogeneous):
         assert_valid_model(hmm)
 
 
-phase_values = st.builds(Phase, epochs=st.one_of(st.integers(-1, 2), st.floats(-1, 2),
-                                                 st.just(float("nan"))),
-                         step_size=bad_numbers)
+epoch_values = st.one_of(st.integers(-1, 2), st.floats(-1, 2), st.just(float("nan")))
 
 
 @FUZZ
 @given(batch_size=st.one_of(st.integers(-2, 5), st.floats(-1, 5),
                             st.just(float("nan"))),
-       phases=st.lists(phase_values, max_size=2),
+       epochs=epoch_values, step_size=bad_numbers, phase2_epochs=epoch_values,
+       final_full_batch=epoch_values,
        pseudocount=bad_numbers, full_batch=st.booleans(),
        checkpoint_every=st.integers(-2, 2), keep_checkpoints=st.integers(-1, 2))
-def test_train_config_bad_values(batch_size, phases, pseudocount, full_batch,
-                                 checkpoint_every, keep_checkpoints):
-    cfg, err = library_call(TrainConfig, phases=phases, batch_size=batch_size,
-                            pseudocount=pseudocount, full_batch=full_batch,
-                            checkpoint_every=checkpoint_every,
+def test_em_config_bad_values(batch_size, epochs, step_size, phase2_epochs, final_full_batch,
+                              pseudocount, full_batch, checkpoint_every, keep_checkpoints):
+    cfg, err = library_call(EMConfig, epochs=epochs, step_size=step_size,
+                            phase2_epochs=phase2_epochs, final_full_batch=final_full_batch,
+                            batch_size=batch_size, pseudocount=pseudocount,
+                            full_batch=full_batch, checkpoint_every=checkpoint_every,
                             keep_checkpoints=keep_checkpoints)
     problems = [message for message, ok in (
         ("batch size must be", is_int_at_least(batch_size, 1)),
         ("checkpoint_every must be", is_int_at_least(checkpoint_every, 0)),
         ("keep_checkpoints must be", is_int_at_least(keep_checkpoints, 1)),
         ("pseudocount", is_pseudocount(pseudocount)),
-        ("phase epochs must be", all(is_int_at_least(p.epochs, 0) for p in phases)),
-        ("step size must", all(is_step_size(p.step_size) for p in phases))) if not ok]
+        ("epochs must be", is_int_at_least(epochs, 0)),
+        ("phase2_epochs must be", is_int_at_least(phase2_epochs, 0)),
+        ("final_full_batch must be", is_int_at_least(final_full_batch, 0)),
+        ("step size must", is_step_size(step_size))) if not ok]
     if problems:  # refused up front, naming one of the bad values
         assert_error(err, DataError, *problems)
         return
@@ -702,7 +705,7 @@ def test_from_pretrained_corrupted_folder(data):
 def test_load_checkpoint_corrupted_train_state(state, latest):
     with tempfile.TemporaryDirectory() as d:
         out = Path(d)
-        cfg = TrainConfig(phases=[Phase(1, 0.5)], batch_size=2)
+        cfg = EMConfig(epochs=1, step_size=0.5, final_full_batch=0, batch_size=2)
         from hmmlvd.hmm.train import TrainState
 
         save_checkpoint(HMM(2, 3, 3, seed=0), cfg, TrainState(step=1), out)
@@ -773,9 +776,9 @@ FINDINGS = {
                                                     np.zeros((1, T), np.int64),
                                                     HMMConfig(H, V, T), chunk_size=0),
                             (DataError, "chunk_size must be >= 1, got 0")),
-    # F11: Phase(epochs=nan or 1.5) accepted by TrainConfig -> TypeError in epoch_plan().
-    "F11_phase_float_epochs": (lambda: TrainConfig(phases=[Phase(1.5, 0.5)]).epoch_plan(),
-                               (DataError, "phase epochs must be an integer, got 1.5")),
+    # F11: float epochs (nan or 1.5) were accepted -> TypeError in epoch_plan().
+    "F11_phase_float_epochs": (lambda: EMConfig(epochs=1.5, final_full_batch=0).epoch_plan(),
+                               (DataError, "epochs must be an integer, got 1.5")),
     # F12: float/NaN length, stride, max_windows -> TypeError (windows.py).
     "F12_windows_nan_length": (lambda: TokenWindows(np.array([0, 1, 2]), float("nan")),
                                (DataError, "window length must be an integer, got nan")),
@@ -853,11 +856,11 @@ def test_finding_F10_maximize_nonfinite_pseudocount(pseudocount, message):
 
 @pytest.mark.parametrize("batch_size", [float("nan"), 2.5])
 def test_finding_F11_train_config_float_batch_size(batch_size):
-    """F11: TrainConfig(batch_size=nan or 2.5) was accepted; training then failed with a bare
+    """F11: EMConfig(batch_size=nan or 2.5) was accepted; training then failed with a bare
     TypeError/ValueError (float slice indices). Now TrainConfig refuses it."""
     with pytest.raises(DataError, match=re.escape(
             f"batch size must be an integer, got {batch_size}")):
-        TrainConfig(phases=[Phase(1, 0.5)], batch_size=batch_size)
+        EMConfig(epochs=1, step_size=0.5, final_full_batch=0, batch_size=batch_size)
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -884,7 +887,7 @@ def test_finding_F14_load_checkpoint_malformed_train_state(state):
 
     with tempfile.TemporaryDirectory() as d:
         out = Path(d)
-        save_checkpoint(HMM(2, 3, 3, seed=0), TrainConfig(batch_size=2), TrainState(step=1),
+        save_checkpoint(HMM(2, 3, 3, seed=0), EMConfig(batch_size=2), TrainState(step=1),
                         out)
         (out / "checkpoints" / "step-00000001" / "train_state.json").write_text(state)
         with pytest.raises(CheckpointError,

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import peaked_hmm
 
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import HMMLVDError
-from hmmlvd.hmm import Phase, TrainConfig
 
 V, T, H = 9, 5, 4
 
@@ -29,9 +29,9 @@ def data(seed: int, n: int) -> torch.Tensor:
 TRAIN, VALID = data(1, 60), data(2, 40)
 
 
-def config(epochs: int, patience: int = 0, full_batch: int = 0) -> TrainConfig:
-    phases = [Phase(epochs, 0.9)] + ([Phase(full_batch, 1.0, True)] if full_batch else [])
-    return TrainConfig(phases=phases, batch_size=10, pseudocount=1e-3, patience=patience)
+def config(epochs: int, patience: int = 0, full_batch: int = 0) -> EMConfig:
+    return EMConfig(epochs=epochs, step_size=0.9, final_full_batch=full_batch, batch_size=10,
+                    pseudocount=1e-3, patience=patience)
 
 
 def start():
@@ -96,7 +96,7 @@ def test_full_batch_epochs_go_on_from_the_best_epoch():
     model = start().fit(TRAIN, config(EPOCHS, 1, full_batch=1), valid=VALID, progress=False)
     assert len(model.fit_history) == run + 1  # the full-batch epoch still ran
     want = copy.deepcopy(get_oracle()[best - 1][1])
-    want.fit(TRAIN, TrainConfig(phases=[Phase(1, 1.0, True)], batch_size=10,
+    want.fit(TRAIN, EMConfig(epochs=0, final_full_batch=1, batch_size=10,
                                 pseudocount=1e-3), progress=False)
     if want.score(VALID) > scores[best - 1]:  # the full-batch epoch improved held-out
         same(model, want, rtol=1e-4, atol=1e-6)
@@ -157,7 +157,7 @@ def test_a_resumed_run_keeps_the_same_best_epoch(tmp_path, monkeypatch, crash_at
     train_module = importlib.import_module("hmmlvd.hmm.train")
     from hmmlvd.hmm.resume import load_best, load_checkpoint
 
-    cfg = TrainConfig(phases=[Phase(EPOCHS, 0.9), Phase(1, 1.0, True)], batch_size=10,
+    cfg = EMConfig(epochs=EPOCHS, step_size=0.9, final_full_batch=1, batch_size=10,
                       pseudocount=1e-3, patience=1, checkpoint_every=3)
     windows, valid = TokenWindows.from_rows(TRAIN), TokenWindows.from_rows(VALID)
     whole = start()

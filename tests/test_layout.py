@@ -2,8 +2,11 @@
 
 The import graph is read from the source (``ast``), counting imports inside functions too and
 leaving out only ``if TYPE_CHECKING:`` blocks (annotations, never run). It must have no cycle,
-and imports must flow one way between the layers data -> models (hmm, then pc, then image) ->
-lvd -> pipelines / command line. ``hmmlvd.lvd`` and the image side must not load
+and imports must flow one way between the layers of docs/architecture.md: foundation (the
+modules at the package root: errors, validation, atomic writes, locks, persistence, device,
+memory, provenance) -> data -> em -> models (hmm, then pc, then image) -> lvd -> pipelines /
+command line; the foundation imports nothing above it. ``hmmlvd.lvd`` and the image side must
+not load
 ``transformers`` (only text LVD needs it)."""
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hmmlvd"
 
 #: Layer of each top-level part of the package; an import may only go to the same or a lower
 #: layer. Everything not named is a foundation module (errors, validate, atomic, persist, ...).
-LAYERS = {"data": 1, "ngram": 2, "hmm": 2, "pc": 3, "image": 4, "lvd": 5, "image_pipeline": 6,
-          "cli_image": 7, "cli_queries": 7, "cli": 8, "__main__": 9, "": 9}
+LAYERS = {"data": 1, "em": 2, "ngram": 3, "hmm": 3, "pc": 4, "image": 5, "lvd": 6,
+          "image_pipeline": 7, "cli_image": 8, "cli_queries": 8, "cli": 9, "__main__": 10, "": 10}
 
 
 def module_names() -> dict[str, Path]:

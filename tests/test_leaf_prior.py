@@ -85,7 +85,8 @@ def test_marginal_prior_keeps_probability_off_values_a_variable_never_takes():
         circuit = Circuit(poon_domingos(2, 2, delta=1), 2, input="categorical",
                           num_categories=8, seed=5)
         circuit.fit(data, EMConfig(epochs=3, batch_size=40, full_batch=True, pseudocount=2.0,
-                                   leaf_prior=prior), progress=False)
+                                   leaf_prior=prior, final_full_batch=0, step_size=1.0),
+                    progress=False)
         layer = circuit.input_layer
         rows = (layer.entry_var == 0).nonzero().flatten()
         p_zero[prior] = float(layer.log_prob.detach()[rows, 0].exp().min())

@@ -15,8 +15,9 @@ from lvd_tiny import TINY_WORDS, build_tiny_bert, tiny_vocab, write_tiny_wikitex
 from hmmlvd import HMM
 from hmmlvd.cli import main
 from hmmlvd.data import TokenWindows, load_wikitext
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import DataError, HMMLVDError
-from hmmlvd.hmm import HMMConfig, Phase, TrainConfig, mle_from_labels
+from hmmlvd.hmm import HMMConfig, mle_from_labels
 from hmmlvd.hmm.train import train
 from hmmlvd.lvd.text import suffix
 from hmmlvd.lvd.text.distill import LVDSettings, distill, embed, lvd_subset, run_lvd
@@ -76,7 +77,8 @@ def test_distill_is_the_mle_init_and_train_finetunes_it(encoder_dir, windows, tm
     tuned = distill(windows, 3, tiny_vocab(), settings=settings, progress=False)
     for name, p in init.parameters().items():  # distillation runs no EM of its own
         assert torch.equal(tuned.parameters()[name], p), name
-    config = TrainConfig(phases=[Phase(3, 1.0)], batch_size=32, full_batch=True)  # monotone
+    config = EMConfig(epochs=3, step_size=1.0, final_full_batch=0, batch_size=32,
+                      full_batch=True)  # monotone
     train(tuned, windows, config, progress=False)
     x = windows[np.arange(len(windows))]
     assert tuned.log_likelihood(x).sum() > init.log_likelihood(x).sum()
@@ -229,7 +231,7 @@ def test_lvd_init_saved_with_zero_epochs_then_train_init_continues(encoder_dir, 
     tuned = HMM.from_pretrained(out)
     assert tuned.config == init.config
     reference = labels_hmm  # the same two full-batch EM epochs, run here by the library
-    train(reference, windows, TrainConfig(phases=[Phase(2, 1.0)], batch_size=1000,
+    train(reference, windows, EMConfig(epochs=2, step_size=1.0, final_full_batch=0, batch_size=1000,
                                           pseudocount=1e-4, full_batch=True), progress=False)
     for name, p in reference.parameters().items():
         assert torch.allclose(tuned.parameters()[name], p, atol=1e-5), name

@@ -9,7 +9,8 @@ import torch
 from conftest import peaked_hmm
 
 from hmmlvd.data import TokenWindows
-from hmmlvd.hmm import HMM, HMMConfig, Phase, TrainConfig, mle_from_labels, train
+from hmmlvd.em.config import EMConfig
+from hmmlvd.hmm import HMM, HMMConfig, mle_from_labels, train
 
 
 def sample_with_states(hmm: HMM, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +45,7 @@ def test_distilled_init_beats_random_init_after_the_same_em_budget():
     x, z = sample_with_states(truth, 1500, seed=22)
     held_out, _ = sample_with_states(truth, 400, seed=23)
     windows = TokenWindows(x.reshape(-1), 6, stride=6)  # one window per sampled sequence
-    config = TrainConfig(phases=[Phase(1, 0.5)], batch_size=256)
+    config = EMConfig(epochs=1, step_size=0.5, final_full_batch=0, batch_size=256)
     distilled = mle_from_labels(x, z, HMMConfig(6, 12, 6), pseudocount=1e-3)
     random = HMM(6, 12, 6, seed=24)
     for model in (distilled, random):

@@ -13,6 +13,7 @@ from lvd_tiny import build_tiny_bert, write_tiny_wikitext
 from script_loading import load_script
 
 from hmmlvd.data import load_wikitext
+from hmmlvd.em.config import EMConfig
 from hmmlvd.ngram import KneserNey
 
 train_module = importlib.import_module("hmmlvd.hmm.train")  # `hmmlvd.hmm.train` is a function
@@ -145,19 +146,25 @@ def test_a_second_sweep_on_the_same_out_is_refused(corpus, bert, tmp_path, capsy
 
 
 def test_run_digest_keeps_earlier_runs_folders(monkeypatch):
-    """A setting added later is left out of the digest at the value earlier runs implied
-    (float32 E-step) or at its default, and named once it differs."""
+    """Run folders are named by a digest of the settings; the full-data sweep's runs were named
+    by this dict (the schedule as phases), which the same flags must still give, so that their
+    folders are found and runs in progress resume. A setting added later is named only once it
+    differs from what earlier runs implied (float32 E-step) or from its default."""
     script = load_script("lvd_vs_random", monkeypatch)
-    from hmmlvd.hmm import Phase, TrainConfig
-
-    fp32 = TrainConfig(phases=[Phase(2, 0.3)], batch_size=16, pseudocount=1e-4,
-                       dtype="float32")
-    assert script.digest_config(fp32) == {
-        "phases": [{"epochs": 2, "step_size": 0.3, "full_batch": False}], "batch_size": 16,
-        "pseudocount": 1e-4, "full_batch": False, "seed": 0}
-    bf16 = script.digest_config(TrainConfig(phases=[Phase(2, 0.3)], batch_size=16,
-                                            pseudocount=1e-4, dtype="bfloat16"))
-    assert bf16["dtype"] == "bfloat16"
-    every = TrainConfig(phases=[Phase(2, 0.3)], batch_size=16, pseudocount=1e-4,
-                        checkpoint_every=7, dtype="float32")
-    assert "checkpoint_every" not in script.digest_config(every)
+    sweep = EMConfig(epochs=2, step_size=0.3, final_full_batch=1, batch_size=16384,
+                     pseudocount=1e-4, dtype="float32", checkpoint_every=25, keep_checkpoints=1)
+    assert script.digest_config(sweep) == {
+        "phases": [{"epochs": 2, "step_size": 0.3, "full_batch": False},
+                   {"epochs": 1, "step_size": 1.0, "full_batch": True}],
+        "batch_size": 16384, "pseudocount": 1e-4, "full_batch": False, "seed": 0}
+    two = EMConfig(epochs=2, step_size=0.3, phase2_epochs=1, phase2_step_size=0.1,
+                   final_full_batch=0, batch_size=8192, pseudocount=1e-3, dtype="float32")
+    assert script.digest_config(two)["phases"] == [
+        {"epochs": 2, "step_size": 0.3, "full_batch": False},
+        {"epochs": 1, "step_size": 0.1, "full_batch": False}]
+    changed = [EMConfig(**{**sweep.to_dict(), **c}) for c in (
+        {"dtype": "bfloat16"}, {"patience": 2}, {"pseudocount_per": "data"},
+        {"final_step_size": 0.05})]
+    for config in changed:
+        named = script.digest_config(config)
+        assert len(named) == 6, named  # the one changed setting is named

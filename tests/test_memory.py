@@ -18,8 +18,9 @@ from word_corpus import write_word_corpus
 from hmmlvd import memory as device_memory
 from hmmlvd.cli import main
 from hmmlvd.data import TokenWindows
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import InsufficientMemoryError, ParameterError
-from hmmlvd.hmm import HMM, HMMConfig, Phase, TrainConfig, memory, mle_from_labels, train
+from hmmlvd.hmm import HMM, HMMConfig, memory, mle_from_labels, train
 from hmmlvd.hmm import init as init_module
 
 GB = 10**9
@@ -113,7 +114,7 @@ def test_train_checks_the_batch_before_the_first_step(available):
     hmm = HMM(4, 6, 5, seed=0)
     before = {k: v.clone() for k, v in hmm.parameters().items()}
     windows = TokenWindows(np.arange(40) % 6, 5)
-    config = TrainConfig(phases=[Phase(1, 0.5)], batch_size=8)
+    config = EMConfig(epochs=1, step_size=0.5, final_full_batch=0, batch_size=8)
     estimate = memory.training_estimate(hmm.config, 8)
     # the parameters already exist: only the rest has to fit
     available(estimate.total - estimate.parameters)

@@ -20,11 +20,10 @@ import pytest
 import torch
 
 from hmmlvd.data import TokenWindows
+from hmmlvd.em.config import EMConfig
 from hmmlvd.hmm import (
     HMM,
     HMMConfig,
-    Phase,
-    TrainConfig,
     mle_from_labels,
     sliding_perplexity,
     train,
@@ -205,8 +204,8 @@ def test_em_with_pseudocount_makes_unseen_tokens_finite(full_batch):
     for pseudocount, finite in ((1e-3, True), (0.0, False)):
         hmm = mle_from_labels(tokens, labels, HMMConfig(H, V, T), pseudocount=0.0)
         assert sliding_perplexity(hmm, stream).perplexity == math.inf
-        config = TrainConfig(phases=[Phase(1, 0.5)], batch_size=16, pseudocount=pseudocount,
-                             full_batch=full_batch)
+        config = EMConfig(epochs=1, step_size=0.5, final_full_batch=0, batch_size=16,
+                          pseudocount=pseudocount, full_batch=full_batch)
         train(hmm, train_windows, config, progress=False)
         hmm.validate()
         assert math.isfinite(sliding_perplexity(hmm, stream).perplexity) == finite

@@ -102,7 +102,7 @@ def test_full_batch_em_with_missing_values_never_decreases_the_marginal(case):
     history = [mean_ll(circuit, x, missing)]
     for _ in range(6):
         fit_em(circuit, x, epochs=1, batch_size=64, full_batch=True, missing=missing,
-               progress=False)
+               progress=False, step_size=1.0, pseudocount=0.0)
         history.append(mean_ll(circuit, x, missing))
     assert (np.diff(history) >= -1e-5).all(), history
     assert history[-1] > history[0]
@@ -115,12 +115,13 @@ def test_fit_em_full_batch_sums_counts_over_batches():
     start = mean_ll(circuit, x)
     em_step(whole, x, 1.0, 0.01)
     history = fit_em(batched, x, epochs=1, batch_size=40, full_batch=True, pseudocount=0.01,
-                     progress=False)
+                     progress=False, step_size=1.0)
     assert history[0] == pytest.approx(start, abs=1e-4)
     for a, b in zip(whole.parameters(), batched.parameters(), strict=True):
         torch.testing.assert_close(a.exp(), b.exp(), rtol=0, atol=1e-5)
     # its history is the LL before each epoch's M-step, and it never decreases
-    history = fit_em(batched, x, epochs=4, batch_size=40, full_batch=True, progress=False)
+    history = fit_em(batched, x, epochs=4, batch_size=40, full_batch=True, progress=False,
+                     step_size=1.0, pseudocount=0.0)
     assert history[0] == pytest.approx(mean_ll(whole, x), abs=1e-4)
     assert (np.diff(history) >= -1e-5).all()
 
@@ -268,7 +269,7 @@ def test_em_refuses_zero_probability_samples():
     with pytest.raises(DataError, match=r"samples \[1\] have probability 0 under the circuit"):
         em_step(circuit, x)
     with pytest.raises(DataError, match=r"samples \[1\] have probability 0 under the circuit"):
-        fit_em(circuit, x, progress=False)
+        fit_em(circuit, x, progress=False, step_size=1.0, pseudocount=0.0)
     for p, q in zip(before.parameters(), circuit.parameters(), strict=True):
         assert torch.equal(p, q)
     # with the impossible value missing, EM is fine
@@ -299,11 +300,14 @@ def test_failed_full_batch_epoch_leaves_no_counts_behind():
     before = copy.deepcopy(circuit)
     x = torch.tensor([[0, 0, 0, 0]] * 4 + [[1, 1, 1, 1]])
     with pytest.raises(DataError, match=r"samples \[0\] have probability 0 under the circuit"):
-        fit_em(circuit, x, batch_size=2, full_batch=True, progress=False)
+        fit_em(circuit, x, batch_size=2, full_batch=True, progress=False, step_size=1.0,
+               pseudocount=0.0)
     assert all(layer.log_weight.grad is None for layer in circuit.sum_layers())
     good = x[:4]
-    fit_em(circuit, good, batch_size=2, full_batch=True, progress=False)
-    fit_em(before, good, batch_size=2, full_batch=True, progress=False)
+    fit_em(circuit, good, batch_size=2, full_batch=True, progress=False, step_size=1.0,
+           pseudocount=0.0)
+    fit_em(before, good, batch_size=2, full_batch=True, progress=False, step_size=1.0,
+           pseudocount=0.0)
     for p, q in zip(before.parameters(), circuit.parameters(), strict=True):
         torch.testing.assert_close(p, q)
 

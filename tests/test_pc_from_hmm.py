@@ -147,7 +147,8 @@ def test_several_em_steps_on_sparse_hmm_stay_equal():
     torch.testing.assert_close(circuit.log_likelihood(x), hmm.log_likelihood(x))
     for _ in range(3):
         maximize(hmm, expected_counts(hmm, x), step_size=1.0, pseudocount=0.0)
-        fit_em(circuit, x, epochs=1, batch_size=16, full_batch=True, progress=False)
+        fit_em(circuit, x, epochs=1, batch_size=16, full_batch=True, step_size=1.0,
+               pseudocount=0.0, progress=False)
         circuit.check_parameters()
     learned = to_hmm(circuit)
     for name in ("initial", "transition", "emission"):

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from hmmlvd.device import resolve_dtype
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import HMMLVDError
-from hmmlvd.hmm import HMM, CountAccumulator, TrainConfig, expected_counts, maximize
+from hmmlvd.hmm import HMM, CountAccumulator, expected_counts, maximize
 from hmmlvd.hmm.em import ScaledEmission, chunk_windows
-from hmmlvd.hmm.train import Phase
 
 # bf16 keeps 8 significant bits: each rounding is within 2^-9 relative. A count is a sum of
 # products of O(T) rounded factors, so 2-3% relative is the bound that bf16 should meet and
@@ -56,8 +56,8 @@ def test_bf16_em_from_the_same_init_tracks_float32(make_hmm, windows_factory):
     runs = {}
     for dtype in ("float32", "bfloat16"):
         hmm = make_hmm(6, 12, 6, seed=9)
-        config = TrainConfig(phases=[Phase(3, 0.5)], batch_size=40, pseudocount=1e-3,
-                             dtype=dtype)
+        config = EMConfig(epochs=3, step_size=0.5, final_full_batch=0, batch_size=40,
+                          pseudocount=1e-3, dtype=dtype)
         hmm.fit(x, config, progress=False)
         runs[dtype] = (hmm, hmm.fit_history)
     fp32, bf16 = runs["float32"][1], runs["bfloat16"][1]
@@ -126,7 +126,7 @@ def test_dense_m_step_writes_out_a_scaled_table_first(make_hmm, windows_factory)
 
 def test_train_config_refuses_an_unknown_dtype():
     with pytest.raises(HMMLVDError, match="dtype must be one of"):
-        TrainConfig(dtype="float16")
+        EMConfig(dtype="float16")
     with pytest.raises(HMMLVDError, match="dtype must be one of"):
         resolve_dtype("half", "cpu")
 
@@ -142,9 +142,8 @@ def test_training_records_the_dtype_it_ran_in(make_hmm, windows_factory, monkeyp
         from hmmlvd.data.windows import TokenWindows
         from hmmlvd.hmm.train import train
 
-        state = train(hmm, TokenWindows.from_rows(x), TrainConfig(phases=[Phase(1, 0.5)],
-                                                                   batch_size=20),
-                      progress=False)
+        config = EMConfig(epochs=1, step_size=0.5, final_full_batch=0, batch_size=20)
+        state = train(hmm, TokenWindows.from_rows(x), config, progress=False)
         assert [row["dtype"] for row in state.history] == [want]
 
 

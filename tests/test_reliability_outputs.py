@@ -25,8 +25,9 @@ from hmmlvd import HMM
 from hmmlvd.atomic import atomic_write_text
 from hmmlvd.cli import main
 from hmmlvd.data import Vocabulary
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import CheckpointError
-from hmmlvd.hmm import Phase, TrainConfig, TrainState, load_checkpoint
+from hmmlvd.hmm import TrainState, load_checkpoint
 
 train_module = importlib.import_module("hmmlvd.hmm.train")
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def test_reused_out_rotation_keeps_the_new_runs_checkpoints(corpus, tmp_path, ca
 
 def test_rotation_orders_checkpoints_by_step_number_not_by_name(tmp_path):
     """step-100000000 sorts before step-99999999 by name; the older one must go."""
-    config = TrainConfig(batch_size=2, keep_checkpoints=1)
+    config = EMConfig(batch_size=2, keep_checkpoints=1)
     state = TrainState(step=99_999_999)
     train_module.save_checkpoint(tiny_hmm(), config, state, tmp_path)
     state.step = 100_000_000
@@ -99,7 +100,7 @@ def test_rotation_orders_checkpoints_by_step_number_not_by_name(tmp_path):
 
 def test_rotation_never_deletes_checkpoints_of_another_run(tmp_path):
     """Checkpoints in --out that another run wrote (another run id) are never rotated away."""
-    config = TrainConfig(batch_size=2, keep_checkpoints=1)
+    config = EMConfig(batch_size=2, keep_checkpoints=1)
     train_module.save_checkpoint(tiny_hmm(), config, TrainState(step=50), tmp_path)
     mine = TrainState(step=1)
     for step in (1, 2, 3):
@@ -114,6 +115,7 @@ LOCK_HOLDER = """
 import sys
 from pathlib import Path
 from hmmlvd.lock import output_lock
+from hmmlvd.em.config import EMConfig
 with output_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     sys.stdin.read()
@@ -346,7 +348,7 @@ def test_sigterm_in_process_stops_training_like_ctrl_c(tmp_path):
     def unhandled(signum: int, frame: object) -> None:  # instead of killing pytest
         raise AssertionError("SIGTERM reached the handler outside train()")
 
-    config = TrainConfig(phases=[Phase(3, 0.5)], batch_size=10)
+    config = EMConfig(epochs=3, step_size=0.5, final_full_batch=0, batch_size=10)
     previous = signal.signal(signal.SIGTERM, unhandled)
     try:
         train_module.expected_counts = terminate_on_third

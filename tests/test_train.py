@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from hmmlvd.data import TokenWindows
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import CheckpointError, DataError
-from hmmlvd.hmm import HMM, Phase, TrainConfig, TrainState, load_checkpoint, train
+from hmmlvd.hmm import HMM, TrainState, load_checkpoint, train
 
 # hmmlvd.hmm re-exports the function ``train``, which shadows the module attribute.
 train_module = importlib.import_module("hmmlvd.hmm.train")
@@ -45,8 +46,8 @@ def assert_same_parameters(a: HMM, b: HMM) -> None:
 def test_training_increases_likelihood(tmp_path, windows, full_batch):
     hmm = student()
     before = mean_log_likelihood(hmm, windows)
-    config = TrainConfig(phases=[Phase(2, 0.5)], batch_size=64, full_batch=full_batch,
-                         checkpoint_every=3)
+    config = EMConfig(epochs=2, step_size=0.5, final_full_batch=0, batch_size=64,
+                      full_batch=full_batch, checkpoint_every=3)
     state = train(hmm, windows, config, out=tmp_path, progress=False)
     after = mean_log_likelihood(hmm, windows)
     assert after > before + 0.1, (before, after)
@@ -84,8 +85,9 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, w
     ends: a crash after ``crash_at`` E-steps, between checkpoints (5, 13, 18; full batch 14)
     or right after the end of epoch 1 (10), resumes to the parameters of the uninterrupted
     run."""
-    config = TrainConfig(phases=[Phase(1, 0.7), Phase(1, 0.4)], batch_size=60,
-                         full_batch=full_batch, checkpoint_every=4, seed=5)
+    config = EMConfig(epochs=1, step_size=0.7, phase2_epochs=1, phase2_step_size=0.4,
+                      final_full_batch=0, batch_size=60, full_batch=full_batch,
+                      checkpoint_every=4, seed=5)
     assert windows.num_batches(60) == 10
 
     reference = student()
@@ -121,16 +123,16 @@ def test_resuming_changes_the_outcome_if_batches_were_replayed_wrongly(tmp_path,
     """Guard for the resume test: a different shuffling seed gives different parameters, so
     equality above really depends on replaying the same batches."""
     a, b = student(), student()
-    base = {"phases": [Phase(1, 0.7)], "batch_size": 60}
-    train(a, windows, TrainConfig(**base, seed=1), progress=False)
-    train(b, windows, TrainConfig(**base, seed=2), progress=False)
+    base = {"epochs": 1, "step_size": 0.7, "final_full_batch": 0, "batch_size": 60}
+    train(a, windows, EMConfig(**base, seed=1), progress=False)
+    train(b, windows, EMConfig(**base, seed=2), progress=False)
     assert not torch.allclose(a.emission, b.emission, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("keep", [1, 2, 3])
 def test_keeps_at_most_keep_checkpoints(tmp_path, windows, keep):
-    config = TrainConfig(phases=[Phase(2, 0.5)], batch_size=100, checkpoint_every=2,
-                         keep_checkpoints=keep)
+    config = EMConfig(epochs=2, step_size=0.5, final_full_batch=0, batch_size=100,
+                      checkpoint_every=2, keep_checkpoints=keep)
     hmm = student()
     state = train(hmm, windows, config, out=tmp_path, progress=False)
     root = tmp_path / "checkpoints"
@@ -162,7 +164,7 @@ def test_latest_never_leads_outside_the_output_folder(tmp_path, name):
     """`latest` is read from disk; a name that is not step-NNNNNNNN (a relative path up and
     out, or an absolute one) is refused, even where a complete checkpoint waits there."""
     out = tmp_path / "a" / "run"
-    config = TrainConfig(batch_size=2)
+    config = EMConfig(batch_size=2)
     train_module.save_checkpoint(student(), config, TrainState(step=1), out)
     train_module.save_checkpoint(student(seed=5), config, TrainState(step=7),
                                  tmp_path / "decoy")
@@ -177,50 +179,72 @@ def test_latest_never_leads_outside_the_output_folder(tmp_path, name):
 
 def test_windows_of_the_wrong_length(windows):
     with pytest.raises(DataError, match="T="):
-        train(HMM(H, V, T + 1, seed=0), windows, TrainConfig(), progress=False)
+        train(HMM(H, V, T + 1, seed=0), windows, EMConfig(), progress=False)
 
 
-@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"phases": [Phase(1, 0.0)]},
-                                    {"phases": [Phase(1, 1.5)]}, {"phases": [Phase(-1, 0.5)]}])
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"step_size": 0.0},
+                                    {"step_size": 1.5}, {"epochs": -1},
+                                    {"phase2_step_size": 0.0}, {"final_full_batch": -1},
+                                    {"phase2_epochs": 1, "final_step_size": 0.1}])
 def test_bad_train_config(kwargs):
     with pytest.raises(DataError):
-        TrainConfig(**kwargs)
+        EMConfig(**kwargs)
 
 
 def test_epoch_plan_and_config_round_trip():
-    config = TrainConfig(phases=[Phase(2, 0.3), Phase(1, 0.1)], batch_size=7)
-    assert config.epoch_plan() == [0.3, 0.3, 0.1]
-    from dataclasses import asdict
+    config = EMConfig(epochs=2, step_size=0.3, phase2_epochs=1, phase2_step_size=0.1,
+                      final_full_batch=2, batch_size=7)
+    assert config.epoch_plan() == [(0.3, False), (0.3, False), (0.1, False), (1.0, True),
+                                   (1.0, True)]
+    assert EMConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
-    assert TrainConfig.from_dict(json.loads(json.dumps(asdict(config)))) == config
+
+def test_a_checkpoint_of_the_earlier_phases_form_reads_as_its_schedule():
+    """Checkpoints written before the one EMConfig record ``train_config`` as phases: they read
+    as the schedule they describe (runs in progress resume), and one no schedule can express
+    is refused."""
+    old = {"phases": [{"epochs": 2, "step_size": 0.3, "full_batch": False},
+                      {"epochs": 1, "step_size": 0.1, "full_batch": False},
+                      {"epochs": 1, "step_size": 1.0, "full_batch": True}],
+           "batch_size": 16384, "pseudocount": 1e-4, "full_batch": False, "seed": 0,
+           "checkpoint_every": 25, "keep_checkpoints": 1}
+    got = EMConfig.from_dict(old, implied=train_module.IMPLIED)
+    assert got == EMConfig(epochs=2, step_size=0.3, phase2_epochs=1, phase2_step_size=0.1,
+                           final_full_batch=1, batch_size=16384, pseudocount=1e-4,
+                           checkpoint_every=25, keep_checkpoints=1, dtype="float32")
+    odd = {**old, "phases": [{"epochs": 1, "step_size": 1.0, "full_batch": True},
+                             {"epochs": 1, "step_size": 0.3, "full_batch": False}]}
+    with pytest.raises(DataError, match="not a schedule"):
+        EMConfig.from_dict(odd)
 
 
 def test_finished_state_trains_no_more(windows):
     hmm = student()
     before = {k: v.clone() for k, v in hmm.parameters().items()}
     state = TrainState(epoch=1)
-    train(hmm, windows, TrainConfig(phases=[Phase(1, 0.5)]), state=state, progress=False)
+    train(hmm, windows, EMConfig(epochs=1, step_size=0.5, final_full_batch=0), state=state,
+          progress=False)
     for name, value in hmm.parameters().items():
         assert torch.equal(value, before[name])
 
 
 def test_a_final_full_batch_phase_is_one_exact_m_step_per_epoch(windows):
-    """Mini-batch phases then Phase(1, 1.0, full_batch=True) equal training the mini-batch
-    phases, then one classic EM step from the counts of every window (computed here with the
+    """Mini-batch phases then one full-batch epoch (final_full_batch=1) equal training the
+    mini-batch phases, then one classic EM step from the counts of every window (with the
     accumulator directly)."""
     from hmmlvd.hmm import CountAccumulator, expected_counts, maximize
 
-    config = TrainConfig(phases=[Phase(1, 0.6), Phase(1, 1.0, full_batch=True)],
-                         batch_size=60, seed=3)
-    assert config.full_batch_plan() == [False, True] and config.any_full_batch
+    config = EMConfig(epochs=1, step_size=0.6, final_full_batch=1, batch_size=60, seed=3)
+    assert [full for _, full in config.epoch_plan()] == [False, True]
+    assert config.any_full_batch
     hmm = student()
     state = train(hmm, windows, config, progress=False)
     assert [row["full_batch"] for row in state.history] == [False, True]
     assert state.step == windows.num_batches(60) + 1
 
     reference = student()
-    train(reference, windows, TrainConfig(phases=[Phase(1, 0.6)], batch_size=60, seed=3),
-          progress=False)
+    train(reference, windows, EMConfig(epochs=1, step_size=0.6, final_full_batch=0,
+                                       batch_size=60, seed=3), progress=False)
     accumulator = CountAccumulator(reference)
     for x in windows.batches(25):
         accumulator.add(expected_counts(reference, x))
@@ -229,7 +253,8 @@ def test_a_final_full_batch_phase_is_one_exact_m_step_per_epoch(windows):
 
 
 def test_two_phase_schedule_with_final_full_batch():
-    phases = train_module.two_phase_schedule(2, 0.3, 1, 0.1, final_full_batch=1)
-    assert phases == [Phase(2, 0.3), Phase(1, 0.1), Phase(1, 1.0, full_batch=True)]
-    with pytest.raises(DataError, match="epochs"):
-        TrainConfig(phases=train_module.two_phase_schedule(1, 0.3, final_full_batch=-1))
+    config = EMConfig(epochs=2, step_size=0.3, phase2_epochs=1, phase2_step_size=0.1,
+                      final_full_batch=1)
+    assert config.epoch_plan() == [(0.3, False), (0.3, False), (0.1, False), (1.0, True)]
+    annealed = EMConfig(epochs=2, step_size=0.5, final_step_size=0.1, final_full_batch=0)
+    assert [a.at(0, 1) for a, _ in annealed.epoch_plan()] == pytest.approx([0.5, 0.1])

@@ -15,7 +15,7 @@ import torch
 
 from hmmlvd.data import TokenWindows
 from hmmlvd.errors import DataError, ParameterError
-from hmmlvd.hmm import HMM, Phase, TrainConfig, train
+from hmmlvd.hmm import HMM, train
 from hmmlvd.image import PatchCircuit, load_pretrained
 from hmmlvd.image.patch_circuit import PatchCircuitConfig
 from hmmlvd.pc import Circuit, fit_em, inpaint, poon_domingos, sample
@@ -95,7 +95,8 @@ def test_hmm_sample_seed_is_a_seeded_generator():
 @pytest.mark.parametrize("as_windows", [False, True])
 def test_hmm_fit_is_train_and_raises_the_likelihood(as_windows):
     data = make_hmm(seed=7).sample(200, seed=1)
-    config = TrainConfig(phases=[Phase(5, 1.0)], batch_size=200, full_batch=True)
+    config = EMConfig(epochs=5, step_size=1.0, final_full_batch=0, batch_size=200,
+                      full_batch=True)
     hmm = make_hmm()
     before = hmm.score(data)
     windows = TokenWindows.from_rows(data)
@@ -110,8 +111,10 @@ def test_hmm_fit_is_train_and_raises_the_likelihood(as_windows):
 
 def test_hmm_fit_refuses_bad_input():
     hmm = make_hmm()
-    with pytest.raises(DataError, match="TrainConfig"):
-        hmm.fit(torch.zeros(3, 4, dtype=torch.long), EMConfig())
+    with pytest.raises(DataError, match="must be an EMConfig"):
+        hmm.fit(torch.zeros(3, 4, dtype=torch.long), {"epochs": 1})
+    with pytest.raises(DataError, match="leaf_prior 'marginal' is for circuits"):
+        hmm.fit(torch.zeros(3, 4, dtype=torch.long), EMConfig(leaf_prior="marginal"))
     with pytest.raises(DataError, match="length"):
         hmm.fit(torch.zeros(3, 2, dtype=torch.long), progress=False)
     with pytest.raises(DataError):
@@ -145,7 +148,7 @@ def test_circuit_score_with_several_roots_uses_output_0():
 def test_circuit_fit_is_fit_em_and_raises_the_likelihood():
     x = circuit_data()
     config = EMConfig(epochs=4, batch_size=20, step_size=1.0, pseudocount=0.01,
-                      full_batch=True)
+                      full_batch=True, final_full_batch=0)
     circuit = make_circuit()
     before = circuit.score(x)
     assert circuit.fit(x, config, progress=False) is circuit
@@ -162,8 +165,10 @@ def test_circuit_fit_is_fit_em_and_raises_the_likelihood():
 def test_fit_em_keywords_override_the_config():
     x = circuit_data()
     a, b = make_circuit(), make_circuit()
-    fit_em(a, x, EMConfig(epochs=3, batch_size=16, step_size=0.5), epochs=1, progress=False)
-    fit_em(b, x, EMConfig(epochs=1, batch_size=16, step_size=0.5), progress=False)
+    fit_em(a, x, EMConfig(epochs=3, batch_size=16, step_size=0.5, final_full_batch=0), epochs=1,
+           progress=False)
+    fit_em(b, x, EMConfig(epochs=1, batch_size=16, step_size=0.5, final_full_batch=0),
+           progress=False)
     assert same_parameters(a, b)
 
 
@@ -250,7 +255,7 @@ def test_patch_circuit_fit_is_joint_em_and_raises_the_likelihood():
     model = make_patch_circuit()
     before = model.score(x)
     config = EMConfig(epochs=5, batch_size=len(x), step_size=1.0, pseudocount=0.01,
-                      full_batch=True)
+                      full_batch=True, final_full_batch=0)
     assert model.fit(x, config, progress=False) is model
     assert model.score(x) > before + 0.1
     assert len(model.fit_history) == 5
@@ -265,8 +270,10 @@ def test_patch_circuit_fit_is_joint_em_and_raises_the_likelihood():
 def test_patch_circuit_full_batch_sums_counts_over_batches():
     x = image_data()
     one, several = make_patch_circuit(), make_patch_circuit()
-    one.fit(x, EMConfig(batch_size=len(x), full_batch=True, pseudocount=0.01), progress=False)
-    several.fit(x, EMConfig(batch_size=10, full_batch=True, pseudocount=0.01), progress=False)
+    one.fit(x, EMConfig(batch_size=len(x), full_batch=True, pseudocount=0.01, final_full_batch=0,
+                        step_size=1.0), progress=False)
+    several.fit(x, EMConfig(batch_size=10, full_batch=True, pseudocount=0.01, final_full_batch=0,
+                            step_size=1.0), progress=False)
     for p, q in zip(one.parameters(), several.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5)
 
@@ -277,10 +284,13 @@ def test_patch_circuit_failed_epoch_leaves_no_counts():
     bad = image_data(8)
     bad[5, 0] = 7  # out of range: full-batch epochs go in order, so batch 1 counts, batch 2 fails
     with pytest.raises(DataError):
-        model.fit(bad, EMConfig(batch_size=4, full_batch=True), progress=False)
+        model.fit(bad, EMConfig(batch_size=4, full_batch=True, final_full_batch=0, step_size=1.0),
+                  progress=False)
     assert same_parameters(model, before)
-    model.fit(image_data(), EMConfig(full_batch=True), progress=False)
-    before.fit(image_data(), EMConfig(full_batch=True), progress=False)
+    model.fit(image_data(), EMConfig(full_batch=True, final_full_batch=0, step_size=1.0),
+              progress=False)
+    before.fit(image_data(), EMConfig(full_batch=True, final_full_batch=0, step_size=1.0),
+               progress=False)
     assert same_parameters(model, before)
 
 
@@ -322,6 +332,7 @@ def test_em_step_still_matches_one_mini_batch_fit():
     x = circuit_data(20)
     a, b = make_circuit(), make_circuit()
     em_step(a, x, 0.5, 0.01)
-    b.fit(x, EMConfig(batch_size=len(x), step_size=0.5, pseudocount=0.01), progress=False)
+    b.fit(x, EMConfig(epochs=1, batch_size=len(x), step_size=0.5, pseudocount=0.01,
+                      final_full_batch=0), progress=False)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5)

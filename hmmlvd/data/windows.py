@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from hmmlvd.em.batches import permutation
+from hmmlvd.data.batches import permutation
 from hmmlvd.errors import DataError
 from hmmlvd.validate import check_int
 

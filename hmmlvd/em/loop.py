@@ -115,7 +115,7 @@ class EpochStats:
 
 
 def run_epochs(learner: Learner, plan: Sequence[tuple[float | Anneal, bool]],
-               pseudocount: float,
+               pseudocount: float | Callable[[bool], float],
                batches: Callable[[int, bool, int], Iterable[Any]], num_batches: int,
                state: LoopState | None = None, *, progress: bool = True, desc: str = "",
                unit: str = "ll", after_step: Callable[[LoopState], None] | None = None,
@@ -131,13 +131,16 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float | Anneal, bool]],
     ``stop_requested()`` is asked after every batch; when true, the learner is synced and
     ``on_stop(state, full_batch)`` is called (it should save and raise); if it returns, the
     loop returns. ``after_epoch(state, stats)`` may return True to end the run there (early
-    stopping). ``unit`` names the bar's running mean log-likelihood."""
+    stopping). ``unit`` names the bar's running mean log-likelihood. ``pseudocount``: of every
+    M-step, or a function of whether the epoch is full-batch (a prior over the whole data
+    adds less per mini-batch M-step than per full-batch one)."""
     keep_freed_memory()  # reuse the step's temporaries instead of faulting in fresh pages
     state = state or LoopState()
     stats: list[EpochStats] = []
     while state.epoch < len(plan):
         step_size, full_batch = plan[state.epoch]
         steps = 1 if full_batch else num_batches  # M-steps in this epoch
+        epoch_pseudocount = pseudocount(full_batch) if callable(pseudocount) else pseudocount
         started = time.perf_counter()
         label = f"epoch {state.epoch + 1}/{len(plan)}"
         start = 0 if full_batch else state.batch
@@ -151,7 +154,7 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float | Anneal, bool]],
                     total, units = total + log_likelihood, units + size
                     if not full_batch:
                         learner.m_step(step_size_at(step_size, state.batch, steps),
-                                       pseudocount)
+                                       epoch_pseudocount)
                         state.batch += 1
                         state.step += 1
                         state.epoch_total, state.epoch_units = total, units
@@ -168,7 +171,7 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float | Anneal, bool]],
                             on_stop(state, full_batch)
                         return stats
                 if full_batch:
-                    learner.m_step(step_size_at(step_size, 0, steps), pseudocount)
+                    learner.m_step(step_size_at(step_size, 0, steps), epoch_pseudocount)
                     state.step += 1
             except BaseException:
                 learner.discard()

@@ -20,8 +20,6 @@ from hmmlvd.hmm.model import HMM, mle_from_labels
 from hmmlvd.hmm.resume import load_checkpoint
 from hmmlvd.hmm.sample import sample
 from hmmlvd.hmm.train import (
-    Phase,
-    TrainConfig,
     TrainingInterrupted,
     TrainState,
     save_checkpoint,
@@ -29,7 +27,7 @@ from hmmlvd.hmm.train import (
 )
 
 __all__ = ["HMM", "CountAccumulator", "ExpectedCounts", "ForwardResult", "HMMConfig",
-           "Perplexity", "Phase", "TrainConfig", "TrainState", "TrainingInterrupted",
+           "Perplexity", "TrainState", "TrainingInterrupted",
            "expected_counts", "forward", "load_checkpoint", "maximize", "mle_from_labels",
            "mle_parameters", "random_parameters", "sample", "save_checkpoint",
            "sliding_perplexity", "sliding_token_log_probs", "train", "window_perplexity"]

@@ -23,6 +23,7 @@ import torch
 
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.data.windows import TokenWindows
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.hmm import checkpoint, queries
 from hmmlvd.hmm.config import HMMConfig
@@ -30,7 +31,7 @@ from hmmlvd.hmm.dfa import DFA
 from hmmlvd.hmm.forward import ForwardResult, forward
 from hmmlvd.hmm.init import mle_parameters, random_parameters
 from hmmlvd.hmm.sample import sample as sample_windows
-from hmmlvd.hmm.train import TrainConfig, train
+from hmmlvd.hmm.train import train
 from hmmlvd.validate import as_id_tensor, check_int
 
 
@@ -298,20 +299,18 @@ class HMM:
 
     # ----- sklearn-like verbs (the same on Circuit and PatchCircuit) -----------------------
     def fit(self, data: TokenWindows | torch.Tensor | np.ndarray,
-            config: TrainConfig | None = None, *, valid: TokenWindows | torch.Tensor |
+            config: EMConfig | None = None, *, valid: TokenWindows | torch.Tensor |
             np.ndarray | None = None, out: str | os.PathLike | None = None,
             progress: bool = True) -> HMM:
         """Train in place by EM on ``data``, a :class:`~hmmlvd.data.windows.TokenWindows` or
-        token windows [N, T], with ``config`` (a :class:`~hmmlvd.hmm.train.TrainConfig`;
-        default ``TrainConfig()``), checkpointing into ``out`` if given; returns self.
+        token windows [N, T], with ``config`` (an :class:`~hmmlvd.em.config.EMConfig`; default
+        ``EMConfig()``), checkpointing into ``out`` if given; returns self.
         ``valid``: held-out windows (the same kinds) scored after every epoch: the best
         epoch's parameters are kept and ``config.patience`` stops early, as circuits'
         ``fit(..., valid=...)`` does. ``fit_history`` then holds the mean training
         log-likelihood per window of each epoch (per-token value x T) and ``valid_history``
         the held-out one. See :func:`hmmlvd.hmm.train.train`, which this calls."""
-        config = TrainConfig() if config is None else config
-        if not isinstance(config, TrainConfig):
-            raise DataError(f"config must be a TrainConfig, got {type(config).__name__}")
+        config = EMConfig() if config is None else config
         data, valid = (None if d is None else d if isinstance(d, TokenWindows)
                        else TokenWindows.from_rows(self.check_windows(d, exact_length=True))
                        for d in (data, valid))

@@ -10,18 +10,21 @@ from pathlib import Path
 import torch
 
 from hmmlvd import persist
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import CheckpointError, DataError
 from hmmlvd.hmm.model import HMM
-from hmmlvd.hmm.train import BEST_FOLDER, BEST_TYPE, STATE_FILE, TrainConfig, TrainState
+from hmmlvd.hmm.train import BEST_FOLDER, BEST_TYPE, IMPLIED, STATE_FILE, TrainState
 from hmmlvd.validate import check_int
 
 
-def load_checkpoint(out: Path, device: str = "cpu") -> tuple[HMM, TrainConfig, TrainState]:
+def load_checkpoint(out: Path, device: str = "cpu") -> tuple[HMM, EMConfig, TrainState]:
     """The model, config and state of the newest checkpoint under ``out``."""
     folder = latest_folder(out)
     try:
         raw = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-        config = TrainConfig.from_dict(raw.pop("train_config"))
+        # "train_config": the record's name (and phases form) before the one EMConfig
+        record = raw.pop("em_config") if "em_config" in raw else raw.pop("train_config")
+        config = EMConfig.from_dict(record, implied=IMPLIED)
         state = TrainState(**raw)
         for name in ("epoch", "batch", "step"):
             check_int(getattr(state, name), name, 0)

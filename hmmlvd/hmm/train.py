@@ -33,8 +33,9 @@ import torch
 from hmmlvd import distributed, persist
 from hmmlvd.atomic import atomic_write_json, atomic_write_text
 from hmmlvd.data.windows import TokenWindows
-from hmmlvd.device import DTYPE_NAMES, resolve_dtype
+from hmmlvd.device import resolve_dtype
 from hmmlvd.em import EarlyStopping, EpochStats, Learner, LoopState, epoch_seed, run_epochs
+from hmmlvd.em.config import EMConfig, PlanEntry
 from hmmlvd.em.stop import (  # noqa: F401  (TrainingInterrupted, StoppedAtOnce: re-exported)
     StoppedAtOnce,
     TrainingInterrupted,
@@ -51,7 +52,6 @@ from hmmlvd.hmm.em import (
     expected_counts,
     maximize,
 )
-from hmmlvd.validate import check_int, check_pseudocount, check_step_size
 
 if TYPE_CHECKING:  # HMM.fit calls this module; no runtime import of the model here
     from hmmlvd.hmm.model import HMM
@@ -59,94 +59,20 @@ if TYPE_CHECKING:  # HMM.fit calls this module; no runtime import of the model h
 STATE_FILE = "train_state.json"
 BEST_FOLDER = "best"  # a checkpoint's best-epoch parameters (early stopping)
 BEST_TYPE = "hmm-best-parameters"
-@dataclass
-class Phase:
-    """``epochs`` passes over the data with EM step size ``step_size``; ``full_batch``: one
-    M-step per epoch from the counts of all windows (e.g. a final ``Phase(1, 1.0, True)``
-    replaces the noisy mini-batch estimates by the exact M-step on the whole data)."""
-
-    epochs: int
-    step_size: float
-    full_batch: bool = False
+#: What HMM runs did before a setting existed, for checkpoints that do not record it: the
+#: E-step ran in float32.
+IMPLIED = {"dtype": "float32"}
 
 
-def two_phase_schedule(epochs: int, step_size: float, phase2_epochs: int = 0,
-                       phase2_step_size: float = 0.1, final_full_batch: int = 0) -> list[Phase]:
-    """The LVD paper's schedule: ``epochs`` at ``step_size``, then (if ``phase2_epochs``)
-    ``phase2_epochs`` at ``phase2_step_size``; then ``final_full_batch`` full-batch epochs
-    (classic EM, step size 1)."""
-    phases = [Phase(epochs, step_size)]
-    if phase2_epochs:
-        phases.append(Phase(phase2_epochs, phase2_step_size))
-    if final_full_batch:
-        phases.append(Phase(final_full_batch, 1.0, full_batch=True))
-    return phases
-
-
-@dataclass
-class TrainConfig:
-    """How to run EM. ``phases``: e.g. the LVD paper's [Phase(20, a1), Phase(5, a2)].
-    ``full_batch``: every epoch is full-batch (one M-step from the counts of all windows; step
-    size still mixes), as if each phase said so.
-    ``checkpoint_every``: also checkpoint every this many mini-batch steps (0: epoch ends only).
-    ``dtype``: compute dtype of the E-step's forward/backward (``auto``: bfloat16 where the
-    device multiplies it natively, else float32; see :func:`hmmlvd.device.resolve_dtype`);
-    counts, M-step and parameters are float32 whatever it is.
-    ``patience``: with held-out windows (``train(..., valid=...)``), the epochs without a
-    better held-out log-likelihood after which a run of mini-batch epochs stops, going on from
-    the best epoch with the full-batch epochs that follow, if any (where patience counts
-    afresh); 0 runs every epoch. With held-out windows the best epoch's parameters are kept
-    either way (as circuits' ``EMConfig.patience``).
-    """
-
-    phases: list[Phase] = field(default_factory=lambda: [Phase(1, 0.5)])
-    batch_size: int = 4096
-    pseudocount: float = 1e-3
-    full_batch: bool = False
-    seed: int = 0
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-    dtype: str = "auto"
-    patience: int = 0
-
-    def __post_init__(self) -> None:
-        check_int(self.patience, "patience", 0)
-        if self.dtype not in DTYPE_NAMES:
-            raise DataError(f"dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}")
-        check_int(self.batch_size, "batch size", 1)
-        check_int(self.checkpoint_every, "checkpoint_every", 0)
-        check_int(self.keep_checkpoints, "keep_checkpoints", 1)
-        check_int(self.seed, "seed", 0)
-        check_pseudocount(self.pseudocount)
-        if not isinstance(self.phases, list | tuple) or not all(
-                isinstance(p, Phase) for p in self.phases):
-            raise DataError(f"phases must be a list of Phase(epochs, step_size), got "
-                            f"{self.phases!r}")
-        for p in self.phases:
-            check_int(p.epochs, "phase epochs", 0)
-            check_step_size(p.step_size)
-            if not isinstance(p.full_batch, bool):
-                raise DataError(f"Phase.full_batch must be True or False, got {p.full_batch!r}")
-
-    def epoch_plan(self) -> list[float]:
-        """The step size of every epoch, in order."""
-        return [p.step_size for p in self.phases for _ in range(p.epochs)]
-
-    def full_batch_plan(self) -> list[bool]:
-        """Whether each epoch, in order, is full-batch."""
-        return [self.full_batch or p.full_batch for p in self.phases for _ in range(p.epochs)]
-
-    @property
-    def any_full_batch(self) -> bool:
-        return any(self.full_batch_plan())
-
-    @property
-    def any_mini_batch(self) -> bool:
-        return not all(self.full_batch_plan())
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> TrainConfig:
-        return cls(**{**raw, "phases": [Phase(**p) for p in raw["phases"]]})
+def check_hmm_config(config: EMConfig) -> EMConfig:
+    """``config`` if the HMM can run it: :class:`DataError` for a setting that only circuits
+    have (a marginal leaf prior)."""
+    if not isinstance(config, EMConfig):
+        raise DataError(f"config must be an EMConfig, got {type(config).__name__}")
+    if config.leaf_prior != "uniform":
+        raise DataError(f"leaf_prior {config.leaf_prior!r} is for circuits' categorical "
+                        "inputs; the HMM's emissions take the uniform pseudocount")
+    return config
 
 
 @dataclass
@@ -165,7 +91,7 @@ class TrainState(LoopState):
     early: dict = field(default_factory=dict)  # EarlyStopping.state()'s JSON part, if any
 
 
-def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None = None,
+def train(hmm: HMM, windows: TokenWindows, config: EMConfig, out: Path | None = None,
           state: TrainState | None = None, progress: bool = True,
           valid: TokenWindows | None = None, best: dict[str, torch.Tensor] | None = None
           ) -> TrainState:
@@ -177,6 +103,7 @@ def train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None
     Ctrl-C or SIGTERM stops after the current mini-batch, saves a checkpoint and raises
     :class:`TrainingInterrupted`. Raises :class:`~hmmlvd.errors.InsufficientMemoryError` before
     the first batch if EM's counts and activations cannot fit next to the model."""
+    check_hmm_config(config)
     if windows.length != hmm.length:
         raise DataError(f"windows have length {windows.length}, the model needs T={hmm.length}")
     local_batch = -(-config.batch_size // distributed.world_size())  # this rank's shard
@@ -262,10 +189,10 @@ class _HMMLearner(Learner):
         self.accumulator = self.counts = None
 
 
-def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | None,
+def _train(hmm: HMM, windows: TokenWindows, config: EMConfig, out: Path | None,
            state: TrainState, progress: bool, stop: list[int], dtype: torch.dtype,
            early: EarlyStopping | None) -> TrainState:
-    plan = list(zip(config.epoch_plan(), config.full_batch_plan(), strict=True))
+    plan = config.epoch_plan()
     num_batches = windows.num_batches(config.batch_size)
     learner = _HMMLearner(hmm, dtype)
 
@@ -301,19 +228,22 @@ def _train(hmm: HMM, windows: TokenWindows, config: TrainConfig, out: Path | Non
         if out is not None:
             _save(hmm, config, state, out, early)
 
-    run_epochs(learner, plan, config.pseudocount, batches, num_batches, state,
+    def pseudocount(full_batch: bool) -> float:
+        return config.step_pseudocount(full_batch, len(windows))
+
+    run_epochs(learner, plan, pseudocount, batches, num_batches, state,
                progress=progress and distributed.is_main(), unit="ll_per_token",
                after_step=after_step, stop_requested=lambda: distributed.any_rank(bool(stop[0])),
                on_stop=on_stop, after_epoch=after_epoch)
     return state
 
 
-def next_full_batch(plan: list[tuple[float, bool]], epoch: int) -> int | None:
+def next_full_batch(plan: list[PlanEntry], epoch: int) -> int | None:
     """Index of the first full-batch epoch of ``plan`` at or after ``epoch``, or None."""
     return next((i for i in range(epoch, len(plan)) if plan[i][1]), None)
 
 
-def _stop(hmm: HMM, config: TrainConfig, state: TrainState, out: Path | None,
+def _stop(hmm: HMM, config: EMConfig, state: TrainState, out: Path | None,
           signum: int, early: EarlyStopping | None = None) -> None:
     """Checkpoint where training stands (a full-batch epoch restarts: its model is unchanged)
     and raise :class:`TrainingInterrupted` for signal ``signum`` (on another rank: SIGINT)."""
@@ -327,7 +257,7 @@ def _stop(hmm: HMM, config: TrainConfig, state: TrainState, out: Path | None,
                               "same command plus --resume", signum)
 
 
-def _save(hmm: HMM, config: TrainConfig, state: TrainState, out: Path,
+def _save(hmm: HMM, config: EMConfig, state: TrainState, out: Path,
           early: EarlyStopping | None = None) -> Path:
     """:func:`save_checkpoint` on rank 0 while the other ranks wait; returns the folder."""
     folder = out / "checkpoints" / f"step-{state.step:08d}"
@@ -340,7 +270,7 @@ def _save(hmm: HMM, config: TrainConfig, state: TrainState, out: Path,
     return folder
 
 
-def save_checkpoint(hmm: HMM, config: TrainConfig, state: TrainState, out: Path,
+def save_checkpoint(hmm: HMM, config: EMConfig, state: TrainState, out: Path,
                     best: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a complete checkpoint folder, then point ``latest`` at it; keep the newest
     ``config.keep_checkpoints`` of this run (``state.run_id``, given one if it has none), by
@@ -352,7 +282,7 @@ def save_checkpoint(hmm: HMM, config: TrainConfig, state: TrainState, out: Path,
     save_hmm(hmm, folder)
     if best:
         persist.save(folder / BEST_FOLDER, best, hmm.config.to_dict(), BEST_TYPE)
-    atomic_write_json(folder / STATE_FILE, {"train_config": asdict(config), **asdict(state)})
+    atomic_write_json(folder / STATE_FILE, {"em_config": config.to_dict(), **asdict(state)})
     atomic_write_text(root / "latest", folder.name + "\n")
     mine = sorted(_checkpoints_of_run(root, state.run_id))
     for _, stale in mine[:-max(config.keep_checkpoints, 1)]:

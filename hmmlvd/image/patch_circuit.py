@@ -30,6 +30,7 @@ from torch import nn
 from hmmlvd import memory, persist
 from hmmlvd.data.patches import patch_variables
 from hmmlvd.em import check_possible
+from hmmlvd.em.config import EMConfig, em_config
 from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.pc.bpd import mean_log_likelihood
 from hmmlvd.pc.circuit import (
@@ -41,10 +42,9 @@ from hmmlvd.pc.circuit import (
     positive_int,
 )
 from hmmlvd.pc.em import (
-    EMConfig,
+    CIRCUIT_EM,
     check_training_data,
     early_stopping,
-    em_config,
     run_em,
     set_leaf_prior,
 )
@@ -384,13 +384,13 @@ class PatchCircuit(nn.Module):
             valid: torch.Tensor | None = None, missing: torch.Tensor | None = None,
             progress: bool = True, checkpoints: EMCheckpoints | None = None) -> PatchCircuit:
         """Train the whole circuit by joint EM (stage (c) of LVD) on images ``data`` [N, D]
-        with ``config`` (an :class:`~hmmlvd.pc.em.EMConfig`; default ``EMConfig()``); returns
+        with ``config`` (an :class:`~hmmlvd.em.config.EMConfig`; default ``CIRCUIT_EM``); returns
         self. ``fit_history`` then holds the mean training log-likelihood of each epoch;
         ``valid`` [M, D]: held-out images, as in :meth:`Circuit.fit
         <hmmlvd.pc.circuit.Circuit.fit>` (``valid_history``, ``config.patience``, best epoch
         kept; ``checkpoints`` as there). The epoch loop is :func:`hmmlvd.pc.em.run_em`, the
         one :func:`~hmmlvd.pc.em.fit_em` runs."""
-        config = em_config(config)
+        config = em_config(config, CIRCUIT_EM)
         data, missing = check_training_data(data, self.num_variables, missing)
         self.set_leaf_prior(config.leaf_prior, data, missing)
         early = early_stopping(self, valid, config)

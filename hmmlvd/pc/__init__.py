@@ -8,7 +8,8 @@ RAT-SPN baselines) are in :mod:`hmmlvd.image`.
 
 ``Circuit`` and ``PatchCircuit`` share the verbs ``fit(data, EMConfig)``, ``score(data)``,
 ``log_likelihood(x)``, ``sample(n, seed=...)``, ``inpaint`` and ``save_pretrained`` with
-:class:`hmmlvd.HMM` (whose ``fit`` takes a ``TrainConfig``)."""
+:class:`hmmlvd.HMM`, whose ``fit`` takes the same :class:`~hmmlvd.em.config.EMConfig`
+(re-exported here)."""
 
 from hmmlvd.pc.bpd import bits_per_dimension, evaluate_bpd
 from hmmlvd.pc.circuit import Circuit, CircuitConfig, load_circuit, save_circuit

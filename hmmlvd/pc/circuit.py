@@ -34,9 +34,10 @@ import torch
 from torch import nn
 
 from hmmlvd import memory, persist
+from hmmlvd.em.config import EMConfig, em_config
 from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.pc.bpd import mean_log_likelihood
-from hmmlvd.pc.em import EMConfig, early_stopping, em_config, fit_em
+from hmmlvd.pc.em import CIRCUIT_EM, early_stopping, fit_em
 from hmmlvd.pc.layers import (
     BernoulliInput,
     CategoricalInput,
@@ -480,7 +481,7 @@ class Circuit(nn.Module):
             valid: torch.Tensor | None = None, missing: torch.Tensor | None = None,
             progress: bool = True, checkpoints: EMCheckpoints | None = None) -> Circuit:
         """Train by EM on ``data`` [N, D] (``missing`` [N, D]: True where unobserved) with
-        ``config`` (an :class:`~hmmlvd.pc.em.EMConfig`; default ``EMConfig()``); returns
+        ``config`` (an :class:`~hmmlvd.em.config.EMConfig`; default ``CIRCUIT_EM``); returns
         self. ``fit_history`` then holds the mean training log-likelihood of each epoch. With
         held-out ``valid`` [M, D]: ``valid_history`` holds its mean log-likelihood after each
         epoch, training stops after ``config.patience`` epochs without improvement (0: never
@@ -488,7 +489,7 @@ class Circuit(nn.Module):
         (:class:`~hmmlvd.pc.resume.EMCheckpoints`): saved as training goes, stop requests
         honoured; resumed from if it was read back. See :func:`hmmlvd.pc.em.fit_em`, which
         this calls."""
-        config = em_config(config)
+        config = em_config(config, CIRCUIT_EM)
         early = early_stopping(self, valid, config)
         if checkpoints is not None:
             checkpoints.watch(self)

@@ -10,16 +10,14 @@ and mixes, ``theta <- (1 - a) * theta + a * theta_new``.
 The M-step rule, the probability-zero check, the epoch shuffle and the epoch loop are the ones
 every model shares (:mod:`hmmlvd.em`); :func:`run_em` adapts a circuit's E- and M-step to that
 loop for :func:`fit_em` (a :class:`Circuit`) and :meth:`PatchCircuit.fit
-<hmmlvd.image.patch_circuit.PatchCircuit.fit>`. Settings are one :class:`EMConfig`, validated
-when it is made.
+<hmmlvd.image.patch_circuit.PatchCircuit.fit>`. Settings are the one
+:class:`~hmmlvd.em.config.EMConfig` (:data:`CIRCUIT_EM` by default), checked when it is made.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,14 +27,15 @@ from tqdm.auto import tqdm
 from hmmlvd.em import (
     Anneal,
     EarlyStopping,
+    EMConfig,
     EpochStats,
     Learner,
     LoopState,
     check_possible,
     epoch_batches,
-    linear_anneal,
     run_epochs,
 )
+from hmmlvd.em.config import LEAF_PRIORS, em_config
 from hmmlvd.errors import DataError
 from hmmlvd.pc.layers.categorical import CategoricalInput, marginal_histograms
 from hmmlvd.pc.layers.sum_layer import maximize_layers_
@@ -46,101 +45,28 @@ from hmmlvd.validate import as_array, check_int, check_pseudocount, check_step_s
 if TYPE_CHECKING:  # circuit.py imports this module (Circuit.fit); nothing here needs it at run
     from hmmlvd.pc.circuit import Circuit
 
-SEED_LIMIT = 2**63  # seeds lie in [0, 2**63), as on the command line
-LEAF_PRIORS = ("uniform", "marginal")  # how a categorical input's pseudocount is spread
-PSEUDOCOUNT_PER = ("batch", "data")  # what one pseudocount is added to
+#: The EM settings circuits use by default: the one :class:`~hmmlvd.em.config.EMConfig` with
+#: what images need instead of the text HMM's choice. An image dataset has 10^4-10^5 samples,
+#: not 2 * 10^6 windows, and every pixel leaf sees every sample, so batches are smaller
+#: (256), steps smaller (0.1) and smoothing larger (0.01), over 5 mini-batch epochs and no
+#: full-batch epoch: the settings of the 10,000-image sweep (docs/results.md, "Image bits per
+#: dimension"), which its recorded command reproduces. Circuits compute in float32.
+CIRCUIT_EM = EMConfig(epochs=5, step_size=0.1, final_full_batch=0, batch_size=256,
+                      pseudocount=0.01, dtype="float32")
+
+#: What circuit EM did before a setting existed, for checkpoints that do not record it: no
+#: second phase and no full-batch epochs, float32, a checkpoint at epoch ends.
+IMPLIED = {"phase2_epochs": 0, "final_full_batch": 0, "dtype": "float32",
+           "checkpoint_every": 0}
 
 
-@dataclass(frozen=True)
-class EMConfig:
-    """Settings of circuit EM, checked when made (:class:`~hmmlvd.errors.DataError` naming
-    the bad value).
-
-    ``epochs`` passes over the data (0: none); ``batch_size`` samples per E-step;
-    ``step_size`` a in (0, 1]: mini-batch EM mixes ``theta <- (1 - a) theta + a theta_new``
-    after every batch; ``final_step_size``: if given, the step size is annealed linearly from
-    ``step_size`` (first M-step) to it (last M-step of the ``epochs``, as in the LVD paper's
-    training; see :func:`hmmlvd.em.loop.linear_anneal`); ``pseudocount`` (>= 0) added to
-    every count before normalising;
-    ``full_batch``: sum the counts of all batches, then one M-step per epoch (``a = 1`` is
-    classic EM and never lowers the likelihood); ``seed`` fixes each epoch's batch order
-    (see :func:`hmmlvd.em.batches.epoch_batches`); ``patience``: with held-out data
-    (``fit(..., valid=x)``), stop after this many epochs without a better held-out
-    log-likelihood (0: run every epoch); either way the best epoch's parameters are kept;
-    ``final_full_batch``: then this many full-batch epochs at step size 1 (classic EM on all
-    the data, from the best mini-batch epoch; patience counts again from their start);
-    ``leaf_prior``: how the pseudocount of categorical inputs is spread over the categories,
-    "uniform" or "marginal" (by each variable's histogram in the training data, see
-    :func:`set_leaf_prior`; sum weights always get it uniformly); ``pseudocount_per``:
-    "batch" (every M-step adds the whole pseudocount, the default) or "data" (the pseudocount
-    is a prior over the whole training set, as in MAP EM: a mini-batch M-step of B of the N
-    samples adds ``pseudocount * B / N``, a full-batch one the whole of it; so the smoothing of
-    mini-batch and full-batch epochs is the same, where per batch it is N / B times stronger
-    in the mini-batch ones)."""
-
-    epochs: int = 1
-    batch_size: int = 512
-    step_size: float = 1.0
-    pseudocount: float = 0.0
-    full_batch: bool = False
-    seed: int = 0
-    patience: int = 0
-    final_full_batch: int = 0
-    leaf_prior: str = "uniform"
-    pseudocount_per: str = "batch"
-    final_step_size: float | None = None
-
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__  # frozen: store the checked, normalised values
-        set_(self, "epochs", check_int(self.epochs, "epochs", 0))
-        set_(self, "batch_size", check_int(self.batch_size, "batch size", 1))
-        set_(self, "step_size", check_step_size(self.step_size))
-        if self.final_step_size is not None:
-            set_(self, "final_step_size", check_step_size(self.final_step_size))
-        set_(self, "pseudocount", check_pseudocount(self.pseudocount))
-        if not isinstance(self.full_batch, bool):
-            raise DataError(f"full_batch must be True or False, got {self.full_batch!r}")
-        seed = check_int(self.seed, "seed", 0)
-        if seed >= SEED_LIMIT:
-            raise DataError(f"seed must lie in [0, 2**63), got {seed}")
-        set_(self, "seed", seed)
-        set_(self, "patience", check_int(self.patience, "patience", 0))
-        set_(self, "final_full_batch", check_int(self.final_full_batch, "final_full_batch", 0))
-        if self.leaf_prior not in LEAF_PRIORS:
-            raise DataError(f"leaf_prior must be one of {LEAF_PRIORS}, got {self.leaf_prior!r}")
-        if self.pseudocount_per not in PSEUDOCOUNT_PER:
-            raise DataError(f"pseudocount_per must be one of {PSEUDOCOUNT_PER}, got "
-                            f"{self.pseudocount_per!r}")
-
-    def step_pseudocount(self, full_batch: bool, num_samples: int) -> float:
-        """The pseudocount one M-step adds (see ``pseudocount_per``) when the data has
-        ``num_samples`` samples."""
-        if self.pseudocount_per == "batch" or full_batch:
-            return self.pseudocount
-        return self.pseudocount * min(self.batch_size, num_samples) / num_samples
-
-    def epoch_plan(self) -> list[tuple[float | Anneal, bool]]:
-        """The (step size, full batch) of each of the ``epochs`` (annealed if
-        ``final_step_size`` is given)."""
-        if self.final_step_size is None:
-            return [(self.step_size, self.full_batch)] * self.epochs
-        return [(a, self.full_batch)
-                for a in linear_anneal(self.step_size, self.final_step_size, self.epochs)]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def em_config(config: EMConfig | None = None, **changes: object) -> EMConfig:
-    """``config`` (default ``EMConfig()``) with the fields in ``changes`` that are not None
-    replaced, checked again. A ``config`` that is not an EMConfig is a DataError."""
-    if config is None:
-        config = EMConfig()
-    elif not isinstance(config, EMConfig):
-        raise DataError(f"config must be an EMConfig, got {type(config).__name__} "
-                        "(give epochs, batch_size, ... by keyword)")
-    given = {k: v for k, v in changes.items() if v is not None}
-    return dataclasses.replace(config, **given) if given else config
+def check_circuit_config(config: EMConfig) -> EMConfig:
+    """``config`` if circuits can run it: :class:`DataError` for a compute dtype other than
+    float32 (circuits compute in float32)."""
+    if config.dtype not in ("auto", "float32"):
+        raise DataError(f"dtype {config.dtype!r}: circuits compute in float32 (give auto or "
+                        "float32)")
+    return config
 
 
 def accumulate_counts(circuit: Circuit, x: torch.Tensor,
@@ -236,8 +162,9 @@ def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None]
     every epoch and on a stop request (then :class:`~hmmlvd.em.stop.TrainingInterrupted` is
     raised); when it was :meth:`~hmmlvd.pc.resume.EMCheckpoints.resume`-d, EM continues from
     its progress and early-stopping state."""
+    check_circuit_config(config)
     learner = _CircuitLearner(accumulate, maximize_step, discard, data, missing)
-    phases = [config.epoch_plan(), [(1.0, True)] * config.final_full_batch]
+    phases = [config.main_plan(), config.final_plan()]
     start = EMProgress()  # where EM begins: a resumed checkpoint's progress, or the start
     from_checkpoint = checkpoints is not None and checkpoints.progress is not None
     if from_checkpoint:
@@ -332,17 +259,17 @@ def fit_em(circuit: Circuit, data: torch.Tensor, config: EMConfig | None = None,
     is unobserved); returns the mean training log-likelihood of each epoch (measured during
     its E-steps, i.e. before each batch's update).
 
-    Settings: ``config`` (default ``EMConfig()``: 1 epoch, batches of 512, step size 1,
-    pseudocount 0, mini-batch, seed 0); any of ``epochs``, ``batch_size``, ``step_size``,
-    ``pseudocount``, ``full_batch``, ``seed`` given by keyword replaces the config's value,
+    Settings: ``config`` (default :data:`CIRCUIT_EM`); any of ``epochs``, ``batch_size``,
+    ``step_size``, ``pseudocount``, ``full_batch``, ``seed`` given by keyword replaces its value,
     so ``fit_em(c, x, epochs=2, step_size=0.5)`` and ``fit_em(c, x, EMConfig(epochs=2,
     step_size=0.5))`` are the same. Everything is checked before the first batch.
 
     Mini-batch (default): one M-step per shuffled batch. ``full_batch``: counts of all
     batches are summed, then one M-step per epoch. ``data`` may live on the CPU; batches are
     moved to the circuit's device."""
-    config = em_config(config, epochs=epochs, batch_size=batch_size, step_size=step_size,
-                       pseudocount=pseudocount, full_batch=full_batch, seed=seed)
+    config = em_config(config, CIRCUIT_EM, epochs=epochs, batch_size=batch_size,
+                       step_size=step_size, pseudocount=pseudocount, full_batch=full_batch,
+                       seed=seed)
     data, missing = check_training_data(data, circuit.num_variables, missing)
     set_leaf_prior(circuit.input_layer, config.leaf_prior, data, missing)
 

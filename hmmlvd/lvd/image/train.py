@@ -18,11 +18,12 @@ import torch
 from hmmlvd.data.images import flatten
 from hmmlvd.data.patches import split_patches
 from hmmlvd.em import Learner, epoch_seed, run_epochs
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import DataError
 from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.lvd.image.features import patch_latents
 from hmmlvd.lvd.image.featurisers import make_featuriser
-from hmmlvd.pc.em import EMConfig, fit_em
+from hmmlvd.pc.em import CIRCUIT_EM, fit_em
 from hmmlvd.pc.resume import EMCheckpoints, check_resumed
 from hmmlvd.pc.structures import RegionGraph, learn_hclt
 
@@ -44,10 +45,10 @@ class PatchLVDConfig:
     :class:`~hmmlvd.image.patch_circuit.PatchCircuit`); patience: stage (c) stops after this
     many epochs without a better held-out log-likelihood (with ``valid_images``; 0: never
     early; the best epoch is kept either way); final_full_batch: stage (c) then runs this
-    many full-batch epochs at step size 1 (see :class:`~hmmlvd.pc.em.EMConfig`); leaf_prior:
+    many full-batch epochs at step size 1 (see :class:`~hmmlvd.em.config.EMConfig`); leaf_prior:
     "uniform" or "marginal", how stages (a) and (c) spread the pseudocount of the sub-circuits'
     pixel distributions (:meth:`PatchCircuit.set_leaf_prior`); pseudocount_per: "batch" or
-    "data", what stage (c)'s pseudocount is added to (see :class:`~hmmlvd.pc.em.EMConfig`);
+    "data", what stage (c)'s pseudocount is added to (see :class:`~hmmlvd.em.config.EMConfig`);
     final_step_size: if given, each stage's mini-batch epochs anneal the step size linearly
     from step_size to it (as the LVD paper trains)."""
 
@@ -114,10 +115,10 @@ def structures(patches: np.ndarray, labels: np.ndarray, num_latents: int, num_ca
 
 
 def em_settings(config: PatchLVDConfig, epochs: int) -> EMConfig:
-    """The mini-batch EM settings of a stage of ``epochs`` epochs."""
-    return EMConfig(epochs=epochs, batch_size=config.batch_size, step_size=config.step_size,
-                    pseudocount=config.pseudocount, seed=config.seed,
-                    final_step_size=config.final_step_size)
+    """The mini-batch EM settings of a stage of ``epochs`` epochs (the rest: circuits')."""
+    return replace(CIRCUIT_EM, epochs=epochs, batch_size=config.batch_size,
+                   step_size=config.step_size, pseudocount=config.pseudocount, seed=config.seed,
+                   final_step_size=config.final_step_size)
 
 
 def _held_out(valid_images: np.ndarray | None, shape: tuple) -> torch.Tensor | None:
