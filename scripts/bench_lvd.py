@@ -1,5 +1,5 @@
 """Suffix-embedding throughput of the LVD encoder, in suffix embeddings per second on real
-WikiText-2 windows: the masked pipeline before issue 16 (``legacy``, float32) beside the current
+WikiText-2 windows: the earlier masked pipeline (``legacy``, float32) beside the current
 one in each encoder dtype, and exact mode (one pass per suffix) for each. The ratio masked /
 exact is what makes full-size LVD practical.
 
@@ -48,10 +48,10 @@ SECTION = "bench_lvd"
 Embedder = Callable[[Encoder, torch.Tensor, PieceTable], torch.Tensor]
 
 
-# ----- the pipeline before issue 16, kept only for this benchmark ----------------------------
+# ----- the earlier pipeline, kept only for this benchmark ----------------------------
 def legacy_piece_table(vocab: Vocabulary, tokenizer,
                        max_pieces_per_word: int = DEFAULT_MAX_PIECES) -> PieceTable:
-    """The piece table as built before issue 16: the backend tokenizer with its own padding
+    """The piece table as the earlier pipeline built it: the backend tokenizer with its own padding
     and truncation settings (pieces [V, P] may hold [PAD] pieces counted in ``lengths`` [V])."""
     texts = [[word_to_text(w, tokenizer)] for w in vocab.tokens]
     encoded = tokenizer.backend_tokenizer.encode_batch(texts, is_pretokenized=True,
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"{args.windows} random train windows of T={args.length} "
                         f"({args.exact_windows} in exact mode), batches of {args.batch_size} "
                         f"sorted by token count, best of {args.repeats}; threads "
-                        f"{torch.get_num_threads()}. `legacy`: the pipeline before issue 16 "
+                        f"{torch.get_num_threads()}. `legacy`: the earlier pipeline "
                         "(every word padded with [PAD] pieces up to the cap of 4 by the "
                         "packaged tokenizer.json); `current` gives other numbers on the packaged "
                         "MiniLM for that reason only (the same on a tokenizer without padding).",

@@ -420,8 +420,8 @@ def notes(args: argparse.Namespace, images: Images, graph_notes: Sequence[str]) 
            f"{args.repeats} runs after {args.warmup} warm-up, each on a different batch; "
            f"s/epoch is implied (step time x 60,000 / B), not a measured epoch. EM step before "
            f"= the same step (same structure, seed and batches) with the library as it was at "
-           f"commit {args.before_revision} (issue 15's starting point; `git archive` of that "
-           "revision, timed in a child process in this run: `benchlib."
+           f"commit {args.before_revision} (the circuit code before its optimisations; `git "
+           "archive` of that revision, timed in a child process in this run: `benchlib."
            "em_step_at_revision`); speedup = before / now; now, before and before with the "
            f"same malloc are timed in {args.rounds} alternating rounds, medians shown. Same "
            "malloc: the earlier revision timed again with glibc's malloc set (no mmap, no "
@@ -484,7 +484,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--before-revision", default=BEFORE_REVISION, metavar="REV",
                    help="git revision whose EM step is timed beside today's (speedup; default "
-                        f"{BEFORE_REVISION}, issue 15's starting point)")
+                        f"{BEFORE_REVISION}, the circuit code before its optimisations)")
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds of (now, before, before with the same malloc) timings, "
                         "alternated; medians reported (default 3)")

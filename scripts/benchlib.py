@@ -159,7 +159,7 @@ def parse_bench_args(p: argparse.ArgumentParser, argv: Sequence[str] | None, sec
 
 
 # ----- circuits: the EM step of an earlier revision, for before/after in one run ------------
-#: Issue 15's starting point: the circuit code before its optimisations.
+#: The circuit code before its optimisations: the baseline of the before/after timings.
 BEFORE_REVISION = "7f743a3"
 
 #: Runs in a child process whose ``hmmlvd`` is the exported revision; uses only the API every

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
 MID_STEP = "step-00000004"  # epoch 1 (5 batches), after batch 4
 #: What a failed rendezvous or port race prints (a launch failure, not a wrong result), and
 #: gloo's worker thread aborting a rank at interpreter exit after its work is done (seen in
-#: about 1 of 10 launches; see the closing note of issue 13: under investigation).
+#: about 1 of 10 launches; its cause is not known yet).
 NETWORK_FAILURES = ("EADDRINUSE", "Address already in use", "RendezvousConnectionError",
                     "DistNetworkError", "Connection reset by peer", "Connection refused",
                     "terminate called without an active exception")

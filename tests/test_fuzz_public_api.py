@@ -1,4 +1,4 @@
-"""Property-based robustness tests (issue 8): random malformed input to the public API must
+"""Property-based robustness tests: random malformed input to the public API must
 either succeed with finite, valid output or raise a library error (an ``HMMLVDError``
 subclass) -- never a bare ValueError/RuntimeError/IndexError/TypeError from inside torch or
 numpy, and never a NaN. Where docs/reliability.md promises a message for an input (windows,
@@ -917,7 +917,7 @@ def test_finding_F16_token_windows_wrap_ids_beyond_int32():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_finding_F17_mle_from_labels_float_tokens_silently_truncated(dtype):
     """F17: mle_from_labels accepts float tokens/labels and truncates them (2.7 -> 2) via
-    .to(torch.long) in init._chunk, while check_windows refuses float windows (issue 8 lists
+    .to(torch.long) in init._chunk, while check_windows refuses float windows (the findings list
     "float windows" as bad input needing a clear error). Should raise DataError."""
     tokens = torch.tensor([[0.0, 1.0, 2.7, 3.0]], dtype=dtype)
     labels = torch.tensor([[0, 1, 2, 0]])

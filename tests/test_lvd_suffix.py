@@ -217,7 +217,7 @@ def test_eager_and_sdpa_agree(encoders, vocab):
 
 
 def previous_masked_embeddings(encoder, x: torch.Tensor, table: PieceTable) -> torch.Tensor:
-    """The masked pass before issue 16, kept as a slow reference: additive float mask
+    """The earlier masked pass, kept as a slow reference: additive float mask
     [B, 1, L, L] in the model dtype under either attention; first pieces [B, T, D] float32."""
     layout = layout_windows(x, table)
     m = masked_positions(x.shape[1], table.max_pieces, encoder.max_positions)

@@ -1,4 +1,4 @@
-"""Reliability, round two (issue 14): a shared embedding cache (two writers, damaged chunks),
+"""Reliability of inputs: a shared embedding cache (two writers, damaged chunks),
 argument ranges, unreadable or mis-encoded inputs, oversized circuit configs and OS errors,
 each reported as one ``hmmlvd <cmd>: error: ...`` line (or a library error) naming the file or
 value. A tiny random BERT and tiny corpora; nothing downloaded, caches in tmp folders."""

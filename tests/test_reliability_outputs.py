@@ -1,4 +1,4 @@
-"""Reliability, round two (issue 14): output folders, checkpoints, resume and signals.
+"""Reliability of outputs: output folders, checkpoints, resume and signals.
 
 An output folder reused from a longer run, two runs on one folder, a hand-edited vocab.txt,
 ``--resume`` with other settings or another command, an output path that is a file or cannot be
