@@ -34,7 +34,7 @@ import torch
 from hmmlvd.atomic import atomic_write_json
 from hmmlvd.data.images import ImageData, load_images
 from hmmlvd.em.config import LEAF_PRIORS, PSEUDOCOUNT_PER, EMConfig
-from hmmlvd.em.stop import signals_request_stop
+from hmmlvd.em.stop import StoppedBeforeCheckpoint, signals_request_stop
 from hmmlvd.errors import DataError, HMMLVDError
 from hmmlvd.image.baselines import StructureConfig
 from hmmlvd.image.grids import MASKS
@@ -49,7 +49,13 @@ from hmmlvd.image_pipeline import (
     train_image_model,
 )
 from hmmlvd.image_pipeline import image_bpd as bits_per_dim
-from hmmlvd.outdir import IMAGE_RUN, output_folder
+from hmmlvd.outdir import (
+    IMAGE_RUN,
+    clear_stopped_early,
+    output_folder,
+    record_stopped_early,
+    stopped_early,
+)
 from hmmlvd.pc.em import CIRCUIT_EM
 from hmmlvd.pc.em import IMPLIED as CIRCUIT_IMPLIED
 from hmmlvd.pc.resume import EMCheckpoints
@@ -347,12 +353,18 @@ def cmd_train(args: argparse.Namespace) -> None:
         checkpoints, resumed = _checkpoints(args, training_settings(args, em, structure),
                                             trained_on)
         held_out = data.valid if args.patience else None  # valid decides when to stop
-        with signals_request_stop() as stop:  # Ctrl-C / SIGTERM: checkpoint, then stop
-            checkpoints.stop_signal = lambda: stop[0]
-            trained = train_image_model(args.model, data.train, args.size, em, structure,
-                                        lvd_values(args), args.device,
-                                        progress=not args.quiet, valid_images=held_out,
-                                        init=init, checkpoints=checkpoints, resumed=resumed)
+        clear_stopped_early(args.out)
+        try:
+            with signals_request_stop() as stop:  # Ctrl-C / SIGTERM: checkpoint, then stop
+                checkpoints.stop_signal = lambda: stop[0]
+                trained = train_image_model(args.model, data.train, args.size, em,
+                                            structure, lvd_values(args), args.device,
+                                            progress=not args.quiet, valid_images=held_out,
+                                            init=init, checkpoints=checkpoints,
+                                            resumed=resumed)
+        except StoppedBeforeCheckpoint as exc:  # nothing saved: --resume starts over
+            record_stopped_early(args.out, exc.doing)
+            raise
         model = trained.model.eval()
         record = {"dataset": args.dataset, "model": args.model, "size": args.size,
                   "image_shape": list(data.shape), "train_images": len(data.train),
@@ -382,10 +394,15 @@ def _checkpoints(args: argparse.Namespace, settings: dict,
     """The run's checkpoints in ``--out`` and, with ``--resume``, the model read back from the
     newest one (refused if it was trained with other ``settings`` or on other images than
     ``trained_on`` records). Checkpoints left there without ``--resume`` were refused before
-    (:func:`hmmlvd.outdir.output_folder`): they are never overwritten."""
+    (:func:`hmmlvd.outdir.output_folder`): they are never overwritten. A run stopped before
+    its first checkpoint has nothing to resume: ``--resume`` starts it over."""
     checkpoints = EMCheckpoints(args.out, settings, defaults=setting_defaults(),
                                 trained_on=trained_on)
     if not args.resume:
+        return checkpoints, None
+    if checkpoints.latest() is None and stopped_early(args.out):
+        print(f"{args.out}: the run stopped before its first checkpoint, nothing to resume: "
+              "starting it over", flush=True)
         return checkpoints, None
     folder = checkpoints.resume()
     return checkpoints, load_pretrained(folder, device=args.device)

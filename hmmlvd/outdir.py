@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hmmlvd import distributed
-from hmmlvd.atomic import check_writable, make_folder, remove_temporaries
+from hmmlvd.atomic import atomic_write_json, check_writable, make_folder, remove_temporaries
 from hmmlvd.errors import CheckpointError, HMMLVDError
 from hmmlvd.lock import LOCK_FILE, output_lock
 
@@ -31,6 +31,8 @@ IMAGE_RECORD = "image.json"  # written beside an image model only
 TEXT_STATE = "train_state.json"  # a text checkpoint's state: its run_id
 RESULTS = "results.json"  # written last by a finished run (text: with its run_id)
 SMALL_FILE = 2**20  # bytes: larger pointers, records or configs are not read here
+#: Written when a run is stopped before its first checkpoint: ``--resume`` there starts over.
+STOPPED_EARLY = "stopped-before-checkpoint.json"
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,23 @@ def check_run_folder(out: Path, kind: str, resume: bool) -> None:
                               f"{' (its run finished: nothing to resume)' if resume else ''}: "
                               "choose another --out, or remove that folder first to train "
                               "it anew")
+
+
+def record_stopped_early(out: Path, doing: str) -> None:
+    """Note in ``out`` that its run was stopped while ``doing`` something, before its first
+    checkpoint: ``--resume`` then starts it over (:func:`stopped_early`) instead of refusing
+    a folder with nothing to resume, so a scheduler that always adds ``--resume`` gets on."""
+    atomic_write_json(out / STOPPED_EARLY, {"stopped_while": doing})
+
+
+def stopped_early(out: Path) -> bool:
+    """Whether ``out`` holds the note of :func:`record_stopped_early`."""
+    return (out / STOPPED_EARLY).is_file()
+
+
+def clear_stopped_early(out: Path) -> None:
+    """Remove the note of :func:`record_stopped_early` (a new run has started in ``out``)."""
+    (out / STOPPED_EARLY).unlink(missing_ok=True)
 
 
 @contextmanager

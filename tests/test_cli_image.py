@@ -304,7 +304,7 @@ def test_sigterm_checkpoints_and_resume_ends_as_an_uninterrupted_run(mnist_dir, 
     assert main([*command, "--out", str(out)]) == 143
     err = capsys.readouterr().err.strip()
     assert "by SIGTERM" in err and "--resume" in err and "Traceback" not in err, err
-    assert "SIGTERM: stopping at the next batch boundary" in err  # said when it came
+    assert "SIGTERM: stopping after the current step, usually within seconds" in err  # when it came
     assert (out / "checkpoints" / "latest").is_file() and not (out / "config.json").exists()
     monkeypatch.setattr(owner, name, real)
     assert main([*command, "--out", str(out)]) == 2

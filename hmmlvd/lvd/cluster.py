@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from hmmlvd.em.stop import check_stop
 from hmmlvd.errors import DataError
 
 __all__ = ["INIT_METHODS", "KMeansResult", "faiss_gpu_available", "kmeans_labels",
@@ -175,6 +176,7 @@ def kmeans_per_position(embeddings: Any, num_clusters: int, *, sample: int | Non
     bar = tqdm(range(length), desc=f"k-means (k={k}, {'GPU' if gpu else 'CPU'})", unit="pos",
                disable=not progress)
     for t in bar:
+        check_stop("clustering (k-means)")  # one position at a time: stop requests end it
         rng = np.random.default_rng([seed, t])
         if n_train == n:
             # All rows, read in chunks straight into one float32 buffer (no float16 copy).

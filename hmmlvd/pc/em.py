@@ -36,6 +36,7 @@ from hmmlvd.em import (
     run_epochs,
 )
 from hmmlvd.em.config import LEAF_PRIORS, em_config
+from hmmlvd.em.stop import check_stop, stop_requested
 from hmmlvd.errors import DataError
 from hmmlvd.pc.layers.categorical import CategoricalInput, marginal_histograms
 from hmmlvd.pc.layers.sum_layer import maximize_layers_
@@ -207,9 +208,11 @@ def _run_phase(learner: Learner, plan: list[tuple[float | Anneal, bool]], pseudo
     """One phase of :func:`run_em` from ``state``, with the early-stopping and checkpoint
     hooks; ``history``: the epochs finished before this call (all phases); ``fresh``: the
     phase starts here (not from a checkpoint), so its starting point is saved first."""
-    if checkpoints is None:
+    if checkpoints is None:  # nothing to save: a stop request ends EM after the batch
         return run_epochs(learner, plan, pseudocount, batches, num_batches, state,
-                          progress=progress, desc=desc, after_epoch=early)
+                          progress=progress, desc=desc, after_epoch=early,
+                          stop_requested=lambda: bool(stop_requested()),
+                          on_stop=lambda loop, full_batch: check_stop(f"running {desc}"))
     done: list[float] = []
 
     def where(phase_done: bool = False) -> EMProgress:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hmmlvd.data.patches import patch_grid, windows_with_context
+from hmmlvd.em.stop import check_stop
 from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.lvd.cluster import kmeans_per_position, nearest_centroids
 from hmmlvd.validate import check_int
@@ -126,6 +127,7 @@ class PCAFeaturiser:
         rows, cols = patch_grid(h, w, self.patch)
         out = np.empty((len(images), rows * cols, self.dim), dtype=np.float32)
         for lo in range(0, len(images), chunk):
+            check_stop("computing patch features")
             x = torch.from_numpy(patch_with_context(images[lo:lo + chunk], self.patch,
                                                     self.context))
             out[lo:lo + chunk] = ((x - mean) @ components.T).numpy()

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from hmmlvd import persist
 from hmmlvd.data.patches import patch_grid, windows_with_context
+from hmmlvd.em.stop import check_stop
 from hmmlvd.errors import CheckpointError, ParameterError
 from hmmlvd.lvd.image.features import check_fitted_images, check_images
 from hmmlvd.validate import check_int
@@ -95,7 +96,8 @@ def random_mask(batch: int, num_patches: int, ratio: float,
 def train_mae(model: PatchMAE, images: torch.Tensor, *, epochs: int, mask_ratio: float,
               batch_size: int, lr: float, seed: int, progress: bool = True) -> list[float]:
     """Adam on the masked-patch MSE over shuffled mini-batches of images [M, C, H, W] in [0, 1]
-    (on the model's device); returns the mean loss of each epoch."""
+    (on the model's device); returns the mean loss of each epoch. A stop request ends it
+    after the current batch (:func:`~hmmlvd.em.stop.check_stop`)."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
@@ -108,6 +110,7 @@ def train_mae(model: PatchMAE, images: torch.Tensor, *, epochs: int, mask_ratio:
         order = torch.randperm(len(images), generator=generator)
         total = 0.0
         for lo in range(0, len(images), batch_size):
+            check_stop("training the MAE featuriser")
             batch = images[order[lo:lo + batch_size]].to(device)
             masked = random_mask(len(batch), num_patches, mask_ratio, generator).to(device)
             loss = model.loss(batch, masked)
@@ -224,6 +227,7 @@ class MAEFeaturiser:
         starts = range(0, len(images), self.batch_size)
         with torch.inference_mode():
             for lo in tqdm(starts, desc="MAE features", unit="batch", disable=not self.progress):
+                check_stop("computing patch features")
                 x = _to_tensor(images[lo:lo + self.batch_size]).to(self.device)
                 out.append(self.model(x).float().cpu().numpy())
         return np.concatenate(out)

@@ -19,6 +19,7 @@ from hmmlvd.data.images import flatten
 from hmmlvd.data.patches import split_patches
 from hmmlvd.em import Learner, epoch_seed, run_epochs
 from hmmlvd.em.config import EMConfig
+from hmmlvd.em.stop import check_stop, stop_requested
 from hmmlvd.errors import DataError
 from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.lvd.image.features import patch_latents
@@ -99,11 +100,13 @@ def structures(patches: np.ndarray, labels: np.ndarray, num_latents: int, num_ca
                bins: int) -> tuple[list[RegionGraph], RegionGraph]:
     """HCLT region graphs: one per sub-circuit (i, c), learned from the patches at position i
     assigned to c (from all patches at i when fewer than 2 are), and the top one over the
-    latents. ``patches`` [N, n, P], ``labels`` [N, n]."""
+    latents. ``patches`` [N, n, P], ``labels`` [N, n]. A stop request ends it after the
+    current tree (:func:`~hmmlvd.em.stop.check_stop`)."""
     subs = []
     for i in range(patches.shape[1]):
         pooled = None
         for c in range(num_latents):
+            check_stop("learning a Chow–Liu tree")
             mine = patches[labels[:, i] == c, i]
             if len(mine) < 2:
                 if pooled is None:
@@ -236,7 +239,8 @@ def _stage_a(model: PatchCircuit, patches: np.ndarray, labels: np.ndarray,
              config: PatchLVDConfig, progress: bool) -> list[float]:
     """Stage (a): every sub-circuit (i, c) trained by EM on the patches at i labelled c, with
     the one EM loop (:func:`hmmlvd.em.loop.run_epochs`); returns the mean log-likelihood per
-    patch of each epoch."""
+    patch of each epoch. It writes no checkpoint: a stop request ends it after the current
+    batch (:func:`~hmmlvd.em.stop.check_stop`), and a stopped run starts over."""
     num_batches = -(-max(np.bincount(labels[:, i], minlength=config.num_latents).max()
                          for i in range(labels.shape[1])) // config.batch_size)
 
@@ -246,5 +250,6 @@ def _stage_a(model: PatchCircuit, patches: np.ndarray, labels: np.ndarray,
     stats = run_epochs(_StageA(model, patches, config.num_latents),
                        em_settings(config, config.stage_a_epochs).epoch_plan(),
                        config.pseudocount, batches, num_batches, progress=progress,
-                       desc="LVD stage a")
+                       desc="LVD stage a", stop_requested=lambda: bool(stop_requested()),
+                       on_stop=lambda state, full_batch: check_stop("running LVD stage a"))
     return [s.mean_log_likelihood for s in stats]

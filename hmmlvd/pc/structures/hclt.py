@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hmmlvd.em.stop import check_stop
 from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.pc.structures.region_graph import Partition, Region, RegionGraph
 
@@ -53,7 +54,8 @@ def mutual_information(
     sums of the smoothed joint, so each MI is >= 0 up to rounding. The diagonal is set to 0.
     Memory is about N * D * C floats for the one-hot matrix plus a few block * D * C^2 tables
     (``block`` defaults to what keeps those near 2^24 entries); time grows as D^2 C^2 N, so bin
-    many-valued data (e.g. 256 grey levels into 8) first.
+    many-valued data (e.g. 256 grey levels into 8) first. A stop request (SIGINT / SIGTERM
+    under :func:`~hmmlvd.em.stop.signals_request_stop`) ends it after the current block.
     """
     data = _check_data(data, num_categories)
     n, d = data.shape
@@ -66,13 +68,22 @@ def mutual_information(
     log_marg = np.log(marg)
     mi = np.zeros((d, d), dtype=np.float64)
     for start in range(0, d, block):
+        check_stop("learning a Chow–Liu tree")  # a block is a bounded step: stop requests end it
         stop = min(start + block, d)
-        counts = onehot[:, start * c : stop * c].T @ onehot  # [b*C, D*C]
-        joint = (counts.reshape(stop - start, c, d, c) + pseudocount) / total
-        ratio = np.log(joint) - log_marg[start:stop, :, None, None] - log_marg[None, None]
-        mi[start:stop] = np.einsum("iajb,iajb->ij", joint, ratio)
+        mi[start:stop] = _block_information(onehot, start, stop, c, log_marg, total, pseudocount)
     np.fill_diagonal(mi, 0.0)
     return np.maximum(mi, 0.0)
+
+
+def _block_information(onehot: np.ndarray, start: int, stop: int, c: int, log_marg: np.ndarray,
+                       total: float, pseudocount: float) -> np.ndarray:
+    """Mutual information [stop - start, D] of variables start..stop-1 with every variable,
+    from the one-hot data [N, D * C] and the smoothed log marginals [D, C]."""
+    d = log_marg.shape[0]
+    counts = onehot[:, start * c : stop * c].T @ onehot  # [b*C, D*C]
+    joint = (counts.reshape(stop - start, c, d, c) + pseudocount) / total
+    ratio = np.log(joint) - log_marg[start:stop, :, None, None] - log_marg[None, None]
+    return np.einsum("iajb,iajb->ij", joint, ratio)
 
 
 def maximum_spanning_tree(weights: np.ndarray) -> list[Edge]:
