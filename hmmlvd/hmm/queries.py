@@ -70,10 +70,10 @@ def windows_and_mask(hmm: HMM, x: torch.Tensor, mask: torch.Tensor | None
 def emission_factors(hmm: HMM, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """e_t(h) for checked windows [B, L]: B_t[h, x_t] where observed, 1 where missing ->
     [B, L, H]."""
-    gathered = hmm.gather_emissions(x)
+    gathered = hmm.gather_emissions(x)  # a fresh tensor: filled in place
     if mask is None:
         return gathered
-    return torch.where(mask.unsqueeze(-1), gathered, torch.ones((), device=gathered.device))
+    return gathered.masked_fill_(~mask.unsqueeze(-1), 1.0)
 
 
 def _forward(hmm: HMM, factors: torch.Tensor, **kwargs: bool) -> ForwardResult:
@@ -213,24 +213,29 @@ def infill_samples(hmm: HMM, x: torch.Tensor, mask: torch.Tensor, num_samples: i
 
 
 # ----- constraints ----------------------------------------------------------------------------
-def edge_factors(hmm: HMM, dfa: DFA, t: int) -> torch.Tensor:
-    """E_t[q, q', h] = sum over words w with delta(q, w) = q' of B_t[h, w] -> [Q, Q, H]: the
-    DFA's explicit edges, and for each q's default edge the rest of the mass, 1 - sum of its
-    explicit words' probabilities."""
-    emission = hmm.emission[hmm._emission_position(t)]  # [V, H]
-    q, h = dfa.num_states, hmm.num_states
-    factors = torch.zeros(q, q, h, device=hmm.device)
-    leaving = torch.zeros(q, h, device=hmm.device)
+def edge_factors(hmm: HMM, dfa: DFA) -> torch.Tensor:
+    """E_t[q, q', h] = sum over words w with delta(q, w) = q' of B_t[h, w] at every stored
+    emission position -> [P_B, Q, Q, H] (index it with :func:`position`): the DFA's explicit
+    edges, and for each q's default edge the rest of the mass, 1 - sum of its explicit words'
+    probabilities. Built once per query, for all positions at a time."""
+    positions, q, h = hmm.config.emission_positions, dfa.num_states, hmm.num_states
+    factors = torch.zeros(q, q, positions, h, device=hmm.device)
+    leaving = torch.zeros(q, positions, h, device=hmm.device)
     if dfa.edges:
         src, words, dst = (torch.tensor(col, device=hmm.device) for col in zip(*dfa.edges,
                                                                               strict=True))
-        rows = emission.index_select(0, words)  # [E, H]
+        rows = hmm.emission.index_select(1, words).transpose(0, 1)  # [E, P_B, H]
         factors.index_put_((src, dst), rows, accumulate=True)
         leaving.index_add_(0, src, rows)
     states = torch.arange(q, device=hmm.device)
     default = torch.tensor(dfa.default, device=hmm.device)
     factors.index_put_((states, default), (1.0 - leaving).clamp_min_(0.0), accumulate=True)
-    return factors
+    return factors.permute(2, 0, 1, 3).contiguous()
+
+
+def position(hmm: HMM, t: int) -> int:
+    """The stored emission position of window position t (0 for a homogeneous model)."""
+    return hmm._emission_position(t)
 
 
 def _check_constraint(hmm: HMM, dfa: DFA) -> None:
@@ -280,6 +285,7 @@ def constraint_log_probability(hmm: HMM, dfa: DFA, prefix: torch.Tensor | None =
     batch, given = prefix.shape
     q, h = dfa.num_states, hmm.num_states
     accept = dfa.accepting_mask(hmm.device)
+    table = edge_factors(hmm, dfa)
     tiny = torch.finfo(torch.float32).tiny
     log_total = torch.zeros(batch, device=hmm.device)
     log_given = torch.zeros(batch, device=hmm.device)
@@ -297,7 +303,7 @@ def constraint_log_probability(hmm: HMM, dfa: DFA, prefix: torch.Tensor | None =
             alpha = torch.zeros_like(pred).scatter_add_(
                 1, nxt.unsqueeze(-1).expand(-1, -1, h), pred * emit.unsqueeze(1))
         else:
-            alpha = torch.einsum("bph,pqh->bqh", pred, edge_factors(hmm, dfa, t))
+            alpha = torch.einsum("bph,pqh->bqh", pred, table[position(hmm, t)])
         norm = alpha.sum(dim=(1, 2))
         alpha = alpha / norm.clamp_min(tiny).view(-1, 1, 1)
         log_total += norm.log()
@@ -308,15 +314,17 @@ def constraint_log_probability(hmm: HMM, dfa: DFA, prefix: torch.Tensor | None =
                        log_total + accepted.log() - log_given)
 
 
-def constraint_backward(hmm: HMM, dfa: DFA) -> torch.Tensor:
+def constraint_backward(hmm: HMM, dfa: DFA, table: torch.Tensor | None = None
+                        ) -> torch.Tensor:
     """beta_t(q, h) = p(the words after position t take q into F | z_t = h, q_t = q), each
     position scaled by its maximum (sampling needs only ratios within a position) ->
     [T, Q, H]. beta_T(q, h) = 1[q in F]; beta_t = (sum_q' E_{t+1}[q, q', .] beta_{t+1}(q', .))
     @ A_t^T."""
+    table = edge_factors(hmm, dfa) if table is None else table
     beta = torch.empty(hmm.length, dfa.num_states, hmm.num_states, device=hmm.device)
     beta[-1] = dfa.accepting_mask(hmm.device).unsqueeze(1)
     for t in range(hmm.length - 2, -1, -1):
-        ahead = torch.einsum("pqh,qh->ph", edge_factors(hmm, dfa, t + 1), beta[t + 1])
+        ahead = torch.einsum("pqh,qh->ph", table[position(hmm, t + 1)], beta[t + 1])
         step = ahead @ hmm.transition_matrix(t).T  # [Q, H]
         beta[t] = step / step.max().clamp_min(torch.finfo(torch.float32).tiny)
     return beta
@@ -374,13 +382,14 @@ def constrained_sample(hmm: HMM, num_samples: int, dfa: DFA,
     _check_constraint(hmm, dfa)
     prefix = _prefix(hmm, prefix, rows=num_samples)
     start = prefix.shape[1]
-    beta = constraint_backward(hmm, dfa)
+    table = edge_factors(hmm, dfa)
+    beta = constraint_backward(hmm, dfa, table)
     out = torch.empty(num_samples, hmm.length, dtype=torch.long, device=hmm.device)
     out[:, :start] = prefix
     q = dfa_states(dfa, prefix)
     z = None
     for t in range(start, hmm.length):
-        ahead = torch.einsum("pqh,qh->ph", edge_factors(hmm, dfa, t), beta[t])  # [Q, H]
+        ahead = torch.einsum("pqh,qh->ph", table[position(hmm, t)], beta[t])  # [Q, H]
         prior = _state_prior(hmm, prefix) if t == start else hmm.transition_matrix(t - 1)[z]
         state_weights = prior * ahead[q]  # [N, H]
         possible = state_weights.sum(dim=-1) > 0
