@@ -25,6 +25,7 @@ from hmmlvd.atomic import atomic_write_json
 from hmmlvd.data.images import flatten
 from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import CheckpointError, DataError
+from hmmlvd.image import memory as image_memory
 from hmmlvd.image.baselines import BASELINES, StructureConfig, baseline_from_config
 from hmmlvd.image.loading import load_pretrained
 from hmmlvd.image.patch_circuit import PatchCircuit
@@ -92,7 +93,10 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
     ``checkpoints`` (:class:`~hmmlvd.pc.resume.EMCheckpoints`): EM saves as it goes and
     honours stop requests; ``resumed``: the model read back from them after
     ``checkpoints.resume()``, trained on from where they stood (LVD: within stage c).
-    ``seconds`` then adds the time of the earlier runs up to their last checkpoint."""
+    ``seconds`` then adds the time of the earlier runs up to their last checkpoint. A model
+    to build is first checked to fit the device's memory with EM on its batches
+    (:mod:`hmmlvd.image.memory`; :class:`~hmmlvd.errors.InsufficientMemoryError` naming the
+    flags to lower), before any structure learning or featurising."""
     structure = StructureConfig() if structure is None else structure
     train_images = np.asarray(train_images)
     if train_images.ndim != 4 or len(train_images) == 0:
@@ -111,6 +115,14 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
         from hmmlvd.lvd.image.train import train_patch_lvd  # hmmlvd.lvd loads transformers
 
         config = lvd_config(size, em, structure, **(lvd_fields or {}))
+        if resumed is None:  # before the featuriser, k-means and trees: fail at once
+            estimate = image_memory.lvd_size(
+                tuple(train_images.shape[1:]), config.patch, config.num_latents,
+                config.sub_units, config.top_units, LEVELS, config.tie_inputs)
+            image_memory.check_training(
+                estimate, config.batch_size, device,
+                f"image LVD K={size}, C={config.num_latents}, top K={config.top_units}",
+                "--size, --num-latents, --top-units or --batch-size")
         model, history = train_patch_lvd(train_images, config, progress=progress,
                                          device=device, valid_images=valid_images,
                                          checkpoints=checkpoints, resumed=resumed)
@@ -122,6 +134,11 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
     if resumed is not None:
         model = resumed.to(device)
     elif init is None:
+        image_memory.check_training(  # before the Chow–Liu tree and the parameters
+            image_memory.baseline_size(kind, shape, size, structure, em.seed, LEVELS),
+            em.batch_size, device, f"{kind.upper()} K={size}",
+            "--size, --repetitions or --batch-size" if kind == "rat"
+            else "--size or --batch-size")
         model = baseline_from_config(kind, pixels, shape, size, structure, em.seed,
                                      LEVELS).to(device)
     elif init.num_variables != pixels.shape[1]:
