@@ -22,7 +22,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -54,20 +55,31 @@ def save(directory: str | os.PathLike, tensors: Mapping[str, torch.Tensor], conf
     existed = Path(directory).is_dir()
     folder = make_folder(directory, "model folder")
     cpu = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
-    try:
+    with removed_on_failure(folder, remove=not existed):
         atomic_write(folder / TENSORS_FILE, lambda tmp: save_file(cpu, tmp))
         if extra is not None:
             extra(folder)
         atomic_write_json(folder / CONFIG_FILE,
                           {"format_version": FORMAT_VERSION, "model_type": model_type, **config})
+    return folder
+
+
+@contextmanager
+def removed_on_failure(folder: Path, remove: bool = True) -> Iterator[Path]:
+    """Around writes into ``folder``: if the block fails, ``folder`` is removed (when
+    ``remove``: the caller created it, so nothing else was there) and an OS error or
+    safetensors I/O error becomes the one-line :class:`WriteError` of :func:`write_failure`;
+    any other exception propagates as it is. Every save of hmmlvd (model folders, image and
+    text checkpoints) writes through this, so none leaves an incomplete folder behind."""
+    try:
+        yield folder
     except BaseException as exc:
-        if not existed:
+        if remove:
             shutil.rmtree(folder, ignore_errors=True)
         failure = write_failure(exc, folder)
         if failure is not None:
             raise failure from exc
         raise
-    return folder
 
 
 #: What to do about a failed write, by errno (anything else: make it writable).

@@ -469,6 +469,45 @@ def test_disk_full_while_checkpointing_is_one_line_and_the_last_checkpoint_resum
         torch.testing.assert_close(resumed.parameters()[name], p, rtol=0, atol=1e-6)
 
 
+def test_disk_full_while_writing_a_checkpoints_state_removes_that_checkpoint(
+        corpus, tmp_path, capsys, monkeypatch):
+    """The third checkpoint's model files are written but its train_state.json is not (the
+    disk fills up): one line naming the folder and what to do, that step folder is removed
+    (no checkpoint without a state), `latest` still names the second, and --resume from it
+    ends as an uninterrupted run."""
+    import errno
+
+    args = train_args(corpus, tmp_path / "run", "--checkpoint-every", "1")
+    assert main(train_args(corpus, tmp_path / "whole")) == 0
+    real_write, calls = train_module.atomic_write_json, []
+
+    def fill_up(path, data):
+        calls.append(path)
+        if len(calls) == 3:
+            assert (path.parent / "model.safetensors").is_file()  # the model files came first
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(path, data)
+
+    monkeypatch.setattr(train_module, "atomic_write_json", fill_up)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    line = one_line_error(err.strip().rsplit("\n", 1)[-1])
+    assert "Traceback" not in err, err
+    root = out / "checkpoints"
+    assert f"cannot save into {root / 'step-00000003'}: No space left on device; free space" \
+        in line, line
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000001",
+                                                      "step-00000002"]
+    assert (root / "latest").read_text().strip() == "step-00000002"
+    monkeypatch.setattr(train_module, "atomic_write_json", real_write)
+    assert main([*args, "--resume"]) == 0
+    whole, resumed = HMM.from_pretrained(tmp_path / "whole"), HMM.from_pretrained(out)
+    for name, p in whole.parameters().items():
+        torch.testing.assert_close(resumed.parameters()[name], p, rtol=0, atol=1e-6)
+
+
 # ----- a new run in the --out of another run ----------------------------------------------------
 def test_new_run_in_the_out_of_a_stopped_run_is_refused(corpus, tmp_path, capsys, monkeypatch):
     """Without --resume, a run in the folder of a stopped one would overwrite its `latest`,

@@ -275,14 +275,18 @@ def save_checkpoint(hmm: HMM, config: EMConfig, state: TrainState, out: Path,
     """Write a complete checkpoint folder, then point ``latest`` at it; keep the newest
     ``config.keep_checkpoints`` of this run (``state.run_id``, given one if it has none), by
     step number. Checkpoints of other runs in ``out`` are never deleted. ``best``: the best
-    epoch's parameters so far (early stopping), saved in the folder's ``best/``."""
+    epoch's parameters so far (early stopping), saved in the folder's ``best/``. If a write
+    fails (disk full: :class:`~hmmlvd.errors.WriteError`, one line naming the folder), a
+    folder this call created is removed and ``latest`` still names the previous checkpoint,
+    so ``--resume`` goes on from there."""
     state.run_id = state.run_id or new_run_id()
     root = out / "checkpoints"
     folder = root / f"step-{state.step:08d}"
-    save_hmm(hmm, folder)
-    if best:
-        persist.save(folder / BEST_FOLDER, best, hmm.config.to_dict(), BEST_TYPE)
-    atomic_write_json(folder / STATE_FILE, {"em_config": config.to_dict(), **asdict(state)})
+    with persist.removed_on_failure(folder, remove=not folder.is_dir()):
+        save_hmm(hmm, folder)
+        if best:
+            persist.save(folder / BEST_FOLDER, best, hmm.config.to_dict(), BEST_TYPE)
+        atomic_write_json(folder / STATE_FILE, {"em_config": config.to_dict(), **asdict(state)})
     atomic_write_text(root / "latest", folder.name + "\n")
     mine = sorted(_checkpoints_of_run(root, state.run_id))
     for _, stale in mine[:-max(config.keep_checkpoints, 1)]:

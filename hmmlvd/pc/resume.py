@@ -183,7 +183,7 @@ class EMCheckpoints:
         checkpoint it names are left as they were, so the run still resumes from there."""
         serials = [int(p.name[3:]) for p in self.root.glob("em-*") if NAME.fullmatch(p.name)]
         folder = self.root / f"em-{max(serials, default=0) + 1:08d}"
-        try:
+        with persist.removed_on_failure(folder):  # a new serial: nothing else was there
             self._model.save_pretrained(folder)
             early_state = None
             if early is not None:
@@ -194,12 +194,6 @@ class EMCheckpoints:
                 "settings": self.settings, "record": self.record, "trained_on": self.trained_on,
                 "progress": asdict(progress), "early": early_state,
                 "seconds": self.seconds_before + time.perf_counter() - self._clock})
-        except BaseException as exc:
-            shutil.rmtree(folder, ignore_errors=True)  # a new serial: nothing else was there
-            failure = persist.write_failure(exc, folder)
-            if failure is not None:
-                raise failure from exc
-            raise
         atomic_write_text(self.root / "latest", folder.name + "\n")
         for stale in self.root.glob("em-*"):
             if stale != folder and NAME.fullmatch(stale.name) and stale.is_dir():
