@@ -18,15 +18,11 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from hmmlvd import distributed
-from hmmlvd.atomic import atomic_write_json, check_writable, make_folder
 from hmmlvd.cli_image import parse_image_args
 from hmmlvd.cli_queries import (
     add_constraint_args,
@@ -37,26 +33,19 @@ from hmmlvd.cli_queries import (
     sample_constrained,
 )
 from hmmlvd.data.vocab import UNK
-from hmmlvd.data.wikitext import WikiText, load_wikitext
-from hmmlvd.data.windows import TokenWindows
-from hmmlvd.device import DTYPE_NAMES, resolve_device, resolve_dtype
+from hmmlvd.device import DTYPE_NAMES, resolve_device
 from hmmlvd.em.config import PSEUDOCOUNT_PER, EMConfig
 from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
-from hmmlvd.hmm import memory as hmm_memory
-from hmmlvd.hmm.checkpoint import read_config
-from hmmlvd.hmm.config import HMMConfig
-from hmmlvd.hmm.eval import sliding_perplexity, window_perplexity
 from hmmlvd.hmm.model import HMM
-from hmmlvd.hmm.resume import load_best, load_checkpoint
-from hmmlvd.hmm.train import TrainingInterrupted, TrainState, train
-from hmmlvd.ngram import baseline_perplexities
-from hmmlvd.outdir import TEXT_RUN, output_folder
-from hmmlvd.provenance import check_same_training, setting_differences, training_record
-
-BASELINE_ORDERS = (1, 2, 3)  # unigram, Kneser–Ney bigram and trigram beside every result
-DEFAULT_STATES = 64
-DEFAULT_LENGTH = 32
-
+from hmmlvd.hmm.train import TrainingInterrupted
+from hmmlvd.pipelines.text import (
+    DEFAULT_LENGTH,
+    DEFAULT_STATES,
+    EvalSettings,
+    TextTraining,
+    evaluate_model,
+    train_text,
+)
 
 #: The smallest value of each integer flag (None, the default, is always fine), checked before
 #: any work. --hidden-states, --length, --max-windows and --lvd-windows are checked where they
@@ -261,41 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def evaluate(hmm: HMM, data: WikiText, args: argparse.Namespace,
-             dtype: torch.dtype = torch.float32) -> dict[str, dict]:
-    """Sliding (and optionally window) perplexity on each requested split, printed in a table
-    beside the unigram and Kneser–Ney baselines on the same token streams; the forward's
-    matmuls in ``dtype``."""
-    results = {}
-    streams = {split: data.split(split)[: args.max_eval_tokens] for split in args.splits}
-    for split, stream in streams.items():
-        row = {}
-        started = time.perf_counter()
-        ppl = sliding_perplexity(hmm, stream, args.eval_batch_size, progress=True, dtype=dtype)
-        row["sliding_ppl"], row["tokens"] = ppl.perplexity, ppl.count
-        if args.window_ppl:
-            windows = TokenWindows(stream, hmm.length)
-            wppl = window_perplexity(hmm, windows, args.eval_batch_size, progress=True)
-            row["window_ppl"], row["windows"] = wppl.perplexity, wppl.count
-        row["seconds"] = time.perf_counter() - started
-        results[split] = row
-    baselines = {row.name: row.perplexity
-                 for row in baseline_perplexities(data, BASELINE_ORDERS, streams=streams)}
-    print(f"\n{'model':<18} " + " ".join(f"{s + ' ppl':>11}" for s in results))
-    print(f"{'this HMM':<18} " + " ".join(f"{r['sliding_ppl']:>11.2f}" for r in results.values()))
-    for name, ppl in baselines.items():
-        print(f"{name:<18} " + " ".join(f"{ppl[s]:>11.2f}" for s in results))
-    print(f"(sliding: each token predicted from the {hmm.length - 1} tokens before it; "
-          "n-grams fitted on train, scored on the same tokens: " +
-          ", ".join(f"{s} {r['tokens']:,}" for s, r in results.items()) + ")")
-    if args.window_ppl:
-        print("window ppl: " + ", ".join(f"{s} {r['window_ppl']:.2f} ({r['windows']:,} windows)"
-                                         for s, r in results.items()))
-    for split, row in results.items():
-        row["baselines"] = {name: ppl[split] for name, ppl in baselines.items()}
-    return results
-
-
 def train_config_from(args: argparse.Namespace) -> EMConfig:
     """The EM schedule and settings named by the train/lvd flags."""
     return EMConfig(epochs=args.epochs, step_size=args.step_size,
@@ -307,156 +261,32 @@ def train_config_from(args: argparse.Namespace) -> EMConfig:
                     seed=args.seed, checkpoint_every=args.checkpoint_every, dtype=args.dtype)
 
 
-def resolve_model_shape(args: argparse.Namespace, vocab_size: int) -> None:
-    """Fill in ``args.hidden_states``, ``args.length`` and ``args.homogeneous``: from the model
-    named by ``--init`` (refusing flags that contradict it, or data with another vocabulary
-    size), else the defaults."""
-    init = getattr(args, "init", None)
-    if init is None:
-        args.hidden_states = DEFAULT_STATES if args.hidden_states is None else args.hidden_states
-        args.length = DEFAULT_LENGTH if args.length is None else args.length
-        return
-    config = read_config(init)
-    given = {"--hidden-states": (args.hidden_states, config.num_states),
-             "--length": (args.length, config.length),
-             "--homogeneous": (args.homogeneous or None, config.homogeneous or None)}
-    for flag, (value, model) in given.items():
-        if value is not None and value != model:
-            raise DataError(f"{flag} {value} contradicts the --init model {init}, which has "
-                            f"{flag.strip('-')} = {model}; leave the flag out to use the model's")
-    if config.vocab_size != vocab_size:
-        raise DataError(f"the --init model {init} has vocab_size {config.vocab_size:,} but the "
-                        f"data has {vocab_size:,} words: initialise from a model of this data")
-    args.hidden_states, args.length = config.num_states, config.length
-    args.homogeneous = config.homogeneous
+def eval_settings_from(args: argparse.Namespace) -> EvalSettings:
+    """The evaluation settings named by the eval flags."""
+    return EvalSettings(splits=tuple(args.splits), batch_size=args.eval_batch_size,
+                        max_tokens=args.max_eval_tokens, window_ppl=args.window_ppl,
+                        dtype=args.dtype if args.command == "eval" else "float32")
 
 
-def run_training(args: argparse.Namespace, initialise: Callable[..., HMM]) -> None:
-    """Shared by train and lvd: load data, initialise (or resume), run EM, save, evaluate.
-    ``initialise(data, windows, device, summary)`` returns the starting model. Under torchrun
-    every rank trains; rank 0 alone prints, saves, evaluates and writes results. ``--out`` is
-    checked, locked and cleared of temporary files first (:mod:`hmmlvd.outdir`; without
-    ``--resume``, a stopped run there, or a run of another kind, is refused)."""
-    device = distributed.init(resolve_device(args.device))
-    with output_folder(args.out, TEXT_RUN, args.resume):
-        train_in_folder(args, initialise, device)
-
-
-def train_in_folder(args: argparse.Namespace, initialise: Callable[..., HMM],
-                    device: torch.device) -> None:
-    """The work of :func:`run_training`, while ``args.out`` is locked."""
-    say = distributed.print_main
-    data = load_wikitext(args.data_dir)
-    resolve_model_shape(args, len(data.vocab))
-    windows = TokenWindows(data.train, args.length, max_windows=args.max_windows, seed=args.seed)
-    config = train_config_from(args)
-    summary: dict = {"command": args.command, "train_windows": len(windows),
-                     "train_config": asdict(config), "world_size": distributed.world_size()}
-    trained_on = training_record(args.command, data.train, len(windows), args.max_windows,
-                                 args.seed, args.hidden_states, args.length, args.homogeneous)
-    summary["trained_on"] = trained_on
-    subset = (f" (a seeded random subset of the {len(windows.view):,} train windows)"
-              if len(windows) < len(windows.view) else "")
-    best: dict = {}
-    if args.resume:
-        hmm, saved, state = load_checkpoint(args.out, device=device)
-        best = load_best(args.out, hmm)
-        if saved != config:
-            raise CheckpointError(f"--resume with different training settings than the "
-                                  f"checkpoint in {args.out}: "
-                                  f"{setting_differences(asdict(saved), asdict(config))}")
-        if hmm.vocab != data.vocab:
-            raise CheckpointError(
-                f"the checkpoint's vocabulary differs from this data's "
-                f"({len(hmm.vocab) if hmm.vocab else 'no'} vs {len(data.vocab)} words): resume "
-                "with the data folder the run was started with")
-        check_same_training(state.trained_on, trained_on, args.out)
-        state.trained_on = trained_on
-        say(f"resuming from epoch {state.epoch + 1}, batch {state.batch} (step {state.step})")
-    else:
-        # fail now, not after a long LVD initialisation, if the model and EM cannot fit
-        hmm_memory.check_training(HMMConfig(args.hidden_states, len(data.vocab), args.length,
-                                        args.homogeneous),
-                              -(-config.batch_size // distributed.world_size()), device,
-                              config.any_full_batch, dtype=resolve_dtype(config.dtype, device),
-                              mini_batch=config.any_mini_batch)
-        hmm = initialise(data, windows, device, summary)
-        state = TrainState(trained_on=trained_on)
-    ranks = f" on {distributed.world_size()} ranks" if distributed.is_distributed() else ""
-    if not config.epoch_plan():
-        say("no EM epochs: saving the initial model")
-    else:
-        say(f"training {hmm} on {len(windows):,} windows{subset}, "
-            f"{hmm.num_parameters:,} parameters{ranks}")
-    started = time.perf_counter()
-    valid = TokenWindows(data.valid, args.length) if config.patience else None
-    state = train(hmm, windows, config, out=args.out, state=state, valid=valid, best=best)
-    summary["train_seconds_this_run"] = time.perf_counter() - started
-    if not distributed.is_main():
-        return
-    hmm.save_pretrained(args.out)
-    print(f"saved model to {args.out} ({summary['train_seconds_this_run']:.1f} s of EM this run)")
-    # run_id: tells a finished run's folder from one whose newest checkpoints a later,
-    # stopped run wrote (hmmlvd.outdir.run_in_folder)
-    summary.update(model=hmm.config.to_dict(), history=state.history, run_id=state.run_id)
-    if not args.no_eval:
-        summary["eval"] = evaluate(hmm, data, args)
-    atomic_write_json(args.out / "results.json", summary)
+def text_training_from(args: argparse.Namespace) -> TextTraining:
+    """The training run named by the train / lvd flags."""
+    is_lvd = args.command == "lvd"
+    return TextTraining(
+        out=args.out, data_dir=args.data_dir, hidden_states=args.hidden_states,
+        length=args.length, homogeneous=args.homogeneous, max_windows=args.max_windows,
+        em=train_config_from(args), init=None if is_lvd else args.init,
+        lvd=lvd_settings_from(args) if is_lvd else None,
+        lvd_windows=args.lvd_windows if is_lvd else None, resume=args.resume,
+        evaluate=None if args.no_eval else eval_settings_from(args), device=args.device,
+        command=args.command)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    def initialise(data: WikiText, windows: TokenWindows, device: torch.device,
-                   summary: dict) -> HMM:
-        if args.init is not None:
-            hmm = HMM.from_pretrained(args.init, device=device)
-            if hmm.vocab is not None and hmm.vocab != data.vocab:
-                raise DataError(f"the --init model {args.init} has another vocabulary than the "
-                                "data (same size, different words): initialise from a model "
-                                "of this data")
-            hmm.vocab = data.vocab
-            summary["init"] = str(args.init)
-            return hmm
-        return HMM(args.hidden_states, len(data.vocab), args.length, args.homogeneous,
-                   seed=args.seed, device=device, vocab=data.vocab)
-
-    run_training(args, initialise)
-
-
-def cmd_lvd(args: argparse.Namespace) -> None:
-    from hmmlvd.lvd.text.distill import lvd_subset, run_lvd
-
-    settings = lvd_settings_from(args)
-    if distributed.is_main():  # before any work: a file, or a folder that cannot be written
-        check_writable(make_folder(settings.cache_dir, "embedding cache folder"),
-                       "embedding cache folder")
-
-    def initialise(data: WikiText, windows: TokenWindows, device: torch.device,
-                   summary: dict) -> HMM:
-        subset = lvd_subset(data.train, args.length, args.lvd_windows, seed=args.seed)
-        distributed.print_main(f"LVD: embedding and clustering {len(subset):,} of the "
-                               f"{len(subset.view):,} train windows")
-        result = run_lvd(subset, args.hidden_states, data.vocab, settings,
-                         homogeneous=args.homogeneous, device=device,
-                         progress=distributed.is_main())
-        distributed.print_main("LVD stages (s): " + ", ".join(
-            f"{k} {v:.1f}" for k, v in result.seconds.items()))
-        summary["lvd_seconds"] = result.seconds
-        summary["lvd_windows"] = len(subset)
-        return result.hmm
-
-    run_training(args, initialise)
+    train_text(text_training_from(args))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    hmm = HMM.from_pretrained(args.model, device=resolve_device(args.device))
-    data = load_wikitext(args.data_dir, vocab=hmm.vocab)
-    if hmm.vocab is None and len(data.vocab) != hmm.vocab_size:
-        raise CheckpointError(f"the model has vocab_size {hmm.vocab_size} but the data has "
-                              f"{len(data.vocab)} words")
-    dtype = resolve_dtype(args.dtype, hmm.device)
-    if dtype != torch.float32:
-        print(f"forward matmuls in {str(dtype).removeprefix('torch.')}")
-    evaluate(hmm, data, args, dtype)
+    evaluate_model(args.model, args.data_dir, eval_settings_from(args), args.device)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -500,7 +330,7 @@ def cmd_image(args: argparse.Namespace) -> None:
     args.run(args)
 
 
-COMMANDS = {"train": cmd_train, "lvd": cmd_lvd, "eval": cmd_eval, "sample": cmd_sample,
+COMMANDS = {"train": cmd_train, "lvd": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
             "decode": cmd_decode, "infill": cmd_infill, "image": cmd_image}
 
 

@@ -459,7 +459,7 @@ def test_oversized_patch_circuit_config_is_refused_before_allocating(tmp_path, e
 
 def test_cache_dir_that_is_a_file_fails_before_any_work(corpus, tmp_path, capsys, monkeypatch):
     """--cache-dir is checked before the data and the encoder are loaded."""
-    import hmmlvd.cli as cli
+    import hmmlvd.pipelines.text as cli  # where the text pipeline loads its data
 
     loaded = []
     monkeypatch.setattr(cli, "load_wikitext", lambda *a, **k: loaded.append(1))

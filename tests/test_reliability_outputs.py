@@ -125,7 +125,7 @@ with output_lock(Path(sys.argv[1])):
 def test_second_run_on_a_locked_out_fails_at_once_naming_the_folder_and_process(
         corpus, tmp_path, capsys, monkeypatch):
     """It fails at once: it neither waits for the lock nor loads the data."""
-    import hmmlvd.cli as cli
+    import hmmlvd.pipelines.text as cli  # where the text pipeline loads its data
 
     loads = []
     real_load = cli.load_wikitext

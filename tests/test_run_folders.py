@@ -19,8 +19,8 @@ import pytest
 import torch
 from word_corpus import write_word_corpus
 
-import hmmlvd.cli as cli
 import hmmlvd.hmm.em as hmm_em
+import hmmlvd.pipelines.text as text_pipeline
 from hmmlvd import HMM
 from hmmlvd.cli import main
 from hmmlvd.data.images import ImageData
@@ -116,7 +116,7 @@ def test_second_text_run_is_refused_at_every_point_of_the_first(corpus, tmp_path
     out = tmp_path / "run"
     second = train_args(corpus, out, "--hidden-states", "2")
     results: list[tuple[str, int, str]] = []
-    probe_at(monkeypatch, cli, "load_wikitext", {1}, second, results)
+    probe_at(monkeypatch, text_pipeline, "load_wikitext", {1}, second, results)
     probe_at(monkeypatch, hmm_em, "chunk_counts", {1, 15}, second, results)  # epochs 1, 2
     probe_at(monkeypatch, HMM, "save_pretrained", {1}, second, results)
     assert main(train_args(corpus, out)) == 0
