@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from hmmlvd import distributed
+from hmmlvd.cli_em import add_em_flags, em_config_from
 from hmmlvd.cli_image import parse_image_args
 from hmmlvd.cli_queries import (
     add_constraint_args,
@@ -34,7 +35,7 @@ from hmmlvd.cli_queries import (
 )
 from hmmlvd.data.vocab import UNK
 from hmmlvd.device import DTYPE_NAMES, resolve_device
-from hmmlvd.em.config import PSEUDOCOUNT_PER, EMConfig
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.hmm.model import HMM
 from hmmlvd.hmm.train import TrainingInterrupted
@@ -115,44 +116,11 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_em_args(p: argparse.ArgumentParser) -> None:
-    """The EM schedule flags (``hmmlvd train``/``lvd``, ``scripts/lvd_vs_random.py``). Their
-    defaults are :class:`~hmmlvd.em.config.EMConfig`'s: the schedule chosen on WikiText-2
-    *valid* perplexity (see its docstring)."""
-    em = EMConfig()
-    p.add_argument("--epochs", type=int, default=em.epochs,
-                   help=f"phase-1 epochs (default {em.epochs})")
-    p.add_argument("--step-size", type=float, default=em.step_size,
-                   help=f"phase-1 EM step size a (default {em.step_size})")
-    p.add_argument("--final-step-size", type=float, default=em.final_step_size, metavar="A",
-                   help="anneal the phase-1 step size linearly from --step-size to A over its "
-                        "epochs, as the LVD paper trains (default: constant)")
-    p.add_argument("--phase2-epochs", type=int, default=em.phase2_epochs,
-                   help=f"phase-2 epochs (default {em.phase2_epochs})")
-    p.add_argument("--phase2-step-size", type=float, default=em.phase2_step_size,
-                   help=f"phase-2 step size (default {em.phase2_step_size})")
-    p.add_argument("--batch-size", type=int, default=em.batch_size,
-                   help=f"windows per mini-batch (default {em.batch_size:,}: smaller batches "
-                        "estimate V-word emission rows noisily)")
-    p.add_argument("--pseudocount", type=float, default=em.pseudocount,
-                   help=f"M-step pseudocount (default {em.pseudocount:g})")
-    p.add_argument("--pseudocount-per", choices=PSEUDOCOUNT_PER, default=em.pseudocount_per,
-                   help="batch: every M-step adds the pseudocount (default); data: it is a "
-                        "prior over all training windows, a mini-batch M-step adds "
-                        "pseudocount * B / N")
-    p.add_argument("--full-batch", action="store_true",
-                   help="every epoch full-batch: one M-step per epoch from all windows")
-    p.add_argument("--final-full-batch", type=int, default=em.final_full_batch, metavar="N",
-                   help="end with N full-batch epochs (step size 1) after the mini-batch "
-                        f"phases (default {em.final_full_batch})")
-    p.add_argument("--seed", type=int, default=em.seed)
-    p.add_argument("--patience", type=int, default=em.patience, metavar="N",
-                   help="score the valid split after every epoch, keep the best epoch, and end "
-                        "a run of mini-batch epochs after N without improvement (then the "
-                        "full-batch epochs go on from the best; 0, default: no validation)")
-    p.add_argument("--dtype", choices=DTYPE_NAMES, default=em.dtype,
-                   help="compute dtype of the E-step (auto, default: bfloat16 where the CPU/GPU "
-                        "multiplies it natively, else float32); parameters, counts and "
-                        "reported perplexities are float32 either way")
+    """The EM schedule flags (``hmmlvd train``/``lvd``, ``scripts/lvd_vs_random.py``), with
+    :class:`~hmmlvd.em.config.EMConfig`'s defaults: the schedule chosen on WikiText-2 *valid*
+    perplexity (see its docstring)."""
+    add_em_flags(p, EMConfig(), "windows", text=True,
+                 notes={"batch-size": "smaller batches estimate V-word emission rows noisily"})
 
 
 def add_lvd_args(p: argparse.ArgumentParser) -> None:
@@ -252,13 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def train_config_from(args: argparse.Namespace) -> EMConfig:
     """The EM schedule and settings named by the train/lvd flags."""
-    return EMConfig(epochs=args.epochs, step_size=args.step_size,
-                    final_step_size=args.final_step_size, phase2_epochs=args.phase2_epochs,
-                    phase2_step_size=args.phase2_step_size,
-                    final_full_batch=args.final_full_batch, full_batch=args.full_batch,
-                    batch_size=args.batch_size, pseudocount=args.pseudocount,
-                    pseudocount_per=args.pseudocount_per, patience=args.patience,
-                    seed=args.seed, checkpoint_every=args.checkpoint_every, dtype=args.dtype)
+    return em_config_from(args, EMConfig())
 
 
 def eval_settings_from(args: argparse.Namespace) -> EvalSettings:

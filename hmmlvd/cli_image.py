@@ -32,8 +32,9 @@ from pathlib import Path
 import torch
 
 from hmmlvd.atomic import atomic_write_json
+from hmmlvd.cli_em import add_em_flags, em_config_from
 from hmmlvd.data.images import ImageData, load_images
-from hmmlvd.em.config import LEAF_PRIORS, PSEUDOCOUNT_PER, EMConfig
+from hmmlvd.em.config import EMConfig
 from hmmlvd.em.stop import StoppedBeforeCheckpoint, signals_request_stop
 from hmmlvd.errors import DataError, HMMLVDError
 from hmmlvd.image.baselines import StructureConfig
@@ -71,37 +72,10 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=MODELS, required=True)
     p.add_argument("--size", type=int, required=True, metavar="K",
                    help="units per region (lvd: K of the sub-circuits)")
-    em = CIRCUIT_EM  # the flags' defaults: circuits' EM settings, in one place
-    p.add_argument("--epochs", type=int, default=em.epochs,
-                   help=f"mini-batch EM epochs (lvd: finetuning epochs, stage c; default "
-                        f"{em.epochs})")
-    p.add_argument("--batch-size", type=int, default=em.batch_size,
-                   help=f"images per EM step and per evaluation batch ({em.batch_size})")
-    p.add_argument("--step-size", type=float, default=em.step_size,
-                   help=f"EM step size (default {em.step_size})")
-    p.add_argument("--final-step-size", type=float, default=None, metavar="A",
-                   help="anneal the step size linearly from --step-size to A over the "
-                        "mini-batch epochs (lvd: of each stage), as the LVD paper trains "
-                        "(default: constant)")
-    p.add_argument("--pseudocount", type=float, default=em.pseudocount,
-                   help=f"M-step pseudocount (default {em.pseudocount})")
-    p.add_argument("--leaf-prior", choices=LEAF_PRIORS, default=em.leaf_prior,
-                   help="how the pseudocount of the pixel distributions is spread over the 256 "
-                        "levels: uniform (default) or marginal (by each pixel's histogram in "
-                        "the training images)")
-    p.add_argument("--pseudocount-per", choices=PSEUDOCOUNT_PER, default=em.pseudocount_per,
-                   help="batch: every M-step adds the pseudocount (default); data: it is a prior "
-                        "over the whole training set, a mini-batch M-step adds pseudocount * "
-                        "B / N (the same smoothing in mini-batch and full-batch epochs)")
-    p.add_argument("--seed", type=int, default=em.seed,
-                   help="seeds parameters, RAT trees, EM order")
-    p.add_argument("--patience", type=int, default=em.patience, metavar="N",
-                   help="early stopping: score the valid split after every epoch, stop after N "
-                        "epochs without a better valid bpd and keep the best epoch (0: off, "
-                        "default; --epochs is then the most)")
-    p.add_argument("--final-full-batch", type=int, default=em.final_full_batch, metavar="N",
-                   help="then N full-batch EM epochs at step size 1, from the best mini-batch "
-                        "epoch (lvd: of stage c; default 0)")
+    add_em_flags(p, CIRCUIT_EM, "images", text=False, notes={
+        "epochs": "lvd: the finetuning epochs, stage c", "final-step-size": "lvd: of each stage",
+        "final-full-batch": "lvd: of stage c", "batch-size": "and per evaluation batch",
+        "seed": "also seeds parameters and RAT trees"})
     structure = p.add_argument_group("baseline structures (hmmlvd.image.baselines)")
     structure.add_argument("--delta", type=int, default=None,
                            help="PD split step (default min(H, W) // 4: 7 on 28x28)")
@@ -189,13 +163,7 @@ def check_model_flags(args: argparse.Namespace) -> None:
 
 def em_config(args: argparse.Namespace) -> EMConfig:
     """The EM settings of the flags (the rest: :data:`~hmmlvd.pc.em.CIRCUIT_EM`'s)."""
-    return dataclasses.replace(
-        CIRCUIT_EM, epochs=args.epochs, batch_size=args.batch_size, step_size=args.step_size,
-        pseudocount=args.pseudocount, seed=args.seed, patience=getattr(args, "patience", 0),
-        final_full_batch=getattr(args, "final_full_batch", 0),
-        leaf_prior=getattr(args, "leaf_prior", "uniform"),
-        pseudocount_per=getattr(args, "pseudocount_per", "batch"),
-        final_step_size=getattr(args, "final_step_size", None))
+    return em_config_from(args, CIRCUIT_EM)
 
 
 def structure_config(args: argparse.Namespace) -> StructureConfig:
