@@ -1,5 +1,6 @@
-"""The CUDA path gives the CPU's numbers: forward, EM step, next-token distribution, sampling
-and MLE init on the GPU (skipped where torch sees no CUDA device)."""
+"""The CUDA path gives the CPU's numbers: forward, EM step (also the bfloat16 E-step),
+next-token distribution, sampling, MLE init and the exact queries on the GPU (skipped where
+torch sees no CUDA device)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,42 @@ def test_mle_from_labels_on_cuda(windows_factory):
     gpu = mle_from_labels(x, z, config, pseudocount=0.1, device="cuda")
     for name, p in cpu.parameters().items():
         torch.testing.assert_close(gpu.parameters()[name].cpu(), p)
+
+
+def test_queries_on_cuda_match_cpu(make_hmm, windows_factory):
+    """Posteriors, Viterbi, masked likelihood, infill, constraint probability and the
+    constrained next token give the CPU's numbers on the GPU; the samplers run there and the
+    constrained one satisfies its constraint."""
+    from hmmlvd.hmm.dfa import keywords
+
+    cpu = make_hmm(5, 9, 6, seed=7)
+    gpu = make_hmm(5, 9, 6, seed=7).to("cuda")
+    x = windows_factory(12, 6, 9, seed=8)
+    mask = torch.rand(12, 6, generator=torch.Generator().manual_seed(9)) > 0.3
+    mask[:, 0] = True
+    close = {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(gpu.predict_proba(x, mask).cpu(), cpu.predict_proba(x, mask),
+                               **close)
+    torch.testing.assert_close(gpu.log_likelihood(x, mask).cpu(), cpu.log_likelihood(x, mask),
+                               **close)
+    torch.testing.assert_close(gpu.decode(x)[1].cpu(), cpu.decode(x)[1], **close)
+    torch.testing.assert_close(gpu.infill_distribution(x, mask).cpu(),
+                               cpu.infill_distribution(x, mask), **close)
+    dfa = keywords([1, 4])
+    torch.testing.assert_close(gpu.constraint_probability(dfa, x[:, :2]).cpu(),
+                               cpu.constraint_probability(dfa, x[:, :2]), **close)
+    torch.testing.assert_close(gpu.constrained_next_token(x[:, :3], dfa).cpu(),
+                               cpu.constrained_next_token(x[:, :3], dfa), **close)
+    drawn = gpu.sample(20, constraint=dfa, seed=0)
+    assert drawn.is_cuda and all(dfa.accepts(row) for row in drawn.tolist())
+    assert gpu.infill(x, mask, 3, seed=0).is_cuda
+
+
+def test_bf16_e_step_on_cuda_tracks_float32(make_hmm, windows_factory):
+    """The bfloat16 E-step on the GPU gives the float32 counts within bf16's rounding."""
+    hmm = make_hmm(8, 20, 6, seed=10).to("cuda")
+    x = windows_factory(40, 6, 20, seed=11)
+    fp32 = expected_counts(hmm, x)
+    bf16 = expected_counts(hmm, x, dtype=torch.bfloat16)
+    torch.testing.assert_close(bf16.transition, fp32.transition, rtol=0.03, atol=1e-2)
+    assert bf16.log_likelihood == pytest.approx(fp32.log_likelihood, rel=2e-3)
