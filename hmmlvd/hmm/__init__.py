@@ -1,10 +1,12 @@
 """Non-homogeneous hidden Markov models over token windows.
 
 Modules, each above the ones it imports: ``config`` (sizes) -> ``forward`` (the scaled forward
-algorithm) -> ``init`` (random and closed-form MLE parameters), ``checkpoint`` (folders),
-``em`` (expected counts by autograd, M-step), ``parallel`` (their data-parallel reductions),
-``sample`` -> ``train`` (the EM loop) -> ``model`` (:class:`HMM` and its verbs) -> ``eval``
-(perplexities), ``resume`` (loading a training checkpoint)."""
+algorithm), ``memory`` (what training and sampling need) -> ``init`` (random and closed-form MLE
+parameters), ``checkpoint`` (folders), ``em`` (expected counts by autograd, in chunks and a
+compute dtype; M-step), ``parallel`` (their data-parallel reductions), ``sample`` -> ``train``
+(the EM loop), ``dfa`` (constraints) -> ``queries`` (posteriors, Viterbi, masked likelihood,
+infill, constrained probability, sampling and next token) -> ``model`` (:class:`HMM` and its
+verbs) -> ``eval`` (perplexities), ``resume`` (loading a training checkpoint)."""
 
 from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.em import CountAccumulator, ExpectedCounts, expected_counts, maximize
