@@ -242,3 +242,17 @@ def test_the_command_lines_take_their_em_defaults_from_the_configs():
         assert got == dataclasses.replace(EMConfig(), checkpoint_every=args.checkpoint_every)
     args = parse_image_args(["train", "--model", "hclt", "--size", "4", "--out", "x"])
     assert em_config(args) == CIRCUIT_EM
+
+
+def test_train_prints_its_memory_estimate_before_training(corpus, tmp_path, capsys):
+    """The estimate of the run's own sizes, batch and E-step dtype is printed before EM."""
+    from hmmlvd.data import load_wikitext
+    from hmmlvd.hmm import HMMConfig
+    from hmmlvd.hmm.memory import describe, training_estimate
+
+    assert main(train_args(corpus, tmp_path / "run", "--no-eval", "--dtype", "float32")) == 0
+    printed = capsys.readouterr().out
+    config = HMMConfig(3, len(load_wikitext(corpus).vocab), 6)
+    want = describe(training_estimate(config, 32, False, torch.float32, True), torch.float32)
+    assert want in printed
+    assert printed.index(want) < printed.index("training HMM(")

@@ -106,8 +106,12 @@ def test_training_message_names_batch_and_fixes(available):
         memory.check_training(config, 4096, "cpu")
     assert str(info.value) == (
         f"H=100000, V=33278, T=32 needs about {needed} for parameters and EM counts (batch "
-        "4096); this cpu has 12.3 GB available. Use fewer hidden states, a smaller batch, or "
-        f"--device cuda (or set {memory.SKIP_ENV}=1 to skip this check)")
+        "4096); this cpu has 12.3 GB available. Use fewer hidden states (--hidden-states), a "
+        "smaller batch (--batch-size), bfloat16 activations (--dtype bfloat16), or --device "
+        f"cuda (or set {memory.SKIP_ENV}=1 to skip this check)")
+    with pytest.raises(InsufficientMemoryError) as info:
+        memory.check_training(config, 4096, "cpu", dtype=torch.bfloat16)
+    assert "(--batch-size), or --device cuda" in str(info.value)  # bf16 already
 
 
 def test_train_checks_the_batch_before_the_first_step(available):
@@ -175,7 +179,8 @@ def test_cli_absurd_hidden_states_is_a_one_line_error(corpus, tmp_path, capsys, 
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"hmmlvd {command}: error: H=10000000, V=12, T=6 needs about ")
     assert "TB for parameters and EM counts (batch 4096)" in err
-    assert "Use fewer hidden states, a smaller batch, or --device cuda" in err
+    assert ("Use fewer hidden states (--hidden-states), a smaller batch (--batch-size), "
+            in err and "--device cuda" in err)
     assert "Traceback" not in captured.err + captured.out
     assert not (tmp_path / "run").exists()
 

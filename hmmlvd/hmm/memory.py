@@ -148,9 +148,15 @@ def _label(device: torch.device) -> str:
     return "cpu" if device.type == "cpu" else str(device)
 
 
-def _fail(message: str, device: torch.device, batch: bool) -> None:
+def _fail(message: str, device: torch.device, batch: bool,
+          dtype: torch.dtype | None = None) -> None:
     other = "--device cuda" if device.type == "cpu" else "--device cpu"
-    fixes = ("fewer hidden states, a smaller batch, or " if batch else "fewer hidden states or ")
+    fixes = ("fewer hidden states (--hidden-states), a smaller batch (--batch-size), " if batch
+             else "fewer hidden states (--hidden-states) or ")
+    if batch and dtype == torch.float32:
+        fixes += "bfloat16 activations (--dtype bfloat16), "
+    if batch:
+        fixes += "or "
     raise InsufficientMemoryError(f"{message}. Use {fixes}{other} (or set {SKIP_ENV}=1 to skip "
                                   "this check)")
 
@@ -193,8 +199,16 @@ def check_training(config: HMMConfig, batch_size: int, device: str | torch.devic
                f"this {_label(device)} has {format_bytes(available)} available" if allocated
                else f"this {_label(device)} has {format_bytes(available)} available")
         _fail(f"{_sizes(config)} needs about {format_bytes(estimate.total)} for parameters and "
-              f"EM counts (batch {batch_size}{mode}); {has}", device, batch=True)
+              f"EM counts (batch {batch_size}{mode}); {has}", device, batch=True, dtype=dtype)
     return estimate
+
+
+def describe(estimate: MemoryEstimate, dtype: torch.dtype) -> str:
+    """One line for the log: the estimated peak and its parts."""
+    return (f"memory: about {format_bytes(estimate.total)} at the peak (parameters "
+            f"{format_bytes(estimate.parameters)}, counts {format_bytes(estimate.counts)}, "
+            f"activations {format_bytes(estimate.activations)}; E-step in "
+            f"{str(dtype).removeprefix('torch.')})")
 
 
 def check_sampling(config: HMMConfig, num_samples: int, device: str | torch.device = "cpu",

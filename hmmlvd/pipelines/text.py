@@ -180,6 +180,11 @@ def _train_in_folder(run: TextTraining, device: torch.device) -> dict:
     summary["trained_on"] = trained_on
     subset = (f" (a seeded random subset of the {len(windows.view):,} train windows)"
               if len(windows) < len(windows.view) else "")
+    dtype = resolve_dtype(config.dtype, device)
+    shard = -(-config.batch_size // distributed.world_size())
+    sizes = HMMConfig(run.hidden_states, len(data.vocab), run.length, run.homogeneous)
+    say(hmm_memory.describe(hmm_memory.training_estimate(
+        sizes, shard, config.any_full_batch, dtype, config.any_mini_batch), dtype))
     best: dict = {}
     if run.resume:
         hmm, saved, state = load_checkpoint(run.out, device=device)
@@ -198,10 +203,8 @@ def _train_in_folder(run: TextTraining, device: torch.device) -> dict:
         say(f"resuming from epoch {state.epoch + 1}, batch {state.batch} (step {state.step})")
     else:
         # fail now, not after a long LVD initialisation, if the model and EM cannot fit
-        hmm_memory.check_training(
-            HMMConfig(run.hidden_states, len(data.vocab), run.length, run.homogeneous),
-            -(-config.batch_size // distributed.world_size()), device, config.any_full_batch,
-            dtype=resolve_dtype(config.dtype, device), mini_batch=config.any_mini_batch)
+        hmm_memory.check_training(sizes, shard, device, config.any_full_batch, dtype=dtype,
+                                  mini_batch=config.any_mini_batch)
         hmm = _initialiser(run)(data, device, summary)
         state = TrainState(trained_on=trained_on)
     ranks = f" on {distributed.world_size()} ranks" if distributed.is_distributed() else ""
