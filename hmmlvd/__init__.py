@@ -1,6 +1,7 @@
 """hmmlvd: large tractable generative models (HMMs, probabilistic circuits) trained with
 latent variable distillation."""
 
+from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import (
     CheckpointError,
     DataError,
@@ -12,5 +13,5 @@ from hmmlvd.errors import (
 from hmmlvd.hmm import HMM
 
 __version__ = "0.1.0"
-__all__ = ["HMM", "CheckpointError", "DataError", "EncoderError", "HMMLVDError",
+__all__ = ["HMM", "CheckpointError", "DataError", "EMConfig", "EncoderError", "HMMLVDError",
            "InsufficientMemoryError", "ParameterError", "__version__"]
