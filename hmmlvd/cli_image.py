@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import math
 import shlex
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,34 +31,28 @@ import torch
 
 from hmmlvd.atomic import atomic_write_json
 from hmmlvd.cli_em import add_em_flags, em_config_from
-from hmmlvd.data.images import ImageData, load_images
+from hmmlvd.data.images import ImageData
 from hmmlvd.em.config import EMConfig
-from hmmlvd.em.stop import StoppedBeforeCheckpoint, signals_request_stop
-from hmmlvd.errors import DataError, HMMLVDError
+from hmmlvd.errors import DataError
 from hmmlvd.image.baselines import StructureConfig
 from hmmlvd.image.grids import MASKS
-from hmmlvd.image.loading import load_pretrained
 from hmmlvd.image_pipeline import (
     DATASET_SHAPES,
     LEVELS,
     LVD_SHARED,
     MODELS,
     load_image_model,
-    save_image_model,
-    train_image_model,
 )
-from hmmlvd.image_pipeline import image_bpd as bits_per_dim
 from hmmlvd.outdir import (
-    IMAGE_RUN,
-    clear_stopped_early,
     output_folder,
-    record_stopped_early,
-    stopped_early,
 )
 from hmmlvd.pc.em import CIRCUIT_EM
-from hmmlvd.pc.em import IMPLIED as CIRCUIT_IMPLIED
-from hmmlvd.pc.resume import EMCheckpoints
-from hmmlvd.provenance import image_training_record
+from hmmlvd.pipelines.image import (
+    ImageTraining,
+    evaluate_splits,
+    load_image_data,
+    train_image,
+)
 
 DATASETS = ("mnist", "cifar10")
 SPLITS = ("train", "valid", "test")
@@ -179,26 +171,11 @@ def lvd_values(args: argparse.Namespace) -> dict:
     return {f.name: getattr(args, f.name) for f in lvd_fields() if f.name not in LVD_SHARED}
 
 
-def data_dir(args: argparse.Namespace, dataset: str) -> Path:
-    return Path("../shared/data") / dataset if args.data_dir is None else args.data_dir
-
-
 def load_data(args: argparse.Namespace, dataset: str | None = None) -> ImageData:
     """The dataset of the flags, train cut to ``--train-size`` and valid / test to
-    ``--eval-size`` (0: all); the error says to give ``--data-dir``."""
-    dataset = dataset or args.dataset
-    folder = data_dir(args, dataset)
-    try:
-        data = load_images(dataset, folder)
-    except HMMLVDError as exc:
-        raise type(exc)(f"cannot load {dataset} from {folder} ({exc}); give its folder with "
-                        "--data-dir") from exc
-    cut = {"train": getattr(args, "train_size", 0), "valid": args.eval_size,
-           "test": args.eval_size}
-    for split, n in cut.items():
-        if n:
-            setattr(data, split, data.split(split)[:n])
-    return data
+    ``--eval-size`` (0: all)."""
+    return load_image_data(dataset or args.dataset, args.data_dir,
+                           vars(args).get("train_size", 0), args.eval_size)
 
 
 # ----- the parser ----------------------------------------------------------------------------
@@ -288,118 +265,22 @@ def _prepare(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-def training_settings(args: argparse.Namespace, em: EMConfig,
-                      structure: StructureConfig) -> dict:
-    """What a checkpoint records and ``--resume`` must find unchanged, by flag name: the
-    model, its size, data, EM, structure and LVD settings and ``--init``."""
-    return {"model": args.model, "size": args.size, "dataset": args.dataset,
-            "train_size": args.train_size, "init": None if args.init is None else str(args.init),
-            **em.to_dict(), **dataclasses.asdict(structure), **lvd_values(args)}
-
-
-def setting_defaults() -> dict:
-    """What the settings added since checkpoints were first written stood at before (their
-    defaults: the behaviour of the hmmlvd that did not record them)."""
-    em = CIRCUIT_EM
-    return {"leaf_prior": em.leaf_prior, "pseudocount_per": em.pseudocount_per,
-            "final_step_size": em.final_step_size, **CIRCUIT_IMPLIED,
-            "phase2_step_size": em.phase2_step_size, "keep_checkpoints": em.keep_checkpoints}
+def image_training_from(args: argparse.Namespace) -> ImageTraining:
+    """The training run named by the ``hmmlvd image train`` flags."""
+    return ImageTraining(
+        model=args.model, size=args.size, out=args.out, dataset=args.dataset,
+        data_dir=args.data_dir, train_size=args.train_size, eval_size=args.eval_size,
+        em=em_config(args), structure=structure_config(args), lvd=lvd_values(args),
+        init=args.init, resume=args.resume, evaluate=not args.no_eval,
+        batch_size=args.batch_size, device=args.device, quiet=args.quiet,
+        command_line=args.command_line)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    """Train (checkpointed: ``--resume`` continues a stopped run), save (model files +
-    image.json), evaluate, write results.json."""
+    """Train, save and evaluate (:func:`hmmlvd.pipelines.image.train_image`)."""
     _prepare(args)
     check_model_flags(args)
-    em, structure = em_config(args), structure_config(args)
-    init, init_record = None, {}
-    if args.init is not None:
-        init, init_record = initial_model(args)
-    with output_folder(args.out, IMAGE_RUN, args.resume):
-        data = load_data(args)
-        trained_on = image_training_record("image train", data.train)
-        checkpoints, resumed = _checkpoints(args, training_settings(args, em, structure),
-                                            trained_on)
-        held_out = data.valid if args.patience else None  # valid decides when to stop
-        clear_stopped_early(args.out)
-        try:
-            with signals_request_stop() as stop:  # Ctrl-C / SIGTERM: checkpoint, then stop
-                checkpoints.stop_signal = lambda: stop[0]
-                trained = train_image_model(args.model, data.train, args.size, em,
-                                            structure, lvd_values(args), args.device,
-                                            progress=not args.quiet, valid_images=held_out,
-                                            init=init, checkpoints=checkpoints,
-                                            resumed=resumed)
-        except StoppedBeforeCheckpoint as exc:  # nothing saved: --resume starts over
-            record_stopped_early(args.out, exc.doing)
-            raise
-        model = trained.model.eval()
-        record = {"dataset": args.dataset, "model": args.model, "size": args.size,
-                  "image_shape": list(data.shape), "train_images": len(data.train),
-                  "structure": (trained.structure if init is None else
-                                f"{init_record.get('structure', '?')} (continued from "
-                                f"{args.init})"),
-                  "command": args.command_line,
-                  **({} if args.init is None else {"init": str(args.init)})}
-        save_image_model(model, args.out, record)
-        checkpoints.remove()  # the model is saved: nothing left to resume
-        result = {**record, "params": model.num_parameters(), "summary": model.summary(),
-                  "train_seconds": trained.seconds, "timings": trained.history["timings"],
-                  "history": {k: v for k, v in trained.history.items() if k != "timings"},
-                  "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                  "trained_on": trained_on,
-                  **({"resumed": True} if resumed is not None else {})}
-        bpd = "" if args.no_eval else "; " + evaluate(model, data, ("valid", "test"),
-                                                      args.batch_size, args.quiet, result)
-        atomic_write_json(args.out / "results.json", result)
-    print(f"{args.dataset} {args.model} K={args.size}: {result['params']:,} parameters, "
-          f"trained in {trained.seconds:.1f} s on {len(data.train):,} images{bpd} (saved in "
-          f"{args.out})", flush=True)
-
-
-def _checkpoints(args: argparse.Namespace, settings: dict,
-                 trained_on: dict) -> tuple[EMCheckpoints, object]:
-    """The run's checkpoints in ``--out`` and, with ``--resume``, the model read back from the
-    newest one (refused if it was trained with other ``settings`` or on other images than
-    ``trained_on`` records). Checkpoints left there without ``--resume`` were refused before
-    (:func:`hmmlvd.outdir.output_folder`): they are never overwritten. A run stopped before
-    its first checkpoint has nothing to resume: ``--resume`` starts it over."""
-    checkpoints = EMCheckpoints(args.out, settings, defaults=setting_defaults(),
-                                trained_on=trained_on)
-    if not args.resume:
-        return checkpoints, None
-    if checkpoints.latest() is None and stopped_early(args.out):
-        print(f"{args.out}: the run stopped before its first checkpoint, nothing to resume: "
-              "starting it over", flush=True)
-        return checkpoints, None
-    folder = checkpoints.resume()
-    return checkpoints, load_pretrained(folder, device=args.device)
-
-
-def initial_model(args: argparse.Namespace) -> tuple[object, dict]:
-    """The model of ``--init`` and its record, checked against ``--model``, ``--size`` and
-    ``--dataset`` (that it is a baseline is :func:`train_image_model`'s check)."""
-    model, record = load_image_model(args.init, device=args.device)
-    want = {"model": args.model, "size": args.size, "dataset": args.dataset}
-    for key, value in want.items():
-        if record.get(key) != value:
-            raise DataError(f"--init {args.init} holds {key} {record.get(key)!r}, not "
-                            f"{value!r}")
-    return model, record
-
-
-def evaluate(model, data: ImageData, splits: Sequence[str], batch_size: int, quiet: bool,
-             result: dict) -> str:
-    """Bits per dimension of each split into ``result[<split>_bpd]``; returns them in words."""
-    words = []
-    for split in splits:
-        started = time.perf_counter()
-        images = data.split(split)
-        result[f"{split}_bpd"] = bits_per_dim(model, images, batch_size, progress=not quiet)
-        result[f"{split}_images"] = len(images)
-        words.append(f"{split} {result[f'{split}_bpd']:.4f} bpd ({len(images):,} images, "
-                     f"{time.perf_counter() - started:.1f} s)")
-    return ", ".join(words)
+    train_image(image_training_from(args))
 
 
 def _load(args: argparse.Namespace) -> tuple[object, dict, str]:
@@ -428,7 +309,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     data = load_data(args, dataset)
     _check_shape(args, record, data)
     result: dict = {}
-    line = evaluate(model, data, args.splits, args.batch_size, args.quiet, result)
+    line = evaluate_splits(model, data, args.splits, args.batch_size, args.quiet, result)
     if args.record:
         with output_folder(args.model):  # locked while its results.json is rewritten
             path = args.model / "results.json"

@@ -156,7 +156,7 @@ def test_tie_inputs_flag_decides_whether_the_trained_models_inputs_are_shared(
     the flag (the default, or --no-tie-inputs) each latent value has its own. Guards against
     the flag being dropped on its way to the model, which silently trains (and reports) an
     untied model with C times the input parameters."""
-    import hmmlvd.cli_image as cli_image
+    import hmmlvd.pipelines.image as image_pipeline  # where image training loads its data
 
     images, _ = routed_images(40, 2, seed=2)
 
@@ -164,7 +164,7 @@ def test_tie_inputs_flag_decides_whether_the_trained_models_inputs_are_shared(
         return ImageData(images, np.zeros(len(images), np.int64), images[:8],
                          np.zeros(8, np.int64), images[:8], np.zeros(8, np.int64))
 
-    monkeypatch.setattr(cli_image, "load_images", load_images)
+    monkeypatch.setattr(image_pipeline, "load_images", load_images)
     out = tmp_path / "lvd"
     argv = ["image", "train", "--model", "lvd", "--size", "2", "--patch", str(PATCH),
             "--context", "1", "--num-latents", "2", "--top-units", "2", "--feature-dim", "2",

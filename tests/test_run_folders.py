@@ -129,7 +129,7 @@ def test_second_text_run_is_refused_at_every_point_of_the_first(corpus, tmp_path
 
 def tiny_images(monkeypatch) -> None:
     """`hmmlvd image` reads 40 random 4x4 grey images instead of a dataset."""
-    import hmmlvd.cli_image as cli_image
+    import hmmlvd.pipelines.image as image_pipeline  # where image training loads its data
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(40, 4, 4, 1), dtype=np.uint8)
@@ -138,7 +138,7 @@ def tiny_images(monkeypatch) -> None:
     def load_images(name, folder, *args, **kwargs):
         return ImageData(images, labels, images[:8], labels[:8], images[:8], labels[:8])
 
-    monkeypatch.setattr(cli_image, "load_images", load_images)
+    monkeypatch.setattr(image_pipeline, "load_images", load_images)
 
 
 def test_second_image_run_is_refused_at_every_point_of_the_first(tmp_path, monkeypatch):
@@ -156,13 +156,13 @@ def test_second_image_run_is_refused_at_every_point_of_the_first(tmp_path, monke
                 "--quiet", "--no-eval", "--data-dir", str(tmp_path / "unused"),
                 "--out", str(out)]
 
-    import hmmlvd.cli_image as cli_image
+    import hmmlvd.pipelines.image as image_pipeline  # where image training loads its data
 
     results: list[tuple[str, int, str]] = []
-    probe_at(monkeypatch, cli_image, "load_images", {1}, argv("3"), results)
+    probe_at(monkeypatch, image_pipeline, "load_images", {1}, argv("3"), results)
     for name in ("group_accumulate", "accumulate_counts"):  # stages (a) and (c)
         probe_at(monkeypatch, PatchCircuit, name, {1}, argv("3"), results)
-    probe_at(monkeypatch, cli_image, "save_image_model", {1}, argv("3"), results)
+    probe_at(monkeypatch, image_pipeline, "save_image_model", {1}, argv("3"), results)
     assert main(argv("2")) == 0
     assert_refused_while_running(results, out, "image", 4)
     model = load_image_model(out)[0]
