@@ -9,9 +9,9 @@ import itertools
 import pytest
 import torch
 
-from hmmlvd.errors import HMMLVDError
+from hmmlvd.errors import DataError, HMMLVDError
 from hmmlvd.hmm import HMM, CountAccumulator, expected_counts, maximize
-from hmmlvd.hmm.em import ScaledEmission
+from hmmlvd.hmm.em import ExpectedCounts, ScaledEmission
 
 
 def dense_emission(hmm: HMM, counts) -> torch.Tensor:
@@ -240,6 +240,12 @@ def test_maximize_rejects_bad_values_before_touching_the_model(make_hmm, windows
         maximize(hmm, counts, step_size=0.0)
     with pytest.raises(ValueError, match="pseudocount"):
         maximize(hmm, counts, pseudocount=-0.5)
+    # each pseudocount is below 1e30, but the V = 5 of one distribution sum beyond it
+    with pytest.raises(ValueError, match="pseudocount"):
+        maximize(hmm, counts, pseudocount=4e29)
+    counts.emission_values[1, 2] = float("nan")  # counts of a corrupted E-step
+    with pytest.raises(DataError, match="expected counts contain NaN or infinite values"):
+        maximize(hmm, counts)
     for name, value in hmm.parameters().items():
         assert torch.equal(value, old[name])
 
@@ -294,3 +300,55 @@ def test_scaled_emission_is_written_out_when_the_scale_gets_small(make_hmm, wind
         writes += scaled.exact
         assert scaled.scale.min() >= ScaledEmission.MIN_SCALE
     assert writes == 1  # once, at step 40 (a = 0.5 halves the scale every step)
+
+
+@pytest.mark.parametrize("homogeneous", [False, True])
+@pytest.mark.parametrize("step_size", [0.5, 1.0])
+def test_one_state_m_step_is_smoothed_word_frequencies(windows_factory, homogeneous,
+                                                       step_size):
+    """With one hidden state every posterior is 1, so the emission M-step has a closed form:
+    e[p, w] <- (1 - a) e[p, w] + a (n[p, w] + c) / (N + V c), n the occurrences of w at
+    position p (all positions together when homogeneous), N their total. T = 2 windows: two
+    emission positions, a batch of several windows."""
+    num_words, length, c = 4, 2, 0.1
+    hmm = HMM(1, num_words, length, homogeneous, seed=3)
+    old = hmm.emission.double().clone()  # [P_B, V, 1]
+    x = windows_factory(5, length, num_words, seed=8)
+    maximize(hmm, expected_counts(hmm, x), step_size, c)
+    n = torch.zeros(length, num_words, dtype=torch.float64)
+    for p in range(length):
+        n[p] = torch.bincount(x[:, p], minlength=num_words).double()
+    if homogeneous:
+        n = n.sum(0, keepdim=True)
+    fresh = (n + c) / (n.sum(1, keepdim=True) + num_words * c)
+    want = (1 - step_size) * old[..., 0] + step_size * fresh
+    torch.testing.assert_close(hmm.emission[..., 0].double(), want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("step_size", [0.5, 1.0])
+def test_m_step_from_hand_made_sparse_rows(make_hmm, step_size):
+    """ExpectedCounts built by hand: five emission rows (one repeated, in no position order,
+    not a multiple of the four positions) give the M-step of their dense sum."""
+    hmm = make_hmm(2, 3, 4, seed=9)
+    old = hmm.emission.double().clone()  # [4, 3, 2]
+    rows = torch.tensor([3 * 2 + 1, 0 * 3 + 2, 3 * 3 + 0, 3 * 2 + 1, 1 * 3 + 1])  # p * V + w
+    values = torch.tensor([[0.5, 1.0], [2.0, 0.0], [0.25, 0.75], [1.0, 0.5], [0.0, 3.0]])
+    dense = torch.zeros(4 * 3, 2, dtype=torch.float64)
+    dense.index_add_(0, rows, values.double())
+    n = dense.view(4, 3, 2)
+    counts = ExpectedCounts(initial=torch.ones(2), transition=torch.ones(3, 2, 2),
+                            emission_rows=rows, emission_values=values,
+                            state_totals=n.sum(1).float(), log_likelihood=0.0, num_windows=1)
+    c = 0.2
+    maximize(hmm, counts, step_size, c)
+    seen = n.sum(1, keepdim=True) > 0  # [4, 1, 2]: a state without counts keeps its column
+    fresh = (n + c) / (n.sum(1, keepdim=True) + 3 * c)
+    want = torch.where(seen, (1 - step_size) * old + step_size * fresh, old)
+    torch.testing.assert_close(hmm.emission.double(), want, rtol=1e-5, atol=1e-7)
+
+
+def test_expected_counts_need_full_windows(make_hmm, windows_factory):
+    """The E-step's counts belong to positions 0..T-1: windows shorter than T are refused."""
+    hmm = make_hmm(3, 5, 4, seed=59)
+    with pytest.raises(HMMLVDError, match="length"):
+        expected_counts(hmm, windows_factory(3, 3, 5))

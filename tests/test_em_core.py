@@ -56,6 +56,28 @@ def test_rule_matches_the_per_row_reference(a, c):
     assert torch.equal(got[1, 2], theta[1, 2])  # unreached: unchanged, bit for bit
 
 
+def test_rule_keeps_structural_zeros_on_probabilities():
+    """``valid`` marks the entries that may be non-zero: the others stay 0 and the rest share
+    the distribution's mass, as the per-row reference gives it."""
+    gen = torch.Generator().manual_seed(2)
+    valid = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    theta = torch.rand(3, 4, generator=gen, dtype=torch.float64) * valid
+    theta /= theta.sum(-1, keepdim=True)
+    counts = torch.rand(3, 4, generator=gen, dtype=torch.float64)
+    got = mix_probabilities(theta, counts, (-1,), 0.6, 0.3, valid)
+    for i in range(3):
+        want = reference_rule(theta[i].tolist(), counts[i].tolist(), 0.6, 0.3,
+                              [bool(v) for v in valid])
+        assert got[i].tolist() == pytest.approx(want, rel=1e-12)
+    assert (got[:, 1] == 0).all()
+    # counts only where nothing may be, no pseudocount: nothing to normalise, theta stays
+    only_invalid = torch.tensor([[0.0, 2.0, 0.0, 0.0]], dtype=torch.float64)
+    got = mix_probabilities(theta[:1], only_invalid, (-1,), 0.6, 0.0, valid)
+    assert got.tolist() == [reference_rule(theta[0].tolist(), only_invalid[0].tolist(), 0.6,
+                                           0.0, [bool(v) for v in valid])]
+    assert torch.equal(got, theta[:1])
+
+
 def test_rule_over_two_dims_with_structural_zeros_in_log_space():
     gen = torch.Generator().manual_seed(1)
     valid = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # entry (0, 1) may never be non-zero

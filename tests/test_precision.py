@@ -82,6 +82,34 @@ def test_chunked_counts_equal_one_pass(make_hmm, windows_factory, homogeneous):
     torch.testing.assert_close(chunked.emission_values, whole.emission_values)
     assert chunked.log_likelihood == pytest.approx(whole.log_likelihood, rel=1e-6)
     assert chunked.num_windows == 23
+    stepped = [copy.deepcopy(hmm) for _ in range(2)]  # the M-step takes either alike
+    for model, counts in zip(stepped, (whole, chunked), strict=True):
+        maximize(model, counts, 0.5, 1e-2)
+    for name, p in stepped[0].parameters().items():
+        torch.testing.assert_close(stepped[1].parameters()[name], p)
+
+
+def test_chunks_read_the_scaled_table_in_the_asked_dtype(make_hmm, windows_factory):
+    """Chunked counts read the true emissions of a scaled table (not the stored ones) and
+    compute in the asked dtype, like one pass: bfloat16 chunks match bfloat16 in one pass
+    far closer than float32 counts do."""
+    hmm = make_hmm(3, 7, 4, seed=11)
+    scaled = ScaledEmission(hmm)
+    maximize(hmm, expected_counts(hmm, windows_factory(6, 4, 7, seed=1), scaled), 0.5, 1e-2,
+             scaled)
+    assert not scaled.exact  # the premise: hmm.emission is not the true table
+    x = windows_factory(23, 4, 7, seed=12)
+    f32 = expected_counts(hmm, x, scaled, chunk_size=len(x))
+    for dtype in (torch.float32, torch.bfloat16):
+        whole = expected_counts(hmm, x, scaled, dtype, chunk_size=len(x))
+        chunked = expected_counts(hmm, x, scaled, dtype, chunk_size=5)
+        gap = (chunked.emission_values - whole.emission_values).abs().max()
+        assert gap <= 1e-5
+        if dtype == torch.bfloat16:
+            assert (f32.emission_values - whole.emission_values).abs().max() > 100 * 1e-5
+        else:  # bfloat16 transition counts sum over a chunk's windows: chunking rounds them
+            torch.testing.assert_close(chunked.transition, whole.transition)
+        assert chunked.log_likelihood == pytest.approx(whole.log_likelihood, rel=1e-6)
 
 
 def test_chunk_size_bounds_the_entries_of_a_chunk():

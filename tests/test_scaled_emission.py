@@ -82,6 +82,7 @@ def test_scaled_mini_batch_em_equals_dense_em_with_position_dependent_unvisited_
               transition=torch.tensor(transition, dtype=torch.float32),
               emission=torch.tensor(emission, dtype=torch.float32))
     scaled = ScaledEmission(hmm)
+    assert scaled.exact  # a fresh wrapper: hmm.emission holds the probabilities
     pseudocount, written_out = 0.05, 0
     for step in range(45):
         x = windows(6, seed=100 + step)
@@ -99,6 +100,9 @@ def test_scaled_mini_batch_em_equals_dense_em_with_position_dependent_unvisited_
             want = emission[np.arange(T), x, :]  # [B, T, H]
             np.testing.assert_allclose(scaled.gather(tokens).double().numpy(), want,
                                        rtol=2e-4, atol=1e-6)
+            # prefix windows read the first positions' scale and offset
+            np.testing.assert_allclose(scaled.gather(tokens[:, :2]).double().numpy(),
+                                       want[:, :2], rtol=2e-4, atol=1e-6)
     assert (written_out > 0) == (step_size == 0.5)  # the premise of the docstring
     scaled.materialise()
     for name, want in (("initial", initial), ("transition", transition),
@@ -106,3 +110,28 @@ def test_scaled_mini_batch_em_equals_dense_em_with_position_dependent_unvisited_
         np.testing.assert_allclose(getattr(hmm, name).double().numpy(), want, rtol=2e-4,
                                    atol=1e-6, err_msg=name)
     hmm.validate(tolerance=1e-5)
+
+
+@pytest.mark.parametrize("lowest_alpha", [0.5, 0.0])
+def test_update_is_a_scale_and_shift_plus_a_sparse_add(lowest_alpha):
+    """update(alpha, beta, rows, values, weight) with its default (sparse rows) writes
+    e <- alpha[p] * e + beta[p] for every word, then e[rows] += values * weight[p of the row],
+    written out here in float64; alpha > 0 keeps the table scaled, alpha = 0 for some state
+    writes it out first. Five rows (one repeated) over four positions, in no position order."""
+    hmm = HMM(2, 3, 4, seed=7)
+    old = hmm.emission.double().clone()  # [P, V, H]
+    gen = torch.Generator().manual_seed(0)
+    alpha = lowest_alpha + (1 - lowest_alpha) * torch.rand(4, 2, generator=gen)
+    alpha[1, 0] = lowest_alpha
+    beta, weight = 0.1 * torch.rand(4, 2, generator=gen), torch.rand(4, 2, generator=gen)
+    rows = torch.tensor([7, 2, 9, 7, 4])  # p * V + w
+    values = torch.rand(5, 2, generator=gen)
+    scaled = ScaledEmission(hmm)
+    scaled.update(alpha, beta, rows, values, weight)
+    assert scaled.exact == (lowest_alpha == 0.0)
+    scaled.materialise()
+    want = alpha.double()[:, None, :] * old + beta.double()[:, None, :]
+    flat = want.view(-1, 2)
+    for row, value in zip(rows.tolist(), values.double(), strict=True):
+        flat[row] += value * weight.double()[row // 3]
+    torch.testing.assert_close(hmm.emission.double(), want, rtol=1e-5, atol=1e-7)

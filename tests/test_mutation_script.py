@@ -1,0 +1,39 @@
+"""scripts/mutation.py: every family names files that exist, its generated mutmut table
+parses with the family's settings, and mutant names map to their modules."""
+
+from __future__ import annotations
+
+import glob
+
+from script_loading import load_script
+
+
+def test_families_name_existing_files(monkeypatch):
+    script = load_script("mutation", monkeypatch)
+    for family, (mutate, tests) in script.FAMILIES.items():
+        for pattern in mutate + script.EXCLUDE.get(family, []):
+            assert glob.glob(str(script.ROOT / pattern)), (family, pattern)
+        for test in tests:
+            assert (script.ROOT / test).is_file(), (family, test)
+
+
+def test_prepare_writes_the_family_table(monkeypatch, tmp_path):
+    script = load_script("mutation", monkeypatch)
+    monkeypatch.setattr(script, "WORK", tmp_path)
+    folder = script.prepare("hmm")
+    table = script.tomllib.loads((folder / "pyproject.toml").read_text())
+    mutate, tests = script.FAMILIES["hmm"]
+    assert table["tool"]["mutmut"]["only_mutate"] == mutate
+    assert table["tool"]["mutmut"]["do_not_mutate"] == ["hmmlvd/hmm/em.py"]
+    assert table["tool"]["mutmut"]["pytest_add_cli_args_test_selection"] == tests
+    assert table["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
+    assert (folder / "hmmlvd").resolve() == script.ROOT / "hmmlvd"
+    assert script.prepare("hmm") == folder  # a second call reuses the folder
+
+
+def test_module_of_mutant_names(monkeypatch):
+    script = load_script("mutation", monkeypatch)
+    assert script.module_of("hmmlvd.hmm.em.xǁScaledEmissionǁupdate__mutmut_3") == \
+        "hmmlvd.hmm.em"
+    assert script.module_of("hmmlvd.em.rule.x__target__mutmut_23") == "hmmlvd.em.rule"
+    assert script.module_of("hmmlvd.x.y.x_f__mutmut_1") == "hmmlvd.x.y"
