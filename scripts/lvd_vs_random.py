@@ -58,7 +58,11 @@ from hmmlvd.em.config import EMConfig
 from hmmlvd.errors import CheckpointError, HMMLVDError
 from hmmlvd.hmm import HMM, sliding_perplexity, train
 from hmmlvd.hmm.resume import load_best, load_checkpoint
-from hmmlvd.hmm.train import TrainingInterrupted, TrainState
+from hmmlvd.hmm.train import (
+    IMPLIED,  # what HMM runs did before a setting existed
+    TrainingInterrupted,
+    TrainState,
+)
 from hmmlvd.lvd.text.distill import (
     DEFAULT_LVD_WINDOWS,
     embed,
@@ -101,7 +105,6 @@ def train_config(args: argparse.Namespace) -> EMConfig:
 #: the folders of earlier runs (finished or in progress) theirs.
 DIGEST_FIELDS = ("batch_size", "pseudocount", "full_batch", "seed")
 SCHEDULE = ("epochs", "step_size", "phase2_epochs", "phase2_step_size", "final_full_batch")
-IMPLIED = {"dtype": "float32"}  # the E-step ran in float32 before it had a dtype
 NOT_RESULTS = ("checkpoint_every", "keep_checkpoints")  # where and how often, not what
 
 
