@@ -1,8 +1,7 @@
 """hmmlvd: large tractable generative models (HMMs, probabilistic circuits) trained with
 latent variable distillation."""
 
-from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import (
+from hmmlvd.core.errors import (
     CheckpointError,
     DataError,
     EncoderError,
@@ -10,6 +9,7 @@ from hmmlvd.errors import (
     InsufficientMemoryError,
     ParameterError,
 )
+from hmmlvd.em.config import EMConfig
 from hmmlvd.hmm import HMM
 
 __version__ = "0.1.0"

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import torch
 
-from hmmlvd import distributed
 from hmmlvd.cli_em import add_em_flags, em_config_from
 from hmmlvd.cli_image import parse_image_args
 from hmmlvd.cli_queries import (
@@ -33,10 +32,11 @@ from hmmlvd.cli_queries import (
     constraint_from,
     sample_constrained,
 )
+from hmmlvd.core import distributed
+from hmmlvd.core.device import DTYPE_NAMES, resolve_device
+from hmmlvd.core.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.data.vocab import UNK
-from hmmlvd.device import DTYPE_NAMES, resolve_device
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.hmm.model import HMM
 from hmmlvd.hmm.train import TrainingInterrupted
 from hmmlvd.pipelines.text import (

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from hmmlvd.device import DTYPE_NAMES
+from hmmlvd.core.device import DTYPE_NAMES
 from hmmlvd.em.config import LEAF_PRIORS, PSEUDOCOUNT_PER, EMConfig
 
 EM_FIELDS = frozenset(f.name for f in dataclasses.fields(EMConfig))

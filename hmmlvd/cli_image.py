@@ -11,7 +11,7 @@
 Models: the baselines of ``hmmlvd.image.baselines`` (``hclt``, ``pd``, ``rat``) and image LVD
 (``lvd``; its flags, the fields of ``hmmlvd.lvd.image.train.PatchLVDConfig``, are listed by
 ``hmmlvd image train --model lvd --help``). Everything is done by the library
-(:mod:`hmmlvd.image_pipeline`, :mod:`hmmlvd.image.grids`); ``scripts/image_bpd.py``
+(:mod:`hmmlvd.pipelines.image_models`, :mod:`hmmlvd.image.grids`); ``scripts/image_bpd.py``
 reuses the flag definitions below. :func:`hmmlvd.cli.main` routes ``hmmlvd image ...`` here
 (:func:`parse_image_args`), resolves ``--device`` and reports errors in one line
 (``hmmlvd image: error: ...``).
@@ -29,29 +29,29 @@ from pathlib import Path
 
 import torch
 
-from hmmlvd.atomic import atomic_write_json
 from hmmlvd.cli_em import add_em_flags, em_config_from
-from hmmlvd.data.images import ImageData
-from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import DataError
-from hmmlvd.image.baselines import StructureConfig
-from hmmlvd.image.grids import MASKS
-from hmmlvd.image_pipeline import (
-    DATASET_SHAPES,
-    LEVELS,
-    LVD_SHARED,
-    MODELS,
-    load_image_model,
-)
-from hmmlvd.outdir import (
+from hmmlvd.core.atomic import atomic_write_json
+from hmmlvd.core.errors import DataError
+from hmmlvd.core.outdir import (
     output_folder,
 )
+from hmmlvd.data.images import ImageData
+from hmmlvd.em.config import EMConfig
+from hmmlvd.image.baselines import StructureConfig
+from hmmlvd.image.grids import MASKS
 from hmmlvd.pc.em import CIRCUIT_EM
 from hmmlvd.pipelines.image import (
     ImageTraining,
     evaluate_splits,
     load_image_data,
     train_image,
+)
+from hmmlvd.pipelines.image_models import (
+    DATASET_SHAPES,
+    LEVELS,
+    LVD_SHARED,
+    MODELS,
+    load_image_model,
 )
 
 DATASETS = ("mnist", "cifar10")

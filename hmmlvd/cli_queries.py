@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from hmmlvd.core.device import resolve_device
+from hmmlvd.core.errors import CheckpointError, DataError
 from hmmlvd.data.vocab import UNK
-from hmmlvd.device import resolve_device
-from hmmlvd.errors import CheckpointError, DataError
 from hmmlvd.hmm.dfa import DFA, banned, keywords
 from hmmlvd.hmm.model import HMM
 

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
+from hmmlvd.core.validate import check_int, check_integer_dtype
 from hmmlvd.hmm.eval import Perplexity
-from hmmlvd.validate import check_int, check_integer_dtype
 
 
 @dataclass(frozen=True)

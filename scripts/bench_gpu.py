@@ -28,7 +28,7 @@ Run::
     python scripts/bench_gpu.py --write docs/results.md          # also record the tables
     python scripts/bench_gpu.py --device cpu --hidden-states 16 32 --vocab 500 --batch-size 64
 
-``--write`` replaces the ``bench_gpu`` section of that file (see ``hmmlvd.report``).
+``--write`` replaces the ``bench_gpu`` section of that file (see ``hmmlvd.core.report``).
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ from dataclasses import dataclass
 
 import torch
 
+from hmmlvd.core.report import device_name, provenance, write_section
 from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.em import expected_counts
 from hmmlvd.hmm.memory import training_estimate
 from hmmlvd.hmm.model import HMM
-from hmmlvd.report import device_name, provenance, write_section
 
 from benchlib import (
     matmul_rate,

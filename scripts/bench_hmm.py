@@ -53,12 +53,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hmmlvd.allocator import keep_freed_memory
-from hmmlvd.device import DTYPE_NAMES, native_bf16, resolve_dtype
+from hmmlvd.core.allocator import keep_freed_memory
+from hmmlvd.core.device import DTYPE_NAMES, native_bf16, resolve_dtype
+from hmmlvd.core.report import device_name, provenance, write_section
 from hmmlvd.hmm.dfa import keywords
 from hmmlvd.hmm.model import HMM
 from hmmlvd.hmm.queries import constraint_log_probability
-from hmmlvd.report import device_name, provenance, write_section
 
 from benchlib import (
     matmul_rate,
@@ -506,7 +506,7 @@ def hmmlearn_available() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    keep_freed_memory()  # as the library's EM loop does (hmmlvd.allocator)
+    keep_freed_memory()  # as the library's EM loop does (hmmlvd.core.allocator)
     args.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if args.threads is not None:
         torch.set_num_threads(args.threads)

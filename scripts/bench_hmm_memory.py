@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from hmmlvd.device import DTYPE_NAMES
-from hmmlvd.report import provenance, write_section
+from hmmlvd.core.device import DTYPE_NAMES
+from hmmlvd.core.report import provenance, write_section
 
 SECTION = "bench_hmm_memory"
 VOCAB = 33278
@@ -33,8 +33,8 @@ LENGTH = 32
 CHILD = r"""
 import json, resource, sys, time
 import torch
-from hmmlvd.allocator import keep_freed_memory
-from hmmlvd.device import resolve_dtype
+from hmmlvd.core.allocator import keep_freed_memory
+from hmmlvd.core.device import resolve_dtype
 from hmmlvd.hmm import HMM
 from hmmlvd.hmm.em import CountAccumulator, ScaledEmission, expected_counts, maximize
 from hmmlvd.hmm.memory import chunk_windows, training_estimate

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
+from hmmlvd.core.device import resolve_device
+from hmmlvd.core.report import provenance, write_section
 from hmmlvd.data import TokenWindows, Vocabulary, load_wikitext
-from hmmlvd.device import resolve_device
 from hmmlvd.lvd.text.encoder import (
     ENCODER_DTYPE_NAMES,
     Encoder,
@@ -42,7 +43,6 @@ from hmmlvd.lvd.text.suffix import (
     masked_suffix_embeddings,
     piece_table_from_encodings,
 )
-from hmmlvd.report import provenance, write_section
 
 SECTION = "bench_lvd"
 Embedder = Callable[[Encoder, torch.Tensor, PieceTable], torch.Tensor]

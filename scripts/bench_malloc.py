@@ -1,4 +1,4 @@
-"""What :func:`hmmlvd.allocator.keep_freed_memory` buys: the stage-(c) EM step of an image-LVD
+"""What :func:`hmmlvd.core.allocator.keep_freed_memory` buys: the stage-(c) EM step of an image-LVD
 patch circuit (MNIST, 7x7 patches, C latent values, tied inputs, sub-circuits of K units),
 timed in two fresh child processes running the same code, one with glibc's malloc as it is
 (``HMMLVD_MALLOPT=0``) and one as the EM loop sets it.
@@ -24,7 +24,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from hmmlvd.report import provenance, write_section
+from hmmlvd.core.report import provenance, write_section
 
 from benchlib import parse_bench_args, si
 
@@ -41,7 +41,7 @@ def child(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from hmmlvd.allocator import keep_freed_memory
+    from hmmlvd.core.allocator import keep_freed_memory
     from hmmlvd.data.images import flatten, load_mnist
     from hmmlvd.data.patches import split_patches
     from hmmlvd.image.patch_circuit import PatchCircuit

@@ -57,12 +57,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from hmmlvd.allocator import keep_freed_memory
-from hmmlvd.errors import DataError
+from hmmlvd.core.allocator import keep_freed_memory
+from hmmlvd.core.errors import DataError
+from hmmlvd.core.report import device_name, provenance, write_section
 from hmmlvd.pc import Circuit, em_step, poon_domingos
 from hmmlvd.pc.layers import EinsumLayer, HadamardLayer
 from hmmlvd.pc.structures import RegionGraph, learn_hclt
-from hmmlvd.report import device_name, provenance, write_section
 
 from benchlib import (
     BEFORE_REVISION,
@@ -427,7 +427,7 @@ def notes(args: argparse.Namespace, images: Images, graph_notes: Sequence[str]) 
            "malloc: the earlier revision timed again with glibc's malloc set (no mmap, no "
            "trimming, through MALLOC_*_ environment variables) as the library's EM loop now "
            "sets it "
-           "(`hmmlvd.allocator.keep_freed_memory`, which this run applies too): what the "
+           "(`hmmlvd.core.allocator.keep_freed_memory`, which this run applies too): what the "
            "kernels alone gained.",
            "FLOPs: einsum layer 2*B*P*K^3 + 2*B*P*K^2, Hadamard layer 2*B*E*K^2 (P partitions, "
            "E edges) forward, EM step = 3x forward (backward 2x); input, mixing and root "

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmmlvd.allocator import ENVIRONMENT
-from hmmlvd.device import resolve_device
-from hmmlvd.errors import DataError
+from hmmlvd.core.allocator import ENVIRONMENT
+from hmmlvd.core.device import resolve_device
+from hmmlvd.core.errors import DataError
 from hmmlvd.hmm.em import ExpectedCounts, ScaledEmission, expected_counts, maximize
 from hmmlvd.hmm.model import HMM
 
@@ -193,7 +193,7 @@ print(json.dumps({"seconds": statistics.median(times), "log_likelihoods": values
 """
 
 
-#: glibc's malloc set as :func:`hmmlvd.allocator.keep_freed_memory` sets it, through the
+#: glibc's malloc set as :func:`hmmlvd.core.allocator.keep_freed_memory` sets it, through the
 #: environment: an earlier revision timed with it shows what the kernels alone gained.
 SAME_MALLOC = dict(ENVIRONMENT)
 

@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hmmlvd.core.device import resolve_device
+from hmmlvd.core.errors import HMMLVDError
+from hmmlvd.core.report import clone_relative, provenance, write_section
 from hmmlvd.data import TokenWindows, load_wikitext
 from hmmlvd.data.vocab import UNK
-from hmmlvd.device import resolve_device
-from hmmlvd.errors import HMMLVDError
 from hmmlvd.hmm import HMM
 from hmmlvd.hmm.dfa import keywords
 from hmmlvd.ngram import KneserNey
-from hmmlvd.report import clone_relative, provenance, write_section
 
 SECTION = "hmm_queries"
 FREQUENT = 100  # the most frequent train words, never keywords

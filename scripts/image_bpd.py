@@ -26,7 +26,7 @@ finetuning on pixels, what the baselines get) = ``--epochs``, and ``batch_size``
 ``step_size``, ``pseudocount``, ``tree_bins``, ``seed`` = the flags of those names.
 
 This script is a thin caller of the library that ``hmmlvd image`` runs
-(``hmmlvd.image_pipeline``, ``hmmlvd.image.grids``) and shares its flag definitions
+(``hmmlvd.pipelines.image_models``, ``hmmlvd.image.grids``) and shares its flag definitions
 (``hmmlvd.cli_image``); it adds the results.jsonl record that ``scripts/image_sweep.py`` reads.
 
 Run::
@@ -59,18 +59,18 @@ from hmmlvd.cli_image import (
     wants_lvd,
 )
 from hmmlvd.cli_image import load_data as load_flagged_data
+from hmmlvd.core.device import resolve_device
+from hmmlvd.core.errors import DataError, HMMLVDError
 from hmmlvd.data.images import ImageData
-from hmmlvd.device import resolve_device
-from hmmlvd.errors import DataError, HMMLVDError
 from hmmlvd.image.grids import save_inpaintings, save_samples
-from hmmlvd.image_pipeline import (
+from hmmlvd.pipelines.image_models import (
     MODELS,
     image_bpd,
     load_image_model,
     save_image_model,
     train_image_model,
 )
-from hmmlvd.image_pipeline import lvd_config as pipeline_lvd_config
+from hmmlvd.pipelines.image_models import lvd_config as pipeline_lvd_config
 
 __all__ = ["DATASETS", "MODELS", "jsonable", "load_data", "load_model", "lvd_config", "main",
            "model_folder", "parse_args", "run", "save_inpaintings", "save_samples"]

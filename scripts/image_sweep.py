@@ -49,10 +49,10 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
+from hmmlvd.core.errors import DataError, HMMLVDError
+from hmmlvd.core.report import clone_relative, provenance, save_figure, write_section
 from hmmlvd.data.images import load_images
-from hmmlvd.errors import DataError, HMMLVDError
-from hmmlvd.image_pipeline import load_image_model
-from hmmlvd.report import clone_relative, provenance, save_figure, write_section
+from hmmlvd.pipelines.image_models import load_image_model
 
 # image_bpd is the file next to this one (scripts/ is not a package; it is on sys.path when
 # this file runs as a script, not when a test loads it).

@@ -44,7 +44,6 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from hmmlvd.atomic import atomic_write_json
 from hmmlvd.cli import (
     add_data_args,
     add_em_args,
@@ -52,10 +51,13 @@ from hmmlvd.cli import (
     lvd_settings_from,
     train_config_from,
 )
+from hmmlvd.core.atomic import atomic_write_json
+from hmmlvd.core.device import resolve_device, resolve_dtype
+from hmmlvd.core.errors import CheckpointError, HMMLVDError
+from hmmlvd.core.outdir import output_folder
+from hmmlvd.core.report import provenance, save_figure, write_section
 from hmmlvd.data import TokenWindows, WikiText, load_wikitext
-from hmmlvd.device import resolve_device, resolve_dtype
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import CheckpointError, HMMLVDError
 from hmmlvd.hmm import HMM, sliding_perplexity, train
 from hmmlvd.hmm.resume import load_best, load_checkpoint
 from hmmlvd.hmm.train import (
@@ -71,8 +73,6 @@ from hmmlvd.lvd.text.distill import (
 )
 from hmmlvd.lvd.text.encoder import resolve_encoder_dtype
 from hmmlvd.ngram import BaselineRow, baseline_perplexities
-from hmmlvd.outdir import output_folder
-from hmmlvd.report import provenance, save_figure, write_section
 
 SECTION = "lvd_vs_random"
 SEARCH_SECTION = "lvd_schedule_search"

@@ -61,7 +61,8 @@ FAMILIES: dict[str, tuple[list[str], list[str]]] = {
          "tests/test_train.py", "tests/test_pc_em.py", "tests/test_leaf_prior.py"],
     ),
     "persist": (
-        ["hmmlvd/persist.py", "hmmlvd/lock.py", "hmmlvd/outdir.py", "hmmlvd/atomic.py"],
+        ["hmmlvd/core/persist.py", "hmmlvd/core/lock.py", "hmmlvd/core/outdir.py",
+         "hmmlvd/core/atomic.py"],
         ["tests/test_persist.py", "tests/test_run_folders.py", "tests/test_cache_entries.py",
          "tests/test_checkpoint.py", "tests/test_pc_checkpoint.py",
          "tests/test_stop_before_checkpoint.py", "tests/test_reliability_outputs.py"],

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
+from hmmlvd.core.report import provenance, write_section
 from hmmlvd.data import load_wikitext
 from hmmlvd.ngram import baseline_perplexities, baselines_markdown
-from hmmlvd.report import provenance, write_section
 
 SECTION = "ngram_baselines"
 

@@ -1,6 +1,6 @@
 """The ranks of tests/test_distributed.py: run by the test as
 ``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/dist_worker.py TMP``
-(gloo on CPU, joined through :func:`hmmlvd.distributed.init` from torchrun's environment, one
+(gloo on CPU, joined through :func:`hmmlvd.core.distributed.init` from torchrun's environment, one
 thread each). Every scenario runs in the same two processes, so they pay the torch and
 transformers imports once; the command line (``hmmlvd.cli.main``) runs last, as under
 ``torchrun -m hmmlvd train``.
@@ -23,8 +23,9 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from hmmlvd import HMM, distributed
+from hmmlvd import HMM
 from hmmlvd.cli import main as main_cli
+from hmmlvd.core import distributed
 from hmmlvd.data import TokenWindows
 from hmmlvd.em.config import EMConfig
 from hmmlvd.hmm import (

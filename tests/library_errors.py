@@ -3,7 +3,7 @@ message."""
 
 from __future__ import annotations
 
-from hmmlvd.errors import HMMLVDError
+from hmmlvd.core.errors import HMMLVDError
 
 
 def library_call(fn, *args, **kwargs):

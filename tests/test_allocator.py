@@ -1,4 +1,4 @@
-"""hmmlvd.allocator.keep_freed_memory, in fresh processes (it acts once per process)."""
+"""hmmlvd.core.allocator.keep_freed_memory, in fresh processes (it acts once per process)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-CHECK = ("from hmmlvd.allocator import keep_freed_memory; "
+CHECK = ("from hmmlvd.core.allocator import keep_freed_memory; "
          "print(keep_freed_memory(), keep_freed_memory())")
 
 
@@ -26,7 +26,7 @@ def test_it_sets_glibc_thresholds_once_and_can_be_turned_off():
 
 FAULTS = """
 import resource, sys, torch
-from hmmlvd.allocator import keep_freed_memory
+from hmmlvd.core.allocator import keep_freed_memory
 keep_freed_memory()
 x = torch.ones(48, 2**20)  # 192 MiB in all, in blocks of 64 MiB as an EM step's layers
 

@@ -12,7 +12,7 @@ import torch
 from script_loading import load_script
 
 import hmmlvd
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 from hmmlvd.pc import Circuit, em_step, poon_domingos
 
 ROOT = Path(hmmlvd.__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 from hmmlvd.pc import Circuit, bits_per_dimension, evaluate_bpd, hclt_region_graph
 
 

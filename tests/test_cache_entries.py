@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from lvd_tiny import TINY_WORDS, build_tiny_bert, tiny_vocab
 
-from hmmlvd import persist
+from hmmlvd.core import persist
 from hmmlvd.data import TokenWindows
 from hmmlvd.lvd import embed_windows, load_encoder
 from hmmlvd.lvd.image import mae as patch_mae

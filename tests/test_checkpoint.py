@@ -1,4 +1,4 @@
-"""Saving and loading models (hmmlvd.hmm.checkpoint, hmmlvd.atomic) and parameter checks on
+"""Saving and loading models (hmmlvd.hmm.checkpoint, hmmlvd.core.atomic) and parameter checks on
 construction."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hmmlvd.atomic import atomic_write, atomic_write_json
+from hmmlvd.core.atomic import atomic_write, atomic_write_json
+from hmmlvd.core.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.data import Vocabulary
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.hmm import HMM
 
 H, V, T = 3, 5, 4

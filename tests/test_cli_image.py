@@ -15,8 +15,8 @@ from synthetic_mnist import write_mnist
 
 from hmmlvd.cli import main
 from hmmlvd.image import PatchCircuit
-from hmmlvd.image_pipeline import IMAGE_FILE, load_image_model, save_image_model
 from hmmlvd.pc import Circuit, poon_domingos
+from hmmlvd.pipelines.image_models import IMAGE_FILE, load_image_model, save_image_model
 
 TINY = ["--train-size", "200", "--eval-size", "100", "--epochs", "1", "--batch-size", "100",
         "--tree-images", "200", "--repetitions", "2", "--device", "cpu", "--quiet"]
@@ -396,8 +396,8 @@ def test_disk_full_while_checkpointing_is_one_line_and_the_last_checkpoint_resum
 
     from safetensors import SafetensorError
 
+    import hmmlvd.core.persist as persist_module
     import hmmlvd.pc.resume as resume_module
-    import hmmlvd.persist as persist_module
 
     owner, name = ((persist_module, "save_file") if failing == "tensors"
                    else (resume_module, "atomic_write_json"))
@@ -464,7 +464,7 @@ def test_resume_on_other_images_is_refused_naming_the_data(mnist_dir, tmp_path, 
 def test_new_run_in_the_out_of_a_trained_model_is_refused(trained, mnist_dir, capsys):
     """A finished image model in --out is not replaced by a new image train: one line saying
     so and how to go on; the model's files are unchanged."""
-    from hmmlvd.lock import LOCK_FILE
+    from hmmlvd.core.lock import LOCK_FILE
 
     out = trained["hclt"]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from hmmlvd.core.errors import DataError
 from hmmlvd.data import EOS, UNK, TokenWindows, Vocabulary, load_wikitext, tokenize_lines
-from hmmlvd.errors import DataError
 
 # ----- Vocabulary ----------------------------------------------------------------------------
 

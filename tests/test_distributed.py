@@ -25,8 +25,9 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 from word_corpus import write_word_corpus
 
-from hmmlvd import HMM, distributed
+from hmmlvd import HMM
 from hmmlvd.cli import main
+from hmmlvd.core import distributed
 from hmmlvd.hmm import load_checkpoint, train
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),

@@ -9,7 +9,7 @@ import itertools
 import pytest
 import torch
 
-from hmmlvd.errors import DataError, HMMLVDError
+from hmmlvd.core.errors import DataError, HMMLVDError
 from hmmlvd.hmm import HMM, CountAccumulator, expected_counts, maximize
 from hmmlvd.hmm.em import ExpectedCounts, ScaledEmission
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from hmmlvd.core.errors import DataError
 from hmmlvd.em import (
     EarlyStopping,
     LoopState,
@@ -23,7 +24,6 @@ from hmmlvd.em import (
     run_epochs,
 )
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import DataError
 from hmmlvd.hmm import HMM
 
 

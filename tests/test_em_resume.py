@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from hmmlvd.core.errors import CheckpointError
 from hmmlvd.em.stop import TrainingInterrupted
-from hmmlvd.errors import CheckpointError
 from hmmlvd.pc import Circuit, EMConfig, poon_domingos
 from hmmlvd.pc.resume import EMCheckpoints
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from hmmlvd.core.errors import DataError
 from hmmlvd.data import TokenWindows
-from hmmlvd.errors import DataError
 from hmmlvd.hmm import sliding_perplexity, sliding_token_log_probs, window_perplexity
 
 H, V, T = 3, 5, 6

@@ -29,10 +29,10 @@ from hypothesis import Phase as HPhase
 from hypothesis import strategies as st
 from library_errors import assert_error, library_call
 
+from hmmlvd.core.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.data.vocab import UNK, Vocabulary
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.hmm import HMM, HMMConfig, train
 from hmmlvd.hmm.em import expected_counts, maximize
 from hmmlvd.hmm.model import mle_from_labels

@@ -12,8 +12,8 @@ import pytest
 import torch
 from conftest import peaked_hmm
 
+from hmmlvd.core.errors import HMMLVDError
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import HMMLVDError
 
 V, T, H = 9, 5, 4
 

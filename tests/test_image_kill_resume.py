@@ -15,7 +15,7 @@ import torch
 from synthetic_mnist import write_mnist
 
 from hmmlvd.cli import main
-from hmmlvd.image_pipeline import load_image_model
+from hmmlvd.pipelines.image_models import load_image_model
 
 TINY = ["--train-size", "200", "--eval-size", "100", "--batch-size", "50",
         "--tree-images", "200", "--device", "cpu", "--quiet", "--no-eval"]

@@ -1,7 +1,7 @@
 """The memory check of image training (hmmlvd.image.memory): an image circuit too large for
 the machine is refused in one line naming the flags to lower, before the featuriser, k-means,
 the Chow–Liu tree or any parameter; a small run passes. The machine's memory is faked
-(hmmlvd.memory.available_bytes), so nothing large is ever allocated."""
+(hmmlvd.core.memory.available_bytes), so nothing large is ever allocated."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from synthetic_mnist import write_mnist
 
-from hmmlvd import memory as device_memory
 from hmmlvd.cli import main
+from hmmlvd.core import memory as device_memory
 from hmmlvd.image import memory as image_memory
 from hmmlvd.image.baselines import StructureConfig
 
@@ -70,7 +70,7 @@ def test_oversize_baseline_is_refused_before_its_structure(mnist_dir, tmp_path, 
                                                            available, monkeypatch, model,
                                                            flags):
     import hmmlvd.image.baselines as baselines
-    import hmmlvd.image_pipeline as pipeline
+    import hmmlvd.pipelines.image_models as pipeline
 
     available(GB)
     monkeypatch.setattr(baselines, "learn_hclt", never)

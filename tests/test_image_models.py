@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hmmlvd.errors import DataError, ParameterError
+from hmmlvd.core.errors import DataError, ParameterError
 from hmmlvd.image.baselines import (
     BASELINES,
     baseline_graph,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hmmlvd.core.errors import DataError
 from hmmlvd.data.images import (
     MNIST_FILES,
     flatten,
@@ -18,7 +19,6 @@ from hmmlvd.data.images import (
     load_mnist,
     read_idx,
 )
-from hmmlvd.errors import DataError
 
 SHARED_MNIST = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 from hmmlvd.hmm import HMM, HMMConfig, mle_from_labels, random_parameters
 
 H, V, T = 3, 5, 4

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from hmmlvd.core.errors import DataError, ParameterError
 from hmmlvd.em.rule import mix_probabilities
-from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.pc import Circuit, EMConfig, poon_domingos
 from hmmlvd.pc.layers.categorical import CategoricalInput, marginal_histograms
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 from hmmlvd.lvd.cluster import (
     KMeansResult,
     faiss_gpu_available,

@@ -14,9 +14,9 @@ from lvd_tiny import TINY_WORDS, build_tiny_bert, tiny_vocab, write_tiny_wikitex
 
 from hmmlvd import HMM
 from hmmlvd.cli import main
+from hmmlvd.core.errors import DataError, HMMLVDError
 from hmmlvd.data import TokenWindows, load_wikitext
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import DataError, HMMLVDError
 from hmmlvd.hmm import HMMConfig, mle_from_labels
 from hmmlvd.hmm.train import train
 from hmmlvd.lvd.text import suffix

@@ -11,8 +11,8 @@ import pytest
 import torch
 from lvd_tiny import build_tiny_bert
 
-from hmmlvd import device as device_module
-from hmmlvd.errors import EncoderError, HMMLVDError
+from hmmlvd.core import device as device_module
+from hmmlvd.core.errors import EncoderError, HMMLVDError
 from hmmlvd.lvd import Encoder, load_encoder, word_to_text
 from hmmlvd.lvd.text import encoder as encoder_module
 from hmmlvd.lvd.text.encoder import PACKAGED_ENCODER, PACKAGED_MODULE, check_tokenizer

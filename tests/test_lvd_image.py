@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from hmmlvd.core.errors import DataError
 from hmmlvd.data.images import flatten
-from hmmlvd.errors import DataError
 from hmmlvd.lvd.image.train import PatchLVDConfig, structures, train_patch_lvd
 from hmmlvd.pc.structures import learn_hclt
 

@@ -15,9 +15,9 @@ from hmmlvd.cli import main
 from hmmlvd.data.images import ImageData, flatten
 from hmmlvd.data.patches import patch_variables, split_patches
 from hmmlvd.image import PatchCircuit
-from hmmlvd.image_pipeline import load_image_model, train_image_model
 from hmmlvd.lvd.image.train import PatchLVDConfig, train_patch_lvd
 from hmmlvd.pc import EMConfig
+from hmmlvd.pipelines.image_models import load_image_model, train_image_model
 
 SIDE, PATCH, LEVELS = 4, 2, 256
 NUM_PATCHES, PATCH_PIXELS = (SIDE // PATCH) ** 2, PATCH * PATCH

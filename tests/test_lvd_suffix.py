@@ -13,9 +13,9 @@ import pytest
 import torch
 from lvd_tiny import TINY_WORDS, build_tiny_bert, tiny_vocab
 
-from hmmlvd import persist
+from hmmlvd.core import persist
+from hmmlvd.core.errors import DataError, EncoderError
 from hmmlvd.data import TokenWindows, Vocabulary
-from hmmlvd.errors import DataError, EncoderError
 from hmmlvd.lvd import embed_windows, load_encoder, suffix_embeddings, word_to_text
 from hmmlvd.lvd.text import suffix
 from hmmlvd.lvd.text.encoder import PACKAGED_MODULE
@@ -401,7 +401,7 @@ def test_cache_key_changes_with_inputs(tmp_path, tiny_dir, encoder, vocab, corpu
 
 def test_cache_key_is_the_one_earlier_versions_used(tmp_path, encoder, vocab, corpus):
     """The folder name is persist.cache_key of the inputs, equal to the expression the cache
-    used before hmmlvd.persist, so existing caches are still found."""
+    used before hmmlvd.core.persist, so existing caches are still found."""
     windows = TokenWindows(corpus, 4, max_windows=5, seed=0)
     entry = suffix.cache_key(encoder, windows, build_piece_table(vocab, encoder.tokenizer),
                              "masked")

@@ -135,7 +135,7 @@ def test_bad_lvd_windows_is_a_one_line_error(corpus, bert, tmp_path, capsys, mon
 
 
 def test_a_second_sweep_on_the_same_out_is_refused(corpus, bert, tmp_path, capsys, monkeypatch):
-    from hmmlvd.lock import output_lock
+    from hmmlvd.core.lock import output_lock
 
     script = load_script("lvd_vs_random", monkeypatch)
     (tmp_path / "runs").mkdir()

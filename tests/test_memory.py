@@ -1,4 +1,4 @@
-"""Memory estimates (hmmlvd.hmm.memory, on hmmlvd.memory): the parameter bytes, how the EM
+"""Memory estimates (hmmlvd.hmm.memory, on hmmlvd.core.memory): the parameter bytes, how the EM
 estimate grows, checks that fail before anything is allocated, the escape hatch, the CLI's
 one-line error, and one re-measurement of the estimate against the real peak memory."""
 
@@ -15,11 +15,11 @@ import pytest
 import torch
 from word_corpus import write_word_corpus
 
-from hmmlvd import memory as device_memory
 from hmmlvd.cli import main
+from hmmlvd.core import memory as device_memory
+from hmmlvd.core.errors import InsufficientMemoryError, ParameterError
 from hmmlvd.data import TokenWindows
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import InsufficientMemoryError, ParameterError
 from hmmlvd.hmm import HMM, HMMConfig, memory, mle_from_labels, train
 from hmmlvd.hmm import init as init_module
 

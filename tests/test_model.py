@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hmmlvd.errors import DataError, ParameterError
+from hmmlvd.core.errors import DataError, ParameterError
 from hmmlvd.hmm import HMM, HMMConfig, expected_counts
 
 H, V, T = 3, 5, 4

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 from hmmlvd.ngram import (
     KneserNey,
     NGramConfig,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hmmlvd.atomic import atomic_write_json
-from hmmlvd.errors import CheckpointError, DataError, ParameterError
+from hmmlvd.core.atomic import atomic_write_json
+from hmmlvd.core.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.image import load_patch_circuit, load_pretrained, save_patch_circuit
 from hmmlvd.image.patch_circuit import PatchCircuit, disjoint_union
 from hmmlvd.lvd.image.train import group_batches
@@ -194,7 +194,7 @@ def test_save_and_load_round_trip(tmp_path, tie):
 
 
 def test_files_are_those_of_earlier_versions(tmp_path):
-    """A patch circuit saved as hmmlvd.pc.checkpoint wrote it before hmmlvd.persist (spelled
+    """A patch circuit saved as hmmlvd.pc.checkpoint wrote it before hmmlvd.core.persist (spelled
     out here): the same bytes, and such a folder loads."""
     model = build(seed=3, tie=True)
     old = tmp_path / "old"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hmmlvd.core.errors import DataError, ParameterError
 from hmmlvd.data.patches import split_patches
-from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.lvd.image.features import (
     PatchFeaturiser,
     PCAFeaturiser,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from hmmlvd import persist
-from hmmlvd.errors import CheckpointError, DataError, ParameterError
+from hmmlvd.core import persist
+from hmmlvd.core.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.lvd.image import mae as patch_mae
 from hmmlvd.lvd.image.featurisers import make_featuriser
 from hmmlvd.lvd.image.mae import MAEFeaturiser, PatchMAE, random_mask
@@ -111,7 +111,7 @@ def test_cache_folder_is_in_the_persist_format_under_the_old_key(tmp_path):
 
 
 def test_cache_folder_of_the_old_format_is_refused_with_the_fix(tmp_path, monkeypatch):
-    """A folder written before hmmlvd.persist (same key; no format_version or model_type in
+    """A folder written before hmmlvd.core.persist (same key; no format_version or model_type in
     its config) is reported, naming the folder and the fix, without training; once deleted,
     the next fit retrains and caches again."""
     images = blocky_images(30)

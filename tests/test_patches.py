@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hmmlvd.core.errors import DataError
 from hmmlvd.data.patches import merge_patches, patch_grid, patch_variables, split_patches
-from hmmlvd.errors import DataError
 
 
 @pytest.mark.parametrize(("h", "w", "c", "p"), [(4, 6, 1, 2), (28, 28, 1, 7), (8, 8, 3, 4),

@@ -1,5 +1,5 @@
 """Saving and loading circuits (Circuit.save_pretrained / from_pretrained, in the format of
-hmmlvd.persist): round trips for every input and product kind, folders saved by the previous
+hmmlvd.core.persist): round trips for every input and product kind, folders saved by the previous
 code still load, and every damaged folder raises CheckpointError."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hmmlvd.atomic import atomic_write_json
-from hmmlvd.errors import CheckpointError, ParameterError
+from hmmlvd.core.atomic import atomic_write_json
+from hmmlvd.core.errors import CheckpointError, ParameterError
+from hmmlvd.core.persist import CONFIG_FILE, TENSORS_FILE
 from hmmlvd.pc import (
     Circuit,
     chow_liu_tree,
@@ -23,7 +24,6 @@ from hmmlvd.pc import (
     save_circuit,
 )
 from hmmlvd.pc.structures import RegionGraph
-from hmmlvd.persist import CONFIG_FILE, TENSORS_FILE
 
 
 def _hclt_graph():
@@ -63,7 +63,7 @@ def test_graph_dict_round_trip():
 
 
 def save_as_before(circuit: Circuit, folder) -> None:
-    """``circuit`` saved as hmmlvd.pc.checkpoint wrote it before hmmlvd.persist, spelled out
+    """``circuit`` saved as hmmlvd.pc.checkpoint wrote it before hmmlvd.core.persist, spelled out
     (the files on disk must not change)."""
     folder.mkdir()
     save_file({name: p.detach().contiguous() for name, p in circuit.named_parameters()},

@@ -23,7 +23,7 @@ from test_pc_circuit import (
     reference_parameters,
 )
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 from hmmlvd.pc import (
     Circuit,
     accumulate_counts,

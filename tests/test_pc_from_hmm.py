@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import brute_counts_fn, brute_log_prob_fn, peaked_hmm, random_windows
 
-from hmmlvd.errors import ParameterError
+from hmmlvd.core.errors import ParameterError
 from hmmlvd.hmm import HMM
 from hmmlvd.hmm.em import expected_counts, maximize
 from hmmlvd.pc import Circuit, accumulate_counts, em_step, fit_em, from_hmm, to_hmm

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from library_errors import assert_error, library_call
 from test_pc_circuit import kary_graph, padded_graph, peak_
 
-from hmmlvd.errors import DataError, HMMLVDError, ParameterError
+from hmmlvd.core.errors import DataError, HMMLVDError, ParameterError
 from hmmlvd.pc import (
     Circuit,
     Partition,

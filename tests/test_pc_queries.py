@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_pc_circuit import all_assignments, case_id, make_circuit, num_categories, peak_
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 from hmmlvd.pc import Circuit, inpaint, log_marginal, sample
 from hmmlvd.pc.structures import chain_region_graph, poon_domingos
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from hmmlvd.errors import DataError, ParameterError
+from hmmlvd.core.errors import DataError, ParameterError
 from hmmlvd.pc.structures import (
     Partition,
     RegionGraph,

@@ -1,4 +1,4 @@
-"""The one on-disk format (hmmlvd.persist): round trips, the config written last, cache entries
+"""The one on-disk format (hmmlvd.core.persist): round trips, the config written last, cache entries
 that keep the first writer's folder, cache keys, and every damaged folder a one-line
 CheckpointError naming the file."""
 
@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from hmmlvd import persist
-from hmmlvd.errors import CheckpointError, ParameterError
+from hmmlvd.core import persist
+from hmmlvd.core.errors import CheckpointError, ParameterError
 
 SHAPES = {"a": (2, 3), "b": (4,)}
 

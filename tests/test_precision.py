@@ -9,9 +9,9 @@ import copy
 import pytest
 import torch
 
-from hmmlvd.device import resolve_dtype
+from hmmlvd.core.device import resolve_dtype
+from hmmlvd.core.errors import HMMLVDError
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import HMMLVDError
 from hmmlvd.hmm import HMM, CountAccumulator, expected_counts, maximize
 from hmmlvd.hmm.em import ScaledEmission, chunk_windows
 
@@ -161,7 +161,7 @@ def test_train_config_refuses_an_unknown_dtype():
 
 def test_training_records_the_dtype_it_ran_in(make_hmm, windows_factory, monkeypatch):
     """``auto`` follows the device's native bf16 (patched here), and the history says which."""
-    import hmmlvd.device as device_module
+    import hmmlvd.core.device as device_module
 
     x = windows_factory(40, 4, 6, seed=17)
     for flags, want in (({"avx512_bf16"}, "bfloat16"), (set(), "float32")):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import dense_parameters, peaked_hmm
 
-from hmmlvd.errors import HMMLVDError
+from hmmlvd.core.errors import HMMLVDError
 from hmmlvd.hmm import HMM
 from hmmlvd.hmm.dfa import DFA, banned, keywords
 

@@ -17,10 +17,11 @@ import torch
 from lvd_tiny import TINY_WORDS, build_tiny_bert, tiny_vocab
 from word_corpus import WORDS, write_word_corpus
 
-from hmmlvd import HMM, persist
+from hmmlvd import HMM
 from hmmlvd.cli import main
+from hmmlvd.core import persist
+from hmmlvd.core.errors import CheckpointError, DataError, InsufficientMemoryError
 from hmmlvd.data import TokenWindows, load_wikitext
-from hmmlvd.errors import CheckpointError, DataError, InsufficientMemoryError
 from hmmlvd.hmm import sliding_perplexity
 from hmmlvd.hmm.eval import window_perplexity
 from hmmlvd.image import PatchCircuit, load_patch_circuit, save_patch_circuit
@@ -315,7 +316,7 @@ def test_sample_refuses_an_absurd_count_before_allocating(model, capsys):
 
 def test_library_sample_checks_memory_first(make_hmm, monkeypatch):
     hmm = make_hmm(3, 5, 4, seed=2)
-    monkeypatch.setattr("hmmlvd.memory.available_bytes", lambda device: 10**6)
+    monkeypatch.setattr("hmmlvd.core.memory.available_bytes", lambda device: 10**6)
     with pytest.raises(InsufficientMemoryError, match="100,000 samples"):
         hmm.sample(100_000)
     assert hmm.sample(10).shape == (10, 4)

@@ -22,11 +22,11 @@ import torch
 from word_corpus import write_word_corpus
 
 from hmmlvd import HMM
-from hmmlvd.atomic import atomic_write_text
 from hmmlvd.cli import main
+from hmmlvd.core.atomic import atomic_write_text
+from hmmlvd.core.errors import CheckpointError
 from hmmlvd.data import Vocabulary
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import CheckpointError
 from hmmlvd.hmm import TrainState, load_checkpoint
 
 train_module = importlib.import_module("hmmlvd.hmm.train")
@@ -114,7 +114,7 @@ def test_rotation_never_deletes_checkpoints_of_another_run(tmp_path):
 LOCK_HOLDER = """
 import sys
 from pathlib import Path
-from hmmlvd.lock import output_lock
+from hmmlvd.core.lock import output_lock
 from hmmlvd.em.config import EMConfig
 with output_lock(Path(sys.argv[1])):
     print("locked", flush=True)
@@ -154,7 +154,7 @@ def test_second_run_on_a_locked_out_fails_at_once_naming_the_folder_and_process(
 
 
 def test_lock_is_exclusive_between_file_descriptors(tmp_path):
-    from hmmlvd.lock import FolderLockedError, output_lock
+    from hmmlvd.core.lock import FolderLockedError, output_lock
 
     with (output_lock(tmp_path), pytest.raises(FolderLockedError, match=str(os.getpid())),
           output_lock(tmp_path)):
@@ -436,7 +436,7 @@ def test_disk_full_while_checkpointing_is_one_line_and_the_last_checkpoint_resum
     and --resume from it ends as an uninterrupted run."""
     from safetensors import SafetensorError
 
-    import hmmlvd.persist as persist_module
+    import hmmlvd.core.persist as persist_module
 
     args = train_args(corpus, tmp_path / "run", "--checkpoint-every", "1")
     assert main(train_args(corpus, tmp_path / "whole")) == 0
@@ -542,7 +542,7 @@ def test_new_run_in_the_out_of_a_stopped_run_is_refused(corpus, tmp_path, capsys
 
 def files_in(folder: Path) -> list[str]:
     """Every file below ``folder`` with its contents, but the lock file a run leaves."""
-    from hmmlvd.lock import LOCK_FILE
+    from hmmlvd.core.lock import LOCK_FILE
 
     return sorted(f"{p.relative_to(folder)}: {p.read_bytes()!r}" for p in folder.rglob("*")
                   if p.is_file() and p.name != LOCK_FILE)
@@ -551,8 +551,8 @@ def files_in(folder: Path) -> list[str]:
 def test_runs_of_the_other_kind_are_refused_in_each_others_out(corpus, tmp_path, capsys):
     """A text run in the folder of an image run (finished or stopped), or an image run in
     the folder of a text run: one line saying what the folder holds; nothing changed."""
-    from hmmlvd.image_pipeline import save_image_model
     from hmmlvd.pc import Circuit, poon_domingos
+    from hmmlvd.pipelines.image_models import save_image_model
 
     image = tmp_path / "image"
     circuit = Circuit(poon_domingos(2, 3, delta=1), 2, num_categories=256, seed=0)

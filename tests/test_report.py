@@ -1,6 +1,6 @@
 """Marked sections of a results file are appended once and then replaced in place."""
 
-from hmmlvd.report import write_section
+from hmmlvd.core.report import write_section
 
 
 def test_section_is_appended_then_replaced_in_place(tmp_path):
@@ -22,7 +22,7 @@ def test_section_in_a_new_file(tmp_path):
 
 
 def test_recorded_commands_name_paths_relative_to_the_clone():
-    from hmmlvd.report import CLONE, clone_relative
+    from hmmlvd.core.report import CLONE, clone_relative
 
     shared = CLONE.parent / "shared" / "data" / "mnist"
     inside = CLONE / "runs" / "x"

@@ -23,11 +23,11 @@ import hmmlvd.hmm.em as hmm_em
 import hmmlvd.pipelines.text as text_pipeline
 from hmmlvd import HMM
 from hmmlvd.cli import main
+from hmmlvd.core.errors import DataError
+from hmmlvd.core.lock import LOCK_FILE
 from hmmlvd.data.images import ImageData
-from hmmlvd.errors import DataError
 from hmmlvd.image import PatchCircuit
-from hmmlvd.image_pipeline import load_image_model
-from hmmlvd.lock import LOCK_FILE
+from hmmlvd.pipelines.image_models import load_image_model
 
 
 @pytest.fixture

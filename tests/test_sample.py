@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 from hmmlvd.hmm import HMM
 
 H, V, T = 2, 3, 3

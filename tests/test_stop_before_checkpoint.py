@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from synthetic_mnist import write_mnist
 
-from hmmlvd.outdir import STOPPED_EARLY
+from hmmlvd.core.outdir import STOPPED_EARLY
 
 #: Runs `hmmlvd` (argv[4:]) with argv[1] ("module:attribute" or "module:Class.method") wrapped:
 #: each call appends a line to the file argv[3], and the argv[2]-th sends SIGTERM to this

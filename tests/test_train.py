@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from hmmlvd.core.errors import CheckpointError, DataError
 from hmmlvd.data import TokenWindows
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import CheckpointError, DataError
 from hmmlvd.hmm import HMM, TrainState, load_checkpoint, train
 
 # hmmlvd.hmm re-exports the function ``train``, which shadows the module attribute.

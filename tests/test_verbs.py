@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from hmmlvd.core.errors import DataError, ParameterError
 from hmmlvd.data import TokenWindows
-from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.hmm import HMM, train
 from hmmlvd.image import PatchCircuit, load_pretrained
 from hmmlvd.image.patch_circuit import PatchCircuitConfig

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 
 IDX_IMAGES, IDX_LABELS = 2051, 2049
 MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 
 
 def patch_grid(height: int, width: int, patch: int) -> tuple[int, int]:

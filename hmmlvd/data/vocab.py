@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hmmlvd.atomic import atomic_write_text
-from hmmlvd.errors import DataError
+from hmmlvd.core.atomic import atomic_write_text
+from hmmlvd.core.errors import DataError
 
 EOS = "<eos>"
 UNK = "<unk>"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hmmlvd.core.errors import DataError
 from hmmlvd.data.vocab import EOS, UNK, Vocabulary
-from hmmlvd.errors import DataError
 
 SPLITS = ("train", "valid", "test")
 HUB_NAME = ("Salesforce/wikitext", "wikitext-2-v1")

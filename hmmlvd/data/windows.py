@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from hmmlvd.core.errors import DataError
+from hmmlvd.core.validate import check_int
 from hmmlvd.data.batches import permutation
-from hmmlvd.errors import DataError
-from hmmlvd.validate import check_int
 
 
 class TokenWindows:

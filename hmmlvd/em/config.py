@@ -21,10 +21,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from hmmlvd.device import DTYPE_NAMES
+from hmmlvd.core.device import DTYPE_NAMES
+from hmmlvd.core.errors import DataError
+from hmmlvd.core.validate import check_int, check_pseudocount, check_step_size
 from hmmlvd.em.loop import Anneal, linear_anneal
-from hmmlvd.errors import DataError
-from hmmlvd.validate import check_int, check_pseudocount, check_step_size
 
 SEED_LIMIT = 2**63  # seeds lie in [0, 2**63), as on the command line
 LEAF_PRIORS = ("uniform", "marginal")  # how a categorical input's pseudocount is spread
@@ -37,7 +37,7 @@ PlanEntry = tuple["float | Anneal", bool]
 
 @dataclass(frozen=True)
 class EMConfig:
-    """Settings of EM for every model, checked when made (:class:`~hmmlvd.errors.DataError`
+    """Settings of EM for every model, checked when made (:class:`~hmmlvd.core.errors.DataError`
     naming the bad value). The schedule is in the module docstring.
 
     The defaults are the text HMM's schedule chosen on WikiText-2 *valid* perplexity

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import torch
 
+from hmmlvd.core.validate import check_int
 from hmmlvd.em.loop import EpochStats, LoopState
-from hmmlvd.validate import check_int
 
 
 class EarlyStopping:

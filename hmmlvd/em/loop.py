@@ -22,7 +22,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from hmmlvd.allocator import keep_freed_memory
+from hmmlvd.core.allocator import keep_freed_memory
 
 
 class Learner:

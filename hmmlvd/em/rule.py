@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 
 
 def _target(counts: torch.Tensor, dims: tuple[int, ...], pseudocount: float | torch.Tensor,

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from hmmlvd.errors import HMMLVDError
+from hmmlvd.core.errors import HMMLVDError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # both stop training after a checkpoint
 #: The flags of the active :func:`signals_request_stop` blocks (innermost last; nested blocks

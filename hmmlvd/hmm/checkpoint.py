@@ -1,4 +1,4 @@
-"""HMM folders in the one on-disk format of :mod:`hmmlvd.persist`: ``model.safetensors``
+"""HMM folders in the one on-disk format of :mod:`hmmlvd.core.persist`: ``model.safetensors``
 (``initial``, ``transition``, ``emission``), ``config.json`` (format version, ``model_type``
 "hmm", the sizes of :class:`~hmmlvd.hmm.config.HMMConfig` and the vocabulary's digest) and, when
 the model has one, ``vocab.txt``. :meth:`hmmlvd.HMM.save_pretrained` and
@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hmmlvd import persist
+from hmmlvd.core import persist
+from hmmlvd.core.errors import CheckpointError, DataError, ParameterError
+from hmmlvd.core.provenance import vocab_digest
 from hmmlvd.data.vocab import Vocabulary
-from hmmlvd.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.memory import check_model
-from hmmlvd.provenance import vocab_digest
 
 if TYPE_CHECKING:  # the HMM calls this module; no runtime import of it here
     from hmmlvd.hmm.model import HMM

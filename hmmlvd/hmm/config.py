@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from hmmlvd.errors import ParameterError
+from hmmlvd.core.errors import ParameterError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 
 
 @dataclass(frozen=True)

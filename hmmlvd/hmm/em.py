@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from hmmlvd.core.errors import DataError
+from hmmlvd.core.validate import check_pseudocount, check_step_size
 from hmmlvd.em.rule import check_possible, mix_probabilities
-from hmmlvd.errors import DataError
 from hmmlvd.hmm.forward import forward
 from hmmlvd.hmm.memory import chunk_windows
-from hmmlvd.validate import check_pseudocount, check_step_size
 
 if TYPE_CHECKING:  # the HMM's verbs call this module; no runtime import of it here
     from hmmlvd.hmm.model import HMM

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hmmlvd.core.errors import DataError
+from hmmlvd.core.validate import check_int
 from hmmlvd.data.windows import TokenWindows
-from hmmlvd.errors import DataError
 from hmmlvd.hmm.model import HMM
-from hmmlvd.validate import check_int
 
 
 @dataclass

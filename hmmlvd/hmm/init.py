@@ -6,17 +6,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
+from hmmlvd.core.validate import as_id_tensor, check_int, check_integer_dtype, check_pseudocount
 from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.memory import check_model
-from hmmlvd.validate import as_id_tensor, check_int, check_integer_dtype, check_pseudocount
 
 
 def random_parameters(config: HMMConfig, seed: int = 0, device: str | torch.device = "cpu"
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Uniform(0, 1) draws normalised into distributions, as hmmlearn initialises:
     (initial [H], transition [P_A, H, H], emission [P_B, V, H]). Raises
-    :class:`~hmmlvd.errors.InsufficientMemoryError` first if they cannot fit on ``device``."""
+    :class:`~hmmlvd.core.errors.InsufficientMemoryError` first if they cannot fit on ``device``."""
     check_model(config, device, "random")
     gen = torch.Generator().manual_seed(seed)
     shapes = config.shapes()
@@ -40,7 +40,7 @@ def mle_parameters(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np.
     initial[h] ∝ #(z_1 = h) + c,   transition[t, i, j] ∝ #(z_t = i, z_{t+1} = j) + c,
     emission[t, w, h] ∝ #(z_t = h, x_t = w) + c    (c = ``pseudocount``, counts per position;
     a homogeneous model pools all positions). Both arrays may be memory-mapped; they are read
-    in chunks of ``chunk_size`` windows. Raises :class:`~hmmlvd.errors.InsufficientMemoryError`
+    in chunks of ``chunk_size`` windows. Raises :class:`~hmmlvd.core.errors.InsufficientMemoryError`
     before counting if the counts and the model cannot fit on ``device``.
     """
     h, v, length = config.num_states, config.vocab_size, config.length

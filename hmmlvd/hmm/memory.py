@@ -1,5 +1,5 @@
 """The HMM's memory model: the bytes an HMM and EM training on a batch need, checked against
-what the device has (:mod:`hmmlvd.memory`) *before* anything large is allocated, so that an
+what the device has (:mod:`hmmlvd.core.memory`) *before* anything large is allocated, so that an
 absurd H or batch fails at once with a message saying how much is needed and which flag to
 change, instead of the process being killed after the data and encoder have been loaded.
 
@@ -38,10 +38,10 @@ from dataclasses import dataclass
 
 import torch
 
-from hmmlvd import memory as device_memory
-from hmmlvd.errors import InsufficientMemoryError
+from hmmlvd.core import memory as device_memory
+from hmmlvd.core.errors import InsufficientMemoryError
+from hmmlvd.core.memory import FLOAT32, SKIP_ENV, format_bytes
 from hmmlvd.hmm.config import HMMConfig
-from hmmlvd.memory import FLOAT32, SKIP_ENV, format_bytes
 
 # Fitted constants (see the module docstring).
 ACTIVATION_FLOATS_PER_STATE = 7  # [B, T, H]-sized float32 tensors at the peak, unchunked

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hmmlvd.core.errors import CheckpointError, DataError, ParameterError
+from hmmlvd.core.validate import as_id_tensor, check_int
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.hmm import checkpoint, queries
 from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.dfa import DFA
@@ -32,7 +33,6 @@ from hmmlvd.hmm.forward import ForwardResult, forward
 from hmmlvd.hmm.init import mle_parameters, random_parameters
 from hmmlvd.hmm.sample import sample as sample_windows
 from hmmlvd.hmm.train import train
-from hmmlvd.validate import as_id_tensor, check_int
 
 
 class HMM:
@@ -349,7 +349,7 @@ class HMM:
     def from_pretrained(cls, directory: str | os.PathLike,
                         device: str | torch.device = "cpu") -> HMM:
         """Load and check a model written by :meth:`save_pretrained`
-        (:class:`~hmmlvd.errors.CheckpointError` naming the file if anything is wrong)."""
+        (:class:`~hmmlvd.core.errors.CheckpointError` naming the file if anything is wrong)."""
         directory = Path(directory)
         config, tensors, vocab, raw = checkpoint.read_hmm(directory, device)
         try:

@@ -1,4 +1,4 @@
-"""The HMM's data-parallel EM reductions (see :mod:`hmmlvd.distributed` for the scheme): the
+"""The HMM's data-parallel EM reductions (see :mod:`hmmlvd.core.distributed` for the scheme): the
 expected counts of this rank's shard, their sum over ranks, the full-batch accumulator's sum,
 and rank 0's parameters broadcast to every rank. Each is the identity in a single process."""
 
@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from hmmlvd.distributed import all_reduce_sum, is_distributed, shard, world_size
+from hmmlvd.core.distributed import all_reduce_sum, is_distributed, shard, world_size
 from hmmlvd.hmm.em import CountAccumulator, ExpectedCounts, expected_counts
 
 if TYPE_CHECKING:  # the HMM's verbs call this module; no runtime import of it here

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
+from hmmlvd.core.validate import as_id_tensor, check_int
 from hmmlvd.hmm.dfa import DFA
 from hmmlvd.hmm.forward import ForwardResult, forward
-from hmmlvd.validate import as_id_tensor, check_int
 
 if TYPE_CHECKING:  # the HMM's verbs call this module; no runtime import of it here
     from hmmlvd.hmm.model import HMM

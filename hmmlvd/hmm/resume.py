@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from hmmlvd import persist
+from hmmlvd.core import persist
+from hmmlvd.core.errors import CheckpointError, DataError
+from hmmlvd.core.validate import check_int
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import CheckpointError, DataError
 from hmmlvd.hmm.model import HMM
 from hmmlvd.hmm.train import BEST_FOLDER, BEST_TYPE, IMPLIED, STATE_FILE, TrainState
-from hmmlvd.validate import check_int
 
 
 def load_checkpoint(out: Path, device: str = "cpu") -> tuple[HMM, EMConfig, TrainState]:

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
+from hmmlvd.core.validate import as_id_tensor, check_int
 from hmmlvd.hmm import memory
-from hmmlvd.validate import as_id_tensor, check_int
 
 if TYPE_CHECKING:  # the HMM's verbs call this module; no runtime import of it here
     from hmmlvd.hmm.model import HMM
@@ -25,7 +25,7 @@ def sample(hmm: HMM, num_samples: int, prefix: torch.Tensor | None = None,
 
     ``prefix``: [L] (shared by all samples) or [N, L] token ids, 0 <= L <= T; the first L
     tokens of each sample are the prefix. ``generator`` must live on the model's device. Raises
-    :class:`~hmmlvd.errors.InsufficientMemoryError` before allocating when the samples cannot
+    :class:`~hmmlvd.core.errors.InsufficientMemoryError` before allocating when the samples cannot
     fit (see :func:`hmmlvd.hmm.memory.check_sampling`).
     """
     num_samples = check_int(num_samples, "num_samples", 1)

@@ -10,7 +10,7 @@ only this run's older checkpoints, by step number, never those another run left 
 SIGINT (Ctrl-C) and SIGTERM (schedulers, ``torchrun``) both stop training after the current
 batch with a checkpoint.
 
-Under ``torchrun`` (see :mod:`hmmlvd.distributed`) every rank runs this loop over the same
+Under ``torchrun`` (see :mod:`hmmlvd.core.distributed`) every rank runs this loop over the same
 batches: each computes the counts of its shard of a batch, the counts are summed over ranks and
 every rank applies the same M-step. Only rank 0 writes checkpoints and shows progress; the other
 ranks wait at a barrier while it writes. The checkpoint state does not depend on the number of
@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hmmlvd import distributed, persist
-from hmmlvd.atomic import atomic_write_json, atomic_write_text
+from hmmlvd.core import distributed, persist
+from hmmlvd.core.atomic import atomic_write_json, atomic_write_text
+from hmmlvd.core.device import resolve_dtype
+from hmmlvd.core.errors import CheckpointError, DataError
 from hmmlvd.data.windows import TokenWindows
-from hmmlvd.device import resolve_dtype
 from hmmlvd.em import EarlyStopping, EpochStats, Learner, LoopState, epoch_seed, run_epochs
 from hmmlvd.em.config import EMConfig, PlanEntry
 from hmmlvd.em.stop import (  # noqa: F401  (TrainingInterrupted, StoppedAtOnce: re-exported)
@@ -42,7 +43,6 @@ from hmmlvd.em.stop import (  # noqa: F401  (TrainingInterrupted, StoppedAtOnce:
     signals_request_stop,
     stopped_by,
 )
-from hmmlvd.errors import CheckpointError, DataError
 from hmmlvd.hmm import memory, parallel
 from hmmlvd.hmm.checkpoint import save_hmm
 from hmmlvd.hmm.em import (
@@ -81,7 +81,7 @@ class TrainState(LoopState):
     global ``step`` count (from :class:`~hmmlvd.em.loop.LoopState`), and per-epoch ``history``
     rows. ``run_id``: set when training starts, kept on resume (rotation deletes only
     checkpoints of this id); ``trained_on``: what the caller records about the data and
-    settings (see :mod:`hmmlvd.provenance`); ``early``: the held-out scores, best epoch and
+    settings (see :mod:`hmmlvd.core.provenance`); ``early``: the held-out scores, best epoch and
     where patience counts from (the best parameters live in the checkpoint's ``best/``:
     :func:`hmmlvd.hmm.resume.load_best`)."""
 
@@ -101,7 +101,7 @@ def train(hmm: HMM, windows: TokenWindows, config: EMConfig, out: Path | None = 
     log-likelihood per window); the best epoch's parameters end in ``hmm`` and
     ``config.patience`` stops runs of mini-batch epochs early. Returns the final state.
     Ctrl-C or SIGTERM stops after the current mini-batch, saves a checkpoint and raises
-    :class:`TrainingInterrupted`. Raises :class:`~hmmlvd.errors.InsufficientMemoryError` before
+    :class:`TrainingInterrupted`. Raises :class:`~hmmlvd.core.errors.InsufficientMemoryError` before
     the first batch if EM's counts and activations cannot fit next to the model."""
     check_hmm_config(config)
     if windows.length != hmm.length:
@@ -276,7 +276,7 @@ def save_checkpoint(hmm: HMM, config: EMConfig, state: TrainState, out: Path,
     ``config.keep_checkpoints`` of this run (``state.run_id``, given one if it has none), by
     step number. Checkpoints of other runs in ``out`` are never deleted. ``best``: the best
     epoch's parameters so far (early stopping), saved in the folder's ``best/``. If a write
-    fails (disk full: :class:`~hmmlvd.errors.WriteError`, one line naming the folder), a
+    fails (disk full: :class:`~hmmlvd.core.errors.WriteError`, one line naming the folder), a
     folder this call created is removed and ``latest`` still names the previous checkpoint,
     so ``--resume`` goes on from there."""
     state.run_id = state.run_id or new_run_id()

@@ -2,7 +2,7 @@
 circuits HCLT, PD and RAT-SPN with documented structure choices (``baselines``), loading
 whichever of them a saved folder holds (``loading``), and sample / inpainting grids (``grids``,
 matplotlib imported only when drawing). The training pipeline that ``hmmlvd image`` runs is
-:mod:`hmmlvd.image_pipeline`, above :mod:`hmmlvd.lvd`."""
+:mod:`hmmlvd.pipelines.image_models`, above :mod:`hmmlvd.lvd`."""
 
 from hmmlvd.image.baselines import BASELINES, StructureConfig, baseline_from_config, build_baseline
 from hmmlvd.image.loading import load_pretrained

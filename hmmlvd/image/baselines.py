@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hmmlvd.errors import DataError, ParameterError
+from hmmlvd.core.errors import DataError, ParameterError
+from hmmlvd.core.validate import check_int
 from hmmlvd.pc.circuit import Circuit
 from hmmlvd.pc.structures import RegionGraph, learn_hclt, poon_domingos, random_binary_trees
-from hmmlvd.validate import check_int
 
 BASELINES = ("hclt", "pd", "rat")
 PRODUCT = {"hclt": "hadamard", "pd": "einsum", "rat": "einsum"}

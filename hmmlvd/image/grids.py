@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hmmlvd.core.errors import DataError
+from hmmlvd.core.report import save_figure
+from hmmlvd.core.validate import check_int
 from hmmlvd.data.images import flatten
-from hmmlvd.errors import DataError
-from hmmlvd.report import save_figure
-from hmmlvd.validate import check_int
 
 LEVELS = 256
 MASK_COLOUR = (110, 20, 20)  # how a masked image shows its missing pixels (RGB)

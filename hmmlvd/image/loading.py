@@ -1,6 +1,6 @@
 """Load whichever model a saved folder holds: a :class:`~hmmlvd.pc.circuit.Circuit` (the
 baselines HCLT, PD, RAT-SPN) or a :class:`~hmmlvd.image.patch_circuit.PatchCircuit` (image
-LVD), as its ``config.json`` names it (:mod:`hmmlvd.persist`)."""
+LVD), as its ``config.json`` names it (:mod:`hmmlvd.core.persist`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from hmmlvd import persist
+from hmmlvd.core import persist
 from hmmlvd.image.patch_circuit import MODEL_TYPE as PATCH_CIRCUIT
 from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.pc.circuit import MODEL_TYPE as CIRCUIT
@@ -25,7 +25,7 @@ LOADERS: dict[str, Callable[..., Circuit | PatchCircuit]] = {
 def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "cpu"
                     ) -> Circuit | PatchCircuit:
     """The circuit or patch circuit saved in ``directory`` (by ``save_pretrained``), whichever
-    its config names, on ``device``; :class:`~hmmlvd.errors.CheckpointError` naming the file
+    its config names, on ``device``; :class:`~hmmlvd.core.errors.CheckpointError` naming the file
     for a folder that holds neither, or a damaged one."""
     kind = persist.saved_type(directory, LOADERS, "image model")
     return LOADERS[kind](directory, device)

@@ -1,5 +1,5 @@
 """The memory of training an image circuit, checked against what the device has
-(:mod:`hmmlvd.memory`) before the structure is learned or anything large is allocated, so that
+(:mod:`hmmlvd.core.memory`) before the structure is learned or anything large is allocated, so that
 a model too large for the machine fails at once with one line naming the flags to lower,
 instead of growing until the kernel kills the process.
 
@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hmmlvd import memory as device_memory
+from hmmlvd.core import memory as device_memory
+from hmmlvd.core.errors import InsufficientMemoryError
+from hmmlvd.core.memory import SKIP_ENV, format_bytes
 from hmmlvd.data.patches import patch_grid
-from hmmlvd.errors import InsufficientMemoryError
 from hmmlvd.image.baselines import PRODUCT, StructureConfig, baseline_graph
-from hmmlvd.memory import SKIP_ENV, format_bytes
 from hmmlvd.pc.circuit import parameter_bound
 from hmmlvd.pc.structures import RegionGraph
 

@@ -27,11 +27,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hmmlvd import memory, persist
+from hmmlvd.core import memory, persist
+from hmmlvd.core.errors import DataError, ParameterError
+from hmmlvd.core.validate import check_int, check_pseudocount, check_step_size
 from hmmlvd.data.patches import patch_variables
 from hmmlvd.em import check_possible
 from hmmlvd.em.config import EMConfig, em_config
-from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.pc.bpd import mean_log_likelihood
 from hmmlvd.pc.circuit import (
     Circuit,
@@ -56,7 +57,6 @@ from hmmlvd.pc.logspace import log_sum_exp
 from hmmlvd.pc.queries import choose_units, descend, fill_leaves
 from hmmlvd.pc.resume import EMCheckpoints
 from hmmlvd.pc.structures import Partition, Region, RegionGraph
-from hmmlvd.validate import check_int, check_pseudocount, check_step_size
 
 MODEL_TYPE = "patch_circuit"  # the model_type of a saved patch circuit's config.json
 
@@ -64,7 +64,7 @@ MODEL_TYPE = "patch_circuit"  # the model_type of a saved patch circuit's config
 @dataclass(frozen=True)
 class PatchCircuitConfig:
     """The settings of a :class:`PatchCircuit` besides its region graphs, checked when made
-    (:class:`~hmmlvd.errors.ParameterError` naming the bad value); what a checkpoint's
+    (:class:`~hmmlvd.core.errors.ParameterError` naming the bad value); what a checkpoint's
     ``config.json`` stores under ``settings``. Fields as the arguments of
     :class:`PatchCircuit`; ``image_shape`` is (height, width, channels)."""
 
@@ -95,7 +95,7 @@ class PatchCircuitConfig:
     @classmethod
     def from_dict(cls, raw: dict) -> PatchCircuitConfig:
         """A config from :meth:`to_dict`'s form; unknown or missing keys are a
-        :class:`~hmmlvd.errors.ParameterError`."""
+        :class:`~hmmlvd.core.errors.ParameterError`."""
         return config_from_dict(cls, raw)
 
 
@@ -410,7 +410,7 @@ class PatchCircuit(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write the patch circuit into ``directory`` (created if needed;
-        :mod:`hmmlvd.persist`): ``model.safetensors`` (every parameter by name) and
+        :mod:`hmmlvd.core.persist`): ``model.safetensors`` (every parameter by name) and
         ``config.json`` (``model_type`` "patch_circuit", ``settings``:
         :meth:`PatchCircuitConfig.to_dict`, ``sub_graphs`` and ``top_graph``:
         :meth:`RegionGraph.to_dict <hmmlvd.pc.structures.RegionGraph.to_dict>`), the config

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from hmmlvd.errors import EncoderError
+from hmmlvd.core.errors import EncoderError
 from hmmlvd.lvd.cluster import KMeansResult, kmeans_labels, kmeans_per_position
 
 _TEXT = ("LVDResult", "LVDSettings", "distill", "embed", "lvd_subset", "run_lvd", "Encoder",

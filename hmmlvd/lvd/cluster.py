@@ -17,8 +17,8 @@ import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
+from hmmlvd.core.errors import DataError
 from hmmlvd.em.stop import check_stop
-from hmmlvd.errors import DataError
 
 __all__ = ["INIT_METHODS", "KMeansResult", "faiss_gpu_available", "kmeans_labels",
            "kmeans_per_position"]

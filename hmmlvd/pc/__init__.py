@@ -3,7 +3,7 @@ that compute them (``layers``), the compiled ``Circuit``, EM and Adam training (
 (``queries``: marginals, conditionals, sampling, inpainting), the HMM as a circuit
 (``from_hmm``) and bits per dimension (``bpd``). ``Circuit.save_pretrained`` /
 ``Circuit.from_pretrained`` (also ``save_circuit`` / ``load_circuit``) write and read the format
-of :mod:`hmmlvd.persist`. Image models (the patch-latent circuit of image LVD, the HCLT / PD /
+of :mod:`hmmlvd.core.persist`. Image models (the patch-latent circuit of image LVD, the HCLT / PD /
 RAT-SPN baselines) are in :mod:`hmmlvd.image`.
 
 ``Circuit`` and ``PatchCircuit`` share the verbs ``fit(data, EMConfig)``, ``score(data)``,

@@ -33,9 +33,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hmmlvd import memory, persist
+from hmmlvd.core import memory, persist
+from hmmlvd.core.errors import DataError, ParameterError
+from hmmlvd.core.validate import as_array
 from hmmlvd.em.config import EMConfig, em_config
-from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.pc.bpd import mean_log_likelihood
 from hmmlvd.pc.em import CIRCUIT_EM, early_stopping, fit_em
 from hmmlvd.pc.layers import (
@@ -54,7 +55,6 @@ from hmmlvd.pc.queries import sample as sample_circuit
 from hmmlvd.pc.resume import EMCheckpoints
 from hmmlvd.pc.rows import RowReader
 from hmmlvd.pc.structures import Partition, Region, RegionGraph
-from hmmlvd.validate import as_array
 
 INPUTS = ("categorical", "bernoulli", "gaussian")
 PRODUCTS = ("einsum", "hadamard")
@@ -64,7 +64,7 @@ MODEL_TYPE = "circuit"  # the model_type of a saved circuit's config.json
 @dataclass(frozen=True)
 class CircuitConfig:
     """The settings of a :class:`Circuit` besides its region graph, checked when made
-    (:class:`~hmmlvd.errors.ParameterError` naming the bad value); what a checkpoint's
+    (:class:`~hmmlvd.core.errors.ParameterError` naming the bad value); what a checkpoint's
     ``config.json`` stores under ``settings``.
 
     ``num_units``: K, units per region; ``input``: "categorical" (needs ``num_categories``),
@@ -107,7 +107,7 @@ class CircuitConfig:
     @classmethod
     def from_dict(cls, raw: dict) -> CircuitConfig:
         """A config from :meth:`to_dict`'s form; unknown or missing keys are a
-        :class:`~hmmlvd.errors.ParameterError`."""
+        :class:`~hmmlvd.core.errors.ParameterError`."""
         return config_from_dict(cls, raw)
 
 
@@ -521,7 +521,7 @@ class Circuit(nn.Module):
                                root_output=root_output)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write the circuit into ``directory`` (created if needed; :mod:`hmmlvd.persist`):
+        """Write the circuit into ``directory`` (created if needed; :mod:`hmmlvd.core.persist`):
         ``model.safetensors`` (every parameter by name) and ``config.json`` (``model_type``
         "circuit", ``settings``: :meth:`CircuitConfig.to_dict`, ``graph``:
         :meth:`RegionGraph.to_dict`), the config last."""
@@ -535,7 +535,7 @@ class Circuit(nn.Module):
         """Load a circuit written by :meth:`save_pretrained`, on ``device``. The config is
         size-checked before it is read and its settings and graph are checked, and their
         parameters estimated against the memory available, before anything of that size is
-        built; every problem is a :class:`~hmmlvd.errors.CheckpointError` naming the file."""
+        built; every problem is a :class:`~hmmlvd.core.errors.CheckpointError` naming the file."""
         return persist.load_model(directory, MODEL_TYPE, cls._from_saved_config,
                                   cls.check_parameters, "circuit", device)
 

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hmmlvd.core.errors import DataError
+from hmmlvd.core.validate import as_array, check_int, check_pseudocount, check_step_size
 from hmmlvd.em import (
     Anneal,
     EarlyStopping,
@@ -37,11 +39,9 @@ from hmmlvd.em import (
 )
 from hmmlvd.em.config import LEAF_PRIORS, em_config
 from hmmlvd.em.stop import check_stop, stop_requested
-from hmmlvd.errors import DataError
 from hmmlvd.pc.layers.categorical import CategoricalInput, marginal_histograms
 from hmmlvd.pc.layers.sum_layer import maximize_layers_
 from hmmlvd.pc.resume import EMCheckpoints, EMProgress
-from hmmlvd.validate import as_array, check_int, check_pseudocount, check_step_size
 
 if TYPE_CHECKING:  # circuit.py imports this module (Circuit.fit); nothing here needs it at run
     from hmmlvd.pc.circuit import Circuit

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from hmmlvd.errors import ParameterError
+from hmmlvd.core.errors import ParameterError
 from hmmlvd.hmm.model import HMM
 from hmmlvd.pc.circuit import Circuit
 from hmmlvd.pc.structures import chain_region_graph

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
+from hmmlvd.core.validate import as_array, check_int
 from hmmlvd.pc.gumbel import pick_index
 from hmmlvd.pc.layers.sum_layer import Picker
-from hmmlvd.validate import as_array, check_int
 
 if TYPE_CHECKING:  # circuit.py imports this module (Circuit.sample); nothing here needs it at run
     from hmmlvd.pc.circuit import Circuit, Evaluation

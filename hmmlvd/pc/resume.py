@@ -32,12 +32,12 @@ from typing import Any
 
 import torch
 
-from hmmlvd import persist
-from hmmlvd.atomic import atomic_write_json, atomic_write_text
+from hmmlvd.core import persist
+from hmmlvd.core.atomic import atomic_write_json, atomic_write_text
+from hmmlvd.core.errors import CheckpointError, DataError
+from hmmlvd.core.provenance import check_same_training
 from hmmlvd.em import EarlyStopping
 from hmmlvd.em.stop import TrainingInterrupted, stopped_by
-from hmmlvd.errors import CheckpointError, DataError
-from hmmlvd.provenance import check_same_training
 
 STATE_FILE = "em_state.json"
 BEST_FOLDER = "best"
@@ -85,8 +85,8 @@ class EMCheckpoints:
     ``settings``: what the run was started with (a flat JSON object; :meth:`resume` refuses
     other values; ``defaults``: the value a setting had before it existed, for checkpoints
     written by an older hmmlvd that did not record it); ``trained_on``: what it trains on (a
-    record of :mod:`hmmlvd.provenance`, e.g. the training images' digest; :meth:`resume`
-    refuses other data with :func:`~hmmlvd.provenance.check_same_training`); ``stop_signal()``:
+    record of :mod:`hmmlvd.core.provenance`, e.g. the training images' digest; :meth:`resume`
+    refuses other data with :func:`~hmmlvd.core.provenance.check_same_training`); ``stop_signal()``:
     the number of a signal that asked training to stop, 0 while none did; ``record``: JSON kept
     with every checkpoint (set it before EM starts).
     """
@@ -179,7 +179,7 @@ class EMCheckpoints:
     def save(self, progress: EMProgress, early: EarlyStopping | None) -> Path:
         """Write a complete checkpoint of the watched model and ``progress``, point ``latest``
         at it, then delete the older ones. Returns its folder. If a write fails (disk full:
-        :class:`~hmmlvd.errors.WriteError`), the new folder is removed and ``latest`` and the
+        :class:`~hmmlvd.core.errors.WriteError`), the new folder is removed and ``latest`` and the
         checkpoint it names are left as they were, so the run still resumes from there."""
         serials = [int(p.name[3:]) for p in self.root.glob("em-*") if NAME.fullmatch(p.name)]
         folder = self.root / f"em-{max(serials, default=0) + 1:08d}"

@@ -16,30 +16,30 @@ from pathlib import Path
 
 import torch
 
-from hmmlvd.atomic import atomic_write_json
-from hmmlvd.data.images import ImageData, load_images
-from hmmlvd.em.config import EMConfig
-from hmmlvd.em.stop import StoppedBeforeCheckpoint, signals_request_stop
-from hmmlvd.errors import DataError, HMMLVDError
-from hmmlvd.image.baselines import StructureConfig
-from hmmlvd.image.loading import load_pretrained
-from hmmlvd.image_pipeline import (
-    image_bpd,
-    load_image_model,
-    save_image_model,
-    train_image_model,
-)
-from hmmlvd.outdir import (
+from hmmlvd.core.atomic import atomic_write_json
+from hmmlvd.core.errors import DataError, HMMLVDError
+from hmmlvd.core.outdir import (
     IMAGE_RUN,
     clear_stopped_early,
     output_folder,
     record_stopped_early,
     stopped_early,
 )
+from hmmlvd.core.provenance import image_training_record
+from hmmlvd.data.images import ImageData, load_images
+from hmmlvd.em.config import EMConfig
+from hmmlvd.em.stop import StoppedBeforeCheckpoint, signals_request_stop
+from hmmlvd.image.baselines import StructureConfig
+from hmmlvd.image.loading import load_pretrained
 from hmmlvd.pc.em import CIRCUIT_EM
 from hmmlvd.pc.em import IMPLIED as CIRCUIT_IMPLIED
 from hmmlvd.pc.resume import EMCheckpoints
-from hmmlvd.provenance import image_training_record
+from hmmlvd.pipelines.image_models import (
+    image_bpd,
+    load_image_model,
+    save_image_model,
+    train_image_model,
+)
 
 
 def image_data_dir(dataset: str, data_dir: Path | None) -> Path:
@@ -163,7 +163,7 @@ def _checkpoints(run: ImageTraining, trained_on: dict) -> tuple[EMCheckpoints, o
     """The run's checkpoints in ``run.out`` and, with ``resume``, the model read back from the
     newest one (refused if it was trained with other settings or on other images than
     ``trained_on`` records). Checkpoints left there without ``resume`` were refused before
-    (:func:`hmmlvd.outdir.output_folder`): they are never overwritten. A run stopped before
+    (:func:`hmmlvd.core.outdir.output_folder`): they are never overwritten. A run stopped before
     its first checkpoint has nothing to resume: resuming starts it over."""
     checkpoints = EMCheckpoints(run.out, run.settings(), defaults=setting_defaults(),
                                 trained_on=trained_on)

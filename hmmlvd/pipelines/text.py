@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hmmlvd import distributed
-from hmmlvd.atomic import atomic_write_json, check_writable, make_folder
+from hmmlvd.core import distributed
+from hmmlvd.core.atomic import atomic_write_json, check_writable, make_folder
+from hmmlvd.core.device import resolve_device, resolve_dtype
+from hmmlvd.core.errors import CheckpointError, DataError
+from hmmlvd.core.outdir import TEXT_RUN, output_folder
+from hmmlvd.core.provenance import check_same_training, setting_differences, training_record
 from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
-from hmmlvd.device import resolve_device, resolve_dtype
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import CheckpointError, DataError
 from hmmlvd.hmm import memory as hmm_memory
 from hmmlvd.hmm.checkpoint import read_config
 from hmmlvd.hmm.config import HMMConfig
@@ -34,8 +36,6 @@ from hmmlvd.hmm.model import HMM
 from hmmlvd.hmm.resume import load_best, load_checkpoint
 from hmmlvd.hmm.train import TrainState, train
 from hmmlvd.ngram import baseline_perplexities
-from hmmlvd.outdir import TEXT_RUN, output_folder
-from hmmlvd.provenance import check_same_training, setting_differences, training_record
 
 if TYPE_CHECKING:  # imports transformers: loaded only when LVD runs
     from hmmlvd.lvd.text.distill import LVDSettings
@@ -96,7 +96,7 @@ class TextTraining:
 def train_text(run: TextTraining) -> dict:
     """Load the data, initialise (or resume), run EM, save, evaluate; returns what
     ``results.json`` records (on rank 0; other ranks: an empty dict). ``run.out`` is checked,
-    locked and cleared of temporary files first (:mod:`hmmlvd.outdir`; without ``resume`` a
+    locked and cleared of temporary files first (:mod:`hmmlvd.core.outdir`; without ``resume`` a
     stopped run there, or a run of another kind, is refused)."""
     device = distributed.init(resolve_device(run.device))
     if run.lvd is not None and distributed.is_main():  # before any work
@@ -223,7 +223,7 @@ def _train_in_folder(run: TextTraining, device: torch.device) -> dict:
     print(f"saved model to {run.out} ({summary['train_seconds_this_run']:.1f} s of EM this "
           "run)")
     # run_id: tells a finished run's folder from one whose newest checkpoints a later,
-    # stopped run wrote (hmmlvd.outdir.run_in_folder)
+    # stopped run wrote (hmmlvd.core.outdir.run_in_folder)
     summary.update(model=hmm.config.to_dict(), history=state.history, run_id=state.run_id)
     if run.evaluate is not None:
         summary["eval"] = evaluate_text(hmm, data, run.evaluate)

@@ -18,11 +18,11 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from hmmlvd.core.errors import DataError, ParameterError
+from hmmlvd.core.validate import check_int
 from hmmlvd.data.patches import patch_grid, windows_with_context
 from hmmlvd.em.stop import check_stop
-from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.lvd.cluster import kmeans_per_position, nearest_centroids
-from hmmlvd.validate import check_int
 
 __all__ = ["PCAFeaturiser", "PatchFeaturiser", "PatchLatents", "check_fitted_images",
            "check_images", "fit_patch_latents", "patch_latents", "patch_with_context"]

@@ -7,7 +7,7 @@ import inspect
 from pathlib import Path
 from typing import Any
 
-from hmmlvd.errors import ParameterError
+from hmmlvd.core.errors import ParameterError
 from hmmlvd.lvd.image.features import PatchFeaturiser, PCAFeaturiser
 from hmmlvd.lvd.image.mae import MAEFeaturiser
 

@@ -9,10 +9,10 @@ all tokens, and a linear decoder predicts the pixels of each masked patch (MSE o
 Features are the encoder's output tokens without masking, [N, num_patches, dim]: every token
 attends to the whole image.
 
-A trained model is cached as ``cache_dir/mae-<key>/`` in the format of :mod:`hmmlvd.persist`
-(``model.safetensors`` + ``config.json`` of ``model_type`` "mae") where the key
-(:func:`hmmlvd.persist.cache_key`) hashes the settings and the training images, so fitting again
-on the same data with the same settings loads it instead of training.
+A trained model is cached as ``cache_dir/mae-<key>/`` in the format of
+:mod:`hmmlvd.core.persist` (``model.safetensors`` + ``config.json`` of ``model_type`` "mae")
+where the key (:func:`hmmlvd.core.persist.cache_key`) hashes the settings and the training
+images, so fitting again on the same data with the same settings loads it instead of training.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from hmmlvd import persist
+from hmmlvd.core import persist
+from hmmlvd.core.errors import CheckpointError, ParameterError
+from hmmlvd.core.validate import check_int
 from hmmlvd.data.patches import patch_grid, windows_with_context
 from hmmlvd.em.stop import check_stop
-from hmmlvd.errors import CheckpointError, ParameterError
 from hmmlvd.lvd.image.features import check_fitted_images, check_images
-from hmmlvd.validate import check_int
 
 __all__ = ["HEADS", "LAYERS", "MAEFeaturiser", "PatchMAE", "random_mask", "train_mae"]
 
@@ -41,7 +41,7 @@ HEADS = 4
 LAYERS = 2
 MODEL_TYPE = "mae"  # the model_type of a cache entry's config.json
 #: Part of the cache key (as ``settings["format_version"]``, its name in caches written before
-#: :mod:`hmmlvd.persist`, so their keys are unchanged): bump when a cached model means
+#: :mod:`hmmlvd.core.persist`, so their keys are unchanged): bump when a cached model means
 #: something else.
 CACHE_VERSION = 1
 

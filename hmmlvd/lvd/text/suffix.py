@@ -40,11 +40,11 @@ import torch
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from hmmlvd import distributed, persist
-from hmmlvd.atomic import atomic_write_json
+from hmmlvd.core import distributed, persist
+from hmmlvd.core.atomic import atomic_write_json
+from hmmlvd.core.errors import DataError, EncoderError
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.data.windows import TokenWindows
-from hmmlvd.errors import DataError, EncoderError
 from hmmlvd.lvd.text.encoder import Encoder, check_tokenizer, word_to_text
 
 SUFFIX_MODES = ("masked", "exact")
@@ -344,7 +344,7 @@ def _windows_identity(windows: TokenWindows) -> dict:
 
 def cache_key(encoder: Encoder, windows: TokenWindows, table: PieceTable, mode: str) -> dict:
     """The inputs the cached embeddings depend on, plus ``key`` =
-    :func:`hmmlvd.persist.cache_key` of them (24 hex digits of their SHA-256)."""
+    :func:`hmmlvd.core.persist.cache_key` of them (24 hex digits of their SHA-256)."""
     inputs = {"version": CACHE_VERSION, "mode": mode, "max_pieces": table.max_pieces,
               "encoder": _encoder_identity(encoder), "windows": _windows_identity(windows),
               "pieces": table.digest()}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hmmlvd.core.errors import DataError, ParameterError
 from hmmlvd.em.rule import mix_log_probabilities
-from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.pc.gumbel import pick_index
 from hmmlvd.pc.layers.input_layer import InputLayer, observed_responsibility
 from hmmlvd.pc.layers.sum_layer import check_log_probs

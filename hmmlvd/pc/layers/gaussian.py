@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from hmmlvd.errors import ParameterError
+from hmmlvd.core.errors import ParameterError
 from hmmlvd.pc.layers.input_layer import InputLayer, check_finite_data, observed_responsibility
 
 

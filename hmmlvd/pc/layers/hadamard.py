@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from hmmlvd.errors import ParameterError
+from hmmlvd.core.errors import ParameterError
 from hmmlvd.pc.layers.sum_layer import Choice, Picker, SumLayer
 from hmmlvd.pc.logspace import exp_shifted, ratio_or_zero
 from hmmlvd.pc.rows import RowReader

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 
 
 class InputLayer(nn.Module):

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from hmmlvd.core.errors import ParameterError
 from hmmlvd.em.rule import mix_log_probabilities
-from hmmlvd.errors import ParameterError
 from hmmlvd.pc.logspace import log_normalise
 
 Picker = Callable[[torch.Tensor], torch.Tensor]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hmmlvd.errors import ParameterError
+from hmmlvd.core.errors import ParameterError
 from hmmlvd.pc.structures.region_graph import Partition, RegionGraph
 
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hmmlvd.core.errors import DataError, ParameterError
 from hmmlvd.em.stop import check_stop
-from hmmlvd.errors import DataError, ParameterError
 from hmmlvd.pc.structures.region_graph import Partition, Region, RegionGraph
 
 Edge = tuple[int, int]

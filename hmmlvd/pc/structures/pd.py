@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hmmlvd.errors import ParameterError
+from hmmlvd.core.errors import ParameterError
 from hmmlvd.pc.structures.region_graph import Partition, Region, RegionGraph
 
 Rect = tuple[int, int, int, int]  # (row0, row1, col0, col1), half-open

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hmmlvd.errors import ParameterError
+from hmmlvd.core.errors import ParameterError
 from hmmlvd.pc.structures.region_graph import Partition, Region, RegionGraph, make_region
 
 

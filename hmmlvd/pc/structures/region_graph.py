@@ -15,7 +15,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from hmmlvd.errors import ParameterError
+from hmmlvd.core.errors import ParameterError
 
 Region = tuple[int, ...]
 

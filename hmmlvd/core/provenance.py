@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hmmlvd.errors import CheckpointError
+from hmmlvd.core.errors import CheckpointError
 
 #: The settings of a training record in the order ``--resume`` checks them, with their flags.
 FLAGS = {"length": "--length", "hidden_states": "--hidden-states",

@@ -1,5 +1,5 @@
 """Checks of user-supplied values shared by the public API: integer id arrays and scalar
-settings. Each raises :class:`~hmmlvd.errors.DataError` naming the value and the problem."""
+settings. Each raises :class:`~hmmlvd.core.errors.DataError` naming the value and the problem."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 
 _UNSIGNED = {torch.uint16, torch.uint32, torch.uint64}
 

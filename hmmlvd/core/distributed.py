@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 
 #: Seconds a collective may wait for the slowest rank (the others wait while rank 0 alone runs
 #: LVD's k-means or writes a checkpoint); override with $HMMLVD_DIST_TIMEOUT.

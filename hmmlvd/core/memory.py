@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from hmmlvd.errors import ParameterError
+from hmmlvd.core.errors import ParameterError
 
 SKIP_ENV = "HMMLVD_SKIP_MEMORY_CHECK"
 FLOAT32 = 4

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from hmmlvd.atomic import atomic_write_json
+from hmmlvd.core.atomic import atomic_write_json
+from hmmlvd.core.errors import CheckpointError, DataError
 from hmmlvd.data.images import flatten
 from hmmlvd.em.config import EMConfig
-from hmmlvd.errors import CheckpointError, DataError
 from hmmlvd.image import memory as image_memory
 from hmmlvd.image.baselines import BASELINES, StructureConfig, baseline_from_config
 from hmmlvd.image.loading import load_pretrained
@@ -95,7 +95,7 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
     ``checkpoints.resume()``, trained on from where they stood (LVD: within stage c).
     ``seconds`` then adds the time of the earlier runs up to their last checkpoint. A model
     to build is first checked to fit the device's memory with EM on its batches
-    (:mod:`hmmlvd.image.memory`; :class:`~hmmlvd.errors.InsufficientMemoryError` naming the
+    (:mod:`hmmlvd.image.memory`; :class:`~hmmlvd.core.errors.InsufficientMemoryError` naming the
     flags to lower), before any structure learning or featurising."""
     structure = StructureConfig() if structure is None else structure
     train_images = np.asarray(train_images)

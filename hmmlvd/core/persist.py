@@ -6,7 +6,7 @@ folder that has a config is complete. Caches are folders named by a digest of th
 
 Used by the HMM (:meth:`hmmlvd.HMM.save_pretrained`), circuits and patch circuits, the MAE
 patch featuriser, and (for its key) the suffix-embedding cache. Reading checks, in this order,
-and raises :class:`~hmmlvd.errors.CheckpointError` naming the file and the fix: the folder and
+and raises :class:`~hmmlvd.core.errors.CheckpointError` naming the file and the fix: the folder and
 config exist, the config is at most :data:`MAX_CONFIG_BYTES`, is a JSON object of a supported
 version and of an expected ``model_type``; the tensor file's header names exactly the expected
 tensors with the expected shapes (before any tensor is read), and nothing changed while reading.
@@ -31,8 +31,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from hmmlvd.atomic import atomic_write, atomic_write_json, make_folder
-from hmmlvd.errors import CheckpointError, HMMLVDError, WriteError
+from hmmlvd.core.atomic import atomic_write, atomic_write_json, make_folder
+from hmmlvd.core.errors import CheckpointError, HMMLVDError, WriteError
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "model.safetensors"

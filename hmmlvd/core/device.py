@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
-from hmmlvd.errors import DataError
+from hmmlvd.core.errors import DataError
 
 
 def resolve_device(name: str | None = "auto") -> torch.device:
     """``auto`` (or None) -> cuda when available, else cpu; otherwise cpu, cuda or cuda:N,
     checked (other torch devices, such as mps, meta or xla, are not supported):
-    :class:`~hmmlvd.errors.DataError` naming the problem."""
+    :class:`~hmmlvd.core.errors.DataError` naming the problem."""
     if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -81,7 +81,7 @@ def resolve_dtype(name: str, device: str | torch.device) -> torch.dtype:
     """The torch dtype of compute dtype ``name`` (one of :data:`DTYPE_NAMES`) on ``device``:
     ``auto`` is bfloat16 where :func:`native_bf16` holds (2-3x the float32 matmul rate there),
     else float32. The one rule for the encoder and the HMM's E-step. Raises
-    :class:`~hmmlvd.errors.DataError` for another name."""
+    :class:`~hmmlvd.core.errors.DataError` for another name."""
     if name == "auto":
         return torch.bfloat16 if native_bf16(device) else torch.float32
     if name not in _FIXED_DTYPES:

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from hmmlvd.errors import CheckpointError
+from hmmlvd.core.errors import CheckpointError
 
 TEMP_MARKER = ".hmmlvd-"
 _TEMP_NAME = re.compile(r"\..+\.hmmlvd-[a-z0-9_]+\.tmp")

@@ -1,6 +1,6 @@
 """The output folder of a training run (``--out``), made ready before any work: created and
-checked to be a writable folder, locked for the whole run (:mod:`hmmlvd.lock`), cleared of
-the temporary files a killed run left (:func:`hmmlvd.atomic.remove_temporaries`), and checked
+checked to be a writable folder, locked for the whole run (:mod:`hmmlvd.core.lock`), cleared of
+the temporary files a killed run left (:func:`hmmlvd.core.atomic.remove_temporaries`), and checked
 not to hold a run that the new one would spoil (:func:`check_run_folder`). Under torchrun
 rank 0 alone does this and every rank fails together if it fails."""
 
@@ -12,10 +12,10 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from hmmlvd import distributed
-from hmmlvd.atomic import atomic_write_json, check_writable, make_folder, remove_temporaries
-from hmmlvd.errors import CheckpointError, HMMLVDError
-from hmmlvd.lock import LOCK_FILE, output_lock
+from hmmlvd.core import distributed
+from hmmlvd.core.atomic import atomic_write_json, check_writable, make_folder, remove_temporaries
+from hmmlvd.core.errors import CheckpointError, HMMLVDError
+from hmmlvd.core.lock import LOCK_FILE, output_lock
 
 #: The kinds of training run, by the commands that make them.
 TEXT_RUN, IMAGE_RUN = "text", "image"
@@ -134,7 +134,7 @@ def clear_stopped_early(out: Path) -> None:
 @contextmanager
 def output_folder(out: Path, kind: str | None = None, resume: bool = False) -> Iterator[Path]:
     """Prepare and lock ``out`` while the block runs. Raises :class:`CheckpointError` (its
-    subclass :class:`~hmmlvd.lock.FolderLockedError` when another run holds the folder) before
+    subclass :class:`~hmmlvd.core.lock.FolderLockedError` when another run holds the folder) before
     anything else happens if ``out`` is a file, lies below one, cannot be created or written,
     or is in use, or (with ``kind``, the kind of run about to start; ``resume``: whether it
     continues one) if it holds a run that this one must not spoil (:func:`check_run_folder`).

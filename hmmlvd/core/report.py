@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from hmmlvd.atomic import atomic_write, atomic_write_text
+from hmmlvd.core.atomic import atomic_write, atomic_write_text
 
 
 def device_name(device: torch.device) -> str:

@@ -33,4 +33,4 @@ class EncoderError(HMMLVDError):
 class InsufficientMemoryError(ParameterError):
     """A model (or EM on a batch) would need more memory than the device has available: raised
     before anything large is allocated, with the estimate, what is available and what to change
-    (see :mod:`hmmlvd.memory`)."""
+    (see :mod:`hmmlvd.core.memory`)."""
