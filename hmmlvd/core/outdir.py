@@ -31,7 +31,9 @@ IMAGE_RECORD = "image.json"  # written beside an image model only
 TEXT_STATE = "train_state.json"  # a text checkpoint's state: its run_id
 RESULTS = "results.json"  # written last by a finished run (text: with its run_id)
 SMALL_FILE = 2**20  # bytes: larger pointers, records or configs are not read here
-#: Written when a run is stopped before its first checkpoint: ``--resume`` there starts over.
+#: Written when a run starts and when it is stopped before its first checkpoint: ``--resume``
+#: in a folder with this note and no checkpoint starts the run over, whether it was stopped
+#: by a signal or killed outright (SIGKILL, the kernel's out-of-memory killer, a lost node).
 STOPPED_EARLY = "stopped-before-checkpoint.json"
 
 
@@ -119,6 +121,12 @@ def record_stopped_early(out: Path, doing: str) -> None:
     checkpoint: ``--resume`` then starts it over (:func:`stopped_early`) instead of refusing
     a folder with nothing to resume, so a scheduler that always adds ``--resume`` gets on."""
     atomic_write_json(out / STOPPED_EARLY, {"stopped_while": doing})
+
+
+def record_started(out: Path) -> None:
+    """Note in ``out`` that a run has started there and has no checkpoint yet: if it dies
+    before its first checkpoint, ``--resume`` starts it over (:func:`stopped_early`)."""
+    atomic_write_json(out / STOPPED_EARLY, {"stopped_while": None})
 
 
 def stopped_early(out: Path) -> bool:

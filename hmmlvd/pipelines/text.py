@@ -23,11 +23,18 @@ from hmmlvd.core import distributed
 from hmmlvd.core.atomic import atomic_write_json, check_writable, make_folder
 from hmmlvd.core.device import resolve_device, resolve_dtype
 from hmmlvd.core.errors import CheckpointError, DataError
-from hmmlvd.core.outdir import TEXT_RUN, output_folder
+from hmmlvd.core.outdir import (
+    TEXT_RUN,
+    clear_stopped_early,
+    output_folder,
+    record_started,
+    stopped_early,
+)
 from hmmlvd.core.provenance import check_same_training, setting_differences, training_record
 from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.em.config import EMConfig
+from hmmlvd.em.stop import TrainingInterrupted
 from hmmlvd.hmm import memory as hmm_memory
 from hmmlvd.hmm.checkpoint import read_config
 from hmmlvd.hmm.config import HMMConfig
@@ -103,7 +110,14 @@ def train_text(run: TextTraining) -> dict:
         check_writable(make_folder(run.lvd.cache_dir, "embedding cache folder"),
                        "embedding cache folder")
     with output_folder(run.out, TEXT_RUN, run.resume):
-        return _train_in_folder(run, device)
+        try:
+            return _train_in_folder(run, device)
+        except Exception as exc:
+            # a failed run leaves a folder as it found it; a stopped one keeps its note
+            if not isinstance(exc, TrainingInterrupted) and \
+                    not (run.out / "checkpoints" / "latest").is_file():
+                clear_stopped_early(run.out)
+            raise
 
 
 def model_shape(run: TextTraining, vocab_size: int) -> TextTraining:
@@ -186,6 +200,11 @@ def _train_in_folder(run: TextTraining, device: torch.device) -> dict:
     say(hmm_memory.describe(hmm_memory.training_estimate(
         sizes, shard, config.any_full_batch, dtype, config.any_mini_batch), dtype))
     best: dict = {}
+    if run.resume and not (run.out / "checkpoints" / "latest").is_file() and \
+            stopped_early(run.out):
+        say(f"{run.out}: the run stopped before its first checkpoint, nothing to resume: "
+            "starting it over")
+        run = replace(run, resume=False)
     if run.resume:
         hmm, saved, state = load_checkpoint(run.out, device=device)
         best = load_best(run.out, hmm)
@@ -205,6 +224,8 @@ def _train_in_folder(run: TextTraining, device: torch.device) -> dict:
         # fail now, not after a long LVD initialisation, if the model and EM cannot fit
         hmm_memory.check_training(sizes, shard, device, config.any_full_batch, dtype=dtype,
                                   mini_batch=config.any_mini_batch)
+        if distributed.is_main():  # a kill before the first checkpoint: --resume starts over
+            record_started(run.out)
         hmm = _initialiser(run)(data, device, summary)
         state = TrainState(trained_on=trained_on)
     ranks = f" on {distributed.world_size()} ranks" if distributed.is_distributed() else ""
@@ -228,6 +249,7 @@ def _train_in_folder(run: TextTraining, device: torch.device) -> dict:
     if run.evaluate is not None:
         summary["eval"] = evaluate_text(hmm, data, run.evaluate)
     atomic_write_json(run.out / "results.json", summary)
+    clear_stopped_early(run.out)
     return summary
 
 
