@@ -1,6 +1,9 @@
-"""The image LVD pipeline (features -> latents -> stages a, b, c) on tiny synthetic images."""
+"""The image LVD pipeline (distillation: features -> latents -> structures; then EM stages a,
+b, c) on tiny synthetic images."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,8 +11,10 @@ import torch
 
 from hmmlvd.core.errors import DataError
 from hmmlvd.data.images import flatten
-from hmmlvd.lvd.image.train import PatchLVDConfig, structures, train_patch_lvd
+from hmmlvd.lvd.image.distill import PatchLVDConfig, distil_patches, structures
+from hmmlvd.pc.em import CIRCUIT_EM
 from hmmlvd.pc.structures import learn_hclt
+from hmmlvd.pipelines.image_lvd import LVDStages, train_image_lvd
 
 
 def prototype_images(n: int = 120, seed: int = 0) -> np.ndarray:
@@ -22,17 +27,20 @@ def prototype_images(n: int = 120, seed: int = 0) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)[..., None]
 
 
-def tiny_config(**changes) -> PatchLVDConfig:
+def tiny_run(images: np.ndarray, stage_c_epochs: int = 2, **changes):
+    """Image LVD on ``images`` with tiny settings (``changes``: PatchLVDConfig fields)."""
     settings = dict(patch=2, num_latents=2, sub_units=2, top_units=2, featuriser="pca",
-                    feature_dim=4, context=1, tree_bins=4, stage_a_epochs=2, stage_b_epochs=3,
-                    stage_c_epochs=2, batch_size=32, step_size=0.5, pseudocount=0.01)
+                    feature_dim=4, context=1, tree_bins=4)
     settings.update(changes)
-    return PatchLVDConfig(**settings)
+    em = replace(CIRCUIT_EM, epochs=stage_c_epochs, batch_size=32, step_size=0.5,
+                 pseudocount=0.01)
+    return train_image_lvd(images, PatchLVDConfig(**settings), em,
+                           LVDStages(stage_a_epochs=2, stage_b_epochs=3), progress=False)
 
 
 def test_every_stage_runs_and_training_helps():
     images = prototype_images()
-    model, history = train_patch_lvd(images, tiny_config(), progress=False)
+    model, history = tiny_run(images)
     assert len(history["stage_a"]) == 2 and len(history["stage_b"]) == 3
     assert len(history["stage_c"]) == 2
     assert history["stage_a"][-1] > history["stage_a"][0]
@@ -52,8 +60,8 @@ def test_stage_c_does_not_decrease_training_likelihood_much():
     it is at least that after stages (a) and (b) (small step sizes, fixed seed)."""
     images = prototype_images(80)
     x = torch.as_tensor(flatten(images))
-    before, _ = train_patch_lvd(images, tiny_config(stage_c_epochs=0), progress=False)
-    after, _ = train_patch_lvd(images, tiny_config(stage_c_epochs=3), progress=False)
+    before, _ = tiny_run(images, stage_c_epochs=0)
+    after, _ = tiny_run(images, stage_c_epochs=3)
     assert float(after.log_likelihood(x).mean()) > float(before.log_likelihood(x).mean())
 
 
@@ -74,4 +82,24 @@ def test_sub_structures_come_from_their_own_patches():
 
 def test_bad_images_are_named():
     with pytest.raises(DataError, match="training images"):
-        train_patch_lvd(np.zeros((5, 4, 4), dtype=np.uint8), tiny_config(), progress=False)
+        tiny_run(np.zeros((5, 4, 4), dtype=np.uint8))
+    with pytest.raises(DataError, match="training images"):
+        distil_patches(np.zeros((1, 4, 4, 1), dtype=np.uint8), PatchLVDConfig(patch=2))
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"num_latents": 0}, "--num-latents must be >= 1"),
+    ({"tree_bins": 300}, "--tree-bins must be in [2, 256]"),
+    ({"context": 1.5}, "--context must be an integer"),
+    ({"featuriser": "sift"}, "--featuriser must be one of"),
+    ({"tie_inputs": 1}, "--tie-inputs must be True or False")])
+def test_bad_distillation_settings_are_named_with_their_flag(changes, named):
+    with pytest.raises(DataError) as info:
+        PatchLVDConfig(**changes)
+    assert named in str(info.value)
+
+
+@pytest.mark.parametrize("context", [5, -1])
+def test_context_beyond_the_images_is_refused(context):
+    with pytest.raises(DataError, match=r"--context must be in \[0, 4\]"):
+        distil_patches(prototype_images(4), PatchLVDConfig(patch=2, context=context))
