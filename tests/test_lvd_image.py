@@ -103,3 +103,50 @@ def test_bad_distillation_settings_are_named_with_their_flag(changes, named):
 def test_context_beyond_the_images_is_refused(context):
     with pytest.raises(DataError, match=r"--context must be in \[0, 4\]"):
         distil_patches(prototype_images(4), PatchLVDConfig(patch=2, context=context))
+
+
+#: Golden values of two fixed-seed runs of image LVD through ``train_image_model``, recorded
+#: by an independent run of the pipeline at commit 502bf59 (where one function ran
+#: distillation and all three stages): the mean log-likelihood of every epoch of every stage,
+#: and the sum of all parameters (log-space) of the trained model.
+GOLDEN = {
+    "tied_marginal_anneal": (
+        dict(epochs=2, batch_size=16, step_size=0.5, final_step_size=0.1,
+             leaf_prior="marginal", seed=3), {"tie_inputs": True}, False,
+        {"stage_a": [-21.5460730765, -16.9186973254],
+         "stage_b": [-3.0440676371, -2.8016770893, -2.7969065348],
+         "stage_c": [-73.5519314236, -68.9322374132]}, -54253.99793710746),
+    "data_prior_patience_final_full_batch": (
+        dict(epochs=3, batch_size=32, step_size=0.3, pseudocount=0.5, pseudocount_per="data",
+             patience=1, final_full_batch=2, seed=1), {}, True,
+        {"stage_a": [-22.4102383084, -20.7046291775],
+         "stage_b": [-2.9683114794, -2.7870792813, -2.7814921909],
+         "stage_c": [-83.0474473741, -79.653366428, -78.2421983507, -75.8246405707,
+                     -73.7714355469],
+         "valid": [-78.4590755463, -76.6245807648, -75.6151683807, -73.2945667267,
+                   -72.4914619446]}, -92183.09911371954),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN))
+def test_fixed_seed_runs_give_the_recorded_histories_and_parameters(case):
+    """Every stage's data, batch order, EM settings (step-size anneal, leaf prior, pseudocount
+    and what it is per, patience, full-batch epochs, tied inputs) and the initial parameters
+    decide these numbers: a change to any of them on the way from the settings to the
+    stages changes the history or the parameters."""
+    from hmmlvd.image.baselines import StructureConfig
+    from hmmlvd.pipelines.image_models import train_image_model
+
+    em, extra, scored, history, parameter_sum = GOLDEN[case]
+    images = prototype_images(90)
+    lvd = dict(patch=2, num_latents=2, top_units=2, feature_dim=4, context=1,
+               stage_a_epochs=2, stage_b_epochs=3, **extra)
+    trained = train_image_model("lvd", images, 2, replace(CIRCUIT_EM, **em),
+                                StructureConfig(tree_bins=4), lvd, progress=False,
+                                valid_images=images[:20].copy() if scored else None)
+    got = {k: v for k, v in trained.history.items() if k != "timings"}
+    assert sorted(got) == sorted(history)
+    for stage, values in history.items():
+        np.testing.assert_allclose(got[stage], values, rtol=1e-6, err_msg=stage)
+    total = sum(float(p.double().sum()) for p in trained.model.parameters())
+    assert total == pytest.approx(parameter_sum, rel=1e-7)
