@@ -120,7 +120,8 @@ class ImageTraining:
         for name, value, kind in (("em", self.em, EMConfig),
                                   ("structure", self.structure, StructureConfig)):
             if not isinstance(value, kind):
-                raise DataError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+                raise DataError(f"{name} must be an instance of {kind.__name__}, got "
+                                f"{type(value).__name__}")
         if self.model != "lvd":
             if self.lvd:
                 raise DataError(f"LVD settings {sorted(self.lvd)} belong to --model lvd only")
