@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 
 from hmmlvd.core.device import DTYPE_NAMES
+from hmmlvd.core.errors import DataError
 from hmmlvd.em.config import LEAF_PRIORS, PSEUDOCOUNT_PER, EMConfig
 
 EM_FIELDS = frozenset(f.name for f in dataclasses.fields(EMConfig))
@@ -75,6 +76,24 @@ def add_em_flags(p: argparse.ArgumentParser, defaults: EMConfig, samples: str, *
 
 def em_config_from(args: argparse.Namespace, defaults: EMConfig) -> EMConfig:
     """``defaults`` with every EM setting the parsed flags name (those of
-    :func:`add_em_flags`, and ``--checkpoint-every`` where a command has it)."""
-    return dataclasses.replace(defaults, **{k: v for k, v in vars(args).items()
-                                            if k in EM_FIELDS})
+    :func:`add_em_flags`, and ``--checkpoint-every`` where a command has it), checked by
+    :class:`EMConfig`; its DataError names the flag whose value it refuses."""
+    given = {k: v for k, v in vars(args).items() if k in EM_FIELDS}
+    try:
+        return dataclasses.replace(defaults, **given)
+    except DataError as exc:
+        raise DataError(_naming_the_flag(defaults, given, exc)) from exc
+
+
+def _naming_the_flag(defaults: EMConfig, given: dict, exc: DataError) -> str:
+    """``exc``'s message (EMConfig refused ``given``) with the flag of the first setting that is
+    refused on its own: "step size must lie in (0, 1], got 2.0" of ``step_size`` reads
+    "--step-size must lie in (0, 1], got 2.0". A refused combination keeps its message."""
+    for name, value in given.items():
+        try:
+            dataclasses.replace(defaults, **{name: value})
+        except DataError as alone:
+            flag = "--" + name.replace("_", "-")
+            _, must, rest = str(alone).partition(" must ")
+            return f"{flag} must {rest}" if must else f"{flag}: {alone}"
+    return str(exc)

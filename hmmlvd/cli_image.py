@@ -9,9 +9,11 @@
     hmmlvd image inpaint --model runs/hclt16 --mask bottom --out runs/hclt16/inpaint.png
 
 Models: the baselines of ``hmmlvd.image.baselines`` (``hclt``, ``pd``, ``rat``) and image LVD
-(``lvd``; its flags, the fields of ``hmmlvd.lvd.image.train.PatchLVDConfig``, are listed by
-``hmmlvd image train --model lvd --help``). Everything is done by the library
-(:mod:`hmmlvd.pipelines.image_models`, :mod:`hmmlvd.image.grids`); ``scripts/image_bpd.py``
+(``lvd``; its flags, the fields of ``hmmlvd.lvd.image.distill.PatchLVDConfig`` and
+``hmmlvd.pipelines.image_lvd.LVDStages``, are listed by ``hmmlvd image train --model lvd
+--help``). This module only parses flags into the library's configs, which check them (naming
+the flag); everything is done by the library (:mod:`hmmlvd.pipelines.image`,
+:mod:`hmmlvd.pipelines.image_models`, :mod:`hmmlvd.image.grids`); ``scripts/image_bpd.py``
 reuses the flag definitions below. :func:`hmmlvd.cli.main` routes ``hmmlvd image ...`` here
 (:func:`parse_image_args`), resolves ``--device`` and reports errors in one line
 (``hmmlvd image: error: ...``).
@@ -20,9 +22,7 @@ reuses the flag definitions below. :func:`hmmlvd.cli.main` routes ``hmmlvd image
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +35,7 @@ from hmmlvd.core.errors import DataError
 from hmmlvd.core.outdir import (
     output_folder,
 )
+from hmmlvd.core.validate import check_int
 from hmmlvd.data.images import ImageData
 from hmmlvd.em.config import EMConfig
 from hmmlvd.image.baselines import StructureConfig
@@ -47,11 +48,9 @@ from hmmlvd.pipelines.image import (
     train_image,
 )
 from hmmlvd.pipelines.image_models import (
-    DATASET_SHAPES,
-    LEVELS,
-    LVD_SHARED,
     MODELS,
     load_image_model,
+    lvd_flag_fields,
 )
 
 DATASETS = ("mnist", "cifar10")
@@ -93,20 +92,15 @@ def add_data_flags(p: argparse.ArgumentParser, dataset_default: str | None = "mn
                    help="evaluate on the first N valid and test images (0: all; default)")
 
 
-def lvd_fields() -> list[dataclasses.Field]:
-    """The fields of PatchLVDConfig (imported here: hmmlvd.lvd loads transformers)."""
-    from hmmlvd.lvd.image.train import PatchLVDConfig
-
-    return list(dataclasses.fields(PatchLVDConfig))
-
-
 def add_lvd_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per PatchLVDConfig field that no shared flag sets, with its default."""
+    """One flag per setting of image LVD's own (:func:`~hmmlvd.pipelines.image_models.
+    lvd_flag_fields`) that no shared flag sets, with its default."""
     group = parser.add_argument_group(
-        "lvd (PatchLVDConfig fields; --size sets sub_units, --epochs stage_c_epochs)")
+        "lvd (PatchLVDConfig and LVDStages fields; --size sets sub_units, --seed seed, the EM "
+        "flags stage c and, as LVDStages says, stages a and b)")
     taken = {action.dest for action in parser._actions}
-    for field in lvd_fields():
-        if field.name in LVD_SHARED or field.name in taken:
+    for field in lvd_flag_fields():
+        if field.name in taken:
             continue
         flag = "--" + field.name.replace("_", "-")
         if isinstance(field.default, bool):
@@ -126,33 +120,6 @@ def wants_lvd(argv: Sequence[str]) -> bool:
     return first.parse_known_args(list(argv))[0].model == "lvd"
 
 
-def check_model_flags(args: argparse.Namespace) -> None:
-    """DataError naming the first model, EM, structure or data flag out of range, before any
-    work. ``--tree-bins`` may not exceed the 256 grey levels, and an LVD ``--context`` may not
-    exceed the side of the dataset's images (wider windows hold only padding, and their size
-    grows as the square of the context)."""
-    for name in ("size", "batch_size", "tree_images", "repetitions"):
-        if getattr(args, name) < 1:
-            raise DataError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("epochs", "train_size", "eval_size", "patience", "final_full_batch"):
-        if getattr(args, name, 0) < 0:
-            raise DataError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if not 0 < args.step_size <= 1 or not 0 <= args.pseudocount < math.inf:
-        raise DataError(f"--step-size must be in (0, 1] and --pseudocount >= 0, got "
-                        f"{args.step_size} and {args.pseudocount}")
-    final = getattr(args, "final_step_size", None)
-    if final is not None and not 0 < final <= 1:
-        raise DataError(f"--final-step-size must be in (0, 1], got {final}")
-    if not 2 <= args.tree_bins <= LEVELS:
-        raise DataError(f"--tree-bins must be in [2, {LEVELS}] (pixels have {LEVELS} grey "
-                        f"levels), got {args.tree_bins}")
-    context = getattr(args, "context", None)  # an LVD flag: set with --model lvd only
-    shape = DATASET_SHAPES.get(getattr(args, "dataset", None) or "")
-    if context is not None and shape is not None and not 0 <= context <= min(shape[:2]):
-        raise DataError(f"--context must be in [0, {min(shape[:2])}] (pixels around a patch; "
-                        f"{args.dataset} images are {_sides(shape[:2])}), got {context}")
-
-
 def em_config(args: argparse.Namespace) -> EMConfig:
     """The EM settings of the flags (the rest: :data:`~hmmlvd.pc.em.CIRCUIT_EM`'s)."""
     return em_config_from(args, CIRCUIT_EM)
@@ -165,17 +132,18 @@ def structure_config(args: argparse.Namespace) -> StructureConfig:
 
 
 def lvd_values(args: argparse.Namespace) -> dict:
-    """The LVD flags' values by PatchLVDConfig field (empty unless ``--model lvd``)."""
+    """The LVD flags' values by setting name (empty unless ``--model lvd``)."""
     if args.model != "lvd":
         return {}
-    return {f.name: getattr(args, f.name) for f in lvd_fields() if f.name not in LVD_SHARED}
+    flags = vars(args)
+    return {f.name: flags[f.name] for f in lvd_flag_fields() if f.name in flags}
 
 
 def load_data(args: argparse.Namespace, dataset: str | None = None) -> ImageData:
     """The dataset of the flags, train cut to ``--train-size`` and valid / test to
     ``--eval-size`` (0: all)."""
-    return load_image_data(dataset or args.dataset, args.data_dir,
-                           vars(args).get("train_size", 0), args.eval_size)
+    return load_image_data(dataset or args.dataset, args.data_dir, args.train_size,
+                           args.eval_size)
 
 
 # ----- the parser ----------------------------------------------------------------------------
@@ -220,7 +188,7 @@ def build_image_parser(with_lvd: bool = False) -> argparse.ArgumentParser:
     sa.add_argument("--out", type=Path, required=True, metavar="PNG")
     sa.add_argument("--grid", type=int, default=8, help="G x G samples (default 8)")
     sa.add_argument("--seed", type=int, default=0)
-    sa.set_defaults(run=cmd_sample)
+    sa.set_defaults(run=cmd_sample, dataset=None)
 
     ip = sub.add_parser("inpaint", help="a PNG grid of inpaintings of dataset images")
     ip.add_argument("--model", type=Path, required=True, help="saved model folder")
@@ -234,7 +202,7 @@ def build_image_parser(with_lvd: bool = False) -> argparse.ArgumentParser:
     ip.add_argument("--num-images", type=int, default=8, help="images (default 8)")
     ip.add_argument("--draws", type=int, default=3, help="draws per image (default 3)")
     ip.add_argument("--seed", type=int, default=0)
-    ip.set_defaults(run=cmd_inpaint, eval_size=0)
+    ip.set_defaults(run=cmd_inpaint, train_size=0, eval_size=0)
 
     for p in (tr, ev, sa, ip):
         p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -255,14 +223,10 @@ def parse_image_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 # ----- the subcommands (args.device already resolved by hmmlvd.cli) --------------------------
-def _prepare(args: argparse.Namespace) -> None:
-    for name, minimum in (("threads", 1), ("grid", 1), ("num_images", 1), ("draws", 1),
-                          ("batch_size", 1), ("train_size", 0), ("eval_size", 0)):
-        value = getattr(args, name, None)
-        if value is not None and value < minimum:
-            raise DataError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+def _set_threads(args: argparse.Namespace) -> None:
+    """``--threads``: torch's CPU threads (a count >= 1), when given."""
     if args.threads is not None:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(check_int(args.threads, "--threads", 1))
 
 
 def image_training_from(args: argparse.Namespace) -> ImageTraining:
@@ -278,15 +242,15 @@ def image_training_from(args: argparse.Namespace) -> ImageTraining:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Train, save and evaluate (:func:`hmmlvd.pipelines.image.train_image`)."""
-    _prepare(args)
-    check_model_flags(args)
-    train_image(image_training_from(args))
+    run = image_training_from(args)  # checked: a bad flag is refused before any work
+    _set_threads(args)
+    train_image(run)
 
 
 def _load(args: argparse.Namespace) -> tuple[object, dict, str]:
     """The saved model, its record and the dataset to use (flag, record, else mnist)."""
     model, record = load_image_model(args.model, device=args.device)
-    dataset = getattr(args, "dataset", None) or record.get("dataset") or "mnist"
+    dataset = args.dataset or record.get("dataset") or "mnist"
     if dataset not in DATASETS:
         raise DataError(f"{args.model} records dataset {dataset!r:.40}; give --dataset")
     return model.eval(), record, dataset
@@ -304,7 +268,7 @@ def _sides(shape: Sequence[int]) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     """Print the bits per dimension of each ``--splits`` split."""
-    _prepare(args)
+    _set_threads(args)
     model, record, dataset = _load(args)
     data = load_data(args, dataset)
     _check_shape(args, record, data)
@@ -329,7 +293,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
     """Save a G x G grid of samples."""
     from hmmlvd.image.grids import save_samples  # matplotlib
 
-    _prepare(args)
+    _set_threads(args)
     model, record, _ = _load(args)
     path = save_samples(model, record["image_shape"], args.out, f"samples: {_title(record)}",
                         args.seed, args.grid)
@@ -338,9 +302,10 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_inpaint(args: argparse.Namespace) -> None:
     """Save a grid of ``--mask`` inpaintings of the first ``--num-images`` of a split."""
-    from hmmlvd.image.grids import save_inpaintings  # matplotlib
+    from hmmlvd.image.grids import check_inpainting, save_inpaintings  # matplotlib
 
-    _prepare(args)
+    check_inpainting(args.num_images, args.draws)
+    _set_threads(args)
     model, record, dataset = _load(args)
     data = load_data(args, dataset)
     _check_shape(args, record, data)

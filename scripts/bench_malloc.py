@@ -45,7 +45,7 @@ def child(args: argparse.Namespace) -> dict:
     from hmmlvd.data.images import flatten, load_mnist
     from hmmlvd.data.patches import split_patches
     from hmmlvd.image.patch_circuit import PatchCircuit
-    from hmmlvd.lvd.image.train import structures
+    from hmmlvd.lvd.image.distill import structures
 
     kept = keep_freed_memory()
     torch.set_num_threads(args.threads)

@@ -1,12 +1,12 @@
 """Train one image model with mini-batch EM and report its bits per dimension.
 
 Models: the baselines of ``hmmlvd.image.baselines`` (``hclt``, ``pd``, ``rat``: structure
-learned or fixed, random parameters, then ``fit``: EM) and ``lvd`` (``train_patch_lvd``: patch
-latents distilled from patch features, sub-circuits and top circuit fitted to them, then the
-whole circuit finetuned by EM). Every model has K = ``--size`` units per region (for ``lvd``:
-the sub-circuits' K, ``sub_units``). The model is trained on the first ``--train-size``
-training images (the train split is already shuffled), evaluated on the valid and test splits
-(``--eval-size`` limits both), and
+learned or fixed, random parameters, then ``fit``: EM) and ``lvd``
+(``hmmlvd.pipelines.image_lvd.train_image_lvd``: patch latents distilled from patch features,
+sub-circuits and top circuit fitted to them, then the whole circuit finetuned by EM). Every
+model has K = ``--size`` units per region (for ``lvd``: the sub-circuits' K, ``sub_units``).
+The model is trained on the first ``--train-size`` training images (the train split is already
+shuffled), evaluated on the valid and test splits (``--eval-size`` limits both), and
 
 - one line is printed and one JSON line appended to ``<out>/results.jsonl``: ``model``,
   ``size``, ``params``, ``train_seconds`` (structure + EM, or the whole LVD pipeline),
@@ -19,11 +19,13 @@ training images (the train split is already shuffled), evaluated on the valid an
 
 Choose settings on the valid bpd only; the test bpd is reported, never tuned on.
 
-LVD flags map 1:1 to the fields of ``hmmlvd.lvd.image.train.PatchLVDConfig`` (``--patch``,
-``--num-latents``, ``--top-units``, ``--featuriser``, ...; listed by ``--model lvd --help``),
-except the fields set by shared flags: ``sub_units`` = ``--size``, ``stage_c_epochs`` (EM
-finetuning on pixels, what the baselines get) = ``--epochs``, and ``batch_size``,
-``step_size``, ``pseudocount``, ``tree_bins``, ``seed`` = the flags of those names.
+LVD flags map 1:1 to the fields of ``hmmlvd.lvd.image.distill.PatchLVDConfig`` (``--patch``,
+``--num-latents``, ``--top-units``, ``--featuriser``, ...) and
+``hmmlvd.pipelines.image_lvd.LVDStages`` (``--stage-a-epochs``, ``--stage-b-epochs``; listed by
+``--model lvd --help``), except the fields set by shared flags: ``sub_units`` = ``--size``,
+``tree_bins`` and ``seed`` = the flags of those names. The EM flags are stage (c)'s (EM
+finetuning on pixels, what the baselines get) and, as ``LVDStages`` says, those of stages (a)
+and (b).
 
 This script is a thin caller of the library that ``hmmlvd image`` runs
 (``hmmlvd.pipelines.image_models``, ``hmmlvd.image.grids``) and shares its flag definitions
@@ -52,7 +54,6 @@ from hmmlvd.cli_image import (
     add_data_flags,
     add_lvd_flags,
     add_model_flags,
-    check_model_flags,
     em_config,
     lvd_values,
     structure_config,
@@ -63,6 +64,7 @@ from hmmlvd.core.device import resolve_device
 from hmmlvd.core.errors import DataError, HMMLVDError
 from hmmlvd.data.images import ImageData
 from hmmlvd.image.grids import save_inpaintings, save_samples
+from hmmlvd.pipelines.image import ImageTraining
 from hmmlvd.pipelines.image_models import (
     MODELS,
     image_bpd,
@@ -103,8 +105,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if wants_lvd(argv):
         add_lvd_flags(parser)
     args = parser.parse_args(argv)
-    try:
-        check_model_flags(args)
+    try:  # the configs check the flags (naming them), before any work
+        ImageTraining(model=args.model, size=args.size, out=args.out, dataset=args.dataset,
+                      train_size=args.train_size, eval_size=args.eval_size,
+                      em=em_config(args), structure=structure_config(args),
+                      lvd=lvd_values(args), batch_size=args.batch_size)
     except DataError as exc:
         parser.error(str(exc))
     try:
@@ -123,7 +128,7 @@ def load_data(args: argparse.Namespace) -> ImageData:
 
 
 def lvd_config(args: argparse.Namespace):
-    """The PatchLVDConfig of the command line."""
+    """The PatchLVDConfig and LVDStages of the command line."""
     return pipeline_lvd_config(args.size, em_config(args), structure_config(args),
                                **lvd_values(args))
 

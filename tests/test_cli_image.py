@@ -355,7 +355,7 @@ def test_final_step_size_anneals_every_lvd_stage(mnist_dir, tmp_path, monkeypatc
     """--final-step-size: the mini-batch epochs of stages (a), (b) and (c) each anneal from
     --step-size to it (the plans the one EM loop gets; the loop's steps are tested in
     test_em_core); full-batch epochs stay at 1; out of (0, 1] it is a one-line error."""
-    import hmmlvd.lvd.image.train as lvd_train
+    import hmmlvd.image.parts_em as parts_em
     import hmmlvd.pc.em as pc_em
     from hmmlvd.em import Anneal
 
@@ -367,7 +367,7 @@ def test_final_step_size_anneals_every_lvd_stage(mnist_dir, tmp_path, monkeypatc
             return real(learner, plan, *args, **kwargs)
         return run
 
-    monkeypatch.setattr(lvd_train, "run_epochs", spy(lvd_train.run_epochs))
+    monkeypatch.setattr(parts_em, "run_epochs", spy(parts_em.run_epochs))
     monkeypatch.setattr(pc_em, "run_epochs", spy(pc_em.run_epochs))
     tiny = [*TINY_LVD[:-4], "--stage-a-epochs", "2", "--stage-b-epochs", "3"]
     assert main(["image", "train", "--model", "lvd", "--size", "2", *TINY, *tiny,
@@ -382,7 +382,7 @@ def test_final_step_size_anneals_every_lvd_stage(mnist_dir, tmp_path, monkeypatc
     assert main(["image", "train", "--model", "hclt", "--size", "2", *TINY,
                  "--final-step-size", "0", "--data-dir", str(mnist_dir),
                  "--out", str(tmp_path / "b")]) == 2
-    assert "--final-step-size must be in (0, 1]" in one_line_error(capsys)
+    assert "--final-step-size must lie in (0, 1]" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize("failing", ["tensors", "state"])

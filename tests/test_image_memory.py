@@ -48,11 +48,11 @@ def one_line_error(capsys) -> str:
 
 def test_oversize_lvd_is_refused_before_any_work_naming_the_flags(mnist_dir, tmp_path, capsys,
                                                                   available, monkeypatch):
-    import hmmlvd.lvd.image.train as lvd_train
+    import hmmlvd.lvd.image.distill as lvd_distill
 
     available(8 * GB)
-    monkeypatch.setattr(lvd_train, "make_featuriser", never)
-    monkeypatch.setattr(lvd_train, "PatchCircuit", never)
+    monkeypatch.setattr(lvd_distill, "make_featuriser", never)
+    monkeypatch.setattr(lvd_distill, "PatchCircuit", never)
     out = tmp_path / "run"
     assert main(["image", "train", "--model", "lvd", "--size", "64", "--num-latents", "64",
                  "--top-units", "4096", "--batch-size", "256", *TINY[:6], *TINY[8:],

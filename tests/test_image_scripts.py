@@ -56,9 +56,11 @@ def test_lvd_flags_map_to_the_config(monkeypatch):
     bpd = load_script("image_bpd", monkeypatch)
     args = bpd.parse_args(["--model", "lvd", "--size", "3", "--epochs", "2", "--num-latents",
                            "5", "--batch-size", "64", "--tree-bins", "4", "--patch", "4"])
-    config = bpd.lvd_config(args)
-    assert (config.sub_units, config.stage_c_epochs, config.num_latents, config.batch_size,
+    config, stages = bpd.lvd_config(args)
+    em = bpd.em_config(args)
+    assert (config.sub_units, em.epochs, config.num_latents, em.batch_size,
             config.tree_bins, config.patch) == (3, 2, 5, 64, 4, 4)
+    assert (stages.stage_a_epochs, stages.stage_b_epochs) == (5, 20)  # their defaults
     with pytest.raises(SystemExit):  # LVD flags belong to --model lvd only
         bpd.parse_args(["--model", "pd", "--size", "3", "--num-latents", "5"])
 

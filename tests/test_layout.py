@@ -161,7 +161,7 @@ def test_hmm_imports_no_circuit_code_and_pc_no_image_code():
 
 @pytest.mark.parametrize("statement", [
     "import hmmlvd, hmmlvd.lvd, hmmlvd.lvd.image, hmmlvd.image, hmmlvd.pipelines.image_models, "
-    "hmmlvd.pc; hmmlvd.lvd.train_patch_lvd",
+    "hmmlvd.pc, hmmlvd.pipelines.image_lvd; hmmlvd.lvd.distil_patches",
 ])
 def test_image_side_does_not_import_transformers(statement):
     code = f"import sys; {statement}; print('transformers' in sys.modules)"

@@ -10,13 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-import hmmlvd.lvd.image.train as lvd_train
+import hmmlvd.image.parts_em as parts_em
+import hmmlvd.lvd.image.distill as lvd_distill
 from hmmlvd.cli import main
 from hmmlvd.data.images import ImageData, flatten
 from hmmlvd.data.patches import patch_variables, split_patches
 from hmmlvd.image import PatchCircuit
-from hmmlvd.lvd.image.train import PatchLVDConfig, train_patch_lvd
+from hmmlvd.lvd.image.distill import PatchLVDConfig
 from hmmlvd.pc import EMConfig
+from hmmlvd.pc.em import CIRCUIT_EM
+from hmmlvd.pipelines.image_lvd import LVDStages, train_image_lvd
 from hmmlvd.pipelines.image_models import load_image_model, train_image_model
 
 SIDE, PATCH, LEVELS = 4, 2, 256
@@ -50,17 +53,27 @@ def fixed_latents(monkeypatch):
             assert features.shape[:2] == labels.shape and labels.max() < num_latents
             return labels.copy()
 
-        monkeypatch.setattr(lvd_train, "patch_latents", patch_latents)
+        monkeypatch.setattr(lvd_distill, "patch_latents", patch_latents)
 
     return use
 
 
-def tiny_config(**changes) -> PatchLVDConfig:
+#: The EM settings of the tiny runs (the rest: CIRCUIT_EM's).
+TINY_EM = dict(epochs=0, batch_size=64, step_size=1.0, pseudocount=0.5)
+
+
+def tiny_run(images: np.ndarray, stage_a_epochs: int = 2, **changes) -> PatchCircuit:
+    """Image LVD on ``images`` with tiny settings, stages (b) and (c) skipped; ``changes``:
+    PatchLVDConfig fields or EM settings (batch_size, step_size, pseudocount, seed)."""
+    em = {k: changes.pop(k) for k in list(changes) if k in TINY_EM or k == "seed"}
     settings = dict(patch=PATCH, num_latents=2, sub_units=1, top_units=1, feature_dim=2,
-                    context=0, tree_bins=4, stage_a_epochs=2, stage_b_epochs=0,
-                    stage_c_epochs=0, batch_size=64, step_size=1.0, pseudocount=0.5)
+                    context=0, tree_bins=4, seed=em.get("seed", 0))
     settings.update(changes)
-    return PatchLVDConfig(**settings)
+    config = EMConfig(**{**CIRCUIT_EM.to_dict(), **TINY_EM, **em})
+    model, _ = train_image_lvd(images, PatchLVDConfig(**settings), config,
+                               LVDStages(stage_a_epochs=stage_a_epochs, stage_b_epochs=0),
+                               progress=False)
+    return model
 
 
 # ----- stage (a): routing --------------------------------------------------------------------
@@ -76,8 +89,7 @@ def test_stage_a_trains_each_sub_circuit_on_the_patches_of_its_position_and_late
     num_latents, pseudocount = 2, 0.5
     images, labels = routed_images(24, num_latents)
     fixed_latents(labels)
-    model, _ = train_patch_lvd(images, tiny_config(num_latents=num_latents,
-                                                   pseudocount=pseudocount), progress=False)
+    model = tiny_run(images, num_latents=num_latents, pseudocount=pseudocount)
     got = model.group_log_likelihood(torch.as_tensor(flatten(images))).double().numpy()
     patches = split_patches(images, PATCH).astype(np.int64)  # [N, n, P]
     expected = np.zeros((len(images), NUM_PATCHES, num_latents))
@@ -92,18 +104,18 @@ def test_stage_a_trains_each_sub_circuit_on_the_patches_of_its_position_and_late
 
 
 # ----- stage (a): batch order ----------------------------------------------------------------
-def stage_a_batches(monkeypatch, images: np.ndarray, config: PatchLVDConfig) -> list[np.ndarray]:
+def stage_a_batches(monkeypatch, images: np.ndarray, **changes) -> list[np.ndarray]:
     """The sample ids [B, G] of every stage-(a) E-step of a pipeline run, in call order."""
     seen: list[np.ndarray] = []
-    real = lvd_train._StageA.e_step
+    real = parts_em.PartsLearner.e_step
 
     def e_step(self, ids):
         seen.append(np.array(ids, copy=True))
         return real(self, ids)
 
-    monkeypatch.setattr(lvd_train._StageA, "e_step", e_step)
-    train_patch_lvd(images, config, progress=False)
-    monkeypatch.setattr(lvd_train._StageA, "e_step", real)
+    monkeypatch.setattr(parts_em.PartsLearner, "e_step", e_step)
+    tiny_run(images, **changes)
+    monkeypatch.setattr(parts_em.PartsLearner, "e_step", real)
     return seen
 
 
@@ -119,8 +131,8 @@ def test_stage_a_visits_its_batches_in_a_new_seeded_order_every_epoch(monkeypatc
     groups = [np.flatnonzero(labels[:, i] == c)
               for i in range(NUM_PATCHES) for c in range(num_latents)]
     per_epoch = -(-max(len(g) for g in groups) // batch_size)
-    config = tiny_config(stage_a_epochs=epochs, batch_size=batch_size, seed=5)
-    seen = stage_a_batches(monkeypatch, images, config)
+    config = dict(stage_a_epochs=epochs, batch_size=batch_size, seed=5)
+    seen = stage_a_batches(monkeypatch, images, **config)
     assert len(seen) == epochs * per_epoch
     orders = [np.concatenate(seen[e * per_epoch:(e + 1) * per_epoch]) for e in range(epochs)]
     for order in orders:  # [rows, G]: column g lists group g's samples once
@@ -130,10 +142,9 @@ def test_stage_a_visits_its_batches_in_a_new_seeded_order_every_epoch(monkeypatc
     for a in range(epochs):
         for b in range(a + 1, epochs):
             assert not np.array_equal(orders[a], orders[b]), (a, b)
-    again = stage_a_batches(monkeypatch, images, config)
+    again = stage_a_batches(monkeypatch, images, **config)
     assert all(np.array_equal(x, y) for x, y in zip(seen, again, strict=True))
-    other = stage_a_batches(monkeypatch, images, tiny_config(stage_a_epochs=epochs,
-                                                             batch_size=batch_size, seed=6))
+    other = stage_a_batches(monkeypatch, images, **{**config, "seed": 6})
     assert not all(np.array_equal(x, y) for x, y in zip(seen, other, strict=True))
 
 

@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from hmmlvd.core.atomic import atomic_write_json
 from hmmlvd.core.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.image import load_patch_circuit, load_pretrained, save_patch_circuit
+from hmmlvd.image.parts_em import group_batches
 from hmmlvd.image.patch_circuit import PatchCircuit, disjoint_union
-from hmmlvd.lvd.image.train import group_batches
-from hmmlvd.pc import load_circuit
+from hmmlvd.pc import EMConfig, load_circuit
 from hmmlvd.pc.structures import hclt_region_graph, poon_domingos, random_binary_trees
 
 
@@ -175,6 +175,38 @@ def test_group_batches_list_every_patch_once_in_its_group():
         for c in range(3):
             column = ids[:, i * 3 + c]
             assert sorted(column[column >= 0]) == sorted(np.flatnonzero(labels[:, i] == c))
+
+
+def test_fit_parts_trains_the_sub_circuits_of_their_patches_only():
+    """fit_parts on labels that give patch 0 only latent value 0 and patch 1 values 0 and 1:
+    the sub-circuits of (0, 0), (1, 0) and (1, 1) change, those with no patches ((0, 1),
+    (0, 2), (1, 2)) and the top circuit keep their parameters (compared with the model
+    before). Guards against the sub-circuit EM touching groups it has no data for (a wrong
+    present mask) or the top circuit."""
+    model = build(seed=2)
+    x = all_images(8)
+    labels = np.zeros((len(x), 2), dtype=np.int64)
+    labels[::2, 1] = 1
+    before = model.group_log_likelihood(x)
+    top = {k: v.clone() for k, v in model.top.named_parameters()}
+    model.fit_parts(x, labels, EMConfig(epochs=2, batch_size=64, step_size=0.5,
+                                        final_full_batch=0, pseudocount=0.1), progress=False)
+    after = model.group_log_likelihood(x)
+    assert len(model.fit_history) == 2
+    changed = ~torch.isclose(after, before).all(0)  # [n, C]
+    assert changed.tolist() == [[True, False, False], [True, True, False]]
+    for name, value in model.top.named_parameters():
+        assert torch.equal(value, top[name]), name
+
+
+@pytest.mark.parametrize("labels, config, message", [
+    (np.zeros((4, 3), np.int64), EMConfig(final_full_batch=0), "latent labels must be"),
+    (np.full((4, 2), 3), EMConfig(final_full_batch=0), r"lie in \[0, 3\)"),
+    (np.zeros((4, 2), np.int64), EMConfig(pseudocount_per="data"), "pseudocount_per 'batch'"),
+    (np.zeros((4, 2), np.int64), EMConfig(patience=2), "patience 0")])
+def test_fit_parts_refuses_what_it_cannot_use(labels, config, message):
+    with pytest.raises(DataError, match=message):
+        build().fit_parts(all_images(8)[:4], labels, config, progress=False)
 
 
 @pytest.mark.parametrize("tie", [False, True])

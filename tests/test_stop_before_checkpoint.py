@@ -64,8 +64,8 @@ def run(target: str, at: int, log: Path, argv: list[str]) -> subprocess.Complete
 @pytest.mark.parametrize(("model", "target", "doing", "resume"), [
     ("hclt", "hmmlvd.pc.structures.hclt:_block_information", "learning a Chow–Liu tree", True),
     ("lvd", "hmmlvd.lvd.cluster:_search", "clustering (k-means)", False),
-    ("lvd", "hmmlvd.lvd.image.train:learn_hclt", "learning a Chow–Liu tree", False),
-    ("lvd", "hmmlvd.lvd.image.train:_StageA.e_step", "running LVD stage a", False),
+    ("lvd", "hmmlvd.lvd.image.distill:learn_hclt", "learning a Chow–Liu tree", False),
+    ("lvd", "hmmlvd.image.parts_em:PartsLearner.e_step", "running LVD stage a", False),
     ("lvd", "hmmlvd.pc.em:accumulate_counts", "running LVD stage b", True),
 ], ids=["chow-liu", "k-means", "lvd-trees", "stage-a", "stage-b"])
 def test_sigterm_before_the_first_checkpoint_stops_after_the_current_step(

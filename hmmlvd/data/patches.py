@@ -8,6 +8,8 @@ variable (r * W + c) * C + ch, as ``poon_domingos`` numbers them).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -51,6 +53,17 @@ def patch_variables(height: int, width: int, patch: int, channels: int = 1) -> n
     every patch (so ``flat_images[:, patch_variables(...)[i]]`` is patch i)."""
     index = np.arange(height * width * channels).reshape(1, height, width, channels)
     return split_patches(index, patch)[0]
+
+
+def check_context(context: int, image_shape: Sequence[int], images: str = "the") -> None:
+    """DataError unless ``context`` pixels around a patch fit images of ``image_shape``
+    (height, width, ...): wider windows hold only padding, and their size grows as the square
+    of the context. ``images`` names them in the message (e.g. the dataset)."""
+    side = min(image_shape[:2])
+    if not 0 <= context <= side:
+        raise DataError(f"--context must be in [0, {side}] (context: pixels around a patch; "
+                        f"{images} images are {'x'.join(map(str, image_shape[:2]))}), got "
+                        f"{context}")
 
 
 def windows_with_context(x: torch.Tensor, patch: int, context: int) -> torch.Tensor:

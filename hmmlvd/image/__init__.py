@@ -1,4 +1,5 @@
-"""Image models: the patch-latent circuit of image LVD (``patch_circuit``), the baseline
+"""Image models: the patch-latent circuit of image LVD (``patch_circuit``; the EM of its
+sub-circuits alone on their own patches, ``parts_em``), the baseline
 circuits HCLT, PD and RAT-SPN with documented structure choices (``baselines``), loading
 whichever of them a saved folder holds (``loading``), and sample / inpainting grids (``grids``,
 matplotlib imported only when drawing). The training pipeline that ``hmmlvd image`` runs is

@@ -31,14 +31,17 @@ from hmmlvd.pc.structures import RegionGraph, learn_hclt, poon_domingos, random_
 BASELINES = ("hclt", "pd", "rat")
 PRODUCT = {"hclt": "hadamard", "pd": "einsum", "rat": "einsum"}
 RAT_MIN_LEAF = 8  # default RAT depth: the deepest whose leaves keep >= this many variables
+GREY_LEVELS = 256  # the values of a pixel of the images the baselines model
 
 
 @dataclass(frozen=True)
 class StructureConfig:
-    """Structure settings of the baselines, checked when made (DataError): ``delta`` (PD
+    """Structure settings of the baselines, checked when made (DataError naming the setting by
+    its flag of ``hmmlvd image train``: ``tree_bins`` is ``--tree-bins``): ``delta`` (PD
     split step; None: :func:`default_delta`), ``depth`` and ``repetitions`` (RAT-SPN; depth
     None: :func:`default_depth`), ``tree_bins`` and ``tree_images`` (HCLT's Chow–Liu tree:
-    grey levels binned to ``tree_bins``, learned from the first ``tree_images`` images)."""
+    grey levels binned to ``tree_bins``, at most the :data:`GREY_LEVELS` of a pixel, learned
+    from the first ``tree_images`` images)."""
 
     delta: int | None = None
     depth: int | None = None
@@ -47,12 +50,10 @@ class StructureConfig:
     tree_images: int = 5000
 
     def __post_init__(self) -> None:
-        for name in ("delta", "depth"):
+        for name in ("delta", "depth", "repetitions", "tree_images"):
             if getattr(self, name) is not None:
-                check_int(getattr(self, name), name, 1)
-        check_int(self.repetitions, "repetitions", 1)
-        check_int(self.tree_bins, "tree bins", 2)
-        check_int(self.tree_images, "tree images", 1)
+                check_int(getattr(self, name), "--" + name.replace("_", "-"), 1)
+        check_tree_bins(self.tree_bins)
 
     def describe(self, kind: str, shape: tuple[int, int, int], train_size: int) -> str:
         """Baseline ``kind``'s structure in words (defaults resolved) for images of
@@ -65,6 +66,16 @@ class StructureConfig:
             return f"depth={depth} x {self.repetitions} repetitions, einsum layers"
         return (f"Chow–Liu tree of {min(self.tree_images, train_size)} training images "
                 f"binned to {self.tree_bins} levels, rooted at its centre, Hadamard layers")
+
+
+def check_tree_bins(bins: object) -> int:
+    """``bins`` as the grey-level bins of a Chow–Liu tree over pixels (HCLT's, image LVD's): an
+    integer in [2, :data:`GREY_LEVELS`]; DataError naming ``--tree-bins`` otherwise."""
+    if (isinstance(bins, bool) or not isinstance(bins, int | np.integer)
+            or not 2 <= bins <= GREY_LEVELS):
+        raise DataError(f"--tree-bins must be in [2, {GREY_LEVELS}] (tree_bins; pixels have "
+                        f"{GREY_LEVELS} grey levels), got {bins!r}")
+    return int(bins)
 
 
 def default_delta(shape: tuple[int, int, int]) -> int:

@@ -86,9 +86,16 @@ def save_grid(rows: Sequence[np.ndarray], path: str | Path, title: str,
 def save_samples(model, shape: tuple[int, int, int], path: str | Path, title: str,
                  seed: int = 0, grid: int = 8) -> Path:
     """A ``grid`` x ``grid`` PNG of samples ``model.sample(grid**2, seed=seed)``."""
-    check_int(grid, "grid side", 1)
+    check_int(grid, "--grid (the grid side)", 1)
     images = as_rgb(model.sample(grid * grid, seed=seed), shape)
     return save_grid(list(images.reshape(grid, grid, *images.shape[1:])), path, title)
+
+
+def check_inpainting(count: int, draws: int) -> None:
+    """DataError unless ``count`` images and ``draws`` draws per image are both >= 1 (what
+    :func:`save_inpaintings` checks; callers check it before loading any images)."""
+    check_int(count, "--num-images (count)", 1)
+    check_int(draws, "--draws (draws per image)", 1)
 
 
 def save_inpaintings(model, images: np.ndarray, path: str | Path, title: str, seed: int = 0,
@@ -96,8 +103,7 @@ def save_inpaintings(model, images: np.ndarray, path: str | Path, title: str, se
     """The ``mask`` region of the first ``count`` of ``images`` [N, H, W, C] inpainted, as a
     PNG: rows original, masked (missing pixels dark red), then ``draws`` draws from
     p(missing | observed) (seeds ``seed``, ``seed + 1``, ...)."""
-    check_int(count, "number of images", 1)
-    check_int(draws, "number of draws", 1)
+    check_inpainting(count, draws)
     images = np.asarray(images)
     if images.ndim != 4 or len(images) == 0:
         raise DataError(f"images must be a non-empty [N, H, W, C] array, got {images.shape}")

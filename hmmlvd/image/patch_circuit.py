@@ -13,7 +13,8 @@ its own region graph shifted there (:func:`disjoint_union`). The union needs a r
 of every group's root; it is never used. Each group's density is a mixture of its root
 region's K units with its own weights (``group_root``). Groups share no parameters, so one
 batch can feed every group different patches: that is how stage (a) of LVD trains each
-sub-circuit on its own patches only (:meth:`PatchCircuit.group_em_step`).
+sub-circuit on its own patches only (:meth:`PatchCircuit.fit_parts`, whose E- and M-steps are
+:meth:`PatchCircuit.group_accumulate` and :meth:`PatchCircuit.group_maximize`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from hmmlvd.core.validate import check_int, check_pseudocount, check_step_size
 from hmmlvd.data.patches import patch_variables
 from hmmlvd.em import check_possible
 from hmmlvd.em.config import EMConfig, em_config
+from hmmlvd.image.parts_em import fit_parts
 from hmmlvd.pc.bpd import mean_log_likelihood
 from hmmlvd.pc.circuit import (
     Circuit,
@@ -382,14 +384,15 @@ class PatchCircuit(nn.Module):
     # ----- sklearn-like verbs (the same on Circuit and HMM) --------------------------------
     def fit(self, data: torch.Tensor, config: EMConfig | None = None, *,
             valid: torch.Tensor | None = None, missing: torch.Tensor | None = None,
-            progress: bool = True, checkpoints: EMCheckpoints | None = None) -> PatchCircuit:
+            progress: bool = True, checkpoints: EMCheckpoints | None = None,
+            desc: str = "EM") -> PatchCircuit:
         """Train the whole circuit by joint EM (stage (c) of LVD) on images ``data`` [N, D]
         with ``config`` (an :class:`~hmmlvd.em.config.EMConfig`; default ``CIRCUIT_EM``); returns
         self. ``fit_history`` then holds the mean training log-likelihood of each epoch;
         ``valid`` [M, D]: held-out images, as in :meth:`Circuit.fit
         <hmmlvd.pc.circuit.Circuit.fit>` (``valid_history``, ``config.patience``, best epoch
         kept; ``checkpoints`` as there). The epoch loop is :func:`hmmlvd.pc.em.run_em`, the
-        one :func:`~hmmlvd.pc.em.fit_em` runs."""
+        one :func:`~hmmlvd.pc.em.fit_em` runs; ``desc`` names it on the progress bar."""
         config = em_config(config, CIRCUIT_EM)
         data, missing = check_training_data(data, self.num_variables, missing)
         self.set_leaf_prior(config.leaf_prior, data, missing)
@@ -397,9 +400,22 @@ class PatchCircuit(nn.Module):
         if checkpoints is not None:
             checkpoints.watch(self)
         self.fit_history = run_em(self.accumulate_counts, self.maximize, self.discard_counts,
-                                  data, config, missing, progress, early=early,
+                                  data, config, missing, progress, desc=desc, early=early,
                                   checkpoints=checkpoints)
         self.valid_history = [] if early is None else early.scores
+        return self
+
+    def fit_parts(self, data: torch.Tensor, labels: object, config: EMConfig | None = None, *,
+                  progress: bool = True, desc: str = "EM sub-circuits") -> PatchCircuit:
+        """Train every sub-circuit (i, c) by EM on its own patches only (stage (a) of LVD):
+        the patches at position i of the images ``data`` [N, D] whose latent ``labels``
+        [N, n] (values in [0, C)) is c at i; the top circuit is untouched. ``config``: an
+        :class:`~hmmlvd.em.config.EMConfig` (default ``CIRCUIT_EM``; ``pseudocount_per``
+        "batch", ``patience`` 0). Returns self; ``fit_history`` then holds the mean
+        log-likelihood per patch of each epoch. See :func:`hmmlvd.image.parts_em.fit_parts`."""
+        config = em_config(config, CIRCUIT_EM)
+        self.fit_history = fit_parts(self, data, labels, config, progress, desc)
+        self.valid_history = []
         return self
 
     def score(self, data: torch.Tensor, batch_size: int = 512) -> float:

@@ -5,7 +5,8 @@ the trainers' job).
 - :mod:`hmmlvd.lvd.text`: the encoder, suffix embeddings (cached on disk) and the text
   distillation pipeline (``distill``, ``run_lvd``, ``lvd_subset``) that ends in an HMM's MLE.
 - :mod:`hmmlvd.lvd.image`: patch featurisers (PCA, a small MAE), patch latents and
-  ``train_patch_lvd``, which ends in a :class:`~hmmlvd.image.PatchCircuit`.
+  ``distil_patches``, which ends in a :class:`~hmmlvd.image.PatchCircuit` and the latent
+  label of every patch.
 
 The names below are loaded on first use (PEP 562), so ``import hmmlvd.lvd`` for images does not
 import ``transformers``: only the text names do.
@@ -21,24 +22,25 @@ from hmmlvd.lvd.cluster import KMeansResult, kmeans_labels, kmeans_per_position
 
 _TEXT = ("LVDResult", "LVDSettings", "distill", "embed", "lvd_subset", "run_lvd", "Encoder",
          "load_encoder", "word_to_text", "SUFFIX_MODES", "embed_windows", "suffix_embeddings")
-_IMAGE = ("PatchLVDConfig", "train_patch_lvd", "FEATURISERS", "PatchFeaturiser", "PatchLatents",
-          "PCAFeaturiser", "fit_patch_latents", "make_featuriser", "patch_latents",
-          "patch_with_context", "MAEFeaturiser")
+_IMAGE = ("PatchLVDConfig", "PatchDistillation", "distil_patches", "FEATURISERS",
+          "PatchFeaturiser", "PatchLatents", "PCAFeaturiser", "fit_patch_latents",
+          "make_featuriser", "patch_latents", "patch_with_context", "MAEFeaturiser")
 _LAZY = {**dict.fromkeys(_TEXT, "hmmlvd.lvd.text"), **dict.fromkeys(_IMAGE, "hmmlvd.lvd.image")}
 
 if TYPE_CHECKING:
     from hmmlvd.lvd.image import (
         FEATURISERS,
         MAEFeaturiser,
+        PatchDistillation,
         PatchFeaturiser,
         PatchLatents,
         PatchLVDConfig,
         PCAFeaturiser,
+        distil_patches,
         fit_patch_latents,
         make_featuriser,
         patch_latents,
         patch_with_context,
-        train_patch_lvd,
     )
     from hmmlvd.lvd.text import (
         SUFFIX_MODES,
@@ -78,9 +80,11 @@ __all__ = [
     "LVDSettings",
     "MAEFeaturiser",
     "PCAFeaturiser",
+    "PatchDistillation",
     "PatchFeaturiser",
     "PatchLVDConfig",
     "PatchLatents",
+    "distil_patches",
     "distill",
     "embed",
     "embed_windows",
@@ -94,6 +98,5 @@ __all__ = [
     "patch_with_context",
     "run_lvd",
     "suffix_embeddings",
-    "train_patch_lvd",
     "word_to_text",
 ]

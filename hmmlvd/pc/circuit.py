@@ -479,7 +479,8 @@ class Circuit(nn.Module):
     # ----- sklearn-like verbs (the same on HMM and PatchCircuit) ---------------------------
     def fit(self, data: torch.Tensor, config: EMConfig | None = None, *,
             valid: torch.Tensor | None = None, missing: torch.Tensor | None = None,
-            progress: bool = True, checkpoints: EMCheckpoints | None = None) -> Circuit:
+            progress: bool = True, checkpoints: EMCheckpoints | None = None,
+            desc: str = "EM") -> Circuit:
         """Train by EM on ``data`` [N, D] (``missing`` [N, D]: True where unobserved) with
         ``config`` (an :class:`~hmmlvd.em.config.EMConfig`; default ``CIRCUIT_EM``); returns
         self. ``fit_history`` then holds the mean training log-likelihood of each epoch. With
@@ -487,14 +488,14 @@ class Circuit(nn.Module):
         epoch, training stops after ``config.patience`` epochs without improvement (0: never
         early), and the parameters of the best epoch on ``valid`` are kept. ``checkpoints``
         (:class:`~hmmlvd.pc.resume.EMCheckpoints`): saved as training goes, stop requests
-        honoured; resumed from if it was read back. See :func:`hmmlvd.pc.em.fit_em`, which
-        this calls."""
+        honoured; resumed from if it was read back; ``desc`` names the run on the progress bar
+        and in a stop message. See :func:`hmmlvd.pc.em.fit_em`, which this calls."""
         config = em_config(config, CIRCUIT_EM)
         early = early_stopping(self, valid, config)
         if checkpoints is not None:
             checkpoints.watch(self)
         self.fit_history = fit_em(self, data, config, missing=missing, progress=progress,
-                                  early=early, checkpoints=checkpoints)
+                                  desc=desc, early=early, checkpoints=checkpoints)
         self.valid_history = [] if early is None else early.scores
         return self
 

@@ -26,7 +26,9 @@ from hmmlvd.core.outdir import (
     stopped_early,
 )
 from hmmlvd.core.provenance import image_training_record
+from hmmlvd.core.validate import check_int
 from hmmlvd.data.images import ImageData, load_images
+from hmmlvd.data.patches import check_context
 from hmmlvd.em.config import EMConfig
 from hmmlvd.em.stop import StoppedBeforeCheckpoint, signals_request_stop
 from hmmlvd.image.baselines import StructureConfig
@@ -35,8 +37,11 @@ from hmmlvd.pc.em import CIRCUIT_EM
 from hmmlvd.pc.em import IMPLIED as CIRCUIT_IMPLIED
 from hmmlvd.pc.resume import EMCheckpoints
 from hmmlvd.pipelines.image_models import (
+    DATASET_SHAPES,
+    MODELS,
     image_bpd,
     load_image_model,
+    lvd_config,
     save_image_model,
     train_image_model,
 )
@@ -51,6 +56,8 @@ def load_image_data(dataset: str, data_dir: Path | None, train_size: int = 0,
                     eval_size: int = 0) -> ImageData:
     """The dataset, train cut to ``train_size`` and valid / test to ``eval_size`` images (0:
     all); the error says to give ``--data-dir``."""
+    check_int(train_size, "--train-size", 0)
+    check_int(eval_size, "--eval-size", 0)
     folder = image_data_dir(dataset, data_dir)
     try:
         data = load_images(dataset, folder)
@@ -67,12 +74,20 @@ def load_image_data(dataset: str, data_dir: Path | None, train_size: int = 0,
 class ImageTraining:
     """Everything ``hmmlvd image train`` does. ``model`` (hclt, pd, rat, lvd) of ``size`` K
     units per region, trained with ``em`` (default :data:`~hmmlvd.pc.em.CIRCUIT_EM`;
-    ``em.patience`` scores the valid split after every epoch), the baselines' ``structure``
-    and image LVD's ``lvd`` settings (:class:`~hmmlvd.lvd.image.train.PatchLVDConfig` fields
-    by name), on the first ``train_size`` training images of ``dataset`` (0: all) from
-    ``data_dir``; ``init``: continue a saved baseline; ``resume``: continue the stopped run in
-    ``out``; ``evaluate``: bits per dimension of valid and test (the first ``eval_size`` images
-    of each, 0: all) in batches of ``batch_size``; ``command_line`` is recorded."""
+    ``em.patience`` scores the valid split after every epoch; image LVD: its stage (c)), the
+    baselines' ``structure`` and image LVD's own ``lvd`` settings by name (the fields of
+    :class:`~hmmlvd.lvd.image.distill.PatchLVDConfig` and
+    :class:`~hmmlvd.pipelines.image_lvd.LVDStages` that the shared settings do not set:
+    :func:`~hmmlvd.pipelines.image_models.lvd_flag_fields`), on the first ``train_size`` training
+    images of ``dataset`` (0: all) from ``data_dir``; ``init``: continue a saved baseline;
+    ``resume``: continue the stopped run in ``out``; ``evaluate``: bits per dimension of valid
+    and test (the first ``eval_size`` images of each, 0: all) in batches of ``batch_size``;
+    ``command_line`` is recorded.
+
+    Checked when made, before any work (DataError naming the setting by its flag of ``hmmlvd
+    image train``: ``train_size`` is ``--train-size``): the model, the counts, the LVD
+    settings (their configs are built), and an LVD ``context`` wider than the dataset's
+    images."""
 
     model: str
     size: int
@@ -91,6 +106,28 @@ class ImageTraining:
     device: str | torch.device = "cpu"
     quiet: bool = False
     command_line: str = ""
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise DataError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.dataset not in DATASET_SHAPES:
+            raise DataError(f"--dataset must be one of {', '.join(DATASET_SHAPES)}, got "
+                            f"{self.dataset!r}")
+        check_int(self.size, "--size", 1)
+        check_int(self.train_size, "--train-size", 0)
+        check_int(self.eval_size, "--eval-size", 0)
+        check_int(self.batch_size, "--batch-size", 1)
+        for name, value, kind in (("em", self.em, EMConfig),
+                                  ("structure", self.structure, StructureConfig)):
+            if not isinstance(value, kind):
+                raise DataError(f"{name} must be an instance of {kind.__name__}, got "
+                                f"{type(value).__name__}")
+        if self.model != "lvd":
+            if self.lvd:
+                raise DataError(f"LVD settings {sorted(self.lvd)} belong to --model lvd only")
+            return
+        distilled, _ = lvd_config(self.size, self.em, self.structure, **self.lvd)
+        check_context(distilled.context, DATASET_SHAPES[self.dataset], self.dataset)
 
     def settings(self) -> dict:
         """What a checkpoint records and a resume must find unchanged: the model, its size,

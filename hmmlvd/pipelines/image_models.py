@@ -1,7 +1,8 @@
 """Image models end to end, what ``hmmlvd image`` and ``scripts/image_bpd.py`` run: build and
 train a baseline circuit (HCLT, PD, RAT-SPN: :mod:`hmmlvd.image.baselines`) or image LVD
-(:func:`hmmlvd.lvd.image.train.train_patch_lvd`) on images [N, H, W, C] of 256 grey levels, measure
-bits per dimension, save and load the model with an ``image.json`` record of what it models.
+(:func:`hmmlvd.pipelines.image_lvd.train_image_lvd`) on images [N, H, W, C] of 256 grey
+levels, measure bits per dimension, save and load the model with an ``image.json`` record of
+what it models.
 
 Every model here is a :class:`~hmmlvd.pc.circuit.Circuit` or a
 :class:`~hmmlvd.image.patch_circuit.PatchCircuit`; both have the verbs ``fit``, ``score``,
@@ -11,6 +12,7 @@ which one it holds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -38,10 +40,8 @@ LEVELS = 256  # pixels are categorical grey levels 0..255
 IMAGE_FILE = "image.json"  # beside config.json: what the model's variables are
 #: Image shapes of the datasets, to read models saved without an image.json.
 DATASET_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
-#: PatchLVDConfig fields set from the shared settings (size, EM, structure), not by name.
-LVD_SHARED = ("sub_units", "stage_c_epochs", "batch_size", "step_size", "pseudocount", "seed",
-              "tree_bins", "patience", "final_full_batch", "leaf_prior", "pseudocount_per",
-              "final_step_size")
+#: PatchLVDConfig fields set from the shared settings (size, EM seed, structure), not by name.
+LVD_SHARED = ("sub_units", "seed", "tree_bins")
 
 ImageModel = Circuit | PatchCircuit
 
@@ -59,23 +59,37 @@ class TrainedImageModel:
     seconds: float
 
 
+def lvd_flag_fields() -> list[dataclasses.Field]:
+    """Image LVD's own settings, one flag each: the fields of
+    :class:`~hmmlvd.lvd.image.distill.PatchLVDConfig` not in :data:`LVD_SHARED`, then those of
+    :class:`~hmmlvd.pipelines.image_lvd.LVDStages`."""
+    from hmmlvd.lvd.image.distill import PatchLVDConfig  # hmmlvd.lvd loads faiss
+    from hmmlvd.pipelines.image_lvd import LVDStages
+
+    return [f for config in (PatchLVDConfig, LVDStages) for f in dataclasses.fields(config)
+            if f.name not in LVD_SHARED]
+
+
 def lvd_config(size: int, em: EMConfig, structure: StructureConfig,
-               **fields: Any) -> Any:
-    """The :class:`~hmmlvd.lvd.image.train.PatchLVDConfig` of image LVD with sub-circuits of K =
-    ``size``, finetuned (stage c) for ``em.epochs`` epochs with ``em``'s batch size, step
-    size, pseudocount and seed, trees binned to ``structure.tree_bins``; ``fields``: its
-    other fields (patch, num_latents, top_units, featuriser, ...)."""
-    from hmmlvd.lvd.image.train import PatchLVDConfig  # hmmlvd.lvd loads transformers
+               **fields: Any) -> tuple[Any, Any]:
+    """Image LVD's :class:`~hmmlvd.lvd.image.distill.PatchLVDConfig` (sub-circuits of K =
+    ``size``, seeded by ``em.seed``, trees binned to ``structure.tree_bins``) and
+    :class:`~hmmlvd.pipelines.image_lvd.LVDStages`, both checked; ``fields``: their other
+    fields by name (patch, num_latents, top_units, featuriser, stage_a_epochs, ...)."""
+    from hmmlvd.lvd.image.distill import PatchLVDConfig  # hmmlvd.lvd loads faiss
+    from hmmlvd.pipelines.image_lvd import LVDStages
 
     clash = sorted(set(fields) & set(LVD_SHARED))
     if clash:
         raise DataError(f"{clash} come from the shared size, EM and structure settings")
-    return PatchLVDConfig(sub_units=size, stage_c_epochs=em.epochs, batch_size=em.batch_size,
-                          step_size=em.step_size, pseudocount=em.pseudocount, seed=em.seed,
-                          tree_bins=structure.tree_bins, patience=em.patience,
-                          final_full_batch=em.final_full_batch, leaf_prior=em.leaf_prior,
-                          pseudocount_per=em.pseudocount_per,
-                          final_step_size=em.final_step_size, **fields)
+    known = [f.name for f in lvd_flag_fields()]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise DataError(f"unknown image LVD settings {unknown}; expected some of {known}")
+    staged = {f.name for f in dataclasses.fields(LVDStages)}
+    distilled = PatchLVDConfig(sub_units=size, seed=em.seed, tree_bins=structure.tree_bins,
+                               **{k: v for k, v in fields.items() if k not in staged})
+    return distilled, LVDStages(**{k: v for k, v in fields.items() if k in staged})
 
 
 def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConfig,
@@ -112,21 +126,22 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
         if init is not None:
             raise DataError("--init continues a baseline (hclt, pd, rat); image LVD builds "
                             "its own starting point")
-        from hmmlvd.lvd.image.train import train_patch_lvd  # hmmlvd.lvd loads transformers
+        from hmmlvd.pipelines.image_lvd import train_image_lvd  # hmmlvd.lvd loads faiss
 
-        config = lvd_config(size, em, structure, **(lvd_fields or {}))
+        config, stages = lvd_config(size, em, structure, **(lvd_fields or {}))
         if resumed is None:  # before the featuriser, k-means and trees: fail at once
             estimate = image_memory.lvd_size(
                 tuple(train_images.shape[1:]), config.patch, config.num_latents,
                 config.sub_units, config.top_units, LEVELS, config.tie_inputs)
             image_memory.check_training(
-                estimate, config.batch_size, device,
+                estimate, em.batch_size, device,
                 f"image LVD K={size}, C={config.num_latents}, top K={config.top_units}",
                 "--size, --num-latents, --top-units or --batch-size")
-        model, history = train_patch_lvd(train_images, config, progress=progress,
+        model, history = train_image_lvd(train_images, config, em, stages, progress=progress,
                                          device=device, valid_images=valid_images,
                                          checkpoints=checkpoints, resumed=resumed)
-        return TrainedImageModel(model, history, repr(config), time.perf_counter() - started)
+        return TrainedImageModel(model, history, f"{config!r}, {stages!r}, {em!r}",
+                                 time.perf_counter() - started)
     if lvd_fields:
         raise DataError(f"LVD settings {sorted(lvd_fields)} belong to the lvd model only")
     shape = tuple(train_images.shape[1:])
