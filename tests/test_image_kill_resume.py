@@ -1,7 +1,9 @@
 """An image training run killed outright (SIGKILL, no handler runs) in the middle of EM
 resumes with ``--resume`` from its last checkpoint and ends with the parameters of a run never
 interrupted: for the HCLT baseline (circuit EM, checkpointed at epoch ends) and for image LVD
-(killed in stage c, after stages a and b were checkpointed)."""
+(killed in stage c, after stages a and b were checkpointed). Killed before EM's first
+checkpoint (learning the Chow–Liu tree, LVD's k-means, LVD stage a), the same command plus
+``--resume`` starts the run over and ends the same way."""
 
 from __future__ import annotations
 
@@ -46,6 +48,26 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+#: Runs `hmmlvd` (argv[2:]) and kills this process with SIGKILL when argv[1]
+#: ("module:attribute" or "module:Class.method") is first called.
+KILL_AT_CALL = """
+import importlib, os, signal, sys
+from hmmlvd.cli import main
+
+module, _, name = sys.argv[1].partition(":")
+owner = importlib.import_module(module)
+*path, attribute = name.split(".")
+for part in path:
+    owner = getattr(owner, part)
+
+def killing(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+setattr(owner, attribute, killing)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 @pytest.fixture(scope="module")
 def mnist_dir(tmp_path_factory) -> Path:
     return write_mnist(tmp_path_factory.mktemp("mnist"))
@@ -65,6 +87,29 @@ def test_sigkill_mid_em_then_resume_ends_as_an_uninterrupted_run(mnist_dir, tmp_
                              "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (out / "checkpoints" / "latest").is_file() and not (out / "config.json").exists()
+    assert main([*command, "--out", str(out), "--resume"]) == 0
+    whole, _ = load_image_model(tmp_path / "whole")
+    resumed, _ = load_image_model(out)
+    for (key, p), (_, q) in zip(whole.named_parameters(), resumed.named_parameters(),
+                                strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize(("model", "extra", "kill_in"), [
+    ("hclt", [], "hmmlvd.pc.structures.hclt:maximum_spanning_tree"),
+    ("lvd", TINY_LVD, "hmmlvd.lvd.image.features:kmeans_per_position"),
+    ("lvd", TINY_LVD, "hmmlvd.image.parts_em:PartsLearner.e_step"),
+], ids=["hclt-chow-liu", "lvd-kmeans", "lvd-stage-a"])
+def test_sigkill_before_the_first_checkpoint_then_resume_starts_over(mnist_dir, tmp_path,
+                                                                     model, extra, kill_in):
+    command = ["image", "train", "--model", model, "--size", "2", *TINY, *extra,
+               "--epochs", "2", "--data-dir", str(mnist_dir)]
+    assert main([*command, "--out", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "killed"
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_CALL, kill_in, *command,
+                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "checkpoints" / "latest").exists()
     assert main([*command, "--out", str(out), "--resume"]) == 0
     whole, _ = load_image_model(tmp_path / "whole")
     resumed, _ = load_image_model(out)

@@ -22,6 +22,7 @@ from hmmlvd.core.outdir import (
     IMAGE_RUN,
     clear_stopped_early,
     output_folder,
+    record_started,
     record_stopped_early,
     stopped_early,
 )
@@ -30,7 +31,7 @@ from hmmlvd.core.validate import check_int
 from hmmlvd.data.images import ImageData, load_images
 from hmmlvd.data.patches import check_context
 from hmmlvd.em.config import EMConfig
-from hmmlvd.em.stop import StoppedBeforeCheckpoint, signals_request_stop
+from hmmlvd.em.stop import StoppedBeforeCheckpoint, TrainingInterrupted, signals_request_stop
 from hmmlvd.image.baselines import StructureConfig
 from hmmlvd.image.loading import load_pretrained
 from hmmlvd.pc.em import CIRCUIT_EM
@@ -159,7 +160,8 @@ def train_image(run: ImageTraining) -> dict:
         trained_on = image_training_record("image train", data.train)
         checkpoints, resumed = _checkpoints(run, trained_on)
         held_out = data.valid if run.em.patience else None  # valid decides when to stop
-        clear_stopped_early(run.out)
+        if resumed is None:  # a kill before the first checkpoint: --resume starts over
+            record_started(run.out)
         try:
             with signals_request_stop() as stop:  # Ctrl-C / SIGTERM: checkpoint, then stop
                 checkpoints.stop_signal = lambda: stop[0]
@@ -171,6 +173,10 @@ def train_image(run: ImageTraining) -> dict:
         except StoppedBeforeCheckpoint as exc:  # nothing saved: a resume starts over
             record_stopped_early(run.out, exc.doing)
             raise
+        except Exception as exc:  # a failed run leaves a folder as it found it
+            if not isinstance(exc, TrainingInterrupted) and checkpoints.latest() is None:
+                clear_stopped_early(run.out)
+            raise
         model = trained.model.eval()
         record = {"dataset": run.dataset, "model": run.model, "size": run.size,
                   "image_shape": list(data.shape), "train_images": len(data.train),
@@ -181,6 +187,7 @@ def train_image(run: ImageTraining) -> dict:
                   **({} if run.init is None else {"init": str(run.init)})}
         save_image_model(model, run.out, record)
         checkpoints.remove()  # the model is saved: nothing left to resume
+        clear_stopped_early(run.out)
         result = {**record, "params": model.num_parameters(), "summary": model.summary(),
                   "train_seconds": trained.seconds, "timings": trained.history["timings"],
                   "history": {k: v for k, v in trained.history.items() if k != "timings"},
