@@ -397,7 +397,7 @@ def test_disk_full_while_checkpointing_is_one_line_and_the_last_checkpoint_resum
     from safetensors import SafetensorError
 
     import hmmlvd.core.persist as persist_module
-    import hmmlvd.pc.resume as resume_module
+    import hmmlvd.em.checkpoints as resume_module
 
     owner, name = ((persist_module, "save_file") if failing == "tensors"
                    else (resume_module, "atomic_write_json"))

@@ -19,10 +19,10 @@ Each model supplies only its E-step (expected counts by autograd: the counts of 
 from hmmlvd.data.batches import epoch_batches, epoch_order, epoch_seed, permutation
 from hmmlvd.em.config import EMConfig, em_config
 from hmmlvd.em.early import EarlyStopping
-from hmmlvd.em.loop import Anneal, EpochStats, Learner, LoopState, linear_anneal, run_epochs
+from hmmlvd.em.loop import Anneal, EpochStats, Learner, Progress, linear_anneal, run_epochs
 from hmmlvd.em.rule import check_possible, mix_log_probabilities, mix_probabilities
 
-__all__ = ["Anneal", "EMConfig", "EarlyStopping", "EpochStats", "Learner", "LoopState",
+__all__ = ["Anneal", "EMConfig", "EarlyStopping", "EpochStats", "Learner", "Progress",
            "check_possible", "em_config", "epoch_batches", "epoch_order", "epoch_seed",
            "linear_anneal", "mix_log_probabilities", "mix_probabilities", "permutation",
            "run_epochs"]

@@ -19,13 +19,13 @@ from hmmlvd.core.errors import DataError
 from hmmlvd.data.images import flatten
 from hmmlvd.data.patches import split_patches
 from hmmlvd.em import Learner, epoch_seed, run_epochs
+from hmmlvd.em.checkpoints import EMCheckpoints, check_resumed
 from hmmlvd.em.config import EMConfig
 from hmmlvd.em.stop import check_stop, stop_requested
 from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.lvd.image.features import patch_latents
 from hmmlvd.lvd.image.featurisers import make_featuriser
 from hmmlvd.pc.em import CIRCUIT_EM, fit_em
-from hmmlvd.pc.resume import EMCheckpoints, check_resumed
 from hmmlvd.pc.structures import RegionGraph, learn_hclt
 
 NUM_LEVELS = 256  # pixel values are categories 0..255
@@ -145,7 +145,7 @@ def train_patch_lvd(train_images: np.ndarray, config: PatchLVDConfig, progress: 
     per epoch and seconds per step of the pipeline. ``valid_images`` [M, H, W, C]: held-out
     images scored after every stage-(c) epoch (``history["valid"]``); the best epoch is kept
     and ``config.patience`` may stop stage (c) early. ``checkpoints``: stage (c) is saved as
-    it goes (:class:`~hmmlvd.pc.resume.EMCheckpoints`, first at its start, with the history of
+    it goes (:class:`~hmmlvd.em.checkpoints.EMCheckpoints`, first at its start, with the history of
     stages (a) and (b) as the record); ``resumed``: the model read back from them
     (``checkpoints.resume()``): stages (a) and (b) are not run again."""
     if train_images.ndim != 4 or len(train_images) < 2:
