@@ -9,7 +9,9 @@
 - :mod:`~hmmlvd.em.loop`: the one epoch loop (mini-batch or full-batch phases, progress bar,
   resumable position, hooks for checkpoints, Ctrl-C and data-parallel reductions);
   :mod:`~hmmlvd.em.early`: early stopping on held-out data, best epoch kept;
-  :mod:`~hmmlvd.em.stop`: SIGINT / SIGTERM ask training to stop after the batch.
+  :mod:`~hmmlvd.em.stop`: SIGINT / SIGTERM ask training to stop after the batch;
+  :mod:`~hmmlvd.em.checkpoints`: the one run-folder format every model checkpoints into and
+  resumes from (:class:`~hmmlvd.em.checkpoints.EMCheckpoints`).
 
 Each model supplies only its E-step (expected counts by autograd: the counts of a parameter are
 ``theta * d log p(x) / d theta``) and applies the rule to its own tables, through a
