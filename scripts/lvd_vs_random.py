@@ -57,13 +57,13 @@ from hmmlvd.core.errors import CheckpointError, HMMLVDError
 from hmmlvd.core.outdir import output_folder
 from hmmlvd.core.report import provenance, save_figure, write_section
 from hmmlvd.data import TokenWindows, WikiText, load_wikitext
+from hmmlvd.em.checkpoints import EMCheckpoints
 from hmmlvd.em.config import EMConfig
 from hmmlvd.hmm import HMM, sliding_perplexity, train
-from hmmlvd.hmm.resume import load_best, load_checkpoint
+from hmmlvd.hmm.resume import load_checkpoint
 from hmmlvd.hmm.train import (
     IMPLIED,  # what HMM runs did before a setting existed
     TrainingInterrupted,
-    TrainState,
 )
 from hmmlvd.lvd.text.distill import (
     DEFAULT_LVD_WINDOWS,
@@ -205,21 +205,20 @@ def run_one(init: str, h: int, data: WikiText, windows: TokenWindows, embeddings
         return row
     config = train_config(args)
     if (folder / "checkpoints" / "latest").is_file():
-        hmm, saved, state = load_checkpoint(folder, device=args.device)
-        best = load_best(folder, hmm)
-        if saved != config:
-            raise CheckpointError(f"{folder} holds a run with other EM settings: {saved}")
+        # train() refuses a checkpoint of other EM settings, naming the first that differs
+        hmm, _, checkpoints = load_checkpoint(folder, device=args.device)
         hmm.vocab = data.vocab
         seconds = json.loads((folder / INIT_FILE).read_text(encoding="utf-8"))
-        print(f"{folder.name}: resuming at epoch {state.epoch + 1}, batch {state.batch}")
+        at = checkpoints.progress
+        print(f"{folder.name}: resuming at epoch {at.epoch + 1}, batch {at.batch}")
     else:
         hmm, seconds = initialise(init, h, data, embeddings, args)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / INIT_FILE, seconds)
-        state, best = TrainState(), {}
+        checkpoints = EMCheckpoints(folder)
         print(f"{folder.name}: {init} init, EM on {len(windows):,} windows")
     valid = TokenWindows(data.valid, args.length) if config.patience else None
-    state = train(hmm, windows, config, out=folder, state=state, valid=valid, best=best)
+    state = train(hmm, windows, config, valid=valid, checkpoints=checkpoints)
     seconds["em"] = sum(epoch["seconds"] for epoch in state.history)
     started = time.perf_counter()
     ppl = {s: sliding_perplexity(hmm, data.split(s)[: args.max_eval_tokens], 2048,

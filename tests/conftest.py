@@ -45,6 +45,19 @@ def peaked_hmm(num_states: int, vocab_size: int, length: int, homogeneous: bool 
                transition=transition.float(), emission=emission.float(), vocab=vocab)
 
 
+def save_hmm_checkpoint(hmm: HMM, config, progress, out: Path, run_id: str = "") -> Path:
+    """One checkpoint of ``hmm`` at ``progress`` (an hmmlvd.em.Progress) in run folder ``out``,
+    written as training writes it (EMCheckpoints.save), by run ``run_id`` (new if empty);
+    returns its folder."""
+    from hmmlvd.em.checkpoints import EMCheckpoints
+
+    checkpoints = EMCheckpoints(out)
+    checkpoints.begin(config)
+    checkpoints.watch(hmm)
+    checkpoints.run_id = run_id
+    return checkpoints.save(progress, None)
+
+
 @pytest.fixture
 def make_hmm():
     """Factory: ``make_hmm(H, V, T, homogeneous=False, seed=0, sharpness=2.0)``; pass

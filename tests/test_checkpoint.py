@@ -155,8 +155,10 @@ def test_pickle_is_never_loaded(saved, tmp_path, monkeypatch):
     calls pickle or torch.load at all."""
     import pickle
 
+    from conftest import save_hmm_checkpoint
+
+    from hmmlvd.em import Progress
     from hmmlvd.hmm.resume import load_checkpoint
-    from hmmlvd.hmm.train import TrainState, save_checkpoint
 
     folder, hmm = saved
     marker = tmp_path / "marker"
@@ -164,7 +166,7 @@ def test_pickle_is_never_loaded(saved, tmp_path, monkeypatch):
     for name in ("pytorch_model.bin", "model.pt", "model.pkl"):
         (folder / name).write_bytes(payload)
     out = tmp_path / "run"
-    save_checkpoint(hmm, EMConfig(batch_size=2), TrainState(step=1), out)
+    save_hmm_checkpoint(hmm, EMConfig(batch_size=2), Progress(step=1), out)
 
     def refuse(*args, **kwargs):
         raise AssertionError("pickle used while loading")

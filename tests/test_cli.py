@@ -74,8 +74,9 @@ def test_resume_from_a_mid_epoch_checkpoint_reaches_the_same_model(corpus, tmp_p
     assert main(args) == 0
     # pretend the run died after the second-to-last step: point `latest` back at it
     checkpoints = run / "checkpoints"
-    older = sorted(p.name for p in checkpoints.glob("step-*"))[0]
-    assert json.loads((checkpoints / older / "train_state.json").read_text())["batch"] > 0
+    older = sorted(p.name for p in checkpoints.glob("ckpt-*"))[0]
+    assert json.loads((checkpoints / older / "checkpoint.json").read_text())["progress"][
+        "batch"] > 0
     (checkpoints / "latest").write_text(older + "\n")
     (run / "model.safetensors").unlink()
     assert main([*args, "--resume"]) == 0

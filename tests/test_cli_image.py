@@ -389,7 +389,7 @@ def test_final_step_size_anneals_every_lvd_stage(mnist_dir, tmp_path, monkeypatc
 def test_disk_full_while_checkpointing_is_one_line_and_the_last_checkpoint_resumes(
         mnist_dir, tmp_path, capsys, monkeypatch, failing):
     """The disk fills up while the second checkpoint is written: its tensors (safetensors
-    raises its own error, not an OSError) or its em_state.json (an OSError). One line naming
+    raises its own error, not an OSError) or its checkpoint.json (an OSError). One line naming
     the folder and what to do, no incomplete checkpoint folder, `latest` still names the
     first, and --resume from it finishes the run."""
     import errno
@@ -397,7 +397,7 @@ def test_disk_full_while_checkpointing_is_one_line_and_the_last_checkpoint_resum
     from safetensors import SafetensorError
 
     import hmmlvd.core.persist as persist_module
-    import hmmlvd.pc.resume as resume_module
+    import hmmlvd.em.checkpoints as resume_module
 
     owner, name = ((persist_module, "save_file") if failing == "tensors"
                    else (resume_module, "atomic_write_json"))
@@ -419,9 +419,9 @@ def test_disk_full_while_checkpointing_is_one_line_and_the_last_checkpoint_resum
     assert main(command) == 2
     line = one_line_error(capsys)
     root = out / "checkpoints"
-    assert f"cannot save into {root / 'em-00000002'}: No space left on device" in line, line
-    assert sorted(p.name for p in root.iterdir()) == ["em-00000001", "latest"]
-    assert (root / "latest").read_text().strip() == "em-00000001"
+    assert f"cannot save into {root / 'ckpt-00000002'}: No space left on device" in line, line
+    assert sorted(p.name for p in root.iterdir()) == ["ckpt-00000001", "latest"]
+    assert (root / "latest").read_text().strip() == "ckpt-00000001"
     monkeypatch.setattr(owner, name, real)
     assert main([*command, "--resume"]) == 0
     assert (out / "model.safetensors").is_file() and not root.exists()

@@ -14,7 +14,7 @@ import torch
 from hmmlvd.core.errors import DataError
 from hmmlvd.em import (
     EarlyStopping,
-    LoopState,
+    Progress,
     check_possible,
     epoch_batches,
     epoch_order,
@@ -161,7 +161,7 @@ def test_loop_orders_mini_and_full_batch_epochs():
 
 def test_loop_resumes_mid_epoch_and_checkpoints_between_batches_only():
     learner, seen = Recorder(), []
-    state = LoopState(epoch=0, batch=1, step=1)
+    state = Progress(epoch=0, batch=1, step=1)
     run_epochs(learner, [(0.5, False), (0.5, False)], 0.0, batches_of(3), 3, state,
                progress=False, after_step=lambda s: seen.append((s.epoch, s.batch, s.step)))
     assert learner.calls[:5] == ["begin(mini)", "e0.1", "m0.5", "e0.2", "m0.5"]
@@ -172,7 +172,7 @@ def test_loop_resumes_mid_epoch_and_checkpoints_between_batches_only():
 @pytest.mark.parametrize("full_batch", [False, True])
 def test_loop_stop_syncs_then_hands_over_where_it_stands(full_batch):
     learner, stopped = Recorder(), []
-    state = LoopState()
+    state = Progress()
     run_epochs(learner, [(0.5, full_batch)], 0.0, batches_of(3), 3, state, progress=False,
                stop_requested=lambda: learner.calls.count("e0.0") > 0,
                on_stop=lambda s, fb: stopped.append((s.batch, s.step, fb)))
@@ -219,7 +219,7 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_patience():
     stops = []
     for epoch in range(1, 5):
         weight.fill_(float(epoch))  # the parameters after this epoch
-        stops.append(early(LoopState(epoch=epoch), None))
+        stops.append(early(Progress(epoch=epoch), None))
     assert stops == [False, False, False, True]  # epoch 2 best, then 2 epochs without better
     assert early.best_epoch == 2 and early.scores == [1.0, 3.0, 2.0, 2.5]
     early.restore()
@@ -258,11 +258,11 @@ def test_restarted_patience_counts_from_the_new_phase():
     weight = torch.zeros(1)
     scores = iter([3.0, 1.0, 1.5, 2.0, 2.5])
     early = EarlyStopping(lambda: next(scores), lambda: {"w": weight}, patience=2)
-    assert [early(LoopState(), None) for _ in range(3)] == [False, False, True]
+    assert [early(Progress(), None) for _ in range(3)] == [False, False, True]
     early.restart_patience()
     # a new phase gets its own patience, counted from its start (not from epoch 1: that would
     # stop it after its first epoch)
-    assert [early(LoopState(), None) for _ in range(2)] == [False, True]
+    assert [early(Progress(), None) for _ in range(2)] == [False, True]
     assert early.best_epoch == 1
 
 
@@ -336,7 +336,7 @@ def test_annealed_step_sizes_fall_linearly_over_all_steps_and_resume_in_place():
     np.testing.assert_allclose(steps, np.linspace(0.5, 0.1, 6), rtol=1e-12)
     resumed = Recorder()
     run_epochs(resumed, [(a, False) for a in linear_anneal(0.5, 0.1, 2)], 0.0, batches_of(3),
-               3, LoopState(epoch=1, batch=1, step=4), progress=False)
+               3, Progress(epoch=1, batch=1, step=4), progress=False)
     steps = [float(c[1:]) for c in resumed.calls if c.startswith("m")]
     np.testing.assert_allclose(steps, np.linspace(0.5, 0.1, 6)[4:], rtol=1e-12)
     full = Recorder()

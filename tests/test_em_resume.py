@@ -1,4 +1,4 @@
-"""Circuit EM checkpoints (hmmlvd.pc.resume): a run stopped anywhere and resumed ends with the
+"""Circuit EM checkpoints (hmmlvd.em.checkpoints): a run stopped anywhere and resumed ends with the
 parameters of the run that was never stopped, for circuits and patch circuits, through every
 phase (mini-batch epochs with early stopping, then full-batch epochs)."""
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from hmmlvd.core.errors import CheckpointError
+from hmmlvd.em.checkpoints import EMCheckpoints
 from hmmlvd.em.stop import TrainingInterrupted
 from hmmlvd.pc import Circuit, EMConfig, poon_domingos
-from hmmlvd.pc.resume import EMCheckpoints
 
 SETTINGS = {"model": "pd", "size": 2, "pseudocount": 0.1}
 CONFIG = EMConfig(epochs=4, batch_size=7, step_size=0.5, pseudocount=0.1, patience=2,
@@ -108,12 +108,15 @@ def test_a_run_stopped_again_and_again_still_ends_the_same(tmp_path):
 
 def test_a_stop_says_where_and_how_to_resume(tmp_path):
     data, valid = data_and_valid()
-    checkpoints = EMCheckpoints(tmp_path, SETTINGS, StopAt(3, signal.SIGTERM))
+    checkpoints = EMCheckpoints(tmp_path, SETTINGS, StopAt(12, signal.SIGTERM))
     with pytest.raises(TrainingInterrupted, match=r"by SIGTERM.*--resume") as info:
         fresh().fit(data, CONFIG, valid=valid, progress=False, checkpoints=checkpoints)
     assert info.value.signal == signal.SIGTERM
+    # a save before the first batch, after each of the first epochs, at the stop: the
+    # newest keep_checkpoints (2) are left, `latest` naming the newest
     folders = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert folders[-1] == "latest" and len(folders) == 2  # the older ones were deleted
+    assert folders == ["ckpt-00000003", "ckpt-00000004", "latest"]
+    assert (tmp_path / "checkpoints" / "latest").read_text() == "ckpt-00000004\n"
 
 
 def test_resume_refuses_other_settings_naming_the_flag(tmp_path):
@@ -134,10 +137,10 @@ def test_a_damaged_checkpoint_is_named(tmp_path):
                     checkpoints=EMCheckpoints(tmp_path, SETTINGS, StopAt(12)))
     checkpoints = EMCheckpoints(tmp_path, SETTINGS)
     folder = checkpoints.latest()
-    state = folder / "em_state.json"
+    state = folder / "checkpoint.json"
     raw = json.loads(state.read_text())
     state.write_text(json.dumps({**raw, "progress": {**raw["progress"], "epoch": -1}}))
-    with pytest.raises(CheckpointError, match=r"em_state\.json is damaged"):
+    with pytest.raises(CheckpointError, match=r"checkpoint\.json is damaged"):
         checkpoints.resume()
     (tmp_path / "checkpoints" / "latest").write_text("../../etc\n")
     with pytest.raises(CheckpointError, match="not a checkpoint folder"):

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_hmm_checkpoint
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import Phase as HPhase
 from hypothesis import strategies as st
@@ -32,12 +33,12 @@ from library_errors import assert_error, library_call
 from hmmlvd.core.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.data.vocab import UNK, Vocabulary
 from hmmlvd.data.windows import TokenWindows
+from hmmlvd.em import Progress
 from hmmlvd.em.config import EMConfig
 from hmmlvd.hmm import HMM, HMMConfig, train
 from hmmlvd.hmm.em import expected_counts, maximize
 from hmmlvd.hmm.model import mle_from_labels
 from hmmlvd.hmm.resume import load_checkpoint
-from hmmlvd.hmm.train import save_checkpoint
 
 # No shrink phase: a failing property stays fast (the minimal inputs are pinned below as
 # test_finding_*), and a passing run is unaffected.
@@ -706,16 +707,15 @@ def test_load_checkpoint_corrupted_train_state(state, latest):
     with tempfile.TemporaryDirectory() as d:
         out = Path(d)
         cfg = EMConfig(epochs=1, step_size=0.5, final_full_batch=0, batch_size=2)
-        from hmmlvd.hmm.train import TrainState
-
-        save_checkpoint(HMM(2, 3, 3, seed=0), cfg, TrainState(step=1), out)
+        # the HMM's earlier layout: step-NNNNNNNN/train_state.json
         folder = out / "checkpoints" / "step-00000001"
+        save_hmm_checkpoint(HMM(2, 3, 3, seed=0), cfg, Progress(step=1), out).rename(folder)
         (folder / "train_state.json").write_text(json.dumps(state), encoding="utf-8")
         (out / "checkpoints" / "latest").write_text(latest, encoding="utf-8")
         got, err = library_call(load_checkpoint, out)
         name = (out / "checkpoints" / "latest").read_text(encoding="utf-8").strip()
-        if not re.fullmatch(r"step-[0-9]+", name):
-            assert_error(err, CheckpointError, "not a checkpoint folder step-NNNNNNNN")
+        if not re.fullmatch(r"step-[0-9]+|em-[0-9]{8,}|ckpt-[0-9]{8,}", name):
+            assert_error(err, CheckpointError, "not a checkpoint folder ckpt-NNNNNNNN")
         elif name != folder.name:
             assert_error(err, CheckpointError, "has no train_state.json")
         elif err is not None:
@@ -883,13 +883,13 @@ def test_finding_F13_from_pretrained_bad_vocab_is_not_checkpoint_error(content, 
 def test_finding_F14_load_checkpoint_malformed_train_state(state):
     """F14: train.load_checkpoint parses train_state.json unguarded: {} -> KeyError,
     [] -> TypeError, null -> AttributeError, bad JSON -> JSONDecodeError (train.py)."""
-    from hmmlvd.hmm.train import TrainState
-
     with tempfile.TemporaryDirectory() as d:
         out = Path(d)
-        save_checkpoint(HMM(2, 3, 3, seed=0), EMConfig(batch_size=2), TrainState(step=1),
-                        out)
-        (out / "checkpoints" / "step-00000001" / "train_state.json").write_text(state)
+        folder = out / "checkpoints" / "step-00000001"  # the HMM's earlier layout
+        save_hmm_checkpoint(HMM(2, 3, 3, seed=0), EMConfig(batch_size=2), Progress(step=1),
+                            out).rename(folder)
+        (out / "checkpoints" / "latest").write_text(folder.name + "\n")
+        (folder / "train_state.json").write_text(state)
         with pytest.raises(CheckpointError,
                            match=re.escape("train_state.json is damaged or not from hmmlvd: ")):
             load_checkpoint(out)

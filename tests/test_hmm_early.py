@@ -155,7 +155,7 @@ def test_a_resumed_run_keeps_the_same_best_epoch(tmp_path, monkeypatch, crash_at
     checkpoint's best/ folder)."""
     from hmmlvd.data import TokenWindows
     train_module = importlib.import_module("hmmlvd.hmm.train")
-    from hmmlvd.hmm.resume import load_best, load_checkpoint
+    from hmmlvd.hmm.resume import load_checkpoint
 
     cfg = EMConfig(epochs=EPOCHS, step_size=0.9, final_full_batch=1, batch_size=10,
                       pseudocount=1e-3, patience=1, checkpoint_every=3)
@@ -174,10 +174,10 @@ def test_a_resumed_run_keeps_the_same_best_epoch(tmp_path, monkeypatch, crash_at
     with pytest.raises(Crash):
         train_module.train(start(), windows, cfg, out=tmp_path, valid=valid, progress=False)
     monkeypatch.setattr(train_module, "expected_counts", real)
-    hmm, saved, state = load_checkpoint(tmp_path)
+    hmm, saved, checkpoints = load_checkpoint(tmp_path)
     assert saved == cfg
-    got = train_module.train(hmm, windows, cfg, out=tmp_path, state=state, valid=valid,
-                             best=load_best(tmp_path, hmm), progress=False)
+    got = train_module.train(hmm, windows, cfg, valid=valid, checkpoints=checkpoints,
+                             progress=False)
     assert [r["epoch"] for r in got.history] == [r["epoch"] for r in want.history]
     assert [r["valid_ll_per_window"] for r in got.history] == pytest.approx(
         [r["valid_ll_per_window"] for r in want.history], rel=1e-5)

@@ -51,7 +51,8 @@ def uninterrupted(corpus, tmp_path_factory) -> HMM:
     out = tmp_path_factory.mktemp("full")
     assert main(train_args(corpus, out)) == 0
     latest = (out / "checkpoints" / "latest").read_text().strip()
-    state = json.loads((out / "checkpoints" / latest / "train_state.json").read_text())
+    state = json.loads((out / "checkpoints" / latest / "checkpoint.json").read_text())
+    state = state["progress"]
     assert state["step"] // state["epoch"] > STOP_STEP  # batches per epoch: STOP_STEP is mid-epoch
     return HMM.from_pretrained(out)
 
@@ -122,7 +123,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same(corpus, tmp_path
     stopped = run_with_signal_at(corpus, out, sig, STOP_STEP)
     assert stopped.returncode == code, stopped.stderr
     assert "Traceback" not in stopped.stderr
-    step = f"step-{STOP_STEP:08d}"
+    step = "ckpt-00000001"
     said = re.search(rf"training interrupted{by} at epoch 1, batch {STOP_STEP}; checkpoint "
                      rf"saved in (.+)\. Resume with the same command plus --resume",
                      stopped.stderr)
@@ -130,9 +131,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same(corpus, tmp_path
     assert Path(said[1]) == out / "checkpoints" / step
     # no periodic and no epoch-end checkpoint yet: the stop handler wrote the only one, at the
     # interrupted step, and `latest` names it
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", step]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [step, "latest"]
     assert (out / "checkpoints" / "latest").read_text().strip() == step
-    state = json.loads((out / "checkpoints" / step / "train_state.json").read_text())
+    state = json.loads((out / "checkpoints" / step / "checkpoint.json").read_text())["progress"]
     assert (state["epoch"], state["batch"], state["step"]) == (0, STOP_STEP, STOP_STEP)
     assert main([*train_args(corpus, out), "--resume"]) == 0
     assert_same_parameters(uninterrupted, HMM.from_pretrained(out))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_hmm_checkpoint
 from word_corpus import write_word_corpus
 
 from hmmlvd import HMM
@@ -26,10 +27,12 @@ from hmmlvd.cli import main
 from hmmlvd.core.atomic import atomic_write_text
 from hmmlvd.core.errors import CheckpointError
 from hmmlvd.data import Vocabulary
+from hmmlvd.em import Progress
 from hmmlvd.em.config import EMConfig
-from hmmlvd.hmm import TrainState, load_checkpoint
+from hmmlvd.hmm import load_checkpoint
 
 train_module = importlib.import_module("hmmlvd.hmm.train")
+checkpoints_module = importlib.import_module("hmmlvd.em.checkpoints")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -61,53 +64,53 @@ def tiny_hmm(seed: int = 0) -> HMM:
 
 # ----- 1. an output folder reused from an earlier, longer run ---------------------------------
 def test_reused_out_rotation_keeps_the_new_runs_checkpoints(corpus, tmp_path, capsys):
-    """A longer run left step-000000NN folders with higher numbers; the new, shorter run in
+    """A longer run left ckpt-000000NN folders with lower numbers; the new, shorter run in
     the same --out must keep its own newest checkpoints (rotation deleted each one right after
     writing it, leaving `latest` pointing at a missing folder), and never delete the old run's
     folders: it did not write them."""
     out = tmp_path / "run"
     long_run = train_args(corpus, out, "--checkpoint-every", "1", "--epochs", "4")
     assert main(long_run) == 0
-    old = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
+    old = sorted(p.name for p in (out / "checkpoints").glob("ckpt-*"))
     assert len(old) == 2
     short = train_args(corpus, out, "--checkpoint-every", "1", "--epochs", "1",
                        "--hidden-states", "2")
     assert main(short) == 0
     root = out / "checkpoints"
     latest = (root / "latest").read_text().strip()
-    assert (root / latest / "train_state.json").is_file(), sorted(os.listdir(root))
-    hmm, _, state = load_checkpoint(out)
-    assert hmm.num_states == 2 and state.epoch == 1
+    assert (root / latest / "checkpoint.json").is_file(), sorted(os.listdir(root))
+    hmm, _, checkpoints = load_checkpoint(out)
+    assert hmm.num_states == 2 and checkpoints.progress.epoch == 1
     for name in old:  # the longer run's checkpoints are not this run's to delete
-        assert (root / name / "train_state.json").is_file(), name
-    new = [p.name for p in root.glob("step-*") if p.name not in old]
+        assert (root / name / "checkpoint.json").is_file(), name
+    new = [p.name for p in root.glob("ckpt-*") if p.name not in old]
     assert len(new) == 2, new
     capsys.readouterr()
     assert main([*short, "--resume"]) == 0
 
 
-def test_rotation_orders_checkpoints_by_step_number_not_by_name(tmp_path):
-    """step-100000000 sorts before step-99999999 by name; the older one must go."""
+def test_rotation_orders_checkpoints_by_serial_number_not_by_name(tmp_path):
+    """ckpt-100000000 sorts before ckpt-99999999 by name; the next serial after 99999999 is
+    100000000, and the older one must go."""
     config = EMConfig(batch_size=2, keep_checkpoints=1)
-    state = TrainState(step=99_999_999)
-    train_module.save_checkpoint(tiny_hmm(), config, state, tmp_path)
-    state.step = 100_000_000
-    train_module.save_checkpoint(tiny_hmm(1), config, state, tmp_path)
     root = tmp_path / "checkpoints"
-    assert sorted(p.name for p in root.glob("step-*")) == ["step-100000000"]
-    assert load_checkpoint(tmp_path)[2].step == 100_000_000
+    first = save_hmm_checkpoint(tiny_hmm(), config, Progress(step=1), tmp_path, "mine")
+    first.rename(root / "ckpt-99999999")
+    (root / "latest").write_text("ckpt-99999999\n")
+    save_hmm_checkpoint(tiny_hmm(1), config, Progress(step=2), tmp_path, "mine")
+    assert sorted(p.name for p in root.glob("ckpt-*")) == ["ckpt-100000000"]
+    assert load_checkpoint(tmp_path)[2].progress.step == 2
 
 
 def test_rotation_never_deletes_checkpoints_of_another_run(tmp_path):
     """Checkpoints in --out that another run wrote (another run id) are never rotated away."""
     config = EMConfig(batch_size=2, keep_checkpoints=1)
-    train_module.save_checkpoint(tiny_hmm(), config, TrainState(step=50), tmp_path)
-    mine = TrainState(step=1)
+    save_hmm_checkpoint(tiny_hmm(), config, Progress(step=50), tmp_path, "other")
     for step in (1, 2, 3):
-        mine.step = step
-        train_module.save_checkpoint(tiny_hmm(step), config, mine, tmp_path)
+        save_hmm_checkpoint(tiny_hmm(step), config, Progress(step=step), tmp_path, "mine")
     root = tmp_path / "checkpoints"
-    assert sorted(p.name for p in root.glob("step-*")) == ["step-00000003", "step-00000050"]
+    assert sorted(p.name for p in root.glob("ckpt-*")) == ["ckpt-00000001", "ckpt-00000004"]
+    assert load_checkpoint(tmp_path)[2].progress.step == 3
 
 
 # ----- 3. two runs on the same --out at once --------------------------------------------------
@@ -226,7 +229,7 @@ def test_checkpoints_record_what_they_were_trained_on(corpus, tmp_path):
     out = tmp_path / "run"
     assert main(train_args(corpus, out, "--max-windows", "50", "--seed", "3")) == 0
     latest = (out / "checkpoints" / "latest").read_text().strip()
-    record = json.loads((out / "checkpoints" / latest / "train_state.json").read_text())
+    record = json.loads((out / "checkpoints" / latest / "checkpoint.json").read_text())
     trained_on = record["trained_on"]
     assert trained_on["command"] == "train"
     assert trained_on["hidden_states"] == 3 and trained_on["length"] == 6
@@ -324,8 +327,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(corpus, tmp_path):
     assert proc.returncode == 143, stderr
     assert "--resume" in stderr and "Traceback" not in stderr
     name = latest.read_text().strip()
-    state = json.loads((out / "checkpoints" / name / "train_state.json").read_text())
-    assert state["epoch"] < 10
+    state = json.loads((out / "checkpoints" / name / "checkpoint.json").read_text())
+    assert state["progress"]["epoch"] < 10
     assert main([*args, "--resume"]) == 0
     assert HMM.from_pretrained(out).num_states == 3
 
@@ -359,7 +362,7 @@ def test_sigterm_in_process_stops_training_like_ctrl_c(tmp_path):
         train_module.expected_counts = real
         signal.signal(signal.SIGTERM, previous)
     assert info.value.signal == signal.SIGTERM
-    assert load_checkpoint(tmp_path)[2].step == 3
+    assert load_checkpoint(tmp_path)[2].progress.step == 3
 
 
 # ----- --epochs 0, temporary files, permissions --------------------------------------------------
@@ -432,7 +435,7 @@ DISK_FULL = "Error while serializing: I/O error: No space left on device (os err
 def test_disk_full_while_checkpointing_is_one_line_and_the_last_checkpoint_resumes(
         corpus, tmp_path, capsys, monkeypatch):
     """The third checkpoint's tensors cannot be written: one line naming the folder and what
-    to do (no traceback), no incomplete step folder left, `latest` still names the second,
+    to do (no traceback), no incomplete checkpoint folder left, `latest` still names the second,
     and --resume from it ends as an uninterrupted run."""
     from safetensors import SafetensorError
 
@@ -456,11 +459,11 @@ def test_disk_full_while_checkpointing_is_one_line_and_the_last_checkpoint_resum
     line = one_line_error(err.strip().rsplit("\n", 1)[-1])
     assert "Traceback" not in err, err
     root = out / "checkpoints"
-    assert f"cannot save into {root / 'step-00000003'}: No space left on device" in line, line
+    assert f"cannot save into {root / 'ckpt-00000003'}: No space left on device" in line, line
     assert "free space" in line, line
-    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000001",
-                                                      "step-00000002"]
-    assert (root / "latest").read_text().strip() == "step-00000002"
+    assert sorted(p.name for p in root.iterdir()) == ["ckpt-00000001", "ckpt-00000002",
+                                                      "latest"]
+    assert (root / "latest").read_text().strip() == "ckpt-00000002"
     assert not (out / "config.json").exists()
     monkeypatch.setattr(persist_module, "save_file", real_save_file)
     assert main([*args, "--resume"]) == 0
@@ -471,15 +474,15 @@ def test_disk_full_while_checkpointing_is_one_line_and_the_last_checkpoint_resum
 
 def test_disk_full_while_writing_a_checkpoints_state_removes_that_checkpoint(
         corpus, tmp_path, capsys, monkeypatch):
-    """The third checkpoint's model files are written but its train_state.json is not (the
-    disk fills up): one line naming the folder and what to do, that step folder is removed
+    """The third checkpoint's model files are written but its checkpoint.json is not (the
+    disk fills up): one line naming the folder and what to do, that checkpoint folder is removed
     (no checkpoint without a state), `latest` still names the second, and --resume from it
     ends as an uninterrupted run."""
     import errno
 
     args = train_args(corpus, tmp_path / "run", "--checkpoint-every", "1")
     assert main(train_args(corpus, tmp_path / "whole")) == 0
-    real_write, calls = train_module.atomic_write_json, []
+    real_write, calls = checkpoints_module.atomic_write_json, []
 
     def fill_up(path, data):
         calls.append(path)
@@ -488,7 +491,7 @@ def test_disk_full_while_writing_a_checkpoints_state_removes_that_checkpoint(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(path, data)
 
-    monkeypatch.setattr(train_module, "atomic_write_json", fill_up)
+    monkeypatch.setattr(checkpoints_module, "atomic_write_json", fill_up)
     out = tmp_path / "run"
     capsys.readouterr()
     assert main(args) == 2
@@ -496,12 +499,12 @@ def test_disk_full_while_writing_a_checkpoints_state_removes_that_checkpoint(
     line = one_line_error(err.strip().rsplit("\n", 1)[-1])
     assert "Traceback" not in err, err
     root = out / "checkpoints"
-    assert f"cannot save into {root / 'step-00000003'}: No space left on device; free space" \
+    assert f"cannot save into {root / 'ckpt-00000003'}: No space left on device; free space" \
         in line, line
-    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000001",
-                                                      "step-00000002"]
-    assert (root / "latest").read_text().strip() == "step-00000002"
-    monkeypatch.setattr(train_module, "atomic_write_json", real_write)
+    assert sorted(p.name for p in root.iterdir()) == ["ckpt-00000001", "ckpt-00000002",
+                                                      "latest"]
+    assert (root / "latest").read_text().strip() == "ckpt-00000002"
+    monkeypatch.setattr(checkpoints_module, "atomic_write_json", real_write)
     assert main([*args, "--resume"]) == 0
     whole, resumed = HMM.from_pretrained(tmp_path / "whole"), HMM.from_pretrained(out)
     for name, p in whole.parameters().items():

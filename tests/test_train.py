@@ -7,11 +7,14 @@ import json
 
 import pytest
 import torch
+from conftest import save_hmm_checkpoint
 
 from hmmlvd.core.errors import CheckpointError, DataError
 from hmmlvd.data import TokenWindows
+from hmmlvd.em import Progress
+from hmmlvd.em.checkpoints import EMCheckpoints
 from hmmlvd.em.config import EMConfig
-from hmmlvd.hmm import HMM, TrainState, load_checkpoint, train
+from hmmlvd.hmm import HMM, load_checkpoint, train
 
 # hmmlvd.hmm re-exports the function ``train``, which shadows the module attribute.
 train_module = importlib.import_module("hmmlvd.hmm.train")
@@ -99,12 +102,12 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, w
         train(student(), windows, config, out=out, progress=False)
     monkeypatch.undo()
 
-    hmm, loaded_config, state = load_checkpoint(out)
+    hmm, loaded_config, checkpoints = load_checkpoint(out)
     assert loaded_config == config
     # the checkpoint resumed from is the newest one written before the crash
-    assert state.step == (1 if full_batch else max(s for s in (4, 8, 10, 12, 16)
-                                                   if s <= crash_at))
-    final = train(hmm, windows, loaded_config, out=out, state=state, progress=False)
+    assert checkpoints.progress.step == (1 if full_batch else max(
+        s for s in (4, 8, 10, 12, 16) if s <= crash_at))
+    final = train(hmm, windows, loaded_config, progress=False, checkpoints=checkpoints)
     assert_same_parameters(hmm, reference)
     assert (final.epoch, final.batch, final.step) == (ref_state.epoch, ref_state.batch,
                                                       ref_state.step)
@@ -115,7 +118,7 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, monkeypatch, w
     # the final checkpoint of the resumed run is the final model too
     resumed, _, last = load_checkpoint(out)
     assert_same_parameters(resumed, reference)
-    assert last.step == ref_state.step
+    assert last.progress.step == ref_state.step
 
 
 def test_resuming_changes_the_outcome_if_batches_were_replayed_wrongly(tmp_path, monkeypatch,
@@ -136,11 +139,11 @@ def test_keeps_at_most_keep_checkpoints(tmp_path, windows, keep):
     hmm = student()
     state = train(hmm, windows, config, out=tmp_path, progress=False)
     root = tmp_path / "checkpoints"
-    folders = sorted(p.name for p in root.glob("step-*"))
+    folders = sorted(p.name for p in root.glob("ckpt-*"))
     assert len(folders) == keep, folders
     latest = (root / "latest").read_text().strip()
-    assert latest == folders[-1] == f"step-{state.step:08d}"
-    saved = json.loads((root / latest / "train_state.json").read_text())
+    assert latest == folders[-1]
+    saved = json.loads((root / latest / "checkpoint.json").read_text())["progress"]
     assert saved["step"] == state.step and saved["epoch"] == 2
     assert_same_parameters(load_checkpoint(tmp_path)[0], hmm)
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
@@ -159,19 +162,18 @@ def test_load_checkpoint_with_latest_pointing_nowhere(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["../../elsewhere", "../checkpoints/../../elsewhere",
-                                  "ABSOLUTE", "step-00000001/../../../elsewhere"])
+                                  "ABSOLUTE", "ckpt-00000001/../../../elsewhere"])
 def test_latest_never_leads_outside_the_output_folder(tmp_path, name):
-    """`latest` is read from disk; a name that is not step-NNNNNNNN (a relative path up and
+    """`latest` is read from disk; a name that is not ckpt-NNNNNNNN (a relative path up and
     out, or an absolute one) is refused, even where a complete checkpoint waits there."""
     out = tmp_path / "a" / "run"
     config = EMConfig(batch_size=2)
-    train_module.save_checkpoint(student(), config, TrainState(step=1), out)
-    train_module.save_checkpoint(student(seed=5), config, TrainState(step=7),
-                                 tmp_path / "decoy")
+    save_hmm_checkpoint(student(), config, Progress(step=1), out)
+    decoy = save_hmm_checkpoint(student(seed=5), config, Progress(step=7), tmp_path / "decoy")
     elsewhere = tmp_path / "a" / "elsewhere"  # beside the output folder
-    (tmp_path / "decoy" / "checkpoints" / "step-00000007").rename(elsewhere)
+    decoy.rename(elsewhere)
     name = str(elsewhere) if name == "ABSOLUTE" else name
-    assert (out / "checkpoints" / name / "train_state.json").is_file()  # would load
+    assert (out / "checkpoints" / name / "checkpoint.json").is_file()  # would load
     (out / "checkpoints" / "latest").write_text(name + "\n")
     with pytest.raises(CheckpointError, match="not a checkpoint folder"):
         load_checkpoint(out)
@@ -218,12 +220,13 @@ def test_a_checkpoint_of_the_earlier_phases_form_reads_as_its_schedule():
         EMConfig.from_dict(odd)
 
 
-def test_finished_state_trains_no_more(windows):
+def test_finished_state_trains_no_more(windows, tmp_path):
     hmm = student()
     before = {k: v.clone() for k, v in hmm.parameters().items()}
-    state = TrainState(epoch=1)
-    train(hmm, windows, EMConfig(epochs=1, step_size=0.5, final_full_batch=0), state=state,
-          progress=False)
+    checkpoints = EMCheckpoints(tmp_path)
+    checkpoints.progress = Progress(epoch=1)  # as resume() sets it after the last epoch
+    train(hmm, windows, EMConfig(epochs=1, step_size=0.5, final_full_batch=0),
+          checkpoints=checkpoints, progress=False)
     for name, value in hmm.parameters().items():
         assert torch.equal(value, before[name])
 

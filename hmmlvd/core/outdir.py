@@ -21,14 +21,17 @@ from hmmlvd.core.lock import LOCK_FILE, output_lock
 TEXT_RUN, IMAGE_RUN = "text", "image"
 RUN_NAMES = {TEXT_RUN: "a text HMM run (`hmmlvd train` or `hmmlvd lvd`)",
              IMAGE_RUN: "an image circuit run (`hmmlvd image train`)"}
-#: How each kind names its checkpoint folders (``checkpoints/latest`` holds the name), and the
-#: ``model_type`` of the ``config.json`` its finished model has. These are the layouts of
-#: :mod:`hmmlvd.hmm.train` / :mod:`hmmlvd.pc.resume` and of the saved models; this module sits
-#: below them and cannot import them.
-CHECKPOINT_PREFIXES = {"step-": TEXT_RUN, "em-": IMAGE_RUN}
+#: The ``model_type`` of each kind's models: in the ``config.json`` of a finished model, and as
+#: ``kind`` in the ``checkpoint.json`` of its checkpoints.
 MODEL_TYPES = {"hmm": TEXT_RUN, "circuit": IMAGE_RUN, "patch_circuit": IMAGE_RUN}
+#: The run-folder format of :mod:`hmmlvd.em.checkpoints` (this module sits below it and cannot
+#: import it; a test compares the two): ``checkpoints/latest`` names a folder ``ckpt-N``
+#: holding ``checkpoint.json``, or one of the earlier layouts: ``step-N`` (text runs, with
+#: ``train_state.json``), ``em-N`` (image runs).
+CHECKPOINT_PREFIX, CHECKPOINT_STATE = "ckpt-", "checkpoint.json"
+LEGACY_PREFIXES = {"step-": TEXT_RUN, "em-": IMAGE_RUN}
 IMAGE_RECORD = "image.json"  # written beside an image model only
-TEXT_STATE = "train_state.json"  # a text checkpoint's state: its run_id
+TEXT_STATE = "train_state.json"  # an earlier text checkpoint's state: its run_id
 RESULTS = "results.json"  # written last by a finished run (text: with its run_id)
 SMALL_FILE = 2**20  # bytes: larger pointers, records or configs are not read here
 #: Written when a run starts and when it is stopped before its first checkpoint: ``--resume``
@@ -71,13 +74,18 @@ def run_in_folder(out: Path) -> FolderRun | None:
                 if pointer.is_file() and pointer.stat().st_size <= SMALL_FILE else "")
     except (OSError, UnicodeDecodeError):
         name = ""
-    kind = next((k for prefix, k in CHECKPOINT_PREFIXES.items() if name.startswith(prefix)),
-                None)
+    kind = next((k for prefix, k in LEGACY_PREFIXES.items() if name.startswith(prefix)), None)
+    state = {}
+    if name.startswith(CHECKPOINT_PREFIX):
+        state = _small_json(out / "checkpoints" / name / CHECKPOINT_STATE) or {}
+        kind = state.get("kind")
+        kind = MODEL_TYPES.get(kind) if isinstance(kind, str) else None
+    elif kind == TEXT_RUN:
+        state = _small_json(out / "checkpoints" / name / TEXT_STATE) or {}
     if kind == IMAGE_RUN:
         return FolderRun(IMAGE_RUN, finished=False)
     if kind == TEXT_RUN:
         results = _small_json(out / RESULTS)
-        state = _small_json(out / "checkpoints" / name / TEXT_STATE) or {}
         finished = results is not None and results.get("run_id", state.get("run_id")) \
             == state.get("run_id")
         return FolderRun(TEXT_RUN, finished)

@@ -42,7 +42,7 @@ def image_digest(images: np.ndarray) -> str:
 def image_training_record(command: str, train_images: np.ndarray) -> dict:
     """What an image run trains on, in the form :func:`check_same_training` compares: the
     command and the training images' digest and number (the model and EM settings are kept
-    and compared by :class:`hmmlvd.pc.resume.EMCheckpoints`)."""
+    and compared by :class:`hmmlvd.em.checkpoints.EMCheckpoints`)."""
     return {"command": command, "data_sha256": image_digest(train_images),
             "train_images": len(train_images)}
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 from hmmlvd.core.validate import check_int
-from hmmlvd.em.loop import EpochStats, LoopState
+from hmmlvd.em.loop import EpochStats, Progress
 
 
 class EarlyStopping:
@@ -34,7 +34,7 @@ class EarlyStopping:
     def best_score(self) -> float:
         return self.scores[self.best_epoch - 1] if self.best_epoch else float("-inf")
 
-    def __call__(self, state: LoopState, stats: EpochStats) -> bool:
+    def __call__(self, state: Progress, stats: EpochStats) -> bool:
         """Score the epoch just finished; True when training should stop."""
         value = float(self.score())
         self.scores.append(value)

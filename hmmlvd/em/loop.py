@@ -5,7 +5,7 @@ An epoch is mini-batch or full-batch with a step size a (a *plan*: one ``(a, ful
 epoch; a is a number, or an :class:`Anneal` that moves it linearly from step to step).
 Mini-batch: for each batch, the E-step then an M-step with step a. Full-batch: the
 E-steps of all batches are summed, then one M-step. The model's side is a :class:`Learner`;
-the loop owns the order of calls, the resumable position (:class:`LoopState`), the progress bar
+the loop owns the order of calls, the resumable position (:class:`Progress`), the progress bar
 and the hooks: ``after_step`` (periodic checkpoints), ``stop_requested`` / ``on_stop`` (Ctrl-C
 and SIGTERM: stop after the current batch) and ``after_epoch`` (epoch-end checkpoints).
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -89,17 +89,45 @@ def step_size_at(step_size: float | Anneal, batch: int, num_batches: int) -> flo
 
 
 @dataclass
-class LoopState:
-    """Where a run stands: ``epoch`` epochs finished, ``batch`` batches of the current
-    (mini-batch) epoch done, ``step`` M-steps done; ``epoch_total`` / ``epoch_units``: the
-    summed log-likelihood and units of those ``batch`` batches, so that an epoch resumed
-    part-way reports the mean over all its batches."""
+class Progress:
+    """Where an EM run stands, the one shape every model's checkpoints record
+    (:mod:`hmmlvd.em.checkpoints`): in ``phase`` (0: the schedule's epochs; circuits run their
+    final full-batch epochs as phase 1), ``epoch`` epochs of it finished, ``batch`` batches of
+    the current (mini-batch) epoch done, ``step`` M-steps done in all; ``phase_done``: the
+    phase has ended (early stopping or its last epoch) and its best parameters are still to be
+    restored; ``history``: one JSON row per finished epoch, all phases (the trainer's own: the
+    HMM a dict per epoch, circuits the epoch's mean log-likelihood); ``epoch_total`` /
+    ``epoch_units``: the summed log-likelihood and units of the current epoch's ``batch``
+    batches, so that an epoch resumed part-way reports the mean over all its batches."""
 
+    phase: int = 0
     epoch: int = 0
     batch: int = 0
     step: int = 0
+    phase_done: bool = False
+    history: list = field(default_factory=list)
     epoch_total: float = 0.0
     epoch_units: float = 0.0
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Progress:
+        """The progress a checkpoint recorded (:func:`dataclasses.asdict`'s output; fields it
+        lacks take their defaults): ValueError / TypeError if a field is unknown or of the
+        wrong kind."""
+        if not isinstance(raw, dict):
+            raise TypeError(f"progress must be an object, got {type(raw).__name__}")
+        progress = cls(**raw)
+        for name in ("phase", "epoch", "batch", "step"):
+            value = getattr(progress, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if not isinstance(progress.phase_done, bool):
+            raise ValueError(f"phase_done must be true or false, got {progress.phase_done!r}")
+        if not isinstance(progress.history, list):
+            raise TypeError(f"history must be a list, got {type(progress.history).__name__}")
+        progress.epoch_total = float(progress.epoch_total)
+        progress.epoch_units = float(progress.epoch_units)
+        return progress
 
 
 @dataclass
@@ -117,11 +145,11 @@ class EpochStats:
 def run_epochs(learner: Learner, plan: Sequence[tuple[float | Anneal, bool]],
                pseudocount: float | Callable[[bool], float],
                batches: Callable[[int, bool, int], Iterable[Any]], num_batches: int,
-               state: LoopState | None = None, *, progress: bool = True, desc: str = "",
-               unit: str = "ll", after_step: Callable[[LoopState], None] | None = None,
+               state: Progress | None = None, *, progress: bool = True, desc: str = "",
+               unit: str = "ll", after_step: Callable[[Progress], None] | None = None,
                stop_requested: Callable[[], bool] | None = None,
-               on_stop: Callable[[LoopState, bool], None] | None = None,
-               after_epoch: Callable[[LoopState, EpochStats], bool | None] | None = None
+               on_stop: Callable[[Progress, bool], None] | None = None,
+               after_epoch: Callable[[Progress, EpochStats], bool | None] | None = None
                ) -> list[EpochStats]:
     """Run the epochs of ``plan`` from ``state`` (default: the start) and return their stats.
 
@@ -135,7 +163,7 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float | Anneal, bool]],
     M-step, or a function of whether the epoch is full-batch (a prior over the whole data
     adds less per mini-batch M-step than per full-batch one)."""
     keep_freed_memory()  # reuse the step's temporaries instead of faulting in fresh pages
-    state = state or LoopState()
+    state = state or Progress()
     stats: list[EpochStats] = []
     while state.epoch < len(plan):
         step_size, full_batch = plan[state.epoch]

@@ -21,15 +21,10 @@ from hmmlvd.hmm.init import mle_parameters, random_parameters
 from hmmlvd.hmm.model import HMM, mle_from_labels
 from hmmlvd.hmm.resume import load_checkpoint
 from hmmlvd.hmm.sample import sample
-from hmmlvd.hmm.train import (
-    TrainingInterrupted,
-    TrainState,
-    save_checkpoint,
-    train,
-)
+from hmmlvd.hmm.train import TrainingInterrupted, train
 
 __all__ = ["HMM", "CountAccumulator", "ExpectedCounts", "ForwardResult", "HMMConfig",
-           "Perplexity", "TrainState", "TrainingInterrupted",
+           "Perplexity", "TrainingInterrupted",
            "expected_counts", "forward", "load_checkpoint", "maximize", "mle_from_labels",
-           "mle_parameters", "random_parameters", "sample", "save_checkpoint",
+           "mle_parameters", "random_parameters", "sample",
            "sliding_perplexity", "sliding_token_log_probs", "train", "window_perplexity"]

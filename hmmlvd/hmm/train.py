@@ -1,14 +1,14 @@
 """The EM training loop: epochs of mini-batch (or full-batch) EM under a phase schedule, with a
 progress bar, periodic atomic checkpoints, and exact resume.
 
-Checkpoints live in ``out/checkpoints/step-XXXXXXXX/`` (the model files plus
-``train_state.json``); ``out/checkpoints/latest`` names the newest complete one and is written
-last, so a run killed at any moment resumes from a complete checkpoint. Shuffling is fixed by
-(seed, epoch), so a resumed epoch replays exactly the batches an uninterrupted run would.
-Every run has a ``run_id`` (kept by a resumed run) recorded in its checkpoints: rotation deletes
-only this run's older checkpoints, by step number, never those another run left in ``out``.
-SIGINT (Ctrl-C) and SIGTERM (schedulers, ``torchrun``) both stop training after the current
-batch with a checkpoint.
+Checkpoints are the one run-folder format of :mod:`hmmlvd.em.checkpoints`
+(``out/checkpoints/ckpt-NNNNNNNN/``: the model files, ``best/`` and ``checkpoint.json``;
+``out/checkpoints/latest`` names the newest complete one and is written last, so a run killed
+at any moment resumes from a complete checkpoint). They are written every
+``config.checkpoint_every`` M-steps, at every epoch end and when a stop is requested (SIGINT /
+SIGTERM: after the current batch). Shuffling is fixed by (seed, epoch), so a resumed epoch
+replays exactly the batches an uninterrupted run would. Rotation deletes only this run's
+older checkpoints (its ``run_id``), never those another run left in ``out``.
 
 Under ``torchrun`` (see :mod:`hmmlvd.core.distributed`) every rank runs this loop over the same
 batches: each computes the counts of its shard of a batch, the counts are summed over ranks and
@@ -19,23 +19,18 @@ ranks, so a run resumes with any number of them.
 
 from __future__ import annotations
 
-import json
-import re
-import shutil
 import signal
-import uuid
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from hmmlvd.core import distributed, persist
-from hmmlvd.core.atomic import atomic_write_json, atomic_write_text
+from hmmlvd.core import distributed
 from hmmlvd.core.device import resolve_dtype
-from hmmlvd.core.errors import CheckpointError, DataError
+from hmmlvd.core.errors import DataError
 from hmmlvd.data.windows import TokenWindows
-from hmmlvd.em import EarlyStopping, EpochStats, Learner, LoopState, epoch_seed, run_epochs
+from hmmlvd.em import EarlyStopping, EpochStats, Learner, Progress, epoch_seed, run_epochs
+from hmmlvd.em.checkpoints import EMCheckpoints
 from hmmlvd.em.config import EMConfig, PlanEntry
 from hmmlvd.em.stop import (  # noqa: F401  (TrainingInterrupted, StoppedAtOnce: re-exported)
     StoppedAtOnce,
@@ -44,7 +39,6 @@ from hmmlvd.em.stop import (  # noqa: F401  (TrainingInterrupted, StoppedAtOnce:
     stopped_by,
 )
 from hmmlvd.hmm import memory, parallel
-from hmmlvd.hmm.checkpoint import save_hmm
 from hmmlvd.hmm.em import (
     CountAccumulator,
     ScaledEmission,
@@ -56,9 +50,6 @@ from hmmlvd.hmm.em import (
 if TYPE_CHECKING:  # HMM.fit calls this module; no runtime import of the model here
     from hmmlvd.hmm.model import HMM
 
-STATE_FILE = "train_state.json"
-BEST_FOLDER = "best"  # a checkpoint's best-epoch parameters (early stopping)
-BEST_TYPE = "hmm-best-parameters"
 #: What HMM runs did before a setting existed, for checkpoints that do not record it: the
 #: E-step ran in float32.
 IMPLIED = {"dtype": "float32"}
@@ -75,34 +66,20 @@ def check_hmm_config(config: EMConfig) -> EMConfig:
     return config
 
 
-@dataclass
-class TrainState(LoopState):
-    """Where training stands: ``epoch`` (0-based) and ``batch`` (batches of it done), the
-    global ``step`` count (from :class:`~hmmlvd.em.loop.LoopState`), and per-epoch ``history``
-    rows. ``run_id``: set when training starts, kept on resume (rotation deletes only
-    checkpoints of this id); ``trained_on``: what the caller records about the data and
-    settings (see :mod:`hmmlvd.core.provenance`); ``early``: the held-out scores, best epoch and
-    where patience counts from (the best parameters live in the checkpoint's ``best/``:
-    :func:`hmmlvd.hmm.resume.load_best`)."""
-
-    history: list[dict] = field(default_factory=list)
-    run_id: str = ""
-    trained_on: dict = field(default_factory=dict)
-    early: dict = field(default_factory=dict)  # EarlyStopping.state()'s JSON part, if any
-
-
 def train(hmm: HMM, windows: TokenWindows, config: EMConfig, out: Path | None = None,
-          state: TrainState | None = None, progress: bool = True,
-          valid: TokenWindows | None = None, best: dict[str, torch.Tensor] | None = None
-          ) -> TrainState:
-    """Train ``hmm`` in place by EM on ``windows``; checkpoint into ``out`` if given.
-    ``state``: continue from it (from :func:`load_checkpoint`, with ``best``: the best
-    parameters it read back). ``valid``: held-out windows scored after every epoch (mean
+          progress: bool = True, valid: TokenWindows | None = None,
+          checkpoints: EMCheckpoints | None = None) -> Progress:
+    """Train ``hmm`` in place by EM on ``windows``; returns the final progress (its
+    ``history``: one row per epoch). Checkpoints go into ``checkpoints`` (an
+    :class:`~hmmlvd.em.checkpoints.EMCheckpoints`; when it was resumed, e.g. by
+    :func:`hmmlvd.hmm.resume.load_checkpoint`, training continues from its progress and
+    early-stopping state, and its EM config must be ``config``), else into a new run in
+    ``out`` if given. ``valid``: held-out windows scored after every epoch (mean
     log-likelihood per window); the best epoch's parameters end in ``hmm`` and
-    ``config.patience`` stops runs of mini-batch epochs early. Returns the final state.
-    Ctrl-C or SIGTERM stops after the current mini-batch, saves a checkpoint and raises
-    :class:`TrainingInterrupted`. Raises :class:`~hmmlvd.core.errors.InsufficientMemoryError` before
-    the first batch if EM's counts and activations cannot fit next to the model."""
+    ``config.patience`` stops runs of mini-batch epochs early. Ctrl-C or SIGTERM stops after
+    the current mini-batch, saves a checkpoint and raises :class:`TrainingInterrupted`.
+    Raises :class:`~hmmlvd.core.errors.InsufficientMemoryError` before the first batch if EM's
+    counts and activations cannot fit next to the model."""
     check_hmm_config(config)
     if windows.length != hmm.length:
         raise DataError(f"windows have length {windows.length}, the model needs T={hmm.length}")
@@ -112,28 +89,25 @@ def train(hmm: HMM, windows: TokenWindows, config: EMConfig, out: Path | None = 
                           allocated=True, dtype=dtype, mini_batch=config.any_mini_batch)
     if config.patience and valid is None:
         raise DataError("patience needs held-out windows: pass valid= (e.g. the valid split)")
+    if checkpoints is None and out is not None:
+        checkpoints = EMCheckpoints(out)
+    if checkpoints is not None:
+        checkpoints.begin(config, IMPLIED)  # a resumed run's config must be this one
+        checkpoints.watch(hmm)
     parallel.broadcast_parameters(hmm)  # every rank starts from rank 0's parameters
-    state = state or TrainState()
-    state.run_id = state.run_id or new_run_id()
+    state = Progress()
+    if checkpoints is not None and checkpoints.progress is not None:
+        state = checkpoints.progress
     early = None
     if valid is not None:
         early = EarlyStopping(lambda: hmm.score(valid), hmm.parameters, config.patience)
-        if state.early:
-            try:
-                early.load_state(state.early, best or {})
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CheckpointError(f"the checkpoint's early-stopping record is damaged: "
-                                      f"{exc}") from exc
+        if checkpoints is not None:
+            checkpoints.restore_early(early)
     with signals_request_stop() as stop:
-        state = _train(hmm, windows, config, out, state, progress, stop, dtype, early)
+        state = _train(hmm, windows, config, checkpoints, state, progress, stop, dtype, early)
     if early is not None:
         early.restore()
     return state
-
-
-def new_run_id() -> str:
-    """A fresh random id for a training run."""
-    return uuid.uuid4().hex
 
 
 class _HMMLearner(Learner):
@@ -189,9 +163,9 @@ class _HMMLearner(Learner):
         self.accumulator = self.counts = None
 
 
-def _train(hmm: HMM, windows: TokenWindows, config: EMConfig, out: Path | None,
-           state: TrainState, progress: bool, stop: list[int], dtype: torch.dtype,
-           early: EarlyStopping | None) -> TrainState:
+def _train(hmm: HMM, windows: TokenWindows, config: EMConfig,
+           checkpoints: EMCheckpoints | None, state: Progress, progress: bool, stop: list[int],
+           dtype: torch.dtype, early: EarlyStopping | None) -> Progress:
     plan = config.epoch_plan()
     num_batches = windows.num_batches(config.batch_size)
     learner = _HMMLearner(hmm, dtype)
@@ -200,16 +174,16 @@ def _train(hmm: HMM, windows: TokenWindows, config: EMConfig, out: Path | None,
         return windows.batches(config.batch_size, shuffle=True, seed=epoch_seed(config.seed, epoch),
                                start_batch=start_batch)
 
-    def after_step(state: TrainState) -> None:
-        if out is not None and config.checkpoint_every \
+    def after_step(state: Progress) -> None:
+        if checkpoints is not None and config.checkpoint_every \
                 and state.step % config.checkpoint_every == 0:
             learner.sync()
-            _save(hmm, config, state, out, early)
+            _save(checkpoints, state, early)
 
-    def on_stop(state: TrainState, full_batch: bool) -> None:
-        _stop(hmm, config, state, out, signum=stop[0] or signal.SIGINT, early=early)
+    def on_stop(state: Progress, full_batch: bool) -> None:
+        _stop(checkpoints, state, stop[0] or signal.SIGINT, early)
 
-    def after_epoch(state: TrainState, stats: EpochStats) -> None:
+    def after_epoch(state: Progress, stats: EpochStats) -> None:
         row = {"epoch": stats.epoch, "step_size": stats.step_size,
                "full_batch": stats.full_batch, "train_ll_per_token": stats.mean_log_likelihood,
                "seconds": stats.seconds, "dtype": str(dtype).removeprefix("torch.")}
@@ -225,8 +199,8 @@ def _train(hmm: HMM, windows: TokenWindows, config: EMConfig, out: Path | None,
             if state.epoch < len(plan) and plan[state.epoch][1] and not stats.full_batch:
                 early.restart_patience()
         state.history.append(row)
-        if out is not None:
-            _save(hmm, config, state, out, early)
+        if checkpoints is not None:
+            _save(checkpoints, state, early)
 
     def pseudocount(full_batch: bool) -> float:
         return config.step_pseudocount(full_batch, len(windows))
@@ -243,69 +217,23 @@ def next_full_batch(plan: list[PlanEntry], epoch: int) -> int | None:
     return next((i for i in range(epoch, len(plan)) if plan[i][1]), None)
 
 
-def _stop(hmm: HMM, config: EMConfig, state: TrainState, out: Path | None,
-          signum: int, early: EarlyStopping | None = None) -> None:
+def _stop(checkpoints: EMCheckpoints | None, state: Progress, signum: int,
+          early: EarlyStopping | None = None) -> None:
     """Checkpoint where training stands (a full-batch epoch restarts: its model is unchanged)
     and raise :class:`TrainingInterrupted` for signal ``signum`` (on another rank: SIGINT)."""
-    by = stopped_by(signum)
-    if out is None:
-        raise TrainingInterrupted(f"training interrupted{by} (no output folder: nothing "
-                                  "saved)", signum)
-    folder = _save(hmm, config, state, out, early)
-    raise TrainingInterrupted(f"training interrupted{by} at epoch {state.epoch + 1}, batch "
-                              f"{state.batch}; checkpoint saved in {folder}. Resume with the "
-                              "same command plus --resume", signum)
+    if checkpoints is None:
+        raise TrainingInterrupted(f"training interrupted{stopped_by(signum)} (no output "
+                                  "folder: nothing saved)", signum)
+    folder = _save(checkpoints, state, early)
+    raise checkpoints.interrupted(state, folder, signum)
 
 
-def _save(hmm: HMM, config: EMConfig, state: TrainState, out: Path,
-          early: EarlyStopping | None = None) -> Path:
-    """:func:`save_checkpoint` on rank 0 while the other ranks wait; returns the folder."""
-    folder = out / "checkpoints" / f"step-{state.step:08d}"
-    best = None
-    if early is not None:
-        state.early, best = early.state()
+def _save(checkpoints: EMCheckpoints, state: Progress, early: EarlyStopping | None = None
+          ) -> Path:
+    """:meth:`EMCheckpoints.save <hmmlvd.em.checkpoints.EMCheckpoints.save>` on rank 0 while
+    the other ranks wait; returns the folder (on the other ranks: the checkpoints folder)."""
+    folder = checkpoints.root
     if distributed.is_main():
-        folder = save_checkpoint(hmm, config, state, out, best)
+        folder = checkpoints.save(state, early)
     distributed.barrier()
     return folder
-
-
-def save_checkpoint(hmm: HMM, config: EMConfig, state: TrainState, out: Path,
-                    best: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write a complete checkpoint folder, then point ``latest`` at it; keep the newest
-    ``config.keep_checkpoints`` of this run (``state.run_id``, given one if it has none), by
-    step number. Checkpoints of other runs in ``out`` are never deleted. ``best``: the best
-    epoch's parameters so far (early stopping), saved in the folder's ``best/``. If a write
-    fails (disk full: :class:`~hmmlvd.core.errors.WriteError`, one line naming the folder), a
-    folder this call created is removed and ``latest`` still names the previous checkpoint,
-    so ``--resume`` goes on from there."""
-    state.run_id = state.run_id or new_run_id()
-    root = out / "checkpoints"
-    folder = root / f"step-{state.step:08d}"
-    with persist.removed_on_failure(folder, remove=not folder.is_dir()):
-        save_hmm(hmm, folder)
-        if best:
-            persist.save(folder / BEST_FOLDER, best, hmm.config.to_dict(), BEST_TYPE)
-        atomic_write_json(folder / STATE_FILE, {"em_config": config.to_dict(), **asdict(state)})
-    atomic_write_text(root / "latest", folder.name + "\n")
-    mine = sorted(_checkpoints_of_run(root, state.run_id))
-    for _, stale in mine[:-max(config.keep_checkpoints, 1)]:
-        if stale != folder:
-            shutil.rmtree(stale, ignore_errors=True)
-    return folder
-
-
-def _checkpoints_of_run(root: Path, run_id: str) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint under ``root`` written by run ``run_id``
-    (its ``train_state.json`` says so); unreadable ones count as another run's."""
-    found = []
-    for folder in root.glob("step-*"):
-        if not re.fullmatch(r"step-[0-9]+", folder.name) or not folder.is_dir():
-            continue
-        try:
-            raw = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
-            continue
-        if isinstance(raw, dict) and raw.get("run_id") == run_id:
-            found.append((int(folder.name.removeprefix("step-")), folder))
-    return found

@@ -33,6 +33,7 @@ from hmmlvd.core.errors import DataError, ParameterError
 from hmmlvd.core.validate import check_int, check_pseudocount, check_step_size
 from hmmlvd.data.patches import patch_variables
 from hmmlvd.em import check_possible
+from hmmlvd.em.checkpoints import EMCheckpoints
 from hmmlvd.em.config import EMConfig, em_config
 from hmmlvd.image.parts_em import fit_parts
 from hmmlvd.pc.bpd import mean_log_likelihood
@@ -57,7 +58,6 @@ from hmmlvd.pc.layers.categorical import marginal_histograms
 from hmmlvd.pc.layers.sum_layer import maximize_layers_
 from hmmlvd.pc.logspace import log_sum_exp
 from hmmlvd.pc.queries import choose_units, descend, fill_leaves
-from hmmlvd.pc.resume import EMCheckpoints
 from hmmlvd.pc.structures import Partition, Region, RegionGraph
 
 MODEL_TYPE = "patch_circuit"  # the model_type of a saved patch circuit's config.json

@@ -36,6 +36,7 @@ from torch import nn
 from hmmlvd.core import memory, persist
 from hmmlvd.core.errors import DataError, ParameterError
 from hmmlvd.core.validate import as_array
+from hmmlvd.em.checkpoints import EMCheckpoints
 from hmmlvd.em.config import EMConfig, em_config
 from hmmlvd.pc.bpd import mean_log_likelihood
 from hmmlvd.pc.em import CIRCUIT_EM, early_stopping, fit_em
@@ -52,7 +53,6 @@ from hmmlvd.pc.layers import (
 )
 from hmmlvd.pc.queries import inpaint as inpaint_circuit
 from hmmlvd.pc.queries import sample as sample_circuit
-from hmmlvd.pc.resume import EMCheckpoints
 from hmmlvd.pc.rows import RowReader
 from hmmlvd.pc.structures import Partition, Region, RegionGraph
 
@@ -487,7 +487,7 @@ class Circuit(nn.Module):
         held-out ``valid`` [M, D]: ``valid_history`` holds its mean log-likelihood after each
         epoch, training stops after ``config.patience`` epochs without improvement (0: never
         early), and the parameters of the best epoch on ``valid`` are kept. ``checkpoints``
-        (:class:`~hmmlvd.pc.resume.EMCheckpoints`): saved as training goes, stop requests
+        (:class:`~hmmlvd.em.checkpoints.EMCheckpoints`): saved as training goes, stop requests
         honoured; resumed from if it was read back; ``desc`` names the run on the progress bar
         and in a stop message. See :func:`hmmlvd.pc.em.fit_em`, which this calls."""
         config = em_config(config, CIRCUIT_EM)

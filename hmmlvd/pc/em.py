@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,16 +33,16 @@ from hmmlvd.em import (
     EMConfig,
     EpochStats,
     Learner,
-    LoopState,
+    Progress,
     check_possible,
     epoch_batches,
     run_epochs,
 )
+from hmmlvd.em.checkpoints import EMCheckpoints
 from hmmlvd.em.config import LEAF_PRIORS, em_config
 from hmmlvd.em.stop import check_stop, stop_requested
 from hmmlvd.pc.layers.categorical import CategoricalInput, marginal_histograms
 from hmmlvd.pc.layers.sum_layer import maximize_layers_
-from hmmlvd.pc.resume import EMCheckpoints, EMProgress
 
 if TYPE_CHECKING:  # circuit.py imports this module (Circuit.fit); nothing here needs it at run
     from hmmlvd.pc.circuit import Circuit
@@ -161,13 +162,15 @@ def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None]
     every epoch, may stop a phase, and its best epoch's parameters are restored at the end of
     each phase. ``checkpoints`` (watching the model): saved before the first batch, after
     every epoch and on a stop request (then :class:`~hmmlvd.em.stop.TrainingInterrupted` is
-    raised); when it was :meth:`~hmmlvd.pc.resume.EMCheckpoints.resume`-d, EM continues from
+    raised); when it was :meth:`~hmmlvd.em.checkpoints.EMCheckpoints.resume`-d, EM continues from
     its progress and early-stopping state."""
     check_circuit_config(config)
     learner = _CircuitLearner(accumulate, maximize_step, discard, data, missing)
     phases = [config.main_plan(), config.final_plan()]
-    start = EMProgress()  # where EM begins: a resumed checkpoint's progress, or the start
+    start = Progress()  # where EM begins: a resumed checkpoint's progress, or the start
     from_checkpoint = checkpoints is not None and checkpoints.progress is not None
+    if checkpoints is not None:
+        checkpoints.begin(config, IMPLIED)
     if from_checkpoint:
         start = checkpoints.progress
         checkpoints.restore_early(early)
@@ -177,8 +180,8 @@ def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None]
         if phase < start.phase or not plan:
             continue
         resumed = from_checkpoint and phase == start.phase  # this phase is under way
-        state = (LoopState(start.epoch, start.batch, start.step, start.epoch_total,
-                           start.epoch_units) if resumed else LoopState(0, 0, start.step))
+        state = (replace(start, phase_done=False, history=[]) if resumed
+                 else Progress(phase, step=start.step))
         offset = len(history) - state.epoch  # epochs of the earlier phases: seeds go on
 
         def batches(epoch: int, full_batch: bool, start_batch: int,
@@ -196,13 +199,13 @@ def run_em(accumulate: Accumulate, maximize_step: Callable[[float, float], None]
             history += [s.mean_log_likelihood for s in stats]
         if early is not None:
             early.restore()
-        start = EMProgress(phase + 1, 0, 0, state.step, False, list(history))
+        start = Progress(phase + 1, step=state.step, history=list(history))
     return history
 
 
 def _run_phase(learner: Learner, plan: list[tuple[float | Anneal, bool]], pseudocount: float,
                batches: Callable[[int, bool, int], list[np.ndarray]], num_batches: int,
-               state: LoopState, phase: int, history: list[float], progress: bool, desc: str,
+               state: Progress, phase: int, history: list[float], progress: bool, desc: str,
                early: EarlyStopping | None, checkpoints: EMCheckpoints | None,
                fresh: bool) -> list[EpochStats]:
     """One phase of :func:`run_em` from ``state``, with the early-stopping and checkpoint
@@ -215,17 +218,16 @@ def _run_phase(learner: Learner, plan: list[tuple[float | Anneal, bool]], pseudo
                           on_stop=lambda loop, full_batch: check_stop(f"running {desc}"))
     done: list[float] = []
 
-    def where(phase_done: bool = False) -> EMProgress:
-        return EMProgress(phase, state.epoch, state.batch, state.step, phase_done,
-                          history + done, state.epoch_total, state.epoch_units)
+    def where(phase_done: bool = False) -> Progress:
+        return replace(state, phase=phase, phase_done=phase_done, history=history + done)
 
-    def after_epoch(loop: LoopState, stats: EpochStats) -> bool:
+    def after_epoch(loop: Progress, stats: EpochStats) -> bool:
         done.append(stats.mean_log_likelihood)
         stop = bool(early(loop, stats)) if early is not None else False
         checkpoints.save(where(stop or loop.epoch >= len(plan)), early)
         return stop
 
-    def on_stop(loop: LoopState, full_batch: bool) -> None:
+    def on_stop(loop: Progress, full_batch: bool) -> None:
         checkpoints.stop(where(), early, checkpoints.stop_signal())
 
     if fresh:

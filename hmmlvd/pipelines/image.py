@@ -30,13 +30,13 @@ from hmmlvd.core.provenance import image_training_record
 from hmmlvd.core.validate import check_int
 from hmmlvd.data.images import ImageData, load_images
 from hmmlvd.data.patches import check_context
+from hmmlvd.em.checkpoints import EMCheckpoints
 from hmmlvd.em.config import EMConfig
 from hmmlvd.em.stop import StoppedBeforeCheckpoint, TrainingInterrupted, signals_request_stop
 from hmmlvd.image.baselines import StructureConfig
 from hmmlvd.image.loading import load_pretrained
 from hmmlvd.pc.em import CIRCUIT_EM
 from hmmlvd.pc.em import IMPLIED as CIRCUIT_IMPLIED
-from hmmlvd.pc.resume import EMCheckpoints
 from hmmlvd.pipelines.image_models import (
     DATASET_SHAPES,
     MODELS,

@@ -20,10 +20,10 @@ import torch
 from hmmlvd.core.errors import DataError
 from hmmlvd.core.validate import check_int
 from hmmlvd.data.images import flatten
+from hmmlvd.em.checkpoints import EMCheckpoints, check_resumed
 from hmmlvd.em.config import EMConfig
 from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.lvd.image.distill import PatchLVDConfig, distil_patches, flag
-from hmmlvd.pc.resume import EMCheckpoints, check_resumed
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def train_image_lvd(train_images: np.ndarray, lvd: PatchLVDConfig, em: EMConfig,
     image), ``valid`` (held-out, per stage-(c) epoch, with ``valid_images`` [M, H, W, C]: the
     best epoch is kept and ``em.patience`` may stop stage (c) early), and ``timings`` (seconds
     of features, latents, structure, stage_a, stage_b, stage_c). ``checkpoints``: stage (c)
-    is saved as it goes (:class:`~hmmlvd.pc.resume.EMCheckpoints`, first at its start, with
+    is saved as it goes (:class:`~hmmlvd.em.checkpoints.EMCheckpoints`, first at its start, with
     the history of the earlier steps as its record); ``resumed``: the model read back from
     them (``checkpoints.resume()``): only stage (c) goes on. A stop request (Ctrl-C, SIGTERM)
     before stage (c) ends the run within a step, without a checkpoint."""

@@ -26,6 +26,7 @@ import torch
 from hmmlvd.core.atomic import atomic_write_json
 from hmmlvd.core.errors import CheckpointError, DataError
 from hmmlvd.data.images import flatten
+from hmmlvd.em.checkpoints import EMCheckpoints, check_resumed
 from hmmlvd.em.config import EMConfig
 from hmmlvd.image import memory as image_memory
 from hmmlvd.image.baselines import BASELINES, StructureConfig, baseline_from_config
@@ -33,7 +34,6 @@ from hmmlvd.image.loading import load_pretrained
 from hmmlvd.image.patch_circuit import PatchCircuit
 from hmmlvd.pc.bpd import evaluate_bpd
 from hmmlvd.pc.circuit import Circuit
-from hmmlvd.pc.resume import EMCheckpoints, check_resumed
 
 MODELS = ("lvd", *BASELINES)
 LEVELS = 256  # pixels are categorical grey levels 0..255
@@ -104,7 +104,7 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
     PatchLVDConfig fields). ``valid_images``: held-out images scored after every (final-stage)
     epoch; the best epoch on them is kept and ``em.patience`` may stop early. ``init``: a
     baseline circuit to continue training instead of building one (over the same pixels).
-    ``checkpoints`` (:class:`~hmmlvd.pc.resume.EMCheckpoints`): EM saves as it goes and
+    ``checkpoints`` (:class:`~hmmlvd.em.checkpoints.EMCheckpoints`): EM saves as it goes and
     honours stop requests; ``resumed``: the model read back from them after
     ``checkpoints.resume()``, trained on from where they stood (LVD: within stage c).
     ``seconds`` then adds the time of the earlier runs up to their last checkpoint. A model

@@ -30,9 +30,10 @@ from hmmlvd.core.outdir import (
     record_started,
     stopped_early,
 )
-from hmmlvd.core.provenance import check_same_training, setting_differences, training_record
+from hmmlvd.core.provenance import check_same_training, training_record
 from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
+from hmmlvd.em.checkpoints import EMCheckpoints
 from hmmlvd.em.config import EMConfig
 from hmmlvd.em.stop import TrainingInterrupted
 from hmmlvd.hmm import memory as hmm_memory
@@ -40,8 +41,8 @@ from hmmlvd.hmm.checkpoint import read_config
 from hmmlvd.hmm.config import HMMConfig
 from hmmlvd.hmm.eval import sliding_perplexity, window_perplexity
 from hmmlvd.hmm.model import HMM
-from hmmlvd.hmm.resume import load_best, load_checkpoint
-from hmmlvd.hmm.train import TrainState, train
+from hmmlvd.hmm.resume import load_checkpoint
+from hmmlvd.hmm.train import train
 from hmmlvd.ngram import baseline_perplexities
 
 if TYPE_CHECKING:  # imports transformers: loaded only when LVD runs
@@ -199,27 +200,23 @@ def _train_in_folder(run: TextTraining, device: torch.device) -> dict:
     sizes = HMMConfig(run.hidden_states, len(data.vocab), run.length, run.homogeneous)
     say(hmm_memory.describe(hmm_memory.training_estimate(
         sizes, shard, config.any_full_batch, dtype, config.any_mini_batch), dtype))
-    best: dict = {}
     if run.resume and not (run.out / "checkpoints" / "latest").is_file() and \
             stopped_early(run.out):
         say(f"{run.out}: the run stopped before its first checkpoint, nothing to resume: "
             "starting it over")
         run = replace(run, resume=False)
     if run.resume:
-        hmm, saved, state = load_checkpoint(run.out, device=device)
-        best = load_best(run.out, hmm)
-        if saved != config:
-            raise CheckpointError(f"--resume with different training settings than the "
-                                  f"checkpoint in {run.out}: "
-                                  f"{setting_differences(asdict(saved), asdict(config))}")
+        # the saved EM config is compared with this one by train(), before any batch
+        hmm, _, checkpoints = load_checkpoint(run.out, device=device)
         if hmm.vocab != data.vocab:
             raise CheckpointError(
                 f"the checkpoint's vocabulary differs from this data's "
                 f"({len(hmm.vocab) if hmm.vocab else 'no'} vs {len(data.vocab)} words): resume "
                 "with the data folder the run was started with")
-        check_same_training(state.trained_on, trained_on, run.out)
-        state.trained_on = trained_on
-        say(f"resuming from epoch {state.epoch + 1}, batch {state.batch} (step {state.step})")
+        check_same_training(checkpoints.trained_on, trained_on, run.out)
+        checkpoints.trained_on = trained_on  # recorded from now on
+        at = checkpoints.progress
+        say(f"resuming from epoch {at.epoch + 1}, batch {at.batch} (step {at.step})")
     else:
         # fail now, not after a long LVD initialisation, if the model and EM cannot fit
         hmm_memory.check_training(sizes, shard, device, config.any_full_batch, dtype=dtype,
@@ -227,7 +224,7 @@ def _train_in_folder(run: TextTraining, device: torch.device) -> dict:
         if distributed.is_main():  # a kill before the first checkpoint: --resume starts over
             record_started(run.out)
         hmm = _initialiser(run)(data, device, summary)
-        state = TrainState(trained_on=trained_on)
+        checkpoints = EMCheckpoints(run.out, trained_on=trained_on)
     ranks = f" on {distributed.world_size()} ranks" if distributed.is_distributed() else ""
     if not config.epoch_plan():
         say("no EM epochs: saving the initial model")
@@ -236,7 +233,7 @@ def _train_in_folder(run: TextTraining, device: torch.device) -> dict:
             f"{hmm.num_parameters:,} parameters{ranks}")
     started = time.perf_counter()
     valid = TokenWindows(data.valid, run.length) if config.patience else None
-    state = train(hmm, windows, config, out=run.out, state=state, valid=valid, best=best)
+    state = train(hmm, windows, config, valid=valid, checkpoints=checkpoints)
     summary["train_seconds_this_run"] = time.perf_counter() - started
     if not distributed.is_main():
         return {}
@@ -245,7 +242,8 @@ def _train_in_folder(run: TextTraining, device: torch.device) -> dict:
           "run)")
     # run_id: tells a finished run's folder from one whose newest checkpoints a later,
     # stopped run wrote (hmmlvd.core.outdir.run_in_folder)
-    summary.update(model=hmm.config.to_dict(), history=state.history, run_id=state.run_id)
+    summary.update(model=hmm.config.to_dict(), history=state.history,
+                   run_id=checkpoints.run_id)
     if run.evaluate is not None:
         summary["eval"] = evaluate_text(hmm, data, run.evaluate)
     atomic_write_json(run.out / "results.json", summary)

@@ -1,0 +1,206 @@
+"""Run folders written before the one run-folder format (hmmlvd.em.checkpoints) still resume:
+an HMM run's ``step-NNNNNNNN/train_state.json`` (its EM config as ``em_config``, or the
+earlier ``train_config`` phases form) and a circuit run's ``em-NNNNNNNN/em_state.json``. Each
+old folder is written here by hand, key by key as the earlier writers wrote them (not by the
+new writer); resumed by the new code, the run ends with the parameters of a run that was never
+stopped. Unknown or newer formats are refused in one line naming the folder and version."""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import torch
+
+from hmmlvd.core import outdir
+from hmmlvd.core.errors import CheckpointError
+from hmmlvd.data import TokenWindows
+from hmmlvd.em import checkpoints as em_checkpoints
+from hmmlvd.em.checkpoints import EMCheckpoints, read_checkpoint
+from hmmlvd.em.config import EMConfig
+from hmmlvd.hmm import HMM, load_checkpoint, train
+from hmmlvd.pc import Circuit, poon_domingos
+
+train_module = importlib.import_module("hmmlvd.hmm.train")
+pc_em = importlib.import_module("hmmlvd.pc.em")
+
+H, V, T = 4, 8, 5
+CRASH_AT = 4  # M-steps done when the old run stopped: mid-way through epoch 1 (10 batches)
+#: The run's schedule: epoch 1 at 0.7, epoch 2 at 0.4, mini-batches of 60 windows. It is one
+#: the earlier ``train_config`` phases form can express, in float32 (what that form implies).
+HMM_CONFIG = EMConfig(epochs=1, step_size=0.7, phase2_epochs=1, phase2_step_size=0.4,
+                      final_full_batch=0, batch_size=60, seed=5, checkpoint_every=4,
+                      keep_checkpoints=2, dtype="float32")
+TRAIN_CONFIG = {"phases": [{"epochs": 1, "step_size": 0.7, "full_batch": False},
+                           {"epochs": 1, "step_size": 0.4, "full_batch": False}],
+                "batch_size": 60, "pseudocount": HMM_CONFIG.pseudocount, "full_batch": False,
+                "seed": 5, "checkpoint_every": 4, "keep_checkpoints": 2}
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def windows() -> TokenWindows:
+    from conftest import peaked_hmm
+
+    teacher = peaked_hmm(H, V, T, seed=91, sharpness=2.5)
+    stream = teacher.sample(120, generator=torch.Generator().manual_seed(92)).flatten()
+    return TokenWindows(stream.numpy(), T)
+
+
+def student() -> HMM:
+    return HMM(H, V, T, seed=93)
+
+
+def stopped_hmm(windows: TokenWindows, monkeypatch) -> tuple[HMM, float, float]:
+    """The model of a run stopped after CRASH_AT M-steps (in memory, nothing saved), and the
+    summed log-likelihood and tokens of those batches."""
+    real, seen = train_module.expected_counts, {"n": 0, "total": 0.0, "units": 0.0}
+
+    def counting(hmm, x, *args, **kwargs):
+        if seen["n"] == CRASH_AT:
+            raise Crash
+        seen["n"] += 1
+        counts = real(hmm, x, *args, **kwargs)
+        seen["total"] += counts.log_likelihood
+        seen["units"] += x.numel()
+        return counts
+
+    monkeypatch.setattr(train_module, "expected_counts", counting)
+    hmm = student()
+    with pytest.raises(Crash):
+        train(hmm, windows, HMM_CONFIG, progress=False)
+    monkeypatch.undo()
+    return hmm, seen["total"], seen["units"]
+
+
+@pytest.mark.parametrize("form", ["em_config", "train_config"])
+def test_an_old_hmm_step_folder_resumes_to_the_uninterrupted_model(tmp_path, windows,
+                                                                   monkeypatch, form):
+    reference = student()
+    want = train(reference, windows, HMM_CONFIG, progress=False)
+    hmm, total, units = stopped_hmm(windows, monkeypatch)
+    out = tmp_path / "run"
+    folder = out / "checkpoints" / f"step-{CRASH_AT:08d}"
+    hmm.save_pretrained(folder)  # the model files: the format save_pretrained always wrote
+    if form == "em_config":  # as hmmlvd.hmm.train.save_checkpoint wrote it before this format
+        state = {"em_config": HMM_CONFIG.to_dict(), "epoch": 0, "batch": CRASH_AT,
+                 "step": CRASH_AT, "epoch_total": total, "epoch_units": units,
+                 "history": [], "run_id": "0123456789abcdef0123456789abcdef",
+                 "trained_on": {}, "early": {}}
+    else:  # an earlier one still: the phases form, no running totals, trained_on or early
+        state = {"train_config": TRAIN_CONFIG, "epoch": 0, "batch": CRASH_AT,
+                 "step": CRASH_AT, "history": [], "run_id": "0123456789abcdef0123456789abcdef"}
+    (folder / "train_state.json").write_text(json.dumps(state, indent=2))
+    (out / "checkpoints" / "latest").write_text(folder.name + "\n")
+    assert outdir.run_in_folder(out) == outdir.FolderRun(outdir.TEXT_RUN, finished=False)
+
+    resumed, config, checkpoints = load_checkpoint(out)
+    assert config == HMM_CONFIG
+    assert (checkpoints.progress.epoch, checkpoints.progress.batch) == (0, CRASH_AT)
+    got = train(resumed, windows, config, progress=False, checkpoints=checkpoints)
+    for name, value in reference.parameters().items():
+        torch.testing.assert_close(resumed.parameters()[name], value, rtol=1e-6, atol=1e-7,
+                                   msg=name)
+    assert (got.epoch, got.step) == (want.epoch, want.step)
+    if form == "em_config":  # the running totals came back: the same epoch means
+        assert [r["train_ll_per_token"] for r in got.history] == pytest.approx(
+            [r["train_ll_per_token"] for r in want.history], rel=1e-9)
+    # the run goes on in the new format, the same run: its old folder was rotated away
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    # (saves after steps 8, 10 (epoch end), 12, 16, 20 (epoch end); keep_checkpoints 2)
+    assert names == ["ckpt-00000004", "ckpt-00000005", "latest"], names
+    last = read_checkpoint(out / "checkpoints" / "ckpt-00000005")
+    assert last.run_id == "0123456789abcdef0123456789abcdef" and last.kind == "hmm"
+    assert last.format == em_checkpoints.FORMAT
+
+
+SETTINGS = {"model": "pd", "size": 2, "pseudocount": 0.1}
+CIRCUIT_CONFIG = EMConfig(epochs=2, batch_size=7, step_size=0.5, pseudocount=0.1,
+                          final_full_batch=1, seed=3)
+CIRCUIT_STOP = 3  # of the first epoch's 5 batches
+
+
+def circuit_data() -> torch.Tensor:
+    return torch.randint(0, 4, (30, 4), generator=torch.Generator().manual_seed(3))
+
+
+def circuit() -> Circuit:
+    return Circuit(poon_domingos(2, 2, delta=1), 2, input="categorical", num_categories=4,
+                   seed=5)
+
+
+def test_an_old_circuit_em_folder_resumes_to_the_uninterrupted_model(tmp_path, monkeypatch):
+    data = circuit_data()
+    reference = circuit().fit(data, CIRCUIT_CONFIG, progress=False)
+    real, seen = pc_em.accumulate_counts, {"n": 0, "total": 0.0, "units": 0}
+
+    def counting(model, x, missing=None):
+        if seen["n"] == CIRCUIT_STOP:
+            raise Crash
+        seen["n"] += 1
+        total = real(model, x, missing)
+        seen["total"] += total
+        seen["units"] += len(x)
+        return total
+
+    monkeypatch.setattr(pc_em, "accumulate_counts", counting)
+    stopped = circuit()
+    with pytest.raises(Crash):
+        stopped.fit(data, CIRCUIT_CONFIG, progress=False)
+    monkeypatch.undo()
+    out = tmp_path / "run"
+    folder = out / "checkpoints" / "em-00000002"
+    stopped.save_pretrained(folder)
+    # as hmmlvd.pc.resume.EMCheckpoints.save wrote it before this format
+    (folder / "em_state.json").write_text(json.dumps({
+        "settings": SETTINGS, "record": {"structure_seconds": 0.25}, "trained_on": {},
+        "progress": {"phase": 0, "epoch": 0, "batch": CIRCUIT_STOP, "step": CIRCUIT_STOP,
+                     "phase_done": False, "history": [], "epoch_total": seen["total"],
+                     "epoch_units": seen["units"]},
+        "early": None, "seconds": 12.5}, indent=2))
+    (out / "checkpoints" / "latest").write_text("em-00000002\n")
+    assert outdir.run_in_folder(out) == outdir.FolderRun(outdir.IMAGE_RUN, finished=False)
+
+    with pytest.raises(CheckpointError, match=r"--size 3"):
+        EMCheckpoints(out, {**SETTINGS, "size": 3}).resume()
+    checkpoints = EMCheckpoints(out, SETTINGS)
+    model = Circuit.from_pretrained(checkpoints.resume())
+    assert checkpoints.record == {"structure_seconds": 0.25}
+    assert checkpoints.seconds_before == 12.5
+    model.fit(data, CIRCUIT_CONFIG, progress=False, checkpoints=checkpoints)
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters(),
+                                 strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
+    assert model.fit_history == pytest.approx(reference.fit_history, rel=1e-12)
+    last = read_checkpoint(checkpoints.latest())
+    assert last.kind == "circuit" and last.record == {"structure_seconds": 0.25}
+    assert last.seconds >= 12.5
+
+
+def test_an_unknown_or_newer_format_is_one_line_naming_folder_and_version(tmp_path, windows):
+    train(student(), windows, HMM_CONFIG, out=tmp_path, progress=False)
+    folder = EMCheckpoints(tmp_path).latest()
+    state = folder / "checkpoint.json"
+    raw = json.loads(state.read_text())
+    for version in (em_checkpoints.FORMAT + 1, 1, "2", None):
+        state.write_text(json.dumps({**raw, "format": version}))
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(tmp_path)
+        message = str(info.value)
+        assert str(folder) in message and f"format {version!r}" in message
+        assert "\n" not in message
+    state.write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"checkpoint\.json is damaged"):
+        load_checkpoint(tmp_path)
+
+
+def test_the_output_folder_check_reads_the_same_layout():
+    """hmmlvd.core.outdir sits below the EM layer and names its files itself."""
+    assert outdir.CHECKPOINT_STATE == em_checkpoints.STATE_FILE
+    assert em_checkpoints.NAME.fullmatch(outdir.CHECKPOINT_PREFIX + "00000001")
+    assert em_checkpoints.LEGACY_FILES["step"] == outdir.TEXT_STATE
+    assert set(outdir.LEGACY_PREFIXES) == {"step-", "em-"}
