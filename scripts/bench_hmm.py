@@ -506,7 +506,7 @@ def hmmlearn_available() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    keep_freed_memory()  # as the library's EM loop does (hmmlvd.core.allocator)
+    keep_freed_memory()  # as the training pipelines do (hmmlvd.core.allocator)
     args.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if args.threads is not None:
         torch.set_num_threads(args.threads)

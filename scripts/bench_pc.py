@@ -425,8 +425,8 @@ def notes(args: argparse.Namespace, images: Images, graph_notes: Sequence[str]) 
            "em_step_at_revision`); speedup = before / now; now, before and before with the "
            f"same malloc are timed in {args.rounds} alternating rounds, medians shown. Same "
            "malloc: the earlier revision timed again with glibc's malloc set (no mmap, no "
-           "trimming, through MALLOC_*_ environment variables) as the library's EM loop now "
-           "sets it "
+           "trimming, through MALLOC_*_ environment variables) as the training pipelines set "
+           "it "
            "(`hmmlvd.core.allocator.keep_freed_memory`, which this run applies too): what the "
            "kernels alone gained.",
            "FLOPs: einsum layer 2*B*P*K^3 + 2*B*P*K^2, Hadamard layer 2*B*E*K^2 (P partitions, "
@@ -529,7 +529,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    keep_freed_memory()  # as the library's EM loop does
+    keep_freed_memory()  # as the training pipelines do
     args.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if args.threads is not None:
         torch.set_num_threads(args.threads)

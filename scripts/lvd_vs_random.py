@@ -51,6 +51,7 @@ from hmmlvd.cli import (
     lvd_settings_from,
     train_config_from,
 )
+from hmmlvd.core.allocator import keep_freed_memory
 from hmmlvd.core.atomic import atomic_write_json
 from hmmlvd.core.device import resolve_device, resolve_dtype
 from hmmlvd.core.errors import CheckpointError, HMMLVDError
@@ -369,6 +370,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # EM steps reuse the last step's memory (hmmlvd.core.allocator)
     try:
         if args.search_table:
             report = search_table(args.out)

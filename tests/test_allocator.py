@@ -61,3 +61,36 @@ def test_later_steps_reuse_freed_memory_instead_of_faulting_in_fresh_pages():
     pages = 3 * 3 * 64 * 2**20 // 4096
     assert page_faults(HMMLVD_MALLOPT="0") > pages // 2
     assert page_faults(HMMLVD_MALLOPT="1") < pages // 4
+
+
+SIDE_EFFECT = """
+import numpy as np
+from hmmlvd import EMConfig, HMM
+from hmmlvd.core import allocator
+
+hmm = HMM(3, 5, 4, seed=0)
+hmm.fit(np.random.default_rng(0).integers(0, 5, size=(64, 4)), EMConfig(epochs=1, batch_size=16))
+print(allocator._applied)
+"""
+
+
+def test_a_library_fit_leaves_malloc_alone_and_the_pipelines_set_it(tmp_path):
+    """Process-wide malloc settings are the program's choice: ``HMM.fit`` called from Python
+    does not change them; the training pipelines (what every ``hmmlvd`` command runs) do."""
+    fitted = subprocess.run([sys.executable, "-c", SIDE_EFFECT], capture_output=True,
+                            text=True, check=True)
+    assert fitted.stdout.strip() == "None"
+    corpus = tmp_path / "wt"
+    corpus.mkdir()
+    for split in ("train", "valid", "test"):
+        (corpus / f"wiki.{split}.tokens").write_text("the cat sat on the mat\n" * 8)
+    script = ("from pathlib import Path; from hmmlvd.core import allocator; "
+              "from hmmlvd.em.config import EMConfig; "
+              "from hmmlvd.pipelines.text import TextTraining, train_text; "
+              f"train_text(TextTraining(out=Path({str(tmp_path / 'run')!r}), "
+              f"data_dir=Path({str(corpus)!r}), hidden_states=2, length=4, device='cpu', "
+              "em=EMConfig(epochs=1, batch_size=8, final_full_batch=0), evaluate=None)); "
+              "print(allocator._applied)")
+    trained = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             check=True, env={**os.environ, "HMMLVD_MALLOPT": "1"})
+    assert trained.stdout.strip().splitlines()[-1] == "True"

@@ -16,9 +16,12 @@ still falls back to ``mmap`` for if it cannot grow) and the heap is never trimme
 (``M_TRIM_THRESHOLD`` = -1). From the second EM step on, a step reuses the memory of the one
 before and faults in nothing (``tests/test_allocator.py`` counts the faults). The price: the
 process keeps the heap of its largest step until it exits (that memory is needed again at
-the next step anyway). The EM loop (:func:`hmmlvd.em.loop.run_epochs`) and circuit scoring
-(:func:`hmmlvd.pc.bpd.mean_log_likelihood`, ``evaluate_bpd``) call it; ``HMMLVD_MALLOPT=0``
-in the environment leaves malloc as it is. Elsewhere than Linux with glibc it does nothing.
+the next step anyway). A process-wide setting is the program's choice, not a side effect of
+a library call: the pipelines call it when they start (:func:`hmmlvd.pipelines.text.train_text`,
+:func:`hmmlvd.pipelines.image_models.train_image_model` and ``image_bpd``, hence every
+``hmmlvd`` training and image scoring command), and so do the scripts that train or time EM; a
+program calling ``fit`` itself may call it once first. ``HMMLVD_MALLOPT=0`` in the environment
+leaves malloc as it is. Elsewhere than Linux with glibc it does nothing.
 """
 
 from __future__ import annotations

@@ -22,8 +22,6 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from hmmlvd.core.allocator import keep_freed_memory
-
 
 class Learner:
     """A model's side of EM; subclasses give ``e_step``, ``m_step`` and ``discard``, and
@@ -162,7 +160,6 @@ def run_epochs(learner: Learner, plan: Sequence[tuple[float | Anneal, bool]],
     stopping). ``unit`` names the bar's running mean log-likelihood. ``pseudocount``: of every
     M-step, or a function of whether the epoch is full-batch (a prior over the whole data
     adds less per mini-batch M-step than per full-batch one)."""
-    keep_freed_memory()  # reuse the step's temporaries instead of faulting in fresh pages
     state = state or Progress()
     stats: list[EpochStats] = []
     while state.epoch < len(plan):

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from hmmlvd.core.allocator import keep_freed_memory
 from hmmlvd.core.errors import DataError
 from hmmlvd.core.validate import check_int
 
@@ -49,7 +48,6 @@ def _total_log_likelihood(log_likelihood_fn: Callable[[torch.Tensor], torch.Tens
     data = torch.as_tensor(data)
     if data.dim() != 2 or data.shape[0] == 0 or data.shape[1] == 0:
         raise DataError(f"data must be a non-empty [N, D] array, got shape {tuple(data.shape)}")
-    keep_freed_memory()  # each batch reuses the last one's temporaries (see hmmlvd.core.allocator)
     total = torch.zeros((), dtype=torch.float64)
     starts = range(0, len(data), batch_size)
     with torch.no_grad():

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hmmlvd.core.allocator import keep_freed_memory
 from hmmlvd.core.atomic import atomic_write_json
 from hmmlvd.core.errors import CheckpointError, DataError
 from hmmlvd.data.images import flatten
@@ -111,6 +112,7 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
     to build is first checked to fit the device's memory with EM on its batches
     (:mod:`hmmlvd.image.memory`; :class:`~hmmlvd.core.errors.InsufficientMemoryError` naming the
     flags to lower), before any structure learning or featurising."""
+    keep_freed_memory()  # EM steps and batches reuse the last one's memory
     structure = StructureConfig() if structure is None else structure
     train_images = np.asarray(train_images)
     if train_images.ndim != 4 or len(train_images) == 0:
@@ -181,6 +183,7 @@ def train_image_model(kind: str, train_images: np.ndarray, size: int, em: EMConf
 def image_bpd(model: ImageModel, images: np.ndarray, batch_size: int = 512,
               progress: bool = False) -> float:
     """Bits per dimension of ``images`` [N, H, W, C] (or [N, D]) under ``model``."""
+    keep_freed_memory()  # EM steps and batches reuse the last one's memory
     images = np.asarray(images)
     pixels = flatten(images) if images.ndim == 4 else images
     if pixels.ndim != 2 or pixels.shape[1] != model.num_variables:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from hmmlvd.core import distributed
+from hmmlvd.core.allocator import keep_freed_memory
 from hmmlvd.core.atomic import atomic_write_json, check_writable, make_folder
 from hmmlvd.core.device import resolve_device, resolve_dtype
 from hmmlvd.core.errors import CheckpointError, DataError
@@ -106,6 +107,7 @@ def train_text(run: TextTraining) -> dict:
     ``results.json`` records (on rank 0; other ranks: an empty dict). ``run.out`` is checked,
     locked and cleared of temporary files first (:mod:`hmmlvd.core.outdir`; without ``resume`` a
     stopped run there, or a run of another kind, is refused)."""
+    keep_freed_memory()  # EM steps reuse the last step's memory (hmmlvd.core.allocator)
     device = distributed.init(resolve_device(run.device))
     if run.lvd is not None and distributed.is_main():  # before any work
         check_writable(make_folder(run.lvd.cache_dir, "embedding cache folder"),
