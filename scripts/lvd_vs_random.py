@@ -8,12 +8,17 @@ one from seeded random parameters are both trained with the same mini-batch EM s
 (each token predicted from the 31 tokens before it). The suffix embeddings are computed once
 (cached on disk) and shared by every H.
 
-Every run lives in its own folder under ``--out`` (named by init, H and a digest of every
-setting), with checkpoints while it trains and ``results.json`` when done: rerunning the same
-command skips finished runs and resumes unfinished ones from their last checkpoint (a killed
-sweep loses at most ``--checkpoint-every`` EM steps), and a changed setting starts new runs
-instead of mixing old ones in. Ctrl-C or SIGTERM during EM checkpoints and stops (exit 130 or
-143).
+Each (initialisation, H) is one run of the text pipeline (what ``hmmlvd lvd`` and ``hmmlvd
+train`` run: :func:`hmmlvd.pipelines.text.train_text`) in its own folder under ``--out``, named
+by init, H and a digest of every setting: checkpoints while it trains, then the pipeline's
+``results.json`` (this script's settings under ``record``) and, with ``--save-models``, the
+model; the table's row is read from ``results.json``. Rerunning the same command skips finished
+runs and resumes unfinished ones from their last checkpoint (a killed sweep loses at most
+``--checkpoint-every`` EM steps), and a changed setting starts new runs instead of mixing old
+ones in. Ctrl-C or SIGTERM during EM checkpoints and stops (exit 130 or 143). Run folders of
+earlier versions of this script count too: a finished one's ``results.json`` holds the row
+itself (its model under ``model/``); a stopped one resumes from its checkpoints, its
+``init.json`` holding the initialisation's seconds.
 
 Writes a markdown table and a PNG plot (test perplexity vs H, baselines as horizontal lines):
 
@@ -36,50 +41,38 @@ import hashlib
 import json
 import shutil
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 from matplotlib.figure import Figure
 
-from hmmlvd.cli import (
+from hmmlvd.cli_flags import (
     add_data_args,
     add_em_args,
     add_lvd_args,
     lvd_settings_from,
     train_config_from,
 )
-from hmmlvd.core.allocator import keep_freed_memory
-from hmmlvd.core.atomic import atomic_write_json
 from hmmlvd.core.device import resolve_device, resolve_dtype
 from hmmlvd.core.errors import CheckpointError, HMMLVDError
 from hmmlvd.core.outdir import output_folder
 from hmmlvd.core.report import provenance, save_figure, write_section
 from hmmlvd.data import TokenWindows, WikiText, load_wikitext
-from hmmlvd.em.checkpoints import EMCheckpoints
 from hmmlvd.em.config import EMConfig
-from hmmlvd.hmm import HMM, sliding_perplexity, train
-from hmmlvd.hmm.resume import load_checkpoint
-from hmmlvd.hmm.train import (
-    IMPLIED,  # what HMM runs did before a setting existed
-    TrainingInterrupted,
-)
-from hmmlvd.lvd.text.distill import (
-    DEFAULT_LVD_WINDOWS,
-    embed,
-    lvd_subset,
-    run_lvd,
-)
+from hmmlvd.em.stop import TrainingInterrupted
+from hmmlvd.hmm.train import IMPLIED  # what HMM runs did before a setting existed
+from hmmlvd.lvd.text.distill import DEFAULT_LVD_WINDOWS, LVDSettings, lvd_subset
 from hmmlvd.lvd.text.encoder import resolve_encoder_dtype
 from hmmlvd.ngram import BaselineRow, baseline_perplexities
+from hmmlvd.pipelines.text import EvalSettings, TextTraining, train_text
 
 SECTION = "lvd_vs_random"
 SEARCH_SECTION = "lvd_schedule_search"
 INITS = ("LVD", "random")
 RESULTS = "results.json"
-INIT_FILE = "init.json"
+INIT_FILE = "init.json"  # an earlier version's record of a run's initialisation seconds
+EVAL_BATCH = 2048  # windows per sliding-perplexity batch
 
 
 @dataclass
@@ -149,88 +142,70 @@ def run_folder(out: Path, settings: dict) -> Path:
     return out / f"{settings['init'].lower()}-h{settings['num_states']}-{digest}"
 
 
+def row_of(results: dict, folder: Path) -> Row:
+    """The table row of the finished run in ``folder`` whose ``results.json`` holds
+    ``results``: what :func:`~hmmlvd.pipelines.text.train_text` wrote (this script's settings
+    under ``record``; stage seconds: the LVD initialisation's, else those of an earlier
+    version's ``init.json``, the epochs' EM seconds summed, the splits' evaluation seconds
+    summed), or, from an earlier version of this script, the row itself."""
+    if "ppl" in results:
+        return Row(**results)
+    settings, scores = results["record"], results["eval"]
+    seconds = dict(results.get("lvd_seconds") or _init_seconds(folder))
+    seconds["em"] = sum(epoch["seconds"] for epoch in results["history"])
+    seconds["eval"] = sum(split["seconds"] for split in scores.values())
+    return Row(settings["init"], settings["num_states"],
+               {split: score["sliding_ppl"] for split, score in scores.items()}, seconds,
+               settings)
+
+
+def _init_seconds(folder: Path) -> dict[str, float]:
+    """The initialisation seconds an earlier version recorded in ``folder/init.json`` (a run it
+    started and this one resumed); none when there is no such file."""
+    path = folder / INIT_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def finished_row(folder: Path, settings: dict, splits: Sequence[str]) -> Row | None:
     """The row of a finished run in ``folder`` with these settings and every split, else None."""
     path = folder / RESULTS
     if not path.is_file():
         return None
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        row = Row(**raw)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{path} is damaged ({exc}); delete it to rerun that run") from exc
+        row = row_of(json.loads(path.read_text(encoding="utf-8")), folder)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{path} is damaged ({type(exc).__name__}: {exc}); delete it to "
+                              "rerun that run") from exc
     if row.settings != settings or not set(splits) <= set(row.ppl):
         return None
     return row
 
 
 # ----- one run --------------------------------------------------------------------------------
-class Embeddings:
-    """The LVD subset's suffix embeddings, computed (or read from the cache) on first use."""
-
-    def __init__(self, data: WikiText, args: argparse.Namespace):
-        self.data, self.args = data, args
-        self.windows = lvd_subset(data.train, args.length, args.lvd_windows, seed=args.seed)
-        self.array: np.ndarray | None = None
-        self.seconds = 0.0
-
-    def get(self) -> np.ndarray:
-        if self.array is None:
-            started = time.perf_counter()
-            self.array = embed(self.windows, self.data.vocab, lvd_settings_from(self.args),
-                               self.args.device)
-            self.seconds = time.perf_counter() - started
-        return self.array
-
-
-def initialise(init: str, h: int, data: WikiText, embeddings: Embeddings,
-               args: argparse.Namespace) -> tuple[HMM, dict[str, float]]:
-    """The starting model and the seconds of its initialisation stages."""
-    if init == "random":
-        return HMM(h, len(data.vocab), args.length, seed=args.seed, device=args.device,
-                   vocab=data.vocab), {}
-    vectors = embeddings.get()
-    result = run_lvd(embeddings.windows, h, data.vocab, lvd_settings_from(args), device=args.device,
-                     embeddings=vectors)
-    return result.hmm, {"embed": embeddings.seconds, **result.seconds}
-
-
-def run_one(init: str, h: int, data: WikiText, windows: TokenWindows, embeddings: Embeddings,
+def run_one(init: str, h: int, data: WikiText, windows: TokenWindows, lvd: LVDSettings,
             args: argparse.Namespace) -> Row:
-    """Train (or resume, or reuse) one run and evaluate it."""
+    """Reuse a finished run, else train it (resuming its checkpoints if it has some) with the
+    text pipeline, then delete its checkpoints."""
     settings = run_settings(init, h, args, data, windows)
     folder = run_folder(args.out, settings)
     row = finished_row(folder, settings, args.splits)
     if row is not None:
         print(f"{folder.name}: finished earlier, reused")
         return row
-    config = train_config(args)
-    if (folder / "checkpoints" / "latest").is_file():
-        # train() refuses a checkpoint of other EM settings, naming the first that differs
-        hmm, _, checkpoints = load_checkpoint(folder, device=args.device)
-        hmm.vocab = data.vocab
-        seconds = json.loads((folder / INIT_FILE).read_text(encoding="utf-8"))
-        at = checkpoints.progress
-        print(f"{folder.name}: resuming at epoch {at.epoch + 1}, batch {at.batch}")
-    else:
-        hmm, seconds = initialise(init, h, data, embeddings, args)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(folder / INIT_FILE, seconds)
-        checkpoints = EMCheckpoints(folder)
-        print(f"{folder.name}: {init} init, EM on {len(windows):,} windows")
-    valid = TokenWindows(data.valid, args.length) if config.patience else None
-    state = train(hmm, windows, config, valid=valid, checkpoints=checkpoints)
-    seconds["em"] = sum(epoch["seconds"] for epoch in state.history)
-    started = time.perf_counter()
-    ppl = {s: sliding_perplexity(hmm, data.split(s)[: args.max_eval_tokens], 2048,
-                                 progress=True).perplexity for s in args.splits}
-    seconds["eval"] = time.perf_counter() - started
-    row = Row(init, h, ppl, seconds, settings)
-    atomic_write_json(folder / RESULTS, asdict(row))
-    if args.save_models:
-        hmm.save_pretrained(folder / "model")
+    resume = (folder / "checkpoints" / "latest").is_file()
+    print(f"{folder.name}: " + ("resuming its stopped run" if resume else
+                               f"{init} init, EM on {len(windows):,} windows"))
+    is_lvd = init == "LVD"
+    summary = train_text(TextTraining(
+        out=folder, data_dir=args.data_dir, hidden_states=h, length=args.length,
+        max_windows=args.max_windows or None, em=train_config(args),
+        lvd=lvd if is_lvd else None, lvd_windows=args.lvd_windows if is_lvd else None,
+        resume=resume, evaluate=EvalSettings(splits=tuple(args.splits), batch_size=EVAL_BATCH,
+                                             max_tokens=args.max_eval_tokens),
+        device=str(args.device), command="lvd" if is_lvd else "train",
+        save_model=args.save_models, record=settings))
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the run is done
-    return row
+    return row_of(summary, folder)
 
 
 # ----- report ---------------------------------------------------------------------------------
@@ -297,18 +272,19 @@ def settings_line(args: argparse.Namespace, subset: str, lvd_count: int) -> str:
             f"{args.dtype}, seed {args.seed}; "
             f"LVD from {lvd_count:,} windows (seeded subset): encoder "
             f"{args.encoder or 'packaged all-MiniLM-L6-v2'} ({args.encoder_dtype}, "
-            f"{args.embedding_mode} suffix embeddings), k-means {args.kmeans_iters} iterations"
-            f"{kmeans}. Perplexity: sliding, {args.length - 1}-token context{tokens}; "
-            "baselines fitted on the train stream and scored on the same tokens.")
+            f"{args.embedding_mode} suffix embeddings, computed once and read from the cache "
+            f"by later runs), k-means {args.kmeans_iters} iterations{kmeans}. Perplexity: "
+            f"sliding, {args.length - 1}-token context{tokens}; baselines fitted on the train "
+            "stream and scored on the same tokens. Stage seconds are each run's own.")
 
 
 def search_table(out: Path) -> str:
     """Every finished run under ``out``: its schedule and valid perplexity, best first per H."""
     rows = []
     for path in sorted(out.glob(f"*/{RESULTS}")):
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        if "valid" in raw["ppl"]:
-            rows.append(Row(**raw))
+        row = row_of(json.loads(path.read_text(encoding="utf-8")), path.parent)
+        if "valid" in row.ppl:
+            rows.append(row)
     if not rows:
         raise HMMLVDError(f"no finished runs with a valid perplexity under {out}")
     lines = ["| H | init | EM windows | batch | phases (epochs x step) | pseudocount | LVD windows"
@@ -344,7 +320,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=25,
                    help="checkpoint every N EM steps (and at every epoch end)")
     p.add_argument("--save-models", action="store_true",
-                   help="keep each trained model in its run folder (H=512: 2.2 GB each)")
+                   help="keep each trained model in its run folder (H=512: 2.2 GB each; "
+                        "HMM.from_pretrained(folder) loads it)")
     p.add_argument("--search-table", action="store_true",
                    help="only list the finished runs under --out by valid perplexity")
     p.add_argument("--plot", type=Path, default=None,
@@ -370,7 +347,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    keep_freed_memory()  # EM steps reuse the last step's memory (hmmlvd.core.allocator)
     try:
         if args.search_table:
             report = search_table(args.out)
@@ -401,26 +377,28 @@ def sweep(args: argparse.Namespace) -> None:
     data = load_wikitext(args.data_dir)
     windows = TokenWindows(data.train, args.length, max_windows=args.max_windows or None,
                            seed=args.seed)
-    embeddings = Embeddings(data, args)
+    # the subset the pipeline embeds for every LVD run (checked here, before any training)
+    lvd_count = len(lvd_subset(data.train, args.length, args.lvd_windows, seed=args.seed))
+    lvd = lvd_settings_from(args)  # one embedding cache for every H: the encoder runs once
     subset = (f"a seeded random subset of {len(windows):,} of the {len(windows.view):,} train "
               "windows" if len(windows) < len(windows.view) else f"all {len(windows):,} "
               "train windows")
-    print(f"LVD vs random init, H = {args.hidden_states}: LVD from {len(embeddings.windows):,} "
-          f"windows, EM on {subset}")
+    print(f"LVD vs random init, H = {args.hidden_states}: LVD from {lvd_count:,} windows, EM "
+          f"on {subset}")
     streams = {s: data.split(s)[: args.max_eval_tokens] for s in args.splits}
     baselines = baseline_perplexities(data, streams=streams)
     rows = []
     for h in args.hidden_states:
         for init in args.inits:
-            rows.append(run_one(init, h, data, windows, embeddings, args))
+            rows.append(run_one(init, h, data, windows, lvd, args))
             print(f"H={h} {init}: " + ", ".join(f"{s} ppl {v:.1f}"
                                                   for s, v in rows[-1].ppl.items()))
     report = table(rows, baselines, args.splits)
-    described = settings_line(args, subset, len(embeddings.windows))
+    described = settings_line(args, subset, lvd_count)
     print("\n" + report + "\n\n" + described)
     split = "test" if "test" in args.splits else args.splits[0]
     plot(rows, baselines, split, args.plot, f"WikiText-2: EM on {len(windows):,} windows, "
-         f"LVD from {len(embeddings.windows):,}")
+         f"LVD from {lvd_count:,}")
     print(f"plot: {args.plot}")
     if args.write:
         body = "\n".join([provenance("LVD vs random init (`scripts/lvd_vs_random.py`)",

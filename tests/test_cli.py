@@ -232,7 +232,8 @@ def test_the_command_lines_take_their_em_defaults_from_the_configs():
     ``CIRCUIT_EM``."""
     import dataclasses
 
-    from hmmlvd.cli import build_parser, train_config_from
+    from hmmlvd.cli import build_parser
+    from hmmlvd.cli_flags import train_config_from
     from hmmlvd.cli_image import em_config, parse_image_args
     from hmmlvd.em.config import EMConfig
     from hmmlvd.pc.em import CIRCUIT_EM

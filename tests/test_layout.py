@@ -22,8 +22,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "hmmlvd"
 #: Layer of each top-level part of the package; an import may only go to the same or a lower
 #: layer. A new top-level module or package must be given its layer here.
 LAYERS = {"core": 0, "data": 1, "em": 2, "ngram": 3, "hmm": 3, "pc": 4, "image": 5, "lvd": 6,
-          "pipelines": 7, "cli_em": 8, "cli_image": 8, "cli_queries": 8, "cli": 9,
-          "__main__": 10, "": 10}
+          "pipelines": 7, "cli_em": 8, "cli_flags": 8, "cli_image": 8, "cli_queries": 8,
+          "cli": 9, "__main__": 10, "": 10}
 
 
 def module_names() -> dict[str, Path]:

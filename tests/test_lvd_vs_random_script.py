@@ -37,17 +37,34 @@ def argv(corpus, bert, tmp_path, *extra):
             str(tmp_path / "runs"), *extra]
 
 
+def table_row(script, folder):
+    """The table row the script reads from a finished run folder."""
+    return script.row_of(json.loads((folder / "results.json").read_text()), folder)
+
+
+def count_encoded_windows(monkeypatch) -> list[int]:
+    """The number of windows of each chunk the encoder embeds (a cache hit embeds none)."""
+    suffix = importlib.import_module("hmmlvd.lvd.text.suffix")
+    encoded = []
+    real = suffix._embed_chunk
+
+    def counting(store, encoder, windows, lo, hi, *rest):
+        encoded.append(hi - lo)
+        return real(store, encoder, windows, lo, hi, *rest)
+
+    monkeypatch.setattr(suffix, "_embed_chunk", counting)
+    return encoded
+
+
 def test_script_writes_table_plot_and_section_with_baselines(corpus, bert, tmp_path, capsys,
                                                              monkeypatch):
     script = load_script("lvd_vs_random", monkeypatch)
-    embedded = []
-    original = script.embed
-    monkeypatch.setattr(script, "embed",
-                        lambda w, *a, **k: embedded.append(len(w)) or original(w, *a, **k))
+    encoded = count_encoded_windows(monkeypatch)
     results = tmp_path / "docs" / "results.md"
     assert script.main(argv(corpus, bert, tmp_path, "--write", str(results))) == 0
     printed = capsys.readouterr().out
-    assert embedded == [40]  # one embedding pass of the LVD subset, shared by every H
+    # the encoder embeds the LVD subset once: the second H reads the sweep's embedding cache
+    assert sum(encoded) == 40 and printed.count("LVD stages (s)") == 2
     for h in (2, 3):
         for init in ("LVD", "random"):
             assert f"H={h} {init}: valid ppl" in printed
@@ -68,7 +85,7 @@ def test_finished_runs_are_reused_and_changed_settings_make_new_runs(corpus, ber
     assert script.main(argv(corpus, bert, tmp_path, "--inits", "random")) == 0
     first = capsys.readouterr().out
     calls = []
-    monkeypatch.setattr(script, "train", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(script, "train_text", lambda *a, **k: calls.append(1))
     assert script.main(argv(corpus, bert, tmp_path, "--inits", "random")) == 0
     again = capsys.readouterr().out
     assert calls == [] and again.count("finished earlier, reused") == 2
@@ -87,7 +104,7 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(corpus, bert, 
     extra = ("--inits", "LVD", "--hidden-states", "3", "--checkpoint-every", "1")
     whole = tmp_path / "whole"
     assert script.main(argv(corpus, bert, tmp_path, *extra, "--out", str(whole))) == 0
-    want = json.loads(next(whole.glob("lvd-h3-*/results.json")).read_text())["ppl"]
+    want = table_row(script, next(whole.glob("lvd-h3-*"))).ppl
     real = train_module.expected_counts
     seen = {"n": 0}
 
@@ -105,8 +122,8 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(corpus, bert, 
     assert "rerun the same command to resume" in capsys.readouterr().err
     monkeypatch.setattr(train_module, "expected_counts", real)
     assert script.main(argv(corpus, bert, tmp_path, *extra, "--out", str(split))) == 0
-    assert "resuming at epoch" in capsys.readouterr().out
-    got = json.loads(next(split.glob("lvd-h3-*/results.json")).read_text())["ppl"]
+    assert "resuming from epoch" in capsys.readouterr().out
+    got = table_row(script, next(split.glob("lvd-h3-*"))).ppl
     assert got == pytest.approx(want, rel=1e-5)
 
 
@@ -123,8 +140,8 @@ def test_search_table_lists_valid_perplexity_only(corpus, bert, tmp_path, capsys
     assert "1 x 0.3, 1 x 0.1" in printed and "1 x 0.6, 1 x 0.1" in printed
     assert "test" not in printed
     assert "<!-- lvd_schedule_search:begin -->" in results.read_text()
-    files = list((tmp_path / "runs").glob("*/results.json"))
-    assert all("test" not in json.loads(f.read_text())["ppl"] for f in files)
+    folders = [f.parent for f in (tmp_path / "runs").glob("*/results.json")]
+    assert len(folders) == 4 and all("test" not in table_row(script, f).ppl for f in folders)
 
 
 def test_bad_lvd_windows_is_a_one_line_error(corpus, bert, tmp_path, capsys, monkeypatch):

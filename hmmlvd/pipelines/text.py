@@ -5,8 +5,9 @@ the same functions.
 
 A run folder holds checkpoints while training (``checkpoints/``; resume with
 ``TextTraining(resume=True)``), then the model (``model.safetensors``, ``config.json``,
-``vocab.txt``) and ``results.json`` (settings, per-epoch history, perplexities). Under torchrun
-every rank trains; rank 0 alone prints, saves, evaluates and writes results.
+``vocab.txt``) and ``results.json`` (settings, how the model was initialised, per-epoch history,
+perplexities). Under torchrun every rank trains; rank 0 alone prints, saves, evaluates and writes
+results.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ BASELINE_ORDERS = (1, 2, 3)  # unigram, Kneser–Ney bigram and trigram beside e
 DEFAULT_STATES = 64
 DEFAULT_LENGTH = 32
 SPLITS = ("train", "valid", "test")
+#: Where a run's checkpoints keep what its initialisation recorded (``_initialiser``), so that
+#: the ``results.json`` of a resumed run still holds it.
+INITIALISATION = "initialisation"
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,12 @@ class TextTraining:
     (:class:`~hmmlvd.em.config.EMConfig`; ``patience`` scores the valid split after every
     epoch), on ``max_windows`` seeded train windows (None: all). ``resume``: continue the
     stopped run in ``out``. ``evaluate``: None skips evaluation. ``command`` names the run in
-    its records."""
+    its records.
+
+    For a caller that runs many of these (``scripts/lvd_vs_random.py``, one run folder per
+    initialisation and H): ``save_model`` False writes only the results, not the trained model;
+    ``record`` is JSON kept in ``results.json`` under ``"record"`` (e.g. the settings a sweep
+    names its run folders by, so that it can read a finished run back)."""
 
     out: Path
     data_dir: Path | None = None
@@ -100,6 +109,8 @@ class TextTraining:
     evaluate: EvalSettings | None = field(default_factory=EvalSettings)
     device: str = "auto"
     command: str = "train"
+    save_model: bool = True
+    record: dict = field(default_factory=dict)
 
 
 def train_text(run: TextTraining) -> dict:
@@ -148,7 +159,9 @@ def model_shape(run: TextTraining, vocab_size: int) -> TextTraining:
 
 
 def _initialiser(run: TextTraining) -> Callable[[WikiText, torch.device, dict], HMM]:
-    """How the starting model is made: from ``init``, by LVD, or seeded random."""
+    """How the starting model is made: from ``init``, by LVD, or seeded random. Each records
+    in its ``summary`` argument what ``results.json`` says of it (``init``: the model's folder;
+    ``lvd_seconds``: embed, cluster and MLE seconds, ``lvd_windows``)."""
 
     def from_init(data: WikiText, device: torch.device, summary: dict) -> HMM:
         hmm = HMM.from_pretrained(run.init, device=device)
@@ -217,6 +230,7 @@ def _train_in_folder(run: TextTraining, device: torch.device) -> dict:
                 "with the data folder the run was started with")
         check_same_training(checkpoints.trained_on, trained_on, run.out)
         checkpoints.trained_on = trained_on  # recorded from now on
+        summary.update(checkpoints.record.get(INITIALISATION, {}))
         at = checkpoints.progress
         say(f"resuming from epoch {at.epoch + 1}, batch {at.batch} (step {at.step})")
     else:
@@ -225,8 +239,11 @@ def _train_in_folder(run: TextTraining, device: torch.device) -> dict:
                                   mini_batch=config.any_mini_batch)
         if distributed.is_main():  # a kill before the first checkpoint: --resume starts over
             record_started(run.out)
-        hmm = _initialiser(run)(data, device, summary)
+        initialised: dict = {}
+        hmm = _initialiser(run)(data, device, initialised)
+        summary.update(initialised)
         checkpoints = EMCheckpoints(run.out, trained_on=trained_on)
+        checkpoints.record[INITIALISATION] = initialised  # for results.json after a resume
     ranks = f" on {distributed.world_size()} ranks" if distributed.is_distributed() else ""
     if not config.epoch_plan():
         say("no EM epochs: saving the initial model")
@@ -239,15 +256,18 @@ def _train_in_folder(run: TextTraining, device: torch.device) -> dict:
     summary["train_seconds_this_run"] = time.perf_counter() - started
     if not distributed.is_main():
         return {}
-    hmm.save_pretrained(run.out)
-    print(f"saved model to {run.out} ({summary['train_seconds_this_run']:.1f} s of EM this "
-          "run)")
+    if run.save_model:
+        hmm.save_pretrained(run.out)
+        print(f"saved model to {run.out} ({summary['train_seconds_this_run']:.1f} s of EM this "
+              "run)")
     # run_id: tells a finished run's folder from one whose newest checkpoints a later,
     # stopped run wrote (hmmlvd.core.outdir.run_in_folder)
     summary.update(model=hmm.config.to_dict(), history=state.history,
                    run_id=checkpoints.run_id)
     if run.evaluate is not None:
         summary["eval"] = evaluate_text(hmm, data, run.evaluate)
+    if run.record:
+        summary["record"] = run.record
     atomic_write_json(run.out / "results.json", summary)
     clear_stopped_early(run.out)
     return summary
