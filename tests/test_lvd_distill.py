@@ -239,3 +239,41 @@ def test_lvd_init_saved_with_zero_epochs_then_train_init_continues(encoder_dir, 
     assert tuned.log_likelihood(x).sum() > init.log_likelihood(x).sum()
     results = json.loads((out / "results.json").read_text())
     assert results["init"] == str(init_dir)
+
+
+def test_a_resumed_lvd_run_still_records_its_initialisation(encoder_dir, tmp_path, capsys,
+                                                             monkeypatch):
+    """`hmmlvd lvd` stopped by SIGTERM during EM, then ``--resume``: the resumed run does not
+    distil again, yet its results.json says how LVD initialised it (stage seconds and subset
+    size, kept with the checkpoints), as an uninterrupted run's does."""
+    import os
+    import signal
+
+    train_module = importlib.import_module("hmmlvd.hmm.train")  # `hmmlvd.hmm.train`: a function
+    folder = write_tiny_wikitext(tmp_path / "wt", (40, 8, 8), words_per_line=6, seed=1)
+    out = tmp_path / "run"
+    argv = lvd_argv(folder, encoder_dir, tmp_path, out, "--lvd-windows", "37", "--epochs", "2",
+                    "--batch-size", "32", "--checkpoint-every", "1", "--no-eval")
+    real, calls = train_module.expected_counts, [0]
+
+    def stop_in_the_third_batch(*a):
+        calls[0] += 1
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a)
+
+    monkeypatch.setattr(train_module, "expected_counts", stop_in_the_third_batch)
+    assert main(argv) == 143
+    stopped = capsys.readouterr().out
+    monkeypatch.setattr(train_module, "expected_counts", real)
+    distilled = []
+    monkeypatch.setattr(distill_module, "run_lvd", lambda *a, **k: distilled.append(1))
+    assert main([*argv, "--resume"]) == 0
+    assert distilled == [] and "resuming from epoch 1" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["lvd_windows"] == 37 and set(results["lvd_seconds"]) == {"embed", "cluster",
+                                                                            "mle"}
+    line = next(x for x in stopped.splitlines() if x.startswith("LVD stages (s): "))
+    measured = dict(item.split() for item in line.removeprefix("LVD stages (s): ").split(", "))
+    # what the stopped run measured
+    assert measured == {k: f"{v:.1f}" for k, v in results["lvd_seconds"].items()}

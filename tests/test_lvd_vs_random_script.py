@@ -5,13 +5,19 @@ the same result, and the search table lists valid perplexities only."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+import os
+import shutil
+import signal
 
 import pytest
+import torch
 from lvd_tiny import build_tiny_bert, write_tiny_wikitext
 from script_loading import load_script
 
+from hmmlvd import HMM
 from hmmlvd.data import load_wikitext
 from hmmlvd.em.config import EMConfig
 from hmmlvd.ngram import KneserNey
@@ -77,6 +83,11 @@ def test_script_writes_table_plot_and_section_with_baselines(corpus, bert, tmp_p
     section = results.read_text()
     assert "<!-- lvd_vs_random:begin -->" in section and "| random init | 3 |" in section
     assert "LVD from 40 windows" in section and "EM on a seeded random subset of 100" in section
+    # every run folder: its results.json; no model without --save-models, checkpoints deleted
+    folders = list((tmp_path / "runs").glob("*-h*-*"))
+    assert len(folders) == 4 and all(
+        (f / "results.json").is_file() and not (f / "model.safetensors").exists()
+        and not (f / "checkpoints").exists() for f in folders)
 
 
 def test_finished_runs_are_reused_and_changed_settings_make_new_runs(corpus, bert, tmp_path,
@@ -123,8 +134,10 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(corpus, bert, 
     monkeypatch.setattr(train_module, "expected_counts", real)
     assert script.main(argv(corpus, bert, tmp_path, *extra, "--out", str(split))) == 0
     assert "resuming from epoch" in capsys.readouterr().out
-    got = table_row(script, next(split.glob("lvd-h3-*"))).ppl
-    assert got == pytest.approx(want, rel=1e-5)
+    resumed = table_row(script, next(split.glob("lvd-h3-*")))
+    assert resumed.ppl == pytest.approx(want, rel=1e-5)
+    # the initialisation ran before the stop: its stage seconds come back from the checkpoint
+    assert {"embed", "cluster", "mle", "em", "eval"} <= set(resumed.seconds)
 
 
 def test_search_table_lists_valid_perplexity_only(corpus, bert, tmp_path, capsys, monkeypatch):
@@ -185,3 +198,165 @@ def test_run_digest_keeps_earlier_runs_folders(monkeypatch):
     for config in changed:
         named = script.digest_config(config)
         assert len(named) == 6, named  # the one changed setting is named
+
+
+# ----- run folders an earlier version of the script left ----------------------------------------
+#: The flags of the hand-built folders below (dtypes given: "auto" differs between machines).
+FIXED = ("--dtype", "float32", "--encoder-dtype", "float32")
+PHASES = [{"epochs": 1, "step_size": 0.3, "full_batch": False},
+          {"epochs": 1, "step_size": 0.1, "full_batch": False},
+          {"epochs": 1, "step_size": 1.0, "full_batch": True}]
+
+
+def earlier_settings(init, h, data, bert):
+    """The settings an earlier sweep of ``argv(...) + FIXED`` named its run folders by, written
+    out by hand (their folder name: :func:`earlier_folder`)."""
+    settings = {"init": init, "num_states": h, "length": 4, "seed": 0, "train_windows": 100,
+                "train_tokens": len(data.train), "vocab_size": len(data.vocab),
+                "train_config": {"phases": PHASES, "batch_size": 32, "pseudocount": 1e-4,
+                                 "full_batch": False, "seed": 0},
+                "max_eval_tokens": None}
+    if init == "LVD":
+        settings["lvd"] = {"lvd_windows": 40, "encoder": str(bert), "encoder_dtype": "float32",
+                           "mode": "masked", "kmeans_sample": None, "kmeans_iters": 3}
+    return settings
+
+
+def earlier_folder(out, settings):
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return out / f"{settings['init'].lower()}-h{settings['num_states']}-{digest}"
+
+
+def test_finished_runs_of_an_earlier_sweep_are_reused_without_training(corpus, bert, tmp_path,
+                                                                      capsys, monkeypatch):
+    """Folders finished by an earlier version of the script, built by hand: ``results.json``
+    holding the table row itself, the model under ``model/``, no checkpoints. The sweep reads
+    their rows as they are (no training) beside a run it trains now, and the search table lists
+    them."""
+    script = load_script("lvd_vs_random", monkeypatch)
+    data = load_wikitext(corpus)
+    out = tmp_path / "runs"
+    rows = {}
+    for init, h in (("random", 2), ("random", 3), ("LVD", 2)):
+        settings = earlier_settings(init, h, data, bert)
+        seconds = {"em": 40.0 + h, "eval": 5.0}
+        if init == "LVD":
+            seconds = {"embed": 1.0, "cluster": 2.0, "mle": 3.0, **seconds}
+        rows[init, h] = {"init": init, "num_states": h,
+                         "ppl": {"valid": 100.25 + h, "test": 200.75 + h},
+                         "seconds": seconds, "settings": settings}
+        folder = earlier_folder(out, settings)
+        (folder / "model").mkdir(parents=True)
+        (folder / "model" / "config.json").write_text("{}")
+        (folder / "results.json").write_text(json.dumps(rows[init, h], indent=2))
+    trained = []
+    real = script.train_text
+    monkeypatch.setattr(script, "train_text", lambda run: trained.append(run) or real(run))
+    results = tmp_path / "results.md"
+    assert script.main(argv(corpus, bert, tmp_path, *FIXED, "--save-models", "--write",
+                            str(results))) == 0
+    printed = capsys.readouterr().out
+    assert [(r.lvd is not None, r.hidden_states) for r in trained] == [(True, 3)]
+    assert printed.count("finished earlier, reused") == 3
+    section = results.read_text()
+    assert "| random init | 2 | 102.2 | 202.8 | float32 | - | - | - | 42 | 5 |" in section
+    assert "| random init | 3 | 103.2 | 203.8 | float32 | - | - | - | 43 | 5 |" in section
+    assert "| LVD init | 2 | 102.2 | 202.8 | float32 | 1 | 2 | 3 | 42 | 5 |" in section
+    assert "| LVD init | 3 |" in section
+    for row in rows.values():  # left as they were
+        folder = earlier_folder(out, row["settings"])
+        assert json.loads((folder / "results.json").read_text()) == row
+    # the run trained now sits beside them, under its own digest, with its model
+    new = list(out.glob("lvd-h3-*"))
+    assert len(new) == 1 and HMM.from_pretrained(new[0]).num_states == 3
+    assert script.main(["--out", str(out), "--search-table"]) == 0
+    listed = capsys.readouterr().out
+    assert "| 2 | random | 100 | 32 | 1 x 0.3, 1 x 0.1, 1 x full batch | 0.0001 | - | 102.2 |" \
+        in listed and "| 2 | LVD | 100 | 32 |" in listed and "| 3 | LVD |" in listed
+
+
+def as_an_earlier_sweep_left_it(folder, layout, init_seconds):
+    """Rewrite the run stopped in ``folder`` (its newest checkpoint: the model and where EM
+    stood) as an earlier version of the script left a stopped run, by hand: ``init.json`` with
+    the initialisation's seconds beside ``checkpoints/``, nothing else, and one checkpoint in
+    ``layout`` -- "step": hmmlvd's earlier HMM layout (``step-NNNNNNNN/``: the model files
+    and ``train_state.json`` with the EM config, the progress fields at the top level, run_id,
+    trained_on {} and early {}); "ckpt": the one checkpoint format as that script wrote it
+    (settings, trained_on and record empty)."""
+    root = folder / "checkpoints"
+    newest = root / (root / "latest").read_text().strip()
+    state = json.loads((newest / "checkpoint.json").read_text())
+    progress = state["progress"]
+    assert progress["phase"] == 0 and not progress["phase_done"]  # what "step" can express
+    saved = tmp = folder.parent / "saved-checkpoint"
+    shutil.move(newest, tmp)
+    for path in folder.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    root.mkdir()
+    if layout == "step":
+        name = f"step-{progress['step']:08d}"
+        (root / name).mkdir()
+        for file in ("model.safetensors", "config.json", "vocab.txt"):
+            shutil.copy(saved / file, root / name / file)
+        (root / name / "train_state.json").write_text(json.dumps({
+            "em_config": state["em_config"], "epoch": progress["epoch"],
+            "batch": progress["batch"], "step": progress["step"],
+            "epoch_total": progress["epoch_total"], "epoch_units": progress["epoch_units"],
+            "history": progress["history"], "run_id": "0123456789abcdef" * 2,
+            "trained_on": {}, "early": {}}, indent=2))
+    else:
+        name = "ckpt-00000007"
+        shutil.copytree(saved, root / name)
+        (root / name / "checkpoint.json").write_text(json.dumps({
+            "format": 2, "kind": "hmm", "em_config": state["em_config"], "settings": {},
+            "trained_on": {}, "run_id": "0123456789abcdef" * 2, "progress": progress,
+            "early": None, "record": {}, "seconds": 1.5}, indent=2))
+    shutil.rmtree(saved)
+    (root / "latest").write_text(name + "\n")
+    (folder / "init.json").write_text(json.dumps(init_seconds))
+    return progress
+
+
+@pytest.mark.parametrize("layout", ["step", "ckpt"])
+def test_a_run_an_earlier_sweep_stopped_resumes_to_the_uninterrupted_result(
+        layout, corpus, bert, tmp_path, capsys, monkeypatch):
+    """A run folder an earlier version of the script left stopped mid-EM (rewritten by hand
+    into its layout: :func:`as_an_earlier_sweep_left_it`) resumes through the text pipeline
+    and ends with the parameters of an uninterrupted run; its row takes the initialisation's
+    seconds from ``init.json`` and its checkpoints are deleted."""
+    script = load_script("lvd_vs_random", monkeypatch)
+    extra = ("--inits", "LVD", "--hidden-states", "3", "--checkpoint-every", "1",
+             "--save-models", *FIXED)
+    whole = tmp_path / "whole"
+    assert script.main(argv(corpus, bert, tmp_path, *extra, "--out", str(whole))) == 0
+    reference = next(whole.glob("lvd-h3-*"))
+    real = train_module.expected_counts
+    seen = {"n": 0}
+
+    def stop_in_the_sixth_batch(*a):  # 4 batches an epoch: epoch 2, batch 2
+        seen["n"] += 1
+        if seen["n"] == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a)
+
+    monkeypatch.setattr(train_module, "expected_counts", stop_in_the_sixth_batch)
+    split = tmp_path / "split"
+    assert script.main(argv(corpus, bert, tmp_path, *extra, "--out", str(split))) == 143
+    monkeypatch.setattr(train_module, "expected_counts", real)
+    folder = next(split.glob("lvd-h3-*"))
+    assert folder.name == reference.name
+    init_seconds = {"embed": 11.0, "cluster": 22.0, "mle": 33.0}
+    at = as_an_earlier_sweep_left_it(folder, layout, init_seconds)
+    assert at["step"] >= 5 and at["history"]  # mid-EM, one epoch done
+    capsys.readouterr()
+    assert script.main(argv(corpus, bert, tmp_path, *extra, "--out", str(split))) == 0
+    printed = capsys.readouterr().out
+    assert f"resuming from epoch {at['epoch'] + 1}, batch {at['batch']}" in printed
+    got, want = HMM.from_pretrained(folder), HMM.from_pretrained(reference)
+    for name, tensor in want.parameters().items():
+        torch.testing.assert_close(got.parameters()[name], tensor, rtol=1e-6, atol=0)
+    row, whole_row = table_row(script, folder), table_row(script, reference)
+    assert row.ppl == pytest.approx(whole_row.ppl, rel=1e-6)
+    assert {k: row.seconds[k] for k in init_seconds} == init_seconds
+    assert len(json.loads((folder / "results.json").read_text())["history"]) == 3
+    assert not (folder / "checkpoints").exists()
