@@ -71,7 +71,7 @@ SECTION = "lvd_vs_random"
 SEARCH_SECTION = "lvd_schedule_search"
 INITS = ("LVD", "random")
 RESULTS = "results.json"
-INIT_FILE = "init.json"  # an earlier version's record of a run's initialisation seconds
+INIT_FILE = "init.json"  # initialisation seconds, in the folders of runs an earlier version began
 EVAL_BATCH = 2048  # windows per sliding-perplexity batch
 
 
