@@ -103,6 +103,8 @@ def write_failure(exc: BaseException, folder: Path) -> WriteError | None:
     elif isinstance(exc, OSError) and not isinstance(exc, HMMLVDError):
         code = exc.errno
         reason = exc.strerror or str(exc) or type(exc).__name__
+        if exc.strerror and exc.filename is not None and Path(exc.filename) != folder:
+            reason = f"{exc.strerror}: {exc.filename}"  # the file that could not be written
     else:
         return None
     fix = WRITE_FIXES.get(code, "make it writable, or save elsewhere, and run again")
