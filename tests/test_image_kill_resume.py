@@ -68,6 +68,14 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+def assert_same_parameters(whole: Path, resumed: Path) -> None:
+    """The models saved in both folders have the same parameters (to float rounding)."""
+    a, _ = load_image_model(whole)
+    b, _ = load_image_model(resumed)
+    for (key, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=key)
+
+
 @pytest.fixture(scope="module")
 def mnist_dir(tmp_path_factory) -> Path:
     return write_mnist(tmp_path_factory.mktemp("mnist"))
@@ -88,11 +96,7 @@ def test_sigkill_mid_em_then_resume_ends_as_an_uninterrupted_run(mnist_dir, tmp_
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (out / "checkpoints" / "latest").is_file() and not (out / "config.json").exists()
     assert main([*command, "--out", str(out), "--resume"]) == 0
-    whole, _ = load_image_model(tmp_path / "whole")
-    resumed, _ = load_image_model(out)
-    for (key, p), (_, q) in zip(whole.named_parameters(), resumed.named_parameters(),
-                                strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=key)
+    assert_same_parameters(tmp_path / "whole", out)
 
 
 @pytest.mark.parametrize(("model", "extra", "kill_in"), [
@@ -111,8 +115,4 @@ def test_sigkill_before_the_first_checkpoint_then_resume_starts_over(mnist_dir, 
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (out / "checkpoints" / "latest").exists()
     assert main([*command, "--out", str(out), "--resume"]) == 0
-    whole, _ = load_image_model(tmp_path / "whole")
-    resumed, _ = load_image_model(out)
-    for (key, p), (_, q) in zip(whole.named_parameters(), resumed.named_parameters(),
-                                strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=key)
+    assert_same_parameters(tmp_path / "whole", out)
