@@ -58,20 +58,24 @@ FAMILIES: dict[str, tuple[list[str], list[str]]] = {
     "em": (
         ["hmmlvd/em/*.py"],
         ["tests/test_em_core.py", "tests/test_em_resume.py", "tests/test_hmm_early.py",
-         "tests/test_train.py", "tests/test_pc_em.py", "tests/test_leaf_prior.py"],
+         "tests/test_train.py", "tests/test_pc_em.py", "tests/test_leaf_prior.py",
+         "tests/test_legacy_run_folders.py", "tests/test_checkpoint.py",
+         "tests/test_pc_checkpoint.py", "tests/test_interrupt.py"],
     ),
     "persist": (
         ["hmmlvd/core/persist.py", "hmmlvd/core/lock.py", "hmmlvd/core/outdir.py",
          "hmmlvd/core/atomic.py"],
         ["tests/test_persist.py", "tests/test_run_folders.py", "tests/test_cache_entries.py",
          "tests/test_checkpoint.py", "tests/test_pc_checkpoint.py",
-         "tests/test_stop_before_checkpoint.py", "tests/test_reliability_outputs.py"],
+         "tests/test_stop_before_checkpoint.py", "tests/test_reliability_outputs.py",
+         "tests/test_lvd_kill_resume.py"],
     ),
-    "lvd-image": (
-        ["hmmlvd/lvd/image/*.py"],
+    "lvd-image": (  # distillation, the stage-(a) EM beside the patch circuit, the stages' order
+        ["hmmlvd/lvd/image/*.py", "hmmlvd/image/parts_em.py", "hmmlvd/pipelines/image_lvd.py"],
         ["tests/test_lvd_image.py", "tests/test_lvd_image_stages.py",
          "tests/test_patch_features.py", "tests/test_patch_mae.py",
-         "tests/test_image_memory.py"],
+         "tests/test_image_memory.py", "tests/test_patch_circuit.py",
+         "tests/test_image_training_config.py"],
     ),
 }
 
