@@ -33,6 +33,7 @@ from hmmlvd.cli_image import parse_image_args
 from hmmlvd.cli_queries import (
     add_constraint_args,
     add_query_parsers,
+    check_sampling,
     cmd_decode,
     cmd_infill,
     constraint_from,
@@ -53,30 +54,10 @@ from hmmlvd.pipelines.text import (
     train_text,
 )
 
-#: The smallest value of each integer flag (None, the default, is always fine), checked before
-#: any work. --hidden-states, --length, --max-windows and --lvd-windows are checked where they
-#: are used, with messages of their own.
-INT_MINIMUMS = {"epochs": 0, "phase2_epochs": 0, "final_full_batch": 0, "batch_size": 1,
-                "patience": 0, "checkpoint_every": 0, "eval_batch_size": 1, "max_eval_tokens": 1,
-                "embed_batch_size": 1, "kmeans_sample": 1, "kmeans_iters": 1,
-                "num_samples": 1}
-SEED_LIMIT = 2**63  # seeds lie in [0, 2**63): what torch and numpy generators all accept
-
 
 def flag_name(dest: str) -> str:
     """``eval_batch_size`` -> ``--eval-batch-size``."""
     return "--" + dest.replace("_", "-")
-
-
-def check_arguments(args: argparse.Namespace) -> None:
-    """Raise :class:`DataError` naming the flag for an integer argument out of its range."""
-    for dest, minimum in INT_MINIMUMS.items():
-        value = getattr(args, dest, None)
-        if value is not None and value < minimum:
-            raise DataError(f"{flag_name(dest)} must be >= {minimum}, got {value}")
-    seed = getattr(args, "seed", None)
-    if seed is not None and not 0 <= seed < SEED_LIMIT:
-        raise DataError(f"--seed must lie in [0, 2**63), got {seed}")
 
 
 def describe_os_error(exc: OSError, args: argparse.Namespace) -> str:
@@ -182,13 +163,14 @@ def eval_settings_from(args: argparse.Namespace) -> EvalSettings:
 def text_training_from(args: argparse.Namespace) -> TextTraining:
     """The training run named by the train / lvd flags."""
     is_lvd = args.command == "lvd"
+    evaluate = eval_settings_from(args)  # its flags are checked with --no-eval too
     return TextTraining(
         out=args.out, data_dir=args.data_dir, hidden_states=args.hidden_states,
         length=args.length, homogeneous=args.homogeneous, max_windows=args.max_windows,
         em=train_config_from(args), init=None if is_lvd else args.init,
         lvd=lvd_settings_from(args) if is_lvd else None,
         lvd_windows=args.lvd_windows if is_lvd else None, resume=args.resume,
-        evaluate=None if args.no_eval else eval_settings_from(args), device=args.device,
+        evaluate=None if args.no_eval else evaluate, device=args.device,
         command=args.command)
 
 
@@ -201,6 +183,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    check_sampling(args.num_samples, args.seed)
     hmm = HMM.from_pretrained(args.model, device=resolve_device(args.device))
     if hmm.vocab is None:
         raise CheckpointError(f"{args.model} has no vocab.txt: cannot turn samples into words")
@@ -251,7 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     args = (parse_image_args(argv[1:]) if argv[:1] == ["image"]
             else build_parser().parse_args(argv))
     try:
-        check_arguments(args)
         COMMANDS[args.command](args)
     except TrainingInterrupted as exc:
         distributed.print_main(f"\nhmmlvd {args.command}: {exc}", file=sys.stderr)

@@ -17,7 +17,9 @@ import torch
 
 from hmmlvd.core.device import resolve_device
 from hmmlvd.core.errors import CheckpointError, DataError
+from hmmlvd.core.validate import check_count
 from hmmlvd.data.vocab import UNK
+from hmmlvd.em.config import SEED_LIMIT
 from hmmlvd.hmm.dfa import DFA, banned, keywords
 from hmmlvd.hmm.model import HMM
 
@@ -126,9 +128,17 @@ def cmd_decode(args: argparse.Namespace) -> None:
           f"carries {math.exp(score[0].item() - log_p):.2%} of the text's probability")
 
 
+def check_sampling(num_samples: int, seed: int) -> None:
+    """DataError naming ``--num-samples`` below 1 or a ``--seed`` outside [0, 2**63)."""
+    check_count(num_samples, "--num-samples", "num_samples")
+    if not 0 <= seed < SEED_LIMIT:
+        raise DataError(f"--seed must lie in [0, 2**63), got {seed}")
+
+
 def cmd_infill(args: argparse.Namespace) -> None:
     if args.top < 1:
         raise DataError(f"--top must be >= 1, got {args.top}")
+    check_sampling(args.num_samples, args.seed)
     hmm = load_model(args)
     words = text_words(hmm, args.text)
     gaps = [bool(GAP.fullmatch(w)) for w in words]

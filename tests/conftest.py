@@ -161,3 +161,20 @@ def shared_wikitext() -> Path:
                for s in ("train", "valid", "test")):
         pytest.skip(f"shared WikiText-2 copy not found at {SHARED_WIKITEXT}")
     return SHARED_WIKITEXT
+
+
+@pytest.fixture
+def single_thread(monkeypatch):
+    """One thread for torch and FAISS here and in child processes (``OMP_NUM_THREADS``): with
+    several, a reduction's order can depend on how threads are scheduled, so two runs of the
+    same work on a loaded machine may differ in the last bits; tests that compare a run with a
+    separately interrupted and resumed one need the arithmetic to be the same in both."""
+    import faiss
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch_threads, faiss_threads = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(torch_threads)
+    faiss.omp_set_num_threads(faiss_threads)

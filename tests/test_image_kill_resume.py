@@ -19,6 +19,8 @@ from synthetic_mnist import write_mnist
 from hmmlvd.cli import main
 from hmmlvd.pipelines.image_models import load_image_model
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 TINY = ["--train-size", "200", "--eval-size", "100", "--batch-size", "50",
         "--tree-images", "200", "--device", "cpu", "--quiet", "--no-eval"]
 TINY_LVD = ["--num-latents", "2", "--top-units", "2", "--feature-dim", "8",

@@ -132,6 +132,13 @@ def test_every_top_level_module_has_a_layer():
     assert sorted(parts - set(LAYERS)) == []
 
 
+def test_the_command_line_reads_its_flags_by_name():
+    """The CLI modules parse flags into configs: no setting is read with getattr(args, ...),
+    which hides a flag that a command does not define."""
+    for path in sorted(PACKAGE.glob("cli*.py")):
+        assert "getattr(args" not in path.read_text(encoding="utf-8"), path.name
+
+
 def test_the_checker_finds_a_cycle_and_a_type_checking_import_is_not_one():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []

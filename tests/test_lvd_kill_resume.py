@@ -20,6 +20,8 @@ from lvd_tiny import build_tiny_bert, write_tiny_wikitext
 from hmmlvd import HMM
 from hmmlvd.cli import main
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 LENGTH = 5
 
 #: Runs `hmmlvd` (argv[2:]) and SIGKILLs itself when the function argv[1] of

@@ -59,6 +59,14 @@ def as_array(value: object, what: str, device: torch.device | str | None = None,
         raise DataError(f"{what} must be a rectangular numeric array ({exc})") from exc
 
 
+def check_count(value: object, flag: str, field: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; the DataError names the command-line ``flag`` first
+    (what a CLI user typed) and the config ``field`` after it (what a Python caller set)."""
+    if isinstance(value, int | np.integer) and not isinstance(value, bool) and value < minimum:
+        raise DataError(f"{flag} must be >= {minimum}, got {value} ({field})")
+    return check_int(value, field, minimum)
+
+
 def check_int(value: object, name: str, minimum: int) -> int:
     """``value`` as an int >= ``minimum`` (bools and floats refused)."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):

@@ -94,9 +94,10 @@ class EMConfig:
         set_(self, "pseudocount", check_pseudocount(self.pseudocount))
         if not isinstance(self.full_batch, bool):
             raise DataError(f"full_batch must be True or False, got {self.full_batch!r}")
-        seed = check_int(self.seed, "seed", 0)
-        if seed >= SEED_LIMIT:
+        seed = self.seed
+        if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < SEED_LIMIT:
             raise DataError(f"seed must lie in [0, 2**63), got {seed}")
+        seed = check_int(seed, "seed", 0)
         set_(self, "seed", seed)
         for name, allowed in (("pseudocount_per", PSEUDOCOUNT_PER), ("dtype", DTYPE_NAMES),
                               ("leaf_prior", LEAF_PRIORS)):

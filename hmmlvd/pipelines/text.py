@@ -33,6 +33,7 @@ from hmmlvd.core.outdir import (
     stopped_early,
 )
 from hmmlvd.core.provenance import check_same_training, training_record
+from hmmlvd.core.validate import check_count
 from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.em.checkpoints import EMCheckpoints
@@ -75,6 +76,9 @@ class EvalSettings:
         bad = [s for s in self.splits if s not in SPLITS]
         if bad:
             raise DataError(f"unknown splits {bad}: use {', '.join(SPLITS)}")
+        check_count(self.batch_size, "--eval-batch-size", "EvalSettings.batch_size")
+        if self.max_tokens is not None:
+            check_count(self.max_tokens, "--max-eval-tokens", "EvalSettings.max_tokens")
 
 
 @dataclass(frozen=True)

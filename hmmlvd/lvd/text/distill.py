@@ -21,6 +21,7 @@ import torch
 
 from hmmlvd.core import distributed
 from hmmlvd.core.errors import DataError
+from hmmlvd.core.validate import check_count
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.data.windows import TokenWindows
 from hmmlvd.hmm import memory
@@ -57,6 +58,12 @@ class LVDSettings:
     kmeans_init: str = "kmeans++"
     pseudocount: float = 1e-4  # the MLE init's smoothing, as EM's in the chosen schedule
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_count(self.embed_batch_size, "--embed-batch-size", "LVDSettings.embed_batch_size")
+        check_count(self.kmeans_iters, "--kmeans-iters", "LVDSettings.kmeans_iters")
+        if self.kmeans_sample is not None:
+            check_count(self.kmeans_sample, "--kmeans-sample", "LVDSettings.kmeans_sample")
 
 
 @dataclass
