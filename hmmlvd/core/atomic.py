@@ -125,3 +125,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
     """Atomically write ``obj`` as indented JSON to ``path``."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_small_json(path: Path, limit: int) -> dict | None:
+    """The JSON object in ``path`` if the file has at most ``limit`` bytes; None when it is
+    missing, larger (a record that size is damaged, and reading it could exhaust memory),
+    unreadable, not JSON or not an object."""
+    try:
+        if path.stat().st_size > limit:
+            return None
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return raw if isinstance(raw, dict) else None

@@ -6,14 +6,19 @@ rank 0 alone does this and every rank fails together if it fails."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from hmmlvd.core import distributed
-from hmmlvd.core.atomic import atomic_write_json, check_writable, make_folder, remove_temporaries
+from hmmlvd.core.atomic import (
+    atomic_write_json,
+    check_writable,
+    make_folder,
+    read_small_json,
+    remove_temporaries,
+)
 from hmmlvd.core.errors import CheckpointError, HMMLVDError
 from hmmlvd.core.lock import LOCK_FILE, output_lock
 
@@ -50,15 +55,8 @@ class FolderRun:
 
 
 def _small_json(path: Path) -> dict | None:
-    """A JSON object of at most :data:`SMALL_FILE` bytes; None when missing, larger, damaged
-    or not an object."""
-    try:
-        if path.stat().st_size > SMALL_FILE:
-            return None
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    return raw if isinstance(raw, dict) else None
+    """A JSON object of at most :data:`SMALL_FILE` bytes (else None)."""
+    return read_small_json(path, SMALL_FILE)
 
 
 def run_in_folder(out: Path) -> FolderRun | None:

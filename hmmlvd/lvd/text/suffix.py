@@ -41,7 +41,7 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from hmmlvd.core import distributed, persist
-from hmmlvd.core.atomic import atomic_write_json
+from hmmlvd.core.atomic import atomic_write_json, read_small_json
 from hmmlvd.core.errors import DataError, EncoderError
 from hmmlvd.data.vocab import Vocabulary
 from hmmlvd.data.windows import TokenWindows
@@ -398,22 +398,10 @@ def _entry_lock(folder: Path) -> Iterator[None]:
         yield
 
 
-def _read_small_json(path: Path) -> dict | None:
-    """A JSON object of at most :data:`MAX_RECORD_BYTES` from disk; None when it is missing,
-    larger, damaged or not an object."""
-    try:
-        if path.stat().st_size > MAX_RECORD_BYTES:
-            return None
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
-    return raw if isinstance(raw, dict) else None
-
-
 def _read_records(folder: Path, chunk_size: int) -> tuple[int, dict[int, str]]:
     """The entry's chunk size and the recorded SHA-256 of each finished chunk, by the chunk's
     first window; (``chunk_size``, no records) when nothing valid is recorded."""
-    raw = _read_small_json(folder / CHUNKS_FILE) or {}
+    raw = read_small_json(folder / CHUNKS_FILE, MAX_RECORD_BYTES) or {}
     size, digests = raw.get("chunk_size"), raw.get("sha256")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1 \
             or not isinstance(digests, dict):
@@ -503,7 +491,7 @@ def _open_entry(folder: Path, shape: tuple[int, int, int], chunk_size: int) -> _
 
 def _write_meta(folder: Path, meta: dict) -> None:
     """Rewrite ``meta.json`` unless it already says exactly ``meta``."""
-    if _read_small_json(folder / META_FILE) != meta:
+    if read_small_json(folder / META_FILE, MAX_RECORD_BYTES) != meta:
         atomic_write_json(folder / META_FILE, meta)
 
 
