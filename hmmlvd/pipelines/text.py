@@ -36,6 +36,8 @@ from hmmlvd.core.provenance import check_same_training, training_record
 from hmmlvd.core.validate import check_count
 from hmmlvd.data.wikitext import WikiText, load_wikitext
 from hmmlvd.data.windows import TokenWindows
+from hmmlvd.em.checkpoints import FOLDER as CHECKPOINTS_FOLDER
+from hmmlvd.em.checkpoints import POINTER as CHECKPOINTS_POINTER
 from hmmlvd.em.checkpoints import EMCheckpoints
 from hmmlvd.em.config import EMConfig
 from hmmlvd.em.stop import TrainingInterrupted
@@ -132,10 +134,14 @@ def train_text(run: TextTraining) -> dict:
             return _train_in_folder(run, device)
         except Exception as exc:
             # a failed run leaves a folder as it found it; a stopped one keeps its note
-            if not isinstance(exc, TrainingInterrupted) and \
-                    not (run.out / "checkpoints" / "latest").is_file():
+            if not isinstance(exc, TrainingInterrupted) and not _has_checkpoint(run.out):
                 clear_stopped_early(run.out)
             raise
+
+
+def _has_checkpoint(out: Path) -> bool:
+    """Whether ``out`` has a checkpoint to resume from (its ``latest`` pointer)."""
+    return (out / CHECKPOINTS_FOLDER / CHECKPOINTS_POINTER).is_file()
 
 
 def model_shape(run: TextTraining, vocab_size: int) -> TextTraining:
@@ -219,8 +225,7 @@ def _train_in_folder(run: TextTraining, device: torch.device) -> dict:
     sizes = HMMConfig(run.hidden_states, len(data.vocab), run.length, run.homogeneous)
     say(hmm_memory.describe(hmm_memory.training_estimate(
         sizes, shard, config.any_full_batch, dtype, config.any_mini_batch), dtype))
-    if run.resume and not (run.out / "checkpoints" / "latest").is_file() and \
-            stopped_early(run.out):
+    if run.resume and not _has_checkpoint(run.out) and stopped_early(run.out):
         say(f"{run.out}: the run stopped before its first checkpoint, nothing to resume: "
             "starting it over")
         run = replace(run, resume=False)
