@@ -25,6 +25,11 @@ Writes a markdown table and a PNG plot (test perplexity vs H, baselines as horiz
     python scripts/lvd_vs_random.py --data-dir ../shared/data/wikitext-2 \\
         --hidden-states 64 128 256 512 --write docs/results.md
 
+``--keep-rows`` keeps the rows already recorded in the ``--write`` file for an (init, H) this
+command does not run (a sweep that adds a larger H to a table whose run folders are gone); each
+row says when it finished, and the section quotes the replaced record's command, machine and
+date.
+
 Schedule search (valid perplexity only; test is never computed): ``--splits valid`` with any
 schedule flags, then ``--search-table`` lists every finished run under ``--out`` by its valid
 perplexity:
@@ -37,6 +42,7 @@ perplexity:
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import shutil
@@ -57,7 +63,13 @@ from hmmlvd.cli_flags import (
 from hmmlvd.core.device import resolve_device, resolve_dtype
 from hmmlvd.core.errors import CheckpointError, HMMLVDError
 from hmmlvd.core.outdir import output_folder
-from hmmlvd.core.report import provenance, save_figure, write_section
+from hmmlvd.core.report import (
+    provenance,
+    read_section,
+    read_tables,
+    save_figure,
+    write_section,
+)
 from hmmlvd.data import TokenWindows, WikiText, load_wikitext
 from hmmlvd.em.config import EMConfig
 from hmmlvd.em.stop import TrainingInterrupted
@@ -85,6 +97,7 @@ class Row:
     ppl: dict[str, float]
     seconds: dict[str, float]
     settings: dict = field(default_factory=dict)
+    finished: str = ""  # the date (YYYY-MM-DD, UTC) its results were written
 
 
 # ----- settings and run folders ---------------------------------------------------------------
@@ -148,15 +161,17 @@ def row_of(results: dict, folder: Path) -> Row:
     under ``record``; stage seconds: the LVD initialisation's, else those of an earlier
     version's ``init.json``, the epochs' EM seconds summed, the splits' evaluation seconds
     summed), or, from an earlier version of this script, the row itself."""
+    finished = datetime.datetime.fromtimestamp((folder / RESULTS).stat().st_mtime,
+                                               datetime.UTC).strftime("%Y-%m-%d")
     if "ppl" in results:
-        return Row(**results)
+        return replace(Row(**results), finished=finished)
     settings, scores = results["record"], results["eval"]
     seconds = dict(results.get("lvd_seconds") or _init_seconds(folder))
     seconds["em"] = sum(epoch["seconds"] for epoch in results["history"])
     seconds["eval"] = sum(split["seconds"] for split in scores.values())
     return Row(settings["init"], settings["num_states"],
                {split: score["sliding_ppl"] for split, score in scores.items()}, seconds,
-               settings)
+               settings, finished)
 
 
 def _init_seconds(folder: Path) -> dict[str, float]:
@@ -209,6 +224,46 @@ def run_one(init: str, h: int, data: WikiText, windows: TokenWindows, lvd: LVDSe
 
 
 # ----- report ---------------------------------------------------------------------------------
+SECONDS = {"embed": "embed s", "cluster": "cluster s", "mle": "MLE s", "em": "EM s",
+           "eval": "eval s"}
+
+
+def recorded_provenance(path: Path) -> str:
+    """The command, machine and date lines of ``path``'s section, joined on one line."""
+    lines = [line.strip() for line in read_section(path, SECTION).splitlines()]
+    return "; ".join(line for line in lines if line.startswith(("Command:", "Machine:", "Date:")))
+
+
+def recorded_rows(path: Path) -> list[Row]:
+    """The HMM rows of the table recorded in ``path``'s section (``--keep-rows``): perplexity
+    per split, stage seconds and EM dtype as written (a table written before the dtype column
+    existed ran float32, :data:`IMPLIED`), finished on the date its row says, else the date of
+    the section's provenance."""
+    body = read_section(path, SECTION)
+    date = next((line.split()[1] for line in body.splitlines() if line.startswith("Date: ")),
+                "-")
+    rows = []
+    for table_rows in read_tables(body):
+        for cells in table_rows:
+            name, h = cells.get("model", ""), cells.get("H", "")
+            if not name.endswith(" init") or not h.isdigit():
+                continue
+
+            def number(head: str, cells: dict[str, str] = cells) -> float | None:
+                value = cells.get(head, "-")
+                return None if value in ("", "-") else float(value)
+
+            ppl = {s: number(f"{s} ppl") for s in ("valid", "test")}
+            seconds = {k: number(head) for k, head in SECONDS.items()}
+            finished = cells.get("finished", "-")
+            rows.append(Row(name.removesuffix(" init"), int(h),
+                            {s: v for s, v in ppl.items() if v is not None},
+                            {k: v for k, v in seconds.items() if v is not None},
+                            {"train_config": {"dtype": cells.get("EM dtype", IMPLIED["dtype"])}},
+                            date if finished == "-" else finished))
+    return rows
+
+
 def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.1f}"
 
@@ -216,17 +271,17 @@ def fmt(x: float | None) -> str:
 def table(rows: Sequence[Row], baselines: Sequence[BaselineRow], splits: Sequence[str]) -> str:
     """Markdown: baselines first, then one line per (H, init) with stage seconds."""
     head = (["model", "H"] + [f"{s} ppl" for s in splits] +
-            ["EM dtype", "embed s", "cluster s", "MLE s", "EM s", "eval s"])
+            ["EM dtype", "embed s", "cluster s", "MLE s", "EM s", "eval s", "finished"])
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for b in baselines:
         lines.append(f"| {b.name} (train stream) | - | " +
-                     " | ".join(fmt(b.perplexity.get(s)) for s in splits) + " |" + " - |" * 6)
+                     " | ".join(fmt(b.perplexity.get(s)) for s in splits) + " |" + " - |" * 7)
     for r in sorted(rows, key=lambda r: (r.num_states, r.init)):
         cells = [f"{r.init} init", str(r.num_states),
                  *(fmt(r.ppl.get(s)) for s in splits),
                  r.settings["train_config"].get("dtype", IMPLIED["dtype"]),
                  *(f"{r.seconds[k]:.0f}" if k in r.seconds else "-"
-                   for k in ("embed", "cluster", "mle", "em", "eval"))]
+                   for k in ("embed", "cluster", "mle", "em", "eval")), r.finished or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -234,6 +289,7 @@ def table(rows: Sequence[Row], baselines: Sequence[BaselineRow], splits: Sequenc
 def plot(rows: Sequence[Row], baselines: Sequence[BaselineRow], split: str, path: Path,
          title: str) -> None:
     """Perplexity on ``split`` vs H, one curve per initialisation, baselines as lines."""
+    rows = [r for r in rows if split in r.ppl]
     fig = Figure(figsize=(6, 4.2))
     ax = fig.add_subplot()
     for init, marker in (("random", "o"), ("LVD", "s")):
@@ -328,7 +384,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="PNG path (default: lvd_vs_random.png beside --write, else in --out)")
     p.add_argument("--write", type=Path, default=None,
                    help="also record the table in this markdown file (e.g. docs/results.md)")
+    p.add_argument("--keep-rows", action="store_true",
+                   help="with --write: keep the rows already recorded there for an (init, H) "
+                        "this command does not run (their run folders may be gone); the plot "
+                        "shows them too")
     args = p.parse_args(argv)
+    if args.keep_rows and not args.write:
+        p.error("--keep-rows needs --write (the file whose recorded rows it keeps)")
     if args.full_batch:
         p.error("--full-batch is not supported here (use --final-full-batch N)")
     if args.lvd_windows is None:
@@ -393,8 +455,18 @@ def sweep(args: argparse.Namespace) -> None:
             rows.append(run_one(init, h, data, windows, lvd, args))
             print(f"H={h} {init}: " + ", ".join(f"{s} ppl {v:.1f}"
                                                   for s, v in rows[-1].ppl.items()))
+    ran = {(r.init, r.num_states) for r in rows}
+    kept = [r for r in recorded_rows(args.write) if (r.init, r.num_states) not in ran
+            ] if args.keep_rows else []
+    rows += kept
     report = table(rows, baselines, args.splits)
     described = settings_line(args, subset, lvd_count)
+    if kept:
+        described += (" Rows of H = " + ", ".join(str(h) for h in sorted(
+            {r.num_states for r in kept})) + " are kept from the table this one replaced "
+            "(`--keep-rows`; their run folders are not under --out), each finished on the date "
+            "in its row; that table's record: " + recorded_provenance(args.write) +
+            " (the history of this file holds every earlier record).")
     print("\n" + report + "\n\n" + described)
     split = "test" if "test" in args.splits else args.splits[0]
     plot(rows, baselines, split, args.plot, f"WikiText-2: EM on {len(windows):,} windows, "

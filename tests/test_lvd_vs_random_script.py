@@ -360,3 +360,69 @@ def test_a_run_an_earlier_sweep_stopped_resumes_to_the_uninterrupted_result(
     assert {k: row.seconds[k] for k in init_seconds} == init_seconds
     assert len(json.loads((folder / "results.json").read_text())["history"]) == 3
     assert not (folder / "checkpoints").exists()
+
+
+OLD_SECTION = """# Results
+
+<!-- lvd_vs_random:begin -->
+## LVD vs random init (`scripts/lvd_vs_random.py`)
+
+Command: `python scripts/lvd_vs_random.py --hidden-states 2 64`\x20\x20
+Machine: old-vm: some CPU, 2 CPUs\x20\x20
+Date: 2026-12-01 19:44 UTC
+
+| model | H | valid ppl | test ppl | embed s | cluster s | MLE s | EM s | eval s |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+| unigram (train stream) | - | 9999.0 | 9999.0 | - | - | - | - | - |
+| LVD init | 64 | 326.2 | 306.4 | 294 | 61 | 0 | 334 | 3 |
+| random init | 64 | 325.8 | 308.2 | - | - | - | 153 | 2 |
+| random init | 2 | 7777.7 | 8888.8 | - | - | - | 1 | 1 |
+<!-- lvd_vs_random:end -->
+
+After the section.
+"""
+
+
+def test_keep_rows_keeps_the_recorded_rows_of_runs_not_rerun(corpus, bert, tmp_path, capsys,
+                                                             monkeypatch):
+    script = load_script("lvd_vs_random", monkeypatch)
+    results = tmp_path / "results.md"
+    results.write_text(OLD_SECTION)
+    assert script.main(argv(corpus, bert, tmp_path, "--inits", "random", "--hidden-states", "2",
+                            "--write", str(results), "--keep-rows")) == 0
+    printed = capsys.readouterr().out
+    text = results.read_text()
+    assert text.startswith("# Results\n") and text.endswith("After the section.\n")
+    body = text.split("<!-- lvd_vs_random:begin -->")[1].split("<!-- lvd_vs_random:end -->")[0]
+    # H = 64 was not run: both of its rows stay with their numbers, the dtype that table's runs
+    # used and the date of that table's record
+    kept_lvd = "| LVD init | 64 | 326.2 | 306.4 | float32 | 294 | 61 | 0 | 334 | 3 | 2026-12-01 |"
+    assert kept_lvd in body
+    assert "| random init | 64 | 325.8 | 308.2 | float32 | - | - | - | 153 | 2 | 2026-12-01 |" \
+        in body
+    # H = 2 random ran: its new row replaces the recorded one; baselines are this run's
+    new = table_row(script, next((tmp_path / "runs").glob("random-h2-*")))
+    assert "7777.7" not in body and "9999.0" not in body
+    assert f"| random init | 2 | {new.ppl['valid']:.1f} | {new.ppl['test']:.1f} |" in body
+    assert body.count("| random init | 2 |") == 1 and "| LVD init | 2 |" not in body
+    # the kept rows' provenance is quoted, the new one heads the section
+    assert "Date: 2026-12-01 19:44 UTC" in body and "Machine: old-vm: some CPU" in body
+    assert "Rows of H = 64 are kept" in body and "Rows of H = 64 are kept" in printed
+    # a second run keeps them again: the rows carry their own finished date now
+    assert script.main(argv(corpus, bert, tmp_path, "--inits", "random", "--hidden-states", "2",
+                            "--write", str(results), "--keep-rows")) == 0
+    again = results.read_text()
+    assert kept_lvd in again
+
+
+def test_without_keep_rows_the_recorded_rows_are_replaced(corpus, bert, tmp_path, capsys,
+                                                          monkeypatch):
+    script = load_script("lvd_vs_random", monkeypatch)
+    results = tmp_path / "results.md"
+    results.write_text(OLD_SECTION)
+    assert script.main(argv(corpus, bert, tmp_path, "--inits", "random", "--hidden-states", "2",
+                            "--write", str(results))) == 0
+    assert "| LVD init | 64 |" not in results.read_text()
+    with pytest.raises(SystemExit):
+        script.main(argv(corpus, bert, tmp_path, "--keep-rows"))
+    assert "--keep-rows needs --write" in capsys.readouterr().err

@@ -85,3 +85,31 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix[1:] or "png"))
     return path
+
+
+def read_section(path: Path, name: str) -> str:
+    """The body of ``path``'s section between ``<!-- name:begin -->`` and ``<!-- name:end -->``
+    ("" when the file or the section is absent)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    begin_marker, end_marker = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    begin, end = text.find(begin_marker), text.find(end_marker)
+    return text[begin + len(begin_marker):end].strip("\n") if 0 <= begin < end else ""
+
+
+def read_tables(text: str) -> list[list[dict[str, str]]]:
+    """Every markdown table in ``text``, each as its rows: ``{header cell: cell}`` (the rule line
+    under the header skipped; cells stripped). A line counts as a table line when it starts and
+    ends with ``|``; a table ends at the first other line."""
+    tables, lines = [], [*text.splitlines(), ""]
+    start = None
+    for i, line in enumerate(lines):
+        is_row = line.strip().startswith("|") and line.strip().endswith("|")
+        if is_row and start is None:
+            start = i
+        elif not is_row and start is not None:
+            cells = [[c.strip() for c in row.strip()[1:-1].split("|")]
+                     for row in lines[start:i]]
+            if len(cells) >= 2 and set("".join(cells[1])) <= set("-: "):
+                tables.append([dict(zip(cells[0], row, strict=False)) for row in cells[2:]])
+            start = None
+    return tables
