@@ -4,6 +4,7 @@ resumable.
     nice -n 15 .venv/bin/python scripts/mutation.py hmm-em              # run or continue
     nice -n 15 .venv/bin/python scripts/mutation.py hmm-em --retest     # rerun the survivors
     .venv/bin/python scripts/mutation.py hmm-em --report                # score only, no run
+    nice -n 15 .venv/bin/python scripts/mutation.py hmm --subprocess    # torchrun-only code
     .venv/bin/python scripts/mutation.py --list                         # the families
 
 Each family gets its own work folder ``.mutmut/<family>/`` (git-ignored): a generated
@@ -29,6 +30,8 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+
+from hmmlvd.core.atomic import atomic_write_text
 
 try:
     import tomllib
@@ -78,6 +81,17 @@ FAMILIES: dict[str, tuple[list[str], list[str]]] = {
          "tests/test_image_training_config.py"],
     ),
 }
+
+# Modules whose functions run only in child processes (torchrun workers): mutmut maps tests to
+# functions in the test process alone, so it never runs these tests for them. ``--subprocess``
+# runs each such mutant's tests itself, with the mutant switched on in every child through the
+# environment (mutmut's trampolines read MUTANT_UNDER_TEST) and the mutated copy first on
+# PYTHONPATH. The tests run whole: the one torchrun launch they share is most of their time.
+SUBPROCESS_TESTS: dict[str, dict[str, list[str]]] = {
+    "hmm": {"hmmlvd.hmm.parallel": ["tests/test_distributed.py"]},
+}
+SUBPROCESS_RESULTS = "subprocess-results.json"
+SUBPROCESS_TIMEOUT = 900  # seconds per mutant; a hang counts as killed (a timeout), as in mutmut
 
 # The family's own files after the family's do_not_mutate: "hmm" leaves em.py to "hmm-em".
 EXCLUDE = {"hmm": ["hmmlvd/hmm/em.py"], "em": ["hmmlvd/em/rule.py"]}
@@ -142,6 +156,43 @@ def module_of(name: str) -> str:
     return re.split(r"\.x[_ǁ]", name, maxsplit=1)[0]
 
 
+def subprocess_results(folder: Path) -> dict[str, str]:
+    """mutant name -> status of the mutants ``--subprocess`` ran (none yet: empty)."""
+    path = folder / SUBPROCESS_RESULTS
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def run_subprocess_tests(family: str, folder: Path, statuses: dict[str, str]) -> None:
+    """Run the child-process tests of every not-yet-killed mutant of the family's
+    :data:`SUBPROCESS_TESTS` modules, one mutant at a time, recording each result as it ends
+    (a stopped run continues with the next unrecorded mutant)."""
+    done = subprocess_results(folder)
+    mutants = folder / "mutants"
+    for module, tests in SUBPROCESS_TESTS.get(family, {}).items():
+        todo = sorted(n for n, s in statuses.items()
+                      if module_of(n) == module and s not in KILLED and n not in done)
+        for i, name in enumerate(todo, 1):
+            env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+                       MUTANT_UNDER_TEST=name, PYTHONPATH=str(mutants))
+            command = ["nice", "-n", "15", sys.executable, "-m", "pytest", "-x", "-q",
+                       "-p", "no:cacheprovider", *tests]
+            try:
+                code = subprocess.run(command, cwd=mutants, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL,
+                                      timeout=SUBPROCESS_TIMEOUT).returncode
+                status = "survived" if code == 0 else "killed" if code == 1 else f"error {code}"
+            except subprocess.TimeoutExpired:
+                status = "timeout"
+            done[name] = status
+            atomic_write_text(folder / SUBPROCESS_RESULTS, json.dumps(done, indent=1) + "\n")
+            print(f"[{i}/{len(todo)}] {name}: {status}", flush=True)
+
+
+def merged(folder: Path) -> dict[str, str]:
+    """mutmut's status per mutant, with ``--subprocess``'s result where it ran that mutant."""
+    return {**results(folder), **subprocess_results(folder)}
+
+
 def report(statuses: dict[str, str]) -> None:
     by_module: dict[str, Counter] = {}
     for name, status in statuses.items():
@@ -165,13 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the families and exit")
     parser.add_argument("--retest", action="store_true", help="rerun the surviving mutants")
     parser.add_argument("--report", action="store_true", help="print the score, run nothing")
+    parser.add_argument("--subprocess", action="store_true",
+                        help="run the child-process tests of the mutants mutmut cannot map "
+                             "(SUBPROCESS_TESTS), after mutmut's own run of the family")
     args = parser.parse_args(argv)
     if args.list or not args.family:
         for family, (mutate, tests) in FAMILIES.items():
             print(f"{family}: mutates {' '.join(mutate)}; tests {' '.join(tests)}")
         return 0
     folder = prepare(args.family)
-    if not args.report:
+    if args.subprocess:
+        run_subprocess_tests(args.family, folder, results(folder))
+    elif not args.report:
         survivors = [n for n, s in results(folder).items() if s == "survived"] \
             if args.retest and (folder / "mutants").exists() else []
         if args.retest and not survivors:
@@ -180,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             mutmut(folder, "run", "--max-children", "1", *survivors)
         else:
             mutmut(folder, "run", "--max-children", "1")
-    report(results(folder))
+    report(merged(folder))
     return 0
 
 
