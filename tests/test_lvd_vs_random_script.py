@@ -383,13 +383,18 @@ After the section.
 """
 
 
+def sweep_h2_into(script, results, corpus, bert, tmp_path, *extra) -> int:
+    """A random-init sweep of H = 2 that records into ``results``."""
+    return script.main(argv(corpus, bert, tmp_path, "--inits", "random", "--hidden-states", "2",
+                            "--write", str(results), *extra))
+
+
 def test_keep_rows_keeps_the_recorded_rows_of_runs_not_rerun(corpus, bert, tmp_path, capsys,
                                                              monkeypatch):
     script = load_script("lvd_vs_random", monkeypatch)
     results = tmp_path / "results.md"
     results.write_text(OLD_SECTION)
-    assert script.main(argv(corpus, bert, tmp_path, "--inits", "random", "--hidden-states", "2",
-                            "--write", str(results), "--keep-rows")) == 0
+    assert sweep_h2_into(script, results, corpus, bert, tmp_path, "--keep-rows") == 0
     printed = capsys.readouterr().out
     text = results.read_text()
     assert text.startswith("# Results\n") and text.endswith("After the section.\n")
@@ -409,8 +414,7 @@ def test_keep_rows_keeps_the_recorded_rows_of_runs_not_rerun(corpus, bert, tmp_p
     assert "Date: 2026-12-01 19:44 UTC" in body and "Machine: old-vm: some CPU" in body
     assert "Rows of H = 64 are kept" in body and "Rows of H = 64 are kept" in printed
     # a second run keeps them again: the rows carry their own finished date now
-    assert script.main(argv(corpus, bert, tmp_path, "--inits", "random", "--hidden-states", "2",
-                            "--write", str(results), "--keep-rows")) == 0
+    assert sweep_h2_into(script, results, corpus, bert, tmp_path, "--keep-rows") == 0
     again = results.read_text()
     assert kept_lvd in again
 
@@ -420,8 +424,7 @@ def test_without_keep_rows_the_recorded_rows_are_replaced(corpus, bert, tmp_path
     script = load_script("lvd_vs_random", monkeypatch)
     results = tmp_path / "results.md"
     results.write_text(OLD_SECTION)
-    assert script.main(argv(corpus, bert, tmp_path, "--inits", "random", "--hidden-states", "2",
-                            "--write", str(results))) == 0
+    assert sweep_h2_into(script, results, corpus, bert, tmp_path) == 0
     assert "| LVD init | 64 |" not in results.read_text()
     with pytest.raises(SystemExit):
         script.main(argv(corpus, bert, tmp_path, "--keep-rows"))
