@@ -1,9 +1,11 @@
-"""Launching two CPU ranks with ``torchrun --standalone`` for the distributed tests, telling a
-failed launch from a failed result, and the tolerance their results are compared with."""
+"""Launching two CPU ranks for the distributed tests, with ``torchrun --standalone`` or as two
+plain processes given torchrun's environment (no launcher to stop a rank whose peer died);
+telling a failed launch from a failed result; the tolerance their results are compared with."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +29,39 @@ def torchrun(script: Path, argv: list[str], env: dict[str, str] | None = None,
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc-per-node", "2", str(script), *argv],
                           env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def two_ranks(script: Path, argv: list[str], env: dict[str, str] | None = None,
+              timeout: float = 600) -> list[subprocess.CompletedProcess]:
+    """``python script argv`` as ranks 0 and 1 of a two-process gloo group on this machine
+    (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``/``MASTER_PORT`` as torchrun sets them), one
+    thread each, ``env`` added; both results, in rank order. Nothing stops a rank when the
+    other ends: each ends by itself. ``timeout`` only guards against a rank that would wait
+    forever (it raises, after killing both)."""
+    with socket.socket() as s:  # a free port; another process may take it first (relaunch)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in (0, 1):
+        rank_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                    "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                    "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                    "MASTER_PORT": str(port), **(env or {})}
+        procs.append(subprocess.Popen([sys.executable, str(script), *argv], env=rank_env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    results = []
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout,
+                                                       stderr))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return results
 
 
 def launch_failed(proc: subprocess.CompletedProcess) -> bool:

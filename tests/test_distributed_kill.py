@@ -2,7 +2,10 @@
 then run again with the same command plus ``--resume``: the launcher ends with an error instead
 of waiting forever, the run folder keeps its last complete checkpoint (a checkpoint rank 0 was
 writing when it died is never the one resumed), and the resumed run, on two ranks or on one,
-ends with the parameters of an uninterrupted run in one process.
+ends with the parameters of an uninterrupted run in one process. Without torchrun, which stops
+the other ranks when one dies, the surviving rank ends by itself, long before its collectives'
+timeout, with a one-line error (as on a node whose launcher never learns of another node's
+death).
 
 Two kills: rank 0, the only rank that writes, in the middle of writing a checkpoint (after its
 model files, before its state file); rank 1 as it takes a batch, while rank 0 computes its own
@@ -17,12 +20,13 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch.distributed as dist
-from dist_launch import close, launch_failed, torchrun
+from dist_launch import close, launch_failed, torchrun, two_ranks
 from word_corpus import write_word_corpus
 
 from hmmlvd import HMM
@@ -119,3 +123,30 @@ def test_rank_1_killed_mid_batch_resumes_on_two_ranks(corpus, uninterrupted, tmp
     assert "on 2 ranks" in proc.stdout
     assert "resuming from epoch 1, batch 5 (step 5)" in proc.stdout
     close(HMM.from_pretrained(out).parameters(), uninterrupted.parameters())
+
+
+@pytest.mark.parametrize(("killed", "at", "last_step"), [(0, "save:4", 3), (1, "batch:6", 5)],
+                         ids=["writer-killed", "rank-1-killed"])
+def test_the_surviving_rank_ends_by_itself_with_one_line(corpus, tmp_path, killed, at,
+                                                          last_step):
+    """Two plain processes, so no launcher stops the survivor: it must notice the dead peer
+    itself. Its collectives would time out after an hour; the 300 s subprocess timeout only
+    guards against that wait."""
+    out = tmp_path / "run"
+    env = {"KILL_RANK": str(killed), "KILL_AT": at, "HMMLVD_DIST_TIMEOUT": "3600"}
+    for _ in range(2):
+        shutil.rmtree(out, ignore_errors=True)
+        ranks = two_ranks(WORKER, train_argv(corpus, out), env, timeout=300)
+        if ranks[killed].returncode == -signal.SIGKILL or not any(map(launch_failed, ranks)):
+            break
+    assert ranks[killed].returncode == -signal.SIGKILL, ranks[killed].stderr[-3000:]
+    survivor = ranks[1 - killed]
+    assert survivor.returncode == 2, survivor.stderr[-3000:]
+    assert "Traceback" not in survivor.stderr, survivor.stderr[-3000:]
+    errors = [line for line in survivor.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith(f"hmmlvd train: error: rank {1 - killed} lost contact with the "
+                                "other ranks ("), errors[0]
+    assert "--resume" in errors[0]
+    assert not (out / "model.safetensors").exists()
+    assert last_complete_step(out) == last_step  # the survivor wrote nothing after the death
