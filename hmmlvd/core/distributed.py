@@ -34,10 +34,11 @@ from hmmlvd.core.errors import DataError
 DEFAULT_TIMEOUT_S = 3600
 
 #: What the backends' errors say when another rank has ended or stopped answering: gloo's
-#: closed or reset connection and timed-out receive, NCCL's aborted communicator and watchdog
-#: timeout.
-PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Timed out waiting",
-             "communicator was aborted", "Watchdog caught collective operation timeout")
+#: closed, reset or broken connection and timed-out receive, NCCL's aborted communicator and
+#: watchdog timeout.
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+             "Socket closed", "Timed out waiting", "communicator was aborted",
+             "Watchdog caught collective operation timeout")
 
 _owned = False  # whether init() created the process group (teardown destroys only that one)
 
