@@ -245,9 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hmmlvd {args.command}: error: {describe_os_error(exc, args)}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:
-        if not is_allocation_failure(exc):
+        lost = distributed.lost_peer(exc) if distributed.is_distributed() else None
+        if lost is not None:
+            detail = distributed.describe_lost_peer(lost)
+        elif is_allocation_failure(exc):
+            detail = describe_memory_error(exc)
+        else:
             raise
-        print(f"hmmlvd {args.command}: error: {describe_memory_error(exc)}", file=sys.stderr)
+        print(f"hmmlvd {args.command}: error: {detail}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # a second signal while training stops: exc.signal
         print(f"\nhmmlvd {args.command}: interrupted", file=sys.stderr)

@@ -11,10 +11,8 @@ scenario."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import dist_worker as w
@@ -22,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from dist_launch import close, launch_failed, torchrun
 from safetensors.torch import load_file
 from word_corpus import write_word_corpus
 
@@ -34,17 +33,6 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
                                 reason="torch.distributed with gloo is not available")
 
 MID_STEP = 4  # epoch 1 (5 batches), after batch 4
-#: What a failed rendezvous or port race prints (a launch failure, not a wrong result), and
-#: gloo's worker thread aborting a rank at interpreter exit after its work is done (seen in
-#: about 1 of 10 launches; its cause is not known yet).
-NETWORK_FAILURES = ("EADDRINUSE", "Address already in use", "RendezvousConnectionError",
-                    "DistNetworkError", "Connection reset by peer", "Connection refused",
-                    "terminate called without an active exception")
-
-
-def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    for name in ("initial", "transition", "emission"):
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def params(path: Path) -> dict[str, torch.Tensor]:
@@ -78,7 +66,7 @@ def runs(tmp_path_factory) -> tuple[Path, str]:
     torchrun; returns the folder and the ranks' stdout."""
     tmp = tmp_path_factory.mktemp("dist")
     proc = launch(tmp)
-    if proc.returncode != 0 and any(sign in proc.stderr for sign in NETWORK_FAILURES):
+    if proc.returncode != 0 and launch_failed(proc):
         # torchrun --standalone picks a free port that another process may take before it
         # binds: a launch failure, not a result; one more launch in a fresh folder decides
         tmp = tmp_path_factory.mktemp("dist-relaunch")
@@ -101,11 +89,7 @@ def launch(tmp: Path) -> subprocess.CompletedProcess:
         if progress_of(later)["step"] > MID_STEP:  # the two ranks must write these themselves
             shutil.rmtree(later)
     write_corpus(tmp / "corpus")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "HMMLVD_DIST_TIMEOUT": "120"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc-per-node", "2", str(Path(w.__file__)), str(tmp)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    return torchrun(Path(w.__file__), [str(tmp)], {"HMMLVD_DIST_TIMEOUT": "120"})
 
 
 @pytest.mark.parametrize("scenario", ["minibatch", "fullbatch", "homogeneous"])

@@ -33,6 +33,13 @@ from hmmlvd.core.errors import DataError
 #: LVD's k-means or writes a checkpoint); override with $HMMLVD_DIST_TIMEOUT.
 DEFAULT_TIMEOUT_S = 3600
 
+#: What the backends' errors say when another rank has ended or stopped answering: gloo's
+#: closed, reset or broken connection and timed-out receive, NCCL's aborted communicator and
+#: watchdog timeout.
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+             "Socket closed", "Timed out waiting", "communicator was aborted",
+             "Watchdog caught collective operation timeout")
+
 _owned = False  # whether init() created the process group (teardown destroys only that one)
 
 
@@ -98,10 +105,30 @@ def teardown() -> None:
     if _owned and dist.is_initialized():
         try:
             dist.barrier()
+        except RuntimeError as exc:  # another rank has ended: there is no one to wait for
+            if lost_peer(exc) is None:
+                raise
         finally:
             dist.destroy_process_group()
             gc.collect()
     _owned = False
+
+
+def lost_peer(exc: BaseException) -> str | None:
+    """The words of :data:`PEER_LOST` that ``exc``, a collective's error, says (another rank
+    has ended or stopped answering), or None for any other error."""
+    if not isinstance(exc, RuntimeError):
+        return None
+    return next((words for words in PEER_LOST if words in str(exc)), None)
+
+
+def describe_lost_peer(words: str) -> str:
+    """One line for a rank whose collective found another rank gone (``words``: what the
+    backend said, from :func:`lost_peer`), with what to do."""
+    return (f"rank {rank()} lost contact with the other ranks ({words}): another rank ended "
+            "(killed, out of memory, or an error it printed) or cannot be reached. Run the same "
+            "command again, plus --resume to continue from the last checkpoint if the output "
+            "folder has one")
 
 
 def barrier() -> None:
