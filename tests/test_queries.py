@@ -290,9 +290,11 @@ def test_dfa_refuses_what_is_not_an_automaton():
 # "parity": an even number of word 1, with a redundant explicit edge (q, 0, q) that agrees
 # with the default edge, so both kinds of edge add mass to the same E_t[q, q, .] entry.
 PARITY = DFA(2, 0, frozenset({0}), ((0, 1, 1), (1, 1, 0), (0, 0, 0)), (0, 1))
+# "either": word 1 or word 3 somewhere; two explicit edges share (q, q') = (0, 1).
+EITHER = DFA(2, 0, frozenset({1}), ((0, 1, 1), (0, 3, 1)), (0, 1))
 CONSTRAINTS = {"keywords": keywords([1, 2]), "ordered": keywords([2, 1], ordered=True),
                "banned": banned([3]), "both": keywords([0]).intersect(banned([2])),
-               "banned two": banned([1, 3]), "parity": PARITY}
+               "banned two": banned([1, 3]), "parity": PARITY, "either": EITHER}
 
 
 @pytest.mark.parametrize("name", list(CONSTRAINTS))
