@@ -15,19 +15,18 @@ from hmmlvd.hmm.dfa import DFA, banned, keywords
 
 SEQUENCES = list(itertools.product(range(5), repeat=4))
 
-# An automaton that does not start in state 0: "the last word is not 4", started in the state
-# reached after reading a 4 (so the empty sequence is refused).
-NOT_LAST_4 = DFA(2, 1, frozenset({0}), ((0, 4, 1), (1, 0, 0), (1, 1, 0), (1, 2, 0), (1, 3, 0)),
-                 (0, 1))
-
-# (automaton, the language as a predicate on a sequence)
+# name -> (a builder of the automaton, the language as a predicate on a sequence); built inside
+# each test, so that a builder's failure is that test's failure.
 LANGUAGES = {
-    "keywords 1 3": (keywords([1, 3]), lambda s: 1 in s and 3 in s),
-    "keywords 0 2 4": (keywords([4, 0, 2]), lambda s: {0, 2, 4} <= set(s)),
-    "ordered 3 1": (keywords([3, 1], ordered=True),
+    "keywords 1 3": (lambda: keywords([1, 3]), lambda s: 1 in s and 3 in s),
+    "keywords 0 2 4": (lambda: keywords([4, 0, 2]), lambda s: {0, 2, 4} <= set(s)),
+    "ordered 3 1": (lambda: keywords([3, 1], ordered=True),
                     lambda s: any(s[i] == 3 and 1 in s[i + 1:] for i in range(len(s)))),
-    "banned 0 2": (banned([2, 0]), lambda s: 0 not in s and 2 not in s),
-    "not last 4": (NOT_LAST_4, lambda s: bool(s) and s[-1] != 4),
+    "banned 0 2": (lambda: banned([2, 0]), lambda s: 0 not in s and 2 not in s),
+    # one that does not start in state 0: the state after a 4 (so the empty sequence is refused)
+    "not last 4": (lambda: DFA(2, 1, frozenset({0}),
+                               ((0, 4, 1), (1, 0, 0), (1, 1, 0), (1, 2, 0), (1, 3, 0)), (0, 1)),
+                   lambda s: bool(s) and s[-1] != 4),
 }
 
 
@@ -39,7 +38,8 @@ def compact(dfa: DFA) -> bool:
 
 @pytest.mark.parametrize("name", list(LANGUAGES))
 def test_builders_accept_their_language_and_stay_compact(name):
-    dfa, member = LANGUAGES[name]
+    build, member = LANGUAGES[name]
+    dfa = build()
     for seq in SEQUENCES:
         assert dfa.accepts(seq) == member(seq), seq
     assert dfa.accepts(()) == member(())
@@ -54,8 +54,9 @@ def test_keywords_need_one_state_per_subset_or_per_position():
 
 @pytest.mark.parametrize(("first", "second"), list(itertools.permutations(LANGUAGES, 2)))
 def test_intersection_accepts_what_both_accept(first, second):
-    a, in_a = LANGUAGES[first]
-    b, in_b = LANGUAGES[second]
+    build_a, in_a = LANGUAGES[first]
+    build_b, in_b = LANGUAGES[second]
+    a, b = build_a(), build_b()
     both = a.intersect(b)
     assert both.num_states == a.num_states * b.num_states
     for seq in SEQUENCES:
