@@ -53,7 +53,8 @@ FAMILIES: dict[str, tuple[list[str], list[str]]] = {
     "hmm": (
         ["hmmlvd/hmm/*.py"],
         ["tests/test_forward.py", "tests/test_model.py", "tests/test_queries.py",
-         "tests/test_sample.py", "tests/test_init.py", "tests/test_hmm_early.py",
+         "tests/test_dfa.py", "tests/test_sample.py", "tests/test_init.py",
+         "tests/test_hmm_early.py",
          "tests/test_memory.py", "tests/test_hmmlearn_parity.py", "tests/test_checkpoint.py",
          "tests/test_eval.py", "tests/test_train.py", "tests/test_verbs.py",
          "tests/test_numerics.py"],

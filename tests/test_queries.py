@@ -92,6 +92,7 @@ def test_viterbi_matches_enumeration(case):
     hmm, joint = case
     x, mask = random_masks(12, 3)
     paths, scores = hmm.decode(x, mask)
+    assert paths.dtype == torch.int64  # state ids, usable as indices
     for b in range(len(x)):
         per_path = joint.table[joint.consistent(x[b].tolist(), mask[b].tolist())].sum(0)
         best = int(per_path.argmax())
@@ -114,6 +115,64 @@ def test_viterbi_runs_in_chunks_like_one_pass(monkeypatch):
     torch.testing.assert_close(whole[1], chunked[1])
 
 
+def test_a_single_window_and_mask_may_be_one_dimensional(case):
+    """A window [L] (and its mask [L]) is one row [1, L]; with no mask every word is observed."""
+    hmm, joint = case
+    x, mask = random_masks(3, 6)
+    for b in range(len(x)):
+        keep = joint.consistent(x[b].tolist(), mask[b].tolist())
+        got = hmm.log_likelihood(x[b], mask[b])
+        assert got.shape == (1,)
+        assert got.item() == pytest.approx(math.log(joint.table[keep].sum()), abs=1e-5)
+        post = hmm.predict_proba(x[b]).double()  # fully observed
+        assert post.shape == (1, T, H)
+        p = joint.table[joint.consistent(x[b].tolist(), [True] * T)].sum(0)
+        for t in range(T):
+            want = np.array([p[joint.paths[:, t] == h].sum() for h in range(H)]) / p.sum()
+            np.testing.assert_allclose(post[0, t].numpy(), want, atol=1e-5)
+
+
+def test_a_one_word_vocabulary_marginalises_missing_words():
+    """With V = 1 every window has probability 1, masked or not; a missing position may hold
+    any id (it is never looked up)."""
+    hmm = HMM(2, 1, 3, initial=torch.tensor([0.3, 0.7]),
+              transition=torch.tensor([[[0.9, 0.1], [0.2, 0.8]]] * 2), emission=torch.ones(3, 1, 2))
+    x = torch.tensor([[0, -1, 0], [7, 0, 0]])
+    mask = torch.tensor([[True, False, True], [False, True, True]])
+    torch.testing.assert_close(hmm.log_likelihood(x, mask), torch.zeros(2))
+
+
+def test_window_and_mask_errors_name_the_problem():
+    hmm = peaked_hmm(H, V, T, seed=15)
+    x, mask = random_masks(2, 7)
+    with pytest.raises(HMMLVDError, match="token windows must be integer ids"):
+        hmm.predict_proba(x.float(), mask)
+    with pytest.raises(HMMLVDError, match=r"mask has shape \(2, 3\) but the windows have "
+                                          r"\(2, 4\)"):
+        hmm.log_likelihood(x, mask[:, :3])
+    with pytest.raises(HMMLVDError, match="mask must be boolean"):
+        hmm.log_likelihood(x, mask.long())
+    with pytest.raises(HMMLVDError, match="infill needs a mask marking the missing words"):
+        hmm.infill_distribution(x, None)
+    with pytest.raises(HMMLVDError, match="top_k must be >= 1"):
+        hmm.infill_distribution(x, mask, top_k=0)
+
+
+def test_windows_of_probability_zero_are_named():
+    """Posteriors of impossible windows refuse (instead of returning NaN), naming the first five
+    rows."""
+    hmm = peaked_hmm(H, V, T, seed=14)
+    emission = hmm.emission.clone()
+    emission[:, 3] = 0.0  # word 3 is never emitted
+    emission /= emission.sum(1, keepdim=True)
+    hmm = HMM(H, V, T, initial=hmm.initial, transition=hmm.transition, emission=emission)
+    x = torch.tensor([[3, 0, 1, 2]] * 7 + [[0, 1, 2, 0]])
+    with pytest.raises(HMMLVDError, match=r"^windows \[0, 1, 2, 3, 4\] have probability 0 "
+                                          r"under the model: there is no posterior to "
+                                          r"condition on$"):
+        hmm.predict_proba(x)
+
+
 # ----- infill ---------------------------------------------------------------------------------
 def test_infill_distribution_matches_enumeration(case):
     hmm, joint = case
@@ -132,6 +191,9 @@ def test_infill_distribution_matches_enumeration(case):
     torch.testing.assert_close(values.double(), got.gather(2, ids), rtol=1e-6, atol=1e-7)
     assert (values[..., 0] >= values[..., 1]).all()
     assert torch.equal(values[..., 0].double(), got.max(-1).values.double())
+    best, best_ids = hmm.infill_distribution(x, mask, top_k=1)  # the smallest k allowed
+    torch.testing.assert_close(best[..., 0].double(), got.max(-1).values)
+    torch.testing.assert_close(got.gather(2, best_ids), got.max(-1, keepdim=True).values)
 
 
 def chi_square_critical(df: int, z: float = 3.29) -> float:
@@ -225,8 +287,14 @@ def test_dfa_refuses_what_is_not_an_automaton():
         keywords([])
 
 
+# "parity": an even number of word 1, with a redundant explicit edge (q, 0, q) that agrees
+# with the default edge, so both kinds of edge add mass to the same E_t[q, q, .] entry.
+PARITY = DFA(2, 0, frozenset({0}), ((0, 1, 1), (1, 1, 0), (0, 0, 0)), (0, 1))
+# "either": word 1 or word 3 somewhere; two explicit edges share (q, q') = (0, 1).
+EITHER = DFA(2, 0, frozenset({1}), ((0, 1, 1), (0, 3, 1)), (0, 1))
 CONSTRAINTS = {"keywords": keywords([1, 2]), "ordered": keywords([2, 1], ordered=True),
-               "banned": banned([3]), "both": keywords([0]).intersect(banned([2]))}
+               "banned": banned([3]), "both": keywords([0]).intersect(banned([2])),
+               "banned two": banned([1, 3]), "parity": PARITY, "either": EITHER}
 
 
 @pytest.mark.parametrize("name", list(CONSTRAINTS))
@@ -261,6 +329,9 @@ def test_constrained_next_token_matches_enumeration(case, name):
         nxt = joint.windows[:, len(prefix)]
         want = np.array([p[given & (nxt == w)].sum() for w in range(V)]) / p[given].sum()
         np.testing.assert_allclose(got.double().numpy(), want, atol=1e-5)
+        one_row = hmm.constrained_next_token(as_tensor[0], dfa)  # a prefix [L] is one row
+        assert one_row.shape == (1, V)
+        np.testing.assert_allclose(one_row[0].double().numpy(), want, atol=1e-5)
     empty = hmm.constrained_next_token(None, dfa)
     torch.testing.assert_close(empty, hmm.constrained_next_token(
         torch.zeros(1, 0, dtype=torch.long), dfa))
@@ -273,10 +344,10 @@ def test_constrained_samples_follow_the_enumerated_conditional(name):
     dfa = CONSTRAINTS[name]
     p = joint.table.sum(1)
     ok = accepted(joint, dfa)
-    for prefix in (None, torch.tensor([1])):
+    for prefix in (None, torch.tensor([1]), torch.tensor([2, 0])):
         keep = ok.copy()
-        if prefix is not None:
-            keep &= joint.windows[:, 0] == 1
+        if prefix is not None:  # one row [L], shared by every sample
+            keep &= (joint.windows[:, :len(prefix)] == prefix.numpy()).all(1)
         n = 5000
         samples = hmm.sample(n, constraint=dfa, prefix=prefix, seed=2)
         assert all(dfa.accepts(row) for row in samples.tolist())  # exactness: 100%
@@ -303,3 +374,73 @@ def test_an_impossible_constraint_says_so():
         hmm.constrained_next_token(torch.tensor([[0]]), dfa)
     with pytest.raises(HMMLVDError, match="outside the model's vocabulary"):
         hmm.constraint_probability(keywords([V]))
+
+
+def test_constraint_inputs_errors_name_the_problem():
+    hmm = peaked_hmm(H, V, T, seed=16)
+    dfa = keywords([1])
+    with pytest.raises(HMMLVDError, match="a constraint must be a DFA, got list"):
+        hmm.constraint_probability([1])
+    with pytest.raises(HMMLVDError, match="prefix must be integer ids"):
+        hmm.constrained_next_token(torch.tensor([1.0]), dfa)
+    with pytest.raises(HMMLVDError, match=r"prefix must have shape \[L\] or \[B, L\], got "
+                                          r"\(1, 1, 2\)"):
+        hmm.constraint_probability(dfa, torch.ones(1, 1, 2, dtype=torch.long))
+    with pytest.raises(HMMLVDError, match="prefix has 2 rows but 5 samples were asked for"):
+        hmm.sample(5, constraint=dfa, prefix=torch.tensor([[1], [2]]), seed=0)
+    whole = torch.tensor([[1, 0, 2, 3]])  # T words: nothing left to generate
+    for query in (lambda: hmm.constraint_probability(dfa, whole),
+                  lambda: hmm.constrained_next_token(whole, dfa),
+                  lambda: hmm.sample(1, constraint=dfa, prefix=whole, seed=0)):
+        with pytest.raises(HMMLVDError, match="a prefix of 4 words leaves nothing to generate "
+                                              "in a window of T=4"):
+            query()
+
+
+def test_constrained_next_token_over_a_long_window_matches_a_closed_form():
+    """Banned words over T = 12, where p(no banned word in the rest) is small: the backward's
+    per-position scaling must keep it in range. Reference: p(x_2 = w, x_1 = 0, no banned word)
+    by a float64 forward whose every later emission factor is sum_{w' not banned} B_t[h, w']."""
+    length, bad = 12, [2, 3]
+    hmm = peaked_hmm(H, V, length, seed=21)
+    initial, steps, positions = dense_parameters(hmm)
+    allowed = [1.0 - positions[t][bad].sum(0) for t in range(length)]  # [H] per position
+    want = np.zeros(V)
+    for w in range(V):
+        if w in bad:
+            continue
+        alpha = (initial * positions[0][0]) @ steps[0] * positions[1][w]
+        for t in range(2, length):
+            alpha = alpha @ steps[t - 1] * allowed[t]
+        want[w] = alpha.sum()
+    got = hmm.constrained_next_token(torch.tensor([[0]]), banned(bad))[0]
+    np.testing.assert_allclose(got.double().numpy(), want / want.sum(), atol=1e-6)
+
+
+def test_queries_build_their_tensors_on_the_model_device():
+    """With torch's default device elsewhere (here "meta", which holds no values), every query
+    on a CPU model still gives the CPU numbers: each tensor it builds follows the model's
+    device (or the given windows'), never the default."""
+    hmm = peaked_hmm(H, V, T, seed=17)
+    x = torch.tensor([[0, 1, 2, 3], [2, 0, 1, 0]])
+    mask = [[True, False, True, True], [False, True, True, False]]  # a list: built here
+    dfa = keywords([1, 2]).intersect(banned([3]))
+
+    def run() -> list:
+        return [hmm.log_likelihood(x, mask), hmm.predict_proba(x, mask),
+                *hmm.decode(x, mask), hmm.infill_distribution(x, mask),
+                hmm.infill(x, mask, 3, seed=0), hmm.constraint_probability(dfa),
+                hmm.constraint_probability(dfa, x[:, :2]),
+                hmm.constrained_next_token(None, dfa),
+                hmm.constrained_next_token(x[:, :2], dfa),
+                hmm.sample(5, constraint=dfa, seed=0),
+                hmm.sample(5, constraint=dfa, prefix=x[0, :1], seed=0)]
+
+    want = run()
+    torch.set_default_device("meta")
+    try:
+        got = run()
+    finally:
+        torch.set_default_device(None)
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(b, a)
