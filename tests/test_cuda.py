@@ -76,3 +76,19 @@ def test_bf16_e_step_on_cuda_tracks_float32(make_hmm, windows_factory):
     bf16 = expected_counts(hmm, x, dtype=torch.bfloat16)
     torch.testing.assert_close(bf16.transition, fp32.transition, rtol=0.03, atol=1e-2)
     assert bf16.log_likelihood == pytest.approx(fp32.log_likelihood, rel=2e-3)
+
+
+def test_load_checkpoint_onto_cuda(tmp_path):
+    """A checkpoint resumed with device="cuda" gives the saved model on the GPU."""
+    from conftest import save_hmm_checkpoint
+
+    from hmmlvd.em import Progress
+    from hmmlvd.em.config import EMConfig
+    from hmmlvd.hmm import HMM, load_checkpoint
+
+    hmm = HMM(3, 5, 4, seed=2)
+    save_hmm_checkpoint(hmm, EMConfig(batch_size=2), Progress(step=1), tmp_path)
+    loaded = load_checkpoint(tmp_path, device="cuda")[0]
+    for name, p in hmm.parameters().items():
+        assert loaded.parameters()[name].is_cuda
+        assert torch.equal(loaded.parameters()[name].cpu(), p)

@@ -11,7 +11,8 @@ import torch
 
 from hmmlvd.core.errors import DataError
 from hmmlvd.data import TokenWindows
-from hmmlvd.hmm import sliding_perplexity, sliding_token_log_probs, window_perplexity
+from hmmlvd.hmm import HMM, sliding_perplexity, sliding_token_log_probs, window_perplexity
+from hmmlvd.hmm.eval import _exp_neg
 
 H, V, T = 3, 5, 6
 
@@ -118,3 +119,50 @@ def test_window_perplexity_matches_direct_computation(make_hmm, brute_log_prob, 
     assert result.count == len(lls) == (max_windows or len(stream) - T + 1)
     assert result.mean_log_prob == pytest.approx(mean, abs=1e-5)
     assert result.perplexity == pytest.approx(math.exp(-mean), rel=1e-5)
+
+
+def test_zero_probability_token_makes_it_and_what_follows_it_minus_inf(make_hmm,
+                                                                        brute_log_prob):
+    """A token no state emits has probability 0: log p = -inf for it and for every token whose
+    context still contains it (p(ctx) = 0), never +inf or NaN; the tokens after the context
+    has moved past it are finite again, and the perplexity is inf."""
+    hmm = make_hmm(H, V, T, seed=71)
+    emission = hmm.emission.clone()
+    emission[:, 0, :] = 0.0
+    emission /= emission.sum(-2, keepdim=True)
+    hmm = HMM(H, V, T, initial=hmm.initial, transition=hmm.transition, emission=emission)
+    stream = np.array([1, 2, 3, 0, 4, 1, 2, 3, 4, 1, 2, 3, 4, 1, 2])  # 0 at k = 3
+    got = sliding_token_log_probs(hmm, stream, batch_size=2)
+    assert torch.isneginf(got[3:3 + T]).all()  # s_3 itself and the T-1 tokens after it
+    want = torch.tensor(reference_sliding(hmm, stream, brute_log_prob), dtype=torch.float64)
+    finite = [*range(3), *range(3 + T, len(stream))]
+    assert torch.isfinite(got[finite]).all()
+    torch.testing.assert_close(got[finite], want[finite], rtol=1e-4, atol=1e-4)
+    result = sliding_perplexity(hmm, stream)
+    assert result.perplexity == math.inf and result.mean_log_prob == -math.inf
+
+
+def test_exp_neg_gives_inf_instead_of_overflowing():
+    assert _exp_neg(2.0) == pytest.approx(math.exp(-2.0))
+    assert _exp_neg(-1000.0) == math.inf  # math.exp(1000) raises OverflowError
+    assert _exp_neg(-math.inf) == math.inf
+
+
+def test_sliding_perplexity_passes_dtype_and_progress_through(make_hmm, capsys):
+    """The perplexity is that of the token log-probabilities with the matmuls in ``dtype``
+    (bfloat16 gives a measurably different mean than float32), and a progress bar appears
+    on stderr only when asked for."""
+    hmm = make_hmm(H, V, T, seed=72)
+    stream = np.random.default_rng(73).integers(0, V, size=40)
+    for dtype in (torch.float32, torch.bfloat16):
+        want = sliding_token_log_probs(hmm, stream, batch_size=4, dtype=dtype).mean().item()
+        got = sliding_perplexity(hmm, stream, batch_size=4, dtype=dtype)
+        assert got.mean_log_prob == pytest.approx(want, abs=1e-12)
+        assert got.perplexity == pytest.approx(math.exp(-want), rel=1e-12)
+    assert sliding_perplexity(hmm, stream, dtype=torch.bfloat16).mean_log_prob != \
+        pytest.approx(sliding_perplexity(hmm, stream).mean_log_prob, abs=1e-6)
+    capsys.readouterr()
+    sliding_perplexity(hmm, stream, batch_size=4)
+    assert "sliding eval" not in capsys.readouterr().err
+    sliding_perplexity(hmm, stream, batch_size=4, progress=True)
+    assert "sliding eval" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hmmlvd.core.errors import DataError
-from hmmlvd.hmm import HMM, HMMConfig, mle_from_labels, random_parameters
+from hmmlvd.hmm import HMM, HMMConfig, mle_from_labels, mle_parameters, random_parameters
 
 H, V, T = 3, 5, 4
 
@@ -131,11 +131,25 @@ def test_random_parameters_are_seeded(homogeneous):
     assert not torch.equal(HMM(H, V, T, homogeneous, seed=8).transition, hmm.transition)
 
 
-@pytest.mark.parametrize("bad", [
-    "label too large", "negative label", "token too large", "negative token", "shape mismatch",
-    "one-dimensional", "wrong length", "empty", "negative pseudocount",
-    "bad label in a later chunk"])
-def test_mle_rejects_bad_input(bad):
+@pytest.mark.parametrize("bad, message", [
+    ("label too large", r"^labels must lie in \[0, 3\)$"),
+    ("negative label", r"^labels must lie in \[0, 3\)$"),
+    ("token too large", r"^token ids must lie in \[0, 5\)$"),
+    ("negative token", r"^token ids must lie in \[0, 5\)$"),
+    ("shape mismatch", r"^tokens \(6, 4\) and labels \(6, 3\) must both have shape \[N, T\]$"),
+    ("one-dimensional", r"^tokens \(4,\) and labels \(4,\) must both have shape \[N, T\]$"),
+    ("wrong length", r"^windows have length 4, the model needs T=5$"),
+    ("empty", r"^no labelled windows to count$"),
+    ("negative pseudocount", r"^pseudocount must be a finite number >= 0"),
+    ("pseudocount overflows", r"^pseudocount 5e\+29 is too large: 5 of them overflow"),
+    ("bad label in a later chunk", r"^labels must lie in \[0, 3\)$"),
+    ("float tokens", r"^tokens must be integer ids, got dtype float64$"),
+    ("float labels", r"^labels must be integer ids, got dtype torch.float32$"),
+    ("float token lists", r"^tokens must be integer ids"),
+    ("float label lists", r"^labels must be integer ids"),
+    ("chunk size 0", r"^chunk_size must be >= 1, got 0$")])
+def test_mle_rejects_bad_input(bad, message):
+    """Each refusal is a DataError whose message names the argument and the rule."""
     tokens, labels = labelled_set(n=6, seed=4)
     config = HMMConfig(H, V, T)
     kwargs = {}
@@ -157,8 +171,105 @@ def test_mle_rejects_bad_input(bad):
         tokens, labels = tokens[:0], labels[:0]
     elif bad == "negative pseudocount":
         kwargs["pseudocount"] = -0.1
+    elif bad == "pseudocount overflows":  # V = 5 of them exceed 1e30, one alone does not
+        kwargs["pseudocount"] = 5e29
     elif bad == "bad label in a later chunk":
         labels[5, 0] = H + 3
         kwargs["chunk_size"] = 2
-    with pytest.raises(DataError):
+    elif bad == "float tokens":
+        tokens = tokens.astype(np.float64)
+    elif bad == "float labels":
+        labels = torch.from_numpy(labels).float()
+    elif bad == "float token lists":
+        tokens = (tokens + 0.5).tolist()
+    elif bad == "float label lists":
+        tokens, labels = tokens.tolist(), (labels + 0.5).tolist()
+    elif bad == "chunk size 0":
+        kwargs["chunk_size"] = 0
+    with pytest.raises(DataError, match=message):
         mle_from_labels(tokens, labels, config, **kwargs)
+
+
+def test_mle_parameters_defaults_match_hand_counts_with_pseudocount_1e3():
+    """Called with only the data and the config, mle_parameters counts on the CPU with the
+    documented pseudocount c = 1e-3 (the default of mle_from_labels too)."""
+    tokens, labels = labelled_set(n=12, seed=5)
+    got = mle_parameters(tokens, labels, HMMConfig(H, V, T))
+    for value, want in zip(got, hand_counted(tokens, labels, False, 1e-3), strict=True):
+        assert value.device.type == "cpu"
+        torch.testing.assert_close(value.double(), want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["numpy uint16", "torch uint16", "nested lists"])
+def test_mle_accepts_small_unsigned_ids_and_lists(kind):
+    """Token ids stored as uint16 (any vocabulary below 65536) and labels as uint8, as numpy
+    arrays or torch tensors, or plain nested lists, give the hand-counted MLE, also when
+    every window is its own chunk (chunk_size=1)."""
+    tokens, labels = labelled_set(n=10, seed=6)
+    if kind == "numpy uint16":
+        x, z = tokens.astype(np.uint16), labels.astype(np.uint8)
+    elif kind == "torch uint16":
+        x = torch.from_numpy(tokens.astype(np.int32)).to(torch.uint16)
+        z = torch.from_numpy(labels.astype(np.uint8))
+    else:
+        x, z = tokens.tolist(), labels.tolist()
+    want = hand_counted(tokens, labels, True, 0.25)
+    for chunk_size in (1, 3, 65536):
+        got = mle_parameters(x, z, HMMConfig(H, V, T, True), 0.25, chunk_size)
+        for value, reference in zip(got, want, strict=True):
+            torch.testing.assert_close(value.double(), reference, rtol=1e-5, atol=1e-7)
+
+
+def state_two_labels(case: str, n: int = 6) -> np.ndarray:
+    """Labels [n, T] where states 0 and 1 occur at every position and state 2 occurs as
+    ``case`` says: the counts that make some distribution undefined at pseudocount 0 or not."""
+    labels = (np.arange(n)[:, None] + np.arange(T)[None, :]) % 2
+    if case == "everywhere but the last position":
+        labels[:, :-1] = (np.arange(n)[:, None] + np.arange(T - 1)[None, :]) % 3
+    elif case == "only at the last position":
+        labels[0, -1] = 2
+    elif case == "only at the first position":
+        labels[0, 0] = 2
+    return labels
+
+
+@pytest.mark.parametrize("case, homogeneous, defined", [
+    # no emission counts for state 2 at the last position; every transition row has counts
+    ("everywhere but the last position", False, False),
+    # state 2 is never left: its transition row has no counts, its emission has
+    ("only at the last position", True, False),
+    # state 2 is never entered, but all its rows (and every column of emission) have counts
+    ("only at the first position", True, True),
+    ("nowhere", True, False)])
+def test_mle_without_pseudocount_needs_every_distribution_counted(case, homogeneous, defined):
+    """With pseudocount 0 a distribution with no counts is 0/0: refused with the fix; one
+    whose counts exist (even if a state is never entered) is the plain frequency."""
+    labels = state_two_labels(case)
+    tokens = np.random.default_rng(7).integers(0, V, size=labels.shape)
+    config = HMMConfig(H, V, T, homogeneous)
+    if not defined:
+        with pytest.raises(DataError, match=r"^some hidden state never occurs in the labels "
+                           r"\(at some position\); with pseudocount 0 its distributions are "
+                           r"undefined: use pseudocount > 0$"):
+            mle_parameters(tokens, labels, config, pseudocount=0.0)
+        return
+    got = mle_parameters(tokens, labels, config, pseudocount=0.0)
+    for value, want in zip(got, hand_counted(tokens, labels, homogeneous, 0.0), strict=True):
+        torch.testing.assert_close(value.double(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_mle_of_one_window_of_one_state_without_pseudocount():
+    """H = 1 and a single window: every distribution has counts, so c = 0 is well defined
+    (all ones), not refused."""
+    initial, transition, emission = mle_parameters(np.array([[0, 1, 1, 4]]), np.zeros((1, T),
+                                                   np.int64), HMMConfig(1, V, T), 0.0)
+    assert initial.tolist() == [1.0] and transition.flatten().tolist() == [1.0] * (T - 1)
+    want = torch.zeros(T, V, 1)
+    want[[0, 1, 2, 3], [0, 1, 1, 4]] = 1.0
+    assert torch.equal(emission, want)
+
+
+def test_random_parameters_land_on_the_requested_device():
+    """All three tensors on ``device`` (the meta device stands in for a GPU here)."""
+    for tensor in random_parameters(HMMConfig(H, V, T), seed=1, device="meta"):
+        assert tensor.device.type == "meta"

@@ -219,3 +219,22 @@ def test_estimate_is_within_1_5x_of_the_measured_peak():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     ratio = result["estimate"] / result["measured"]
     assert 1 / 1.5 < ratio < 1.5, result
+
+
+def test_mle_check_counts_the_windows_of_one_chunk(available):
+    """MLE reads the labelled windows chunk by chunk: a device with room for the index
+    temporaries of 100 windows refuses 1000 windows read at once (before counting), takes
+    the same 1000 windows read 50 at a time, and a handful of windows in any chunk size."""
+    config = HMMConfig(3, 5, 4)
+    available(memory.model_estimate(config, "mle", num_windows=100, chunk_size=100).total)
+    rng = np.random.default_rng(0)
+    tokens, labels = rng.integers(0, 5, size=(1000, 4)), rng.integers(0, 3, size=(1000, 4))
+    with pytest.raises(InsufficientMemoryError, match="MLE from labels"):
+        mle_from_labels(tokens, labels, config, chunk_size=1000)
+    chunked = mle_from_labels(tokens, labels, config, chunk_size=50)
+    available(None)  # unknown availability: not checked
+    whole = mle_from_labels(tokens, labels, config, chunk_size=1000)
+    for name, value in whole.parameters().items():
+        torch.testing.assert_close(chunked.parameters()[name], value)
+    available(memory.model_estimate(config, "mle", num_windows=100, chunk_size=100).total)
+    mle_from_labels(tokens[:5], labels[:5], config, chunk_size=65536)

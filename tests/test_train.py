@@ -261,3 +261,52 @@ def test_two_phase_schedule_with_final_full_batch():
     assert config.epoch_plan() == [(0.3, False), (0.3, False), (0.1, False), (1.0, True)]
     annealed = EMConfig(epochs=2, step_size=0.5, final_step_size=0.1, final_full_batch=0)
     assert [a.at(0, 1) for a, _ in annealed.epoch_plan()] == pytest.approx([0.5, 0.1])
+
+
+def edited_checkpoint(out, **fields) -> None:
+    """Write one HMM checkpoint into ``out``, then overwrite ``fields`` of its
+    checkpoint.json by hand (a None value deletes the key inside ``em_config`` named
+    ``em_config.<key>``)."""
+    config = EMConfig(epochs=1, step_size=0.5, final_full_batch=0, batch_size=50)
+    folder = save_hmm_checkpoint(student(), config, Progress(step=3), out)
+    path = folder / "checkpoint.json"
+    raw = json.loads(path.read_text())
+    for key, value in fields.items():
+        if key.startswith("em_config."):
+            del raw["em_config"][key.split(".", 1)[1]]
+        else:
+            raw[key] = value
+    path.write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"kind": "circuit"}, r"holds a 'circuit', not an HMM: resume it with the command that "
+                          r"made it$"),
+    ({"em_config": None}, r"checkpoints/ckpt-\d{8} records no EM config$")])
+def test_load_checkpoint_refuses_what_is_not_an_hmm_run(tmp_path, fields, message):
+    edited_checkpoint(tmp_path, **fields)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(tmp_path)
+
+
+def test_load_checkpoint_reads_a_config_from_before_the_dtype_setting(tmp_path, windows):
+    """A checkpoint whose EM config has no ``dtype`` (written before that setting existed)
+    ran its E-step in float32: that is the config it resumes with, and training goes on."""
+    edited_checkpoint(tmp_path, **{"em_config.dtype": None})
+    hmm, config, checkpoints = load_checkpoint(tmp_path)
+    assert config.dtype == "float32" and config.batch_size == 50
+    train(hmm, windows, config, progress=False, checkpoints=checkpoints)
+
+
+def test_load_checkpoint_refuses_other_training_data(tmp_path):
+    """``trained_on`` is compared with the checkpoint's record: another command is refused
+    with the command to resume with; the same record (or None: not checked) loads."""
+    checkpoints = EMCheckpoints(tmp_path, trained_on={"command": "train"})
+    checkpoints.begin(EMConfig(batch_size=50))
+    checkpoints.watch(student())
+    checkpoints.save(Progress(step=1), None)
+    with pytest.raises(CheckpointError, match=r"was made by `hmmlvd train`, not `hmmlvd lvd`: "
+                       r"resume it with `hmmlvd train \.\.\. --resume`"):
+        load_checkpoint(tmp_path, trained_on={"command": "lvd"})
+    assert load_checkpoint(tmp_path, trained_on={"command": "train"})[2].progress.step == 1
+    assert load_checkpoint(tmp_path)[2].trained_on == {"command": "train"}
