@@ -131,6 +131,94 @@ def test_train_checks_the_batch_before_the_first_step(available):
     assert all(torch.equal(v, before[k]) for k, v in hmm.parameters().items())
 
 
+def sampling_bytes(h: int, v: int, t: int, n: int, prefix: int = 0) -> int:
+    """The sampling activations written out from the tensors ``sampling_estimate`` names: the
+    int64 output [N, T]; the [N, H] state and [N, V] word distributions of one step, three
+    float32 copies of each (gathered rows, multinomial's copies); over a prefix of L tokens the
+    forward pass's 7 float32 [N, L, H] activations and 64 bytes of indices per token."""
+    return n * (8 * t + 3 * 4 * (h + v) + prefix * (7 * 4 * h + 64))
+
+
+@pytest.mark.parametrize("h, v, t, homogeneous, n, prefix", [
+    (3, 5, 4, False, 7, 0), (3, 5, 4, True, 7, 2), (64, 1000, 32, False, 100, 31)])
+def test_sampling_estimate_closed_form(h, v, t, homogeneous, n, prefix):
+    config = HMMConfig(h, v, t, homogeneous)
+    pa, pb = (1, 1) if homogeneous else (t - 1, t)
+    params = 4 * (h + pa * h * h + pb * v * h)
+    estimate = memory.sampling_estimate(config, n, prefix)
+    assert (estimate.parameters, estimate.counts, estimate.activations) == \
+        (params, 0, sampling_bytes(h, v, t, n, prefix))
+    assert estimate.total == params + sampling_bytes(h, v, t, n, prefix)
+    # the defaults: no prefix, on the cpu
+    for default in (memory.sampling_estimate(config, n), memory.check_sampling(config, n)):
+        assert (default.parameters, default.counts, default.activations) == \
+            (params, 0, sampling_bytes(h, v, t, n))
+
+
+def test_sampling_counts_the_prefix_and_refuses_past_the_boundary(available, make_hmm):
+    """Only the activations have to fit (the parameters exist): exactly that much is enough,
+    one byte less is refused, before anything is drawn."""
+    hmm = make_hmm(3, 5, 4, seed=0)
+    n, prefix = 1500, torch.tensor([1, 2])
+    need = sampling_bytes(3, 5, 4, n, prefix=2)
+    available(need)
+    assert hmm.sample(n, prefix=prefix, seed=0).shape == (n, 4)
+    available(need - 1)
+    with pytest.raises(InsufficientMemoryError) as info:
+        hmm.sample(n, prefix=prefix, seed=0)
+    assert str(info.value) == (
+        f"drawing 1,500 samples from H=3, V=5, T=4 needs about {memory.format_bytes(need)} "
+        f"besides the parameters; this cpu has {memory.format_bytes(need - 1)} available. Ask "
+        f"for fewer samples (or set {memory.SKIP_ENV}=1 to skip this check)")
+    config = HMMConfig(1000, 50_000, 32, True)
+    available(12_300_000_000)
+    with pytest.raises(InsufficientMemoryError) as info:
+        memory.check_sampling(config, 10**6)
+    assert str(info.value).startswith(
+        f"drawing 1,000,000 samples from H=1000, V=50000, T=32, homogeneous needs about "
+        f"{memory.format_bytes(sampling_bytes(1000, 50_000, 32, 10**6))} besides the "
+        "parameters; this cpu has 12.3 GB available. Ask for fewer samples")
+
+
+def test_messages_on_a_gpu_name_it_and_suggest_the_cpu(available):
+    """The device in the message is the one checked, and the fix offered is the other device
+    (``torch.device('cuda:1')`` needs no GPU; its free memory is set by the fixture)."""
+    available(10**9)
+    config = HMMConfig(100_000, 33_278, 32, homogeneous=True)
+    needed = memory.format_bytes(memory.training_estimate(config, 4096).total)
+    with pytest.raises(InsufficientMemoryError) as info:
+        memory.check_training(config, 4096, "cuda:1")
+    assert str(info.value) == (
+        f"H=100000, V=33278, T=32, homogeneous needs about {needed} for parameters and EM "
+        "counts (batch 4096); this cuda:1 has 1.0 GB available. Use fewer hidden states "
+        "(--hidden-states), a smaller batch (--batch-size), bfloat16 activations (--dtype "
+        f"bfloat16), or --device cpu (or set {memory.SKIP_ENV}=1 to skip this check)")
+    with pytest.raises(InsufficientMemoryError, match=r"; this cuda:1 has 1\.0 GB available"):
+        memory.check_sampling(config, 10**6, "cuda:1")
+
+
+def test_model_message_offers_no_batch_flag(available):
+    """Creating or loading a model has no batch: the fixes are fewer states or the other
+    device."""
+    available(12_300_000_000)
+    config = HMMConfig(100_000, 33_278, 32)
+    params = memory.format_bytes(4 * (100_000 + 31 * 100_000**2 + 32 * 33_278 * 100_000))
+    with pytest.raises(InsufficientMemoryError) as info:
+        memory.check_model(config, "cpu")
+    assert str(info.value) == (
+        f"H=100000, V=33278, T=32 needs about {params} for its parameters (random "
+        f"initialisation; the parameters alone are {params}); this cpu has 12.3 GB available. "
+        f"Use fewer hidden states (--hidden-states) or --device cuda (or set {memory.SKIP_ENV}=1 "
+        "to skip this check)")
+
+
+def test_describe_is_one_log_line():
+    estimate = memory.MemoryEstimate(10**9, 2 * 10**9, 3 * 10**9)
+    assert memory.describe(estimate, torch.bfloat16) == (
+        "memory: about 6.0 GB at the peak (parameters 1.0 GB, counts 2.0 GB, activations "
+        "3.0 GB; E-step in bfloat16)")
+
+
 def test_loading_a_checkpoint_too_large_for_the_device(available, tmp_path):
     HMM(3, 5, 4, seed=0).save_pretrained(tmp_path / "m")
     available(100)

@@ -81,11 +81,11 @@ def test_matrix_accessors_follow_the_documented_layout(make_hmm, homogeneous):
         torch.testing.assert_close(e.sum(-1), torch.ones(H))
     for t in range(T - 1):
         assert torch.equal(hmm.transition_matrix(t), hmm.transition[0 if homogeneous else t])
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=rf"^position {T} is outside the window \[0, {T}\)$"):
         hmm.emission_matrix(T)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=rf"^position -1 is outside the window \[0, {T}\)$"):
         hmm.emission_matrix(-1)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=rf"^transition step {T - 1} is outside \[0, {T - 1}\)$"):
         hmm.transition_matrix(T - 1)
 
 
@@ -111,3 +111,22 @@ def test_bad_sizes(kwargs):
 def test_config_to_dict_round_trip():
     config = HMMConfig(H, V, T, True)
     assert HMMConfig(**config.to_dict()) == config
+
+
+def test_a_prefix_of_probability_zero_is_named(make_hmm):
+    """Word 0 never comes first: next-token distributions given prefixes starting with it do
+    not exist (they would be 0/0). The message lists the first five such rows."""
+    hmm = make_hmm(H, V, T, seed=104)
+    emission = hmm.emission.clone()
+    emission[0, 0] = 0
+    emission[0] /= emission[0].sum(0, keepdim=True)
+    hmm = HMM(H, V, T, initial=hmm.initial, transition=hmm.transition, emission=emission)
+    prefixes = torch.tensor([[1, 2]] + [[0, 1]] * 7 + [[2, 0]])
+    with pytest.raises(DataError) as info:
+        hmm.next_token_distribution(prefixes)
+    assert str(info.value) == ("prefix rows [1, 2, 3, 4, 5] have probability 0 under the model: "
+                               "there is no next-token distribution to condition on")
+    with pytest.raises(DataError, match=r"prefix rows \[0, 1, 2\] have probability 0"):
+        hmm.sample(3, prefix=torch.tensor([0]), seed=0)
+    ok = hmm.next_token_distribution(prefixes[[0, 8]])
+    torch.testing.assert_close(ok.sum(-1), torch.ones(2))

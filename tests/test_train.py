@@ -184,6 +184,19 @@ def test_windows_of_the_wrong_length(windows):
         train(HMM(H, V, T + 1, seed=0), windows, EMConfig(), progress=False)
 
 
+@pytest.mark.parametrize("length", [T - 2, T + 1])
+def test_held_out_windows_of_the_wrong_length(windows, length):
+    """Refused before the first batch: shorter held-out windows would be scored as prefixes
+    (a log-likelihood of fewer tokens), longer ones would fail after the first epoch."""
+    hmm = student()
+    before = {k: v.clone() for k, v in hmm.parameters().items()}
+    valid = TokenWindows(windows[:].flatten()[:60].numpy(), length)
+    with pytest.raises(DataError, match=rf"held-out windows have length {length}, the model "
+                       rf"needs T={T}"):
+        train(hmm, windows, EMConfig(epochs=1), progress=False, valid=valid)
+    assert all(torch.equal(v, before[k]) for k, v in hmm.parameters().items())
+
+
 @pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"step_size": 0.0},
                                     {"step_size": 1.5}, {"epochs": -1},
                                     {"phase2_step_size": 0.0}, {"final_full_batch": -1},

@@ -15,7 +15,8 @@ import torch
 
 from hmmlvd.core.errors import DataError, ParameterError
 from hmmlvd.data import TokenWindows
-from hmmlvd.hmm import HMM, train
+from hmmlvd.hmm import HMM, load_checkpoint, queries, train
+from hmmlvd.hmm.dfa import banned
 from hmmlvd.image import PatchCircuit, load_pretrained
 from hmmlvd.image.patch_circuit import PatchCircuitConfig
 from hmmlvd.pc import Circuit, fit_em, inpaint, poon_domingos, sample
@@ -86,10 +87,31 @@ def test_hmm_sample_seed_is_a_seeded_generator():
     assert torch.equal(seeded, hmm.sample(10, generator=torch.Generator().manual_seed(5)))
     assert torch.equal(seeded, hmm.sample(10, seed=5))
     assert not torch.equal(seeded, hmm.sample(10, seed=6))
-    with pytest.raises(DataError, match="not both"):
+    with pytest.raises(DataError, match=r"^give a seed or a generator, not both$"):
         hmm.sample(2, generator=torch.Generator(), seed=1)
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"^seed must be >= 0, got -1$"):
         hmm.sample(2, seed=-1)
+
+
+def test_hmm_infill_and_constrained_sample_take_the_seed_or_the_generator():
+    """The same draws as the query functions given a generator seeded so, whatever torch's
+    global generator holds; a seed is not the default generator."""
+    hmm = make_hmm()
+    x = hmm.sample(3, seed=1)
+    mask = torch.tensor([[True, False, False, True]] * 3)
+    dfa = banned([0])
+
+    def fresh(seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
+    infilled = queries.infill_samples(hmm, x, mask, 6, fresh(4))
+    drawn = queries.constrained_sample(hmm, 12, dfa, None, fresh(4))
+    for global_seed, kwargs in ((0, lambda: {"seed": 4}), (1, lambda: {"generator": fresh(4)})):
+        torch.manual_seed(global_seed)
+        assert torch.equal(hmm.infill(x, mask, 6, **kwargs()), infilled)
+        assert torch.equal(hmm.sample(12, constraint=dfa, **kwargs()), drawn)
+    assert not torch.equal(hmm.infill(x, mask, 6, seed=5), infilled)
+    assert hmm.infill(x, mask, seed=0).shape == (3, 1, 4)  # one sample by default
 
 
 @pytest.mark.parametrize("as_windows", [False, True])
@@ -103,10 +125,41 @@ def test_hmm_fit_is_train_and_raises_the_likelihood(as_windows):
     assert hmm.fit(windows if as_windows else data, config, progress=False) is hmm
     assert hmm.score(data) > before + 0.1
     assert len(hmm.fit_history) == 5 and hmm.fit_history[-1] > hmm.fit_history[0]
+    # per window: the first full-batch epoch scores the data under the starting parameters
+    assert hmm.fit_history[0] == pytest.approx(before, rel=1e-5)
     reference = make_hmm()
     train(reference, windows, config, progress=False)
     for name, p in hmm.parameters().items():
         assert torch.equal(p, reference.parameters()[name]), name
+
+
+def test_hmm_fit_defaults_to_emconfig_with_a_progress_bar(capsys):
+    data = make_hmm(seed=7).sample(200, seed=1)
+    capsys.readouterr()
+    hmm = make_hmm().fit(data)
+    assert "batch/s" in capsys.readouterr().err  # tqdm's bar, counting batches
+    reference = make_hmm()
+    train(reference, TokenWindows.from_rows(data), EMConfig(), progress=False)
+    for name, p in hmm.parameters().items():
+        assert torch.equal(p, reference.parameters()[name]), name
+    config = EMConfig(epochs=1, final_full_batch=0, batch_size=50)
+    make_hmm().fit(data, config, progress=False)
+    assert capsys.readouterr().err == ""
+    make_hmm().fit(data, config, progress=True)
+    assert "batch/s" in capsys.readouterr().err
+
+
+def test_hmm_fit_checkpoints_into_out(tmp_path):
+    """``out`` (a str or a path) gets the run's checkpoints: the newest one holds the fitted
+    model and the config."""
+    data = make_hmm(seed=7).sample(100, seed=1)
+    config = EMConfig(epochs=2, final_full_batch=0, batch_size=50)
+    hmm = make_hmm().fit(data, config, out=str(tmp_path / "run"), progress=False)
+    saved, saved_config, _ = load_checkpoint(tmp_path / "run")
+    assert saved_config == config
+    for name, p in hmm.parameters().items():
+        assert torch.equal(p, saved.parameters()[name]), name
+    assert not torch.equal(hmm.emission, make_hmm().emission)  # it was trained
 
 
 def test_hmm_fit_refuses_bad_input():
@@ -117,6 +170,9 @@ def test_hmm_fit_refuses_bad_input():
         hmm.fit(torch.zeros(3, 4, dtype=torch.long), EMConfig(leaf_prior="marginal"))
     with pytest.raises(DataError, match="length"):
         hmm.fit(torch.zeros(3, 2, dtype=torch.long), progress=False)
+    with pytest.raises(DataError, match="length 2, the model needs T=4"):
+        hmm.fit(torch.zeros(3, 4, dtype=torch.long), valid=torch.zeros(3, 2, dtype=torch.long),
+                progress=False)
     with pytest.raises(DataError):
         hmm.fit(torch.full((3, 4), 9), progress=False)  # ids beyond the vocabulary
     with pytest.raises(DataError):

@@ -83,6 +83,9 @@ def train(hmm: HMM, windows: TokenWindows, config: EMConfig, out: Path | None = 
     check_hmm_config(config)
     if windows.length != hmm.length:
         raise DataError(f"windows have length {windows.length}, the model needs T={hmm.length}")
+    if valid is not None and valid.length != hmm.length:  # shorter ones would score prefixes
+        raise DataError(f"held-out windows have length {valid.length}, the model needs "
+                        f"T={hmm.length}")
     local_batch = -(-config.batch_size // distributed.world_size())  # this rank's shard
     dtype = resolve_dtype(config.dtype, hmm.device)
     memory.check_training(hmm.config, local_batch, hmm.device, config.any_full_batch,
