@@ -273,3 +273,25 @@ def test_random_parameters_land_on_the_requested_device():
     """All three tensors on ``device`` (the meta device stands in for a GPU here)."""
     for tensor in random_parameters(HMMConfig(H, V, T), seed=1, device="meta"):
         assert tensor.device.type == "meta"
+
+
+@pytest.mark.parametrize("homogeneous", [True, False])
+def test_mle_counts_a_word_seen_more_than_2_24_times_exactly(homogeneous):
+    """One cell [position, word, state] counted about 2**24 + 2**22 times: float32 stops
+    counting at 2**24 (2**24 + 1 rounds back to 2**24), which would give the rare word a
+    quarter more mass than its count. Homogeneous: 655,360 windows of 32 tokens pool 20,971,520
+    tokens in its one position; inhomogeneous: 2**24 + 2**22 windows of T = 2 (one byte per
+    token), each position counting every window."""
+    length = 32 if homogeneous else 2
+    n = (2 ** 24 + 2 ** 22) // length if homogeneous else 2 ** 24 + 2 ** 22
+    rare = 1000  # windows whose last token is word 1
+    tokens = np.zeros((n, length), dtype=np.uint8)
+    tokens[:rare, -1] = 1
+    labels = np.zeros((n, length), dtype=np.uint8)
+    config = HMMConfig(num_states=1, vocab_size=2, length=length, homogeneous=homogeneous)
+    c = 1e-3
+    _, _, emission = mle_parameters(tokens, labels, config, pseudocount=c, chunk_size=1 << 20)
+    at_last = n * length if homogeneous else n  # tokens counted in the last position's cell
+    want = (rare + c) / (at_last + 2 * c)
+    assert emission[-1, 1, 0].item() == pytest.approx(want, rel=1e-5)
+    assert emission[-1, 0, 0].item() == pytest.approx(1 - want, rel=1e-6)

@@ -148,5 +148,5 @@ def test_fixed_seed_runs_give_the_recorded_histories_and_parameters(case):
     assert sorted(got) == sorted(history)
     for stage, values in history.items():
         np.testing.assert_allclose(got[stage], values, rtol=1e-6, err_msg=stage)
-    total = sum(float(p.double().sum()) for p in trained.model.parameters())
+    total = sum(float(p.detach().double().sum()) for p in trained.model.parameters())
     assert total == pytest.approx(parameter_sum, rel=1e-7)

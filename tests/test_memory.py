@@ -326,3 +326,16 @@ def test_mle_check_counts_the_windows_of_one_chunk(available):
         torch.testing.assert_close(chunked.parameters()[name], value)
     available(memory.model_estimate(config, "mle", num_windows=100, chunk_size=100).total)
     mle_from_labels(tokens[:5], labels[:5], config, chunk_size=65536)
+
+
+def test_mle_estimate_adds_the_integer_counts_when_a_cell_can_pass_2_24():
+    """Below 2**24 tokens per emission cell the counts are the float32 parameters themselves;
+    from 2**24 on, int32 counts [P_B, V, H] sit beside them until converted."""
+    config = HMMConfig(num_states=8, vocab_size=100, length=4)  # 4 emission positions
+    below = memory.model_estimate(config, "mle", num_windows=2 ** 24 - 1, chunk_size=1024)
+    at = memory.model_estimate(config, "mle", num_windows=2 ** 24, chunk_size=1024)
+    assert at.total - below.total == 4 * 4 * 100 * 8
+    pooled = HMMConfig(num_states=8, vocab_size=100, length=4, homogeneous=True)  # N*T per cell
+    below = memory.model_estimate(pooled, "mle", num_windows=2 ** 22 - 1, chunk_size=1024)
+    at = memory.model_estimate(pooled, "mle", num_windows=2 ** 22, chunk_size=1024)
+    assert at.total - below.total == 4 * 1 * 100 * 8

@@ -9,7 +9,7 @@ import torch
 from hmmlvd.core.errors import DataError
 from hmmlvd.core.validate import as_id_tensor, check_int, check_integer_dtype, check_pseudocount
 from hmmlvd.hmm.config import HMMConfig
-from hmmlvd.hmm.memory import check_model
+from hmmlvd.hmm.memory import check_model, mle_emission_count_dtype
 
 
 def random_parameters(config: HMMConfig, seed: int = 0, device: str | torch.device = "cpu"
@@ -39,9 +39,12 @@ def mle_parameters(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np.
 
     initial[h] ∝ #(z_1 = h) + c,   transition[t, i, j] ∝ #(z_t = i, z_{t+1} = j) + c,
     emission[t, w, h] ∝ #(z_t = h, x_t = w) + c    (c = ``pseudocount``, counts per position;
-    a homogeneous model pools all positions). Both arrays may be memory-mapped; they are read
-    in chunks of ``chunk_size`` windows. Raises :class:`~hmmlvd.core.errors.InsufficientMemoryError`
-    before counting if the counts and the model cannot fit on ``device``.
+    a homogeneous model pools all positions; emission counts are float32 while no cell can reach
+    2**24, where float32 stops counting by ones, else integers:
+    :func:`~hmmlvd.hmm.memory.mle_emission_count_dtype`). Both arrays may be memory-mapped;
+    they are read in chunks of ``chunk_size`` windows. Raises
+    :class:`~hmmlvd.core.errors.InsufficientMemoryError` before counting if the counts and the
+    model cannot fit on ``device``.
     """
     h, v, length = config.num_states, config.vocab_size, config.length
     tokens, labels = _id_array(tokens, "tokens"), _id_array(labels, "labels")
@@ -58,7 +61,9 @@ def mle_parameters(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np.
     pa, pb = config.transition_positions, config.emission_positions
     init_c = torch.zeros(h, dtype=torch.float64, device=device)
     trans_c = torch.zeros(pa * h * h, dtype=torch.float64, device=device)
-    emit_c = torch.zeros(pb * v * h, dtype=torch.float32, device=device)  # exact below 2**24
+    # float32 counts are exact below 2**24 per cell; more windows than that count in integers
+    emit_c = torch.zeros(pb * v * h, dtype=mle_emission_count_dtype(config, tokens.shape[0]),
+                         device=device)
     step_pos = torch.zeros(length - 1, dtype=torch.long, device=device) if config.homogeneous \
         else torch.arange(length - 1, device=device)
     emit_pos = torch.zeros(length, dtype=torch.long, device=device) if config.homogeneous \
@@ -82,7 +87,10 @@ def mle_parameters(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np.
     # normalised in place: the float64 transition counts are the largest temporary
     initial = init_c.add_(pseudocount)
     transition = trans_c.view(pa, h, h).add_(pseudocount)
-    emission = emit_c.view(pb, v, h).add_(pseudocount)
+    emission = emit_c.view(pb, v, h)
+    if emission.dtype != torch.float32:
+        emission, emit_c = emission.float(), None  # the integer counts are freed here
+    emission = emission.add_(pseudocount)
     return (initial.div_(initial.sum()).float(),
             transition.div_(transition.sum(-1, keepdim=True)).float(),
             emission.div_(emission.sum(-2, keepdim=True)))

@@ -50,6 +50,8 @@ BATCH_COUNT_BYTES_PER_STATE = 8  # mini-batch: emission counts + their weighted 
 INDEX_BYTES_PER_TOKEN = 64  # int64 token/row indices and [B, T] scalars per token
 TRANSITION_COPIES = {False: 3, True: 2}  # [T-1, H, H]-sized tensors at the peak
 MLE_INDEX_BYTES_PER_TOKEN = 48
+#: float32 counts are exact integers only up to 2**24 (adding 1 to 2**24 gives 2**24)
+FLOAT32_EXACT_COUNTS = 2 ** 24
 SAMPLE_COPIES = 3  # [N, H]- and [N, V]-sized float32 tensors alive in one sampling step
 
 
@@ -86,6 +88,17 @@ def parameter_bytes(config: HMMConfig) -> int:
                       + config.emission_positions * v * h)
 
 
+def mle_emission_count_dtype(config: HMMConfig, num_windows: int) -> torch.dtype:
+    """The dtype in which :func:`~hmmlvd.hmm.init.mle_parameters` counts emissions of
+    ``num_windows`` windows: float32 (normalised in place into the parameters) while no cell
+    [position, word, state] can reach 2**24, i.e. N windows per emission position (N·T when
+    one position pools all T), else int32 (int64 from 2**31), which is converted at the end."""
+    per_cell = max(num_windows, 0) * config.length // config.emission_positions
+    if per_cell < FLOAT32_EXACT_COUNTS:
+        return torch.float32
+    return torch.int32 if per_cell < 2 ** 31 else torch.int64
+
+
 def model_estimate(config: HMMConfig, method: str = "random", num_windows: int = 0,
                    chunk_size: int = 65536) -> MemoryEstimate:
     """Peak bytes to create a model: ``random`` (seeded random initialisation), ``load`` (from a
@@ -98,6 +111,9 @@ def model_estimate(config: HMMConfig, method: str = "random", num_windows: int =
         raise ValueError(f"unknown method {method!r}")
     h = config.num_states
     counts = 8 * (h + config.transition_positions * h * h)  # float64 counts
+    count_dtype = mle_emission_count_dtype(config, num_windows)
+    if count_dtype != torch.float32:  # integer counts beside the float32 emission they become
+        counts += count_dtype.itemsize * config.emission_positions * config.vocab_size * h
     tokens = min(max(num_windows, 0), chunk_size) * config.length
     return MemoryEstimate(params, counts, MLE_INDEX_BYTES_PER_TOKEN * tokens)
 
