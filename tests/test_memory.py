@@ -98,20 +98,29 @@ def test_absurd_hidden_states_fail_before_any_allocation(available, monkeypatch)
         mle_from_labels(np.zeros((2, 32), np.int64), np.zeros((2, 32), np.int64), config)
 
 
-def test_training_message_names_batch_and_fixes(available):
-    available(12_300_000_000)
-    config = HMMConfig(100_000, 33_278, 32)
+@pytest.mark.parametrize(("device", "free", "homogeneous", "other"), [
+    ("cpu", 12_300_000_000, False, "cuda"),
+    # the device in the message is the one checked, the fix offered the other device
+    # (torch.device("cuda:1") needs no GPU: its free memory is set by the fixture)
+    ("cuda:1", 10**9, True, "cpu")])
+def test_training_message_names_batch_and_fixes(available, device, free, homogeneous, other):
+    available(free)
+    config = HMMConfig(100_000, 33_278, 32, homogeneous=homogeneous)
     needed = memory.format_bytes(memory.training_estimate(config, 4096).total)
     with pytest.raises(InsufficientMemoryError) as info:
-        memory.check_training(config, 4096, "cpu")
+        memory.check_training(config, 4096, device)
+    shape = "H=100000, V=33278, T=32" + (", homogeneous" if homogeneous else "")
     assert str(info.value) == (
-        f"H=100000, V=33278, T=32 needs about {needed} for parameters and EM counts (batch "
-        "4096); this cpu has 12.3 GB available. Use fewer hidden states (--hidden-states), a "
-        "smaller batch (--batch-size), bfloat16 activations (--dtype bfloat16), or --device "
-        f"cuda (or set {memory.SKIP_ENV}=1 to skip this check)")
+        f"{shape} needs about {needed} for parameters and EM counts (batch 4096); this "
+        f"{device} has {memory.format_bytes(free)} available. Use fewer hidden states "
+        "(--hidden-states), a smaller batch (--batch-size), bfloat16 activations (--dtype "
+        f"bfloat16), or --device {other} (or set {memory.SKIP_ENV}=1 to skip this check)")
     with pytest.raises(InsufficientMemoryError) as info:
-        memory.check_training(config, 4096, "cpu", dtype=torch.bfloat16)
-    assert "(--batch-size), or --device cuda" in str(info.value)  # bf16 already
+        memory.check_training(config, 4096, device, dtype=torch.bfloat16)
+    assert f"(--batch-size), or --device {other}" in str(info.value)  # bf16 already
+    with pytest.raises(InsufficientMemoryError,
+                       match=rf"; this {device} has {memory.format_bytes(free)} available"):
+        memory.check_sampling(config, 10**6, device)
 
 
 def test_train_checks_the_batch_before_the_first_step(available):
@@ -178,23 +187,6 @@ def test_sampling_counts_the_prefix_and_refuses_past_the_boundary(available, mak
         f"drawing 1,000,000 samples from H=1000, V=50000, T=32, homogeneous needs about "
         f"{memory.format_bytes(sampling_bytes(1000, 50_000, 32, 10**6))} besides the "
         "parameters; this cpu has 12.3 GB available. Ask for fewer samples")
-
-
-def test_messages_on_a_gpu_name_it_and_suggest_the_cpu(available):
-    """The device in the message is the one checked, and the fix offered is the other device
-    (``torch.device('cuda:1')`` needs no GPU; its free memory is set by the fixture)."""
-    available(10**9)
-    config = HMMConfig(100_000, 33_278, 32, homogeneous=True)
-    needed = memory.format_bytes(memory.training_estimate(config, 4096).total)
-    with pytest.raises(InsufficientMemoryError) as info:
-        memory.check_training(config, 4096, "cuda:1")
-    assert str(info.value) == (
-        f"H=100000, V=33278, T=32, homogeneous needs about {needed} for parameters and EM "
-        "counts (batch 4096); this cuda:1 has 1.0 GB available. Use fewer hidden states "
-        "(--hidden-states), a smaller batch (--batch-size), bfloat16 activations (--dtype "
-        f"bfloat16), or --device cpu (or set {memory.SKIP_ENV}=1 to skip this check)")
-    with pytest.raises(InsufficientMemoryError, match=r"; this cuda:1 has 1\.0 GB available"):
-        memory.check_sampling(config, 10**6, "cuda:1")
 
 
 def test_model_message_offers_no_batch_flag(available):
