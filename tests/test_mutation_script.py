@@ -37,3 +37,31 @@ def test_module_of_mutant_names(monkeypatch):
         "hmmlvd.hmm.em"
     assert script.module_of("hmmlvd.em.rule.x__target__mutmut_23") == "hmmlvd.em.rule"
     assert script.module_of("hmmlvd.x.y.x_f__mutmut_1") == "hmmlvd.x.y"
+
+
+def test_subprocess_runs_each_unkilled_mutant_with_it_switched_on_in_children(monkeypatch,
+                                                                            tmp_path):
+    """--subprocess: each mutant of a listed module that mutmut did not kill runs the module's
+    tests once with MUTANT_UNDER_TEST naming it and the mutated copy first on PYTHONPATH (what
+    a torchrun child inherits); a failing test is a kill; recorded results are not rerun."""
+    script = load_script("mutation", monkeypatch)
+    folder = tmp_path / "family"
+    (folder / "mutants" / "tests").mkdir(parents=True)
+    (folder / "mutants" / "tests" / "test_child.py").write_text(
+        "import os, subprocess, sys\n"
+        "def test_child_sees_no_killing_mutant():\n"
+        "    out = subprocess.run([sys.executable, '-c', 'import os, sys; print("
+        "os.environ[\"MUTANT_UNDER_TEST\"], sys.path[1])'], capture_output=True, text=True,\n"
+        "                         env=os.environ).stdout.split()\n"
+        "    assert out[1] == os.environ['PYTHONPATH']\n"
+        "    assert not out[0].endswith('_mutmut_2')\n")
+    monkeypatch.setattr(script, "SUBPROCESS_TESTS", {"fam": {"pkg.mod": ["tests/test_child.py"]}})
+    statuses = {"pkg.mod.x_f__mutmut_1": "survived", "pkg.mod.x_f__mutmut_2": "no tests",
+                "pkg.mod.x_f__mutmut_3": "killed", "pkg.other.x_g__mutmut_1": "survived"}
+    script.run_subprocess_tests("fam", folder, statuses)
+    assert script.subprocess_results(folder) == {"pkg.mod.x_f__mutmut_1": "survived",
+                                                 "pkg.mod.x_f__mutmut_2": "killed"}
+    calls = []
+    monkeypatch.setattr(script.subprocess, "run", lambda *a, **k: calls.append(a))
+    script.run_subprocess_tests("fam", folder, statuses)  # both recorded: nothing reruns
+    assert calls == []
