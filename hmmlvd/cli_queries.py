@@ -17,9 +17,8 @@ import torch
 
 from hmmlvd.core.device import resolve_device
 from hmmlvd.core.errors import CheckpointError, DataError
-from hmmlvd.core.validate import check_count
+from hmmlvd.core.validate import check_count, check_seed
 from hmmlvd.data.vocab import UNK
-from hmmlvd.em.config import SEED_LIMIT
 from hmmlvd.hmm.dfa import DFA, banned, keywords
 from hmmlvd.hmm.model import HMM
 
@@ -131,8 +130,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
 def check_sampling(num_samples: int, seed: int) -> None:
     """DataError naming ``--num-samples`` below 1 or a ``--seed`` outside [0, 2**63)."""
     check_count(num_samples, "--num-samples", "num_samples")
-    if not 0 <= seed < SEED_LIMIT:
-        raise DataError(f"--seed must lie in [0, 2**63), got {seed}")
+    check_seed(seed, "--seed")
 
 
 def cmd_infill(args: argparse.Namespace) -> None:

@@ -67,6 +67,18 @@ def check_count(value: object, flag: str, field: str, minimum: int = 1) -> int:
     return check_int(value, field, minimum)
 
 
+#: Seeds lie in [0, 2**63): what torch and numpy generators all accept.
+SEED_LIMIT = 2**63
+
+
+def check_seed(value: object, name: str) -> int:
+    """``value`` as a seed in [0, 2**63); an int outside it is refused with that range, a
+    non-integer as by :func:`check_int`."""
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value < SEED_LIMIT:
+        raise DataError(f"{name} must lie in [0, 2**63), got {value}")
+    return check_int(value, name, 0)
+
+
 def check_int(value: object, name: str, minimum: int) -> int:
     """``value`` as an int >= ``minimum`` (bools and floats refused)."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):

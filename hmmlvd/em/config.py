@@ -23,10 +23,9 @@ from dataclasses import dataclass
 
 from hmmlvd.core.device import DTYPE_NAMES
 from hmmlvd.core.errors import DataError
-from hmmlvd.core.validate import check_int, check_pseudocount, check_step_size
+from hmmlvd.core.validate import check_int, check_pseudocount, check_seed, check_step_size
 from hmmlvd.em.loop import Anneal, linear_anneal
 
-SEED_LIMIT = 2**63  # seeds lie in [0, 2**63), as on the command line
 LEAF_PRIORS = ("uniform", "marginal")  # how a categorical input's pseudocount is spread
 PSEUDOCOUNT_PER = ("batch", "data")  # what one pseudocount is added to
 
@@ -94,11 +93,7 @@ class EMConfig:
         set_(self, "pseudocount", check_pseudocount(self.pseudocount))
         if not isinstance(self.full_batch, bool):
             raise DataError(f"full_batch must be True or False, got {self.full_batch!r}")
-        seed = self.seed
-        if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed < SEED_LIMIT:
-            raise DataError(f"seed must lie in [0, 2**63), got {seed}")
-        seed = check_int(seed, "seed", 0)
-        set_(self, "seed", seed)
+        set_(self, "seed", check_seed(self.seed, "seed"))
         for name, allowed in (("pseudocount_per", PSEUDOCOUNT_PER), ("dtype", DTYPE_NAMES),
                               ("leaf_prior", LEAF_PRIORS)):
             if getattr(self, name) not in allowed:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from hmmlvd.core.errors import DataError
-from hmmlvd.core.validate import check_int
+from hmmlvd.core.validate import SEED_LIMIT, check_int
 from hmmlvd.data.patches import check_context, split_patches
 from hmmlvd.em.stop import check_stop
 from hmmlvd.image.baselines import check_tree_bins
@@ -30,7 +30,6 @@ from hmmlvd.lvd.image.featurisers import FEATURISERS, make_featuriser
 from hmmlvd.pc.structures import RegionGraph, learn_hclt
 
 NUM_LEVELS = 256  # pixel values are categories 0..255
-SEED_LIMIT = 2**63  # seeds lie in [0, 2**63), as EM's
 
 
 def flag(name: str) -> str:
