@@ -224,6 +224,7 @@ def run_one(init: str, h: int, data: WikiText, windows: TokenWindows, lvd: LVDSe
 
 
 # ----- report ---------------------------------------------------------------------------------
+#: stage -> its column in the table (the stage seconds of :class:`Row`)
 SECONDS = {"embed": "embed s", "cluster": "cluster s", "mle": "MLE s", "em": "EM s",
            "eval": "eval s"}
 
@@ -271,7 +272,7 @@ def fmt(x: float | None) -> str:
 def table(rows: Sequence[Row], baselines: Sequence[BaselineRow], splits: Sequence[str]) -> str:
     """Markdown: baselines first, then one line per (H, init) with stage seconds."""
     head = (["model", "H"] + [f"{s} ppl" for s in splits] +
-            ["EM dtype", "embed s", "cluster s", "MLE s", "EM s", "eval s", "finished"])
+            ["EM dtype", *SECONDS.values(), "finished"])
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for b in baselines:
         lines.append(f"| {b.name} (train stream) | - | " +
@@ -280,8 +281,8 @@ def table(rows: Sequence[Row], baselines: Sequence[BaselineRow], splits: Sequenc
         cells = [f"{r.init} init", str(r.num_states),
                  *(fmt(r.ppl.get(s)) for s in splits),
                  r.settings["train_config"].get("dtype", IMPLIED["dtype"]),
-                 *(f"{r.seconds[k]:.0f}" if k in r.seconds else "-"
-                   for k in ("embed", "cluster", "mle", "em", "eval")), r.finished or "-"]
+                 *(f"{r.seconds[k]:.0f}" if k in r.seconds else "-" for k in SECONDS),
+                 r.finished or "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

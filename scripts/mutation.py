@@ -132,11 +132,15 @@ def prepare(family: str) -> Path:
     return folder
 
 
+def one_thread_env(**extra: str) -> dict[str, str]:
+    """This process's environment with one torch thread per test process, plus ``extra``."""
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
+
+
 def mutmut(folder: Path, *args: str, capture: bool = False) -> str:
     """Run ``mutmut args`` in ``folder`` (one torch thread per process, low priority)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     command = ["nice", "-n", "15", str(Path(sys.executable).with_name("mutmut")), *args]
-    done = subprocess.run(command, cwd=folder, env=env, text=True, check=not capture,
+    done = subprocess.run(command, cwd=folder, env=one_thread_env(), text=True, check=not capture,
                           stdout=subprocess.PIPE if capture else None)
     return done.stdout or ""
 
@@ -173,8 +177,7 @@ def run_subprocess_tests(family: str, folder: Path, statuses: dict[str, str]) ->
         todo = sorted(n for n, s in statuses.items()
                       if module_of(n) == module and s not in KILLED and n not in done)
         for i, name in enumerate(todo, 1):
-            env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                       MUTANT_UNDER_TEST=name, PYTHONPATH=str(mutants))
+            env = one_thread_env(MUTANT_UNDER_TEST=name, PYTHONPATH=str(mutants))
             command = ["nice", "-n", "15", sys.executable, "-m", "pytest", "-x", "-q",
                        "-p", "no:cacheprovider", *tests]
             try:
