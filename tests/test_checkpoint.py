@@ -16,6 +16,7 @@ from hmmlvd.core.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.data import Vocabulary
 from hmmlvd.em.config import EMConfig
 from hmmlvd.hmm import HMM
+from hmmlvd.hmm.checkpoint import read_config
 
 H, V, T = 3, 5, 4
 
@@ -280,3 +281,18 @@ def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
         atomic_write(path, failing)
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_read_config_gives_the_sizes_from_config_json_alone(saved):
+    """read_config (what `hmmlvd train --init` reads first) needs no tensors and names the
+    file when a size is missing."""
+    folder, hmm = saved
+    (folder / "model.safetensors").unlink()
+    assert read_config(folder) == hmm.config
+    raw = json.loads((folder / "config.json").read_text())
+    del raw["length"]
+    (folder / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError) as info:
+        read_config(folder)
+    assert str(info.value).startswith(f"{folder / 'config.json'} is incomplete or invalid: ")
+    assert "length" in str(info.value)

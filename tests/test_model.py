@@ -130,3 +130,13 @@ def test_a_prefix_of_probability_zero_is_named(make_hmm):
         hmm.sample(3, prefix=torch.tensor([0]), seed=0)
     ok = hmm.next_token_distribution(prefixes[[0, 8]])
     torch.testing.assert_close(ok.sum(-1), torch.ones(2))
+
+
+def test_to_moves_every_parameter_in_place_and_returns_the_model():
+    hmm = HMM(3, 5, 4, seed=0)
+    shapes = {name: p.shape for name, p in hmm.parameters().items()}
+    assert hmm.to("meta") is hmm
+    assert hmm.device.type == "meta"
+    assert {name: p.device.type for name, p in hmm.parameters().items()} == \
+        dict.fromkeys(shapes, "meta")
+    assert {name: p.shape for name, p in hmm.parameters().items()} == shapes

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -29,6 +32,17 @@ def windows() -> TokenWindows:
 
     teacher = peaked_hmm(H, V, T, seed=91, sharpness=2.5)
     stream = teacher.sample(120, generator=torch.Generator().manual_seed(92)).flatten()
+    return TokenWindows(stream.numpy(), T)
+
+
+@pytest.fixture(scope="module")
+def held_out() -> TokenWindows:
+    """Held-out windows from another teacher: with step size 0.5 their log-likelihood rises
+    for two epochs and falls in the third."""
+    from conftest import peaked_hmm
+
+    teacher = peaked_hmm(H, V, T, seed=96, sharpness=2.5)
+    stream = teacher.sample(3, generator=torch.Generator().manual_seed(94)).flatten()
     return TokenWindows(stream.numpy(), T)
 
 
@@ -130,6 +144,68 @@ def test_resuming_changes_the_outcome_if_batches_were_replayed_wrongly(tmp_path,
     train(a, windows, EMConfig(**base, seed=1), progress=False)
     train(b, windows, EMConfig(**base, seed=2), progress=False)
     assert not torch.allclose(a.emission, b.emission, rtol=1e-6, atol=1e-7)
+
+
+def signal_during_e_step(monkeypatch, at: int, signum: int) -> None:
+    """Send ``signum`` to this process during E-step number ``at`` (1-based) of train(),
+    as Ctrl-C or a scheduler's SIGTERM would arrive mid-batch."""
+    real = train_module.expected_counts
+    seen = {"n": 0}
+
+    def signalling(*args):
+        seen["n"] += 1
+        if seen["n"] == at:
+            os.kill(os.getpid(), signum)
+        return real(*args)
+
+    monkeypatch.setattr(train_module, "expected_counts", signalling)
+
+
+@pytest.mark.parametrize(("signum", "by"), [(signal.SIGINT, ""), (signal.SIGTERM, " by SIGTERM")])
+def test_a_signal_without_an_output_folder_stops_after_the_batch_and_says_nothing_was_saved(
+        monkeypatch, windows, signum, by):
+    config = EMConfig(epochs=2, step_size=0.5, final_full_batch=0, batch_size=60, seed=5)
+    reference = student()
+    train(reference, windows, dataclasses.replace(config, epochs=1), progress=False)
+    hmm = student()
+    signal_during_e_step(monkeypatch, windows.num_batches(60), signum)  # the epoch's last
+    with pytest.raises(train_module.TrainingInterrupted) as info:
+        train(hmm, windows, config, progress=False)
+    assert info.value.signal == signum
+    assert str(info.value) == f"training interrupted{by} (no output folder: nothing saved)"
+    # the batch under way was finished: the parameters are those after one whole epoch
+    assert_same_parameters(hmm, reference)
+
+
+def test_a_sigterm_checkpoints_the_batch_and_the_early_stopping_state(tmp_path, monkeypatch,
+                                                                        windows, held_out):
+    """SIGTERM in epoch 3 of 3, whose held-out score is worse than epoch 2's: the checkpoint
+    holds that step and the early-stopping state, so the resumed run restores epoch 2 as the
+    uninterrupted run does (without the state it would keep epoch 3)."""
+    config = EMConfig(epochs=3, step_size=0.5, final_full_batch=0, batch_size=60, seed=5,
+                      patience=1, checkpoint_every=0)
+    reference = student()
+    ref_state = train(reference, windows, config, progress=False, valid=held_out)
+    out = tmp_path / "run"
+    scores = [r["valid_ll_per_window"] for r in ref_state.history]
+    assert len(scores) == 3 and scores[2] < scores[1] > scores[0]  # the case under test
+    signal_during_e_step(monkeypatch, 23, signal.SIGTERM)
+    with pytest.raises(train_module.TrainingInterrupted) as info:
+        train(student(), windows, config, out=out, progress=False, valid=held_out)
+    monkeypatch.undo()
+    assert info.value.signal == signal.SIGTERM
+    latest = (out / "checkpoints" / "latest").read_text().strip()
+    assert str(info.value) == (f"training interrupted by SIGTERM at epoch 3, batch 3; "
+                               f"checkpoint saved in {out / 'checkpoints' / latest}. Resume "
+                               "with the same command plus --resume")
+    hmm, loaded_config, checkpoints = load_checkpoint(out)
+    assert (checkpoints.progress.epoch, checkpoints.progress.batch,
+            checkpoints.progress.step) == (2, 3, 23)
+    final = train(hmm, windows, loaded_config, progress=False, valid=held_out,
+                  checkpoints=checkpoints)
+    assert_same_parameters(hmm, reference)
+    assert [r["valid_ll_per_window"] for r in final.history] == \
+        pytest.approx([r["valid_ll_per_window"] for r in ref_state.history], rel=1e-6)
 
 
 @pytest.mark.parametrize("keep", [1, 2, 3])
