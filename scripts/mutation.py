@@ -2,7 +2,7 @@
 resumable.
 
     nice -n 15 .venv/bin/python scripts/mutation.py hmm-em              # run or continue
-    nice -n 15 .venv/bin/python scripts/mutation.py hmm-em --retest     # rerun the survivors
+    nice -n 15 .venv/bin/python scripts/mutation.py hmm-em --retest     # survivors, timeouts
     .venv/bin/python scripts/mutation.py hmm-em --report                # score only, no run
     nice -n 15 .venv/bin/python scripts/mutation.py hmm --subprocess    # torchrun-only code
     .venv/bin/python scripts/mutation.py --list                         # the families
@@ -14,7 +14,8 @@ test files to run) and the repository's pytest settings, plus links to ``hmmlvd/
 files there, runs the family's test files once to learn which tests reach which function, then
 runs only those tests per mutant, one mutant at a time. Results are kept per mutant in that
 folder, so a stopped run continues where it stopped; mutants of a function whose source
-changed are rerun. Survivors are not retried after a test is added: ``--retest`` does that.
+changed are rerun. Survivors are not retried after a test is added: ``--retest`` does that
+(and reruns the timeouts and the mutants no test reached).
 Families never share state, so one family's settings cannot invalidate another's results.
 The run ends by printing, per mutated module, mutants / killed / survived / score, and every
 survivor; ``.venv/bin/mutmut show <name>`` inside the work folder prints a survivor's diff.
@@ -99,6 +100,7 @@ EXCLUDE = {"hmm": ["hmmlvd/hmm/em.py"], "em": ["hmmlvd/em/rule.py"]}
 
 # Counted as killed, as mutmut's own score does: a failing test or a timeout.
 KILLED = {"killed", "timeout"}
+RETEST = {"survived", "no tests", "timeout"}
 
 
 def _toml_list(items: list[str]) -> str:
@@ -192,6 +194,13 @@ def run_subprocess_tests(family: str, folder: Path, statuses: dict[str, str]) ->
             print(f"[{i}/{len(todo)}] {name}: {status}", flush=True)
 
 
+def to_retest(statuses: dict[str, str]) -> list[str]:
+    """The mutants ``--retest`` reruns: survivors (a test may have been added), those no test
+    reached (mutmut maps tests added since its last run before it runs them) and timeouts (a
+    mutant that ran out of time on a busy machine counts as killed, which it may not be)."""
+    return sorted(n for n, s in statuses.items() if s in RETEST)
+
+
 def merged(folder: Path) -> dict[str, str]:
     """mutmut's status per mutant, with ``--subprocess``'s result where it ran that mutant."""
     return {**results(folder), **subprocess_results(folder)}
@@ -218,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("family", nargs="?", choices=sorted(FAMILIES))
     parser.add_argument("--list", action="store_true", help="print the families and exit")
-    parser.add_argument("--retest", action="store_true", help="rerun the surviving mutants")
+    parser.add_argument("--retest", action="store_true",
+                        help="rerun the survivors, the timeouts and those no test reached")
     parser.add_argument("--report", action="store_true", help="print the score, run nothing")
     parser.add_argument("--subprocess", action="store_true",
                         help="run the child-process tests of the mutants mutmut cannot map "
@@ -232,12 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.subprocess:
         run_subprocess_tests(args.family, folder, results(folder))
     elif not args.report:
-        survivors = [n for n, s in results(folder).items() if s == "survived"] \
-            if args.retest and (folder / "mutants").exists() else []
-        if args.retest and not survivors:
+        again = to_retest(results(folder)) if args.retest and (folder / "mutants").exists() \
+            else []
+        if args.retest and not again:
             print("no survivors to retest")
         elif args.retest:
-            mutmut(folder, "run", "--max-children", "1", *survivors)
+            mutmut(folder, "run", "--max-children", "1", *again)
         else:
             mutmut(folder, "run", "--max-children", "1")
     report(merged(folder))

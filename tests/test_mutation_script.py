@@ -65,3 +65,12 @@ def test_subprocess_runs_each_unkilled_mutant_with_it_switched_on_in_children(mo
     monkeypatch.setattr(script.subprocess, "run", lambda *a, **k: calls.append(a))
     script.run_subprocess_tests("fam", folder, statuses)  # both recorded: nothing reruns
     assert calls == []
+
+
+def test_retest_takes_survivors_timeouts_and_mutants_no_test_reached(monkeypatch):
+    script = load_script("mutation", monkeypatch)
+    statuses = {"m.x_f__mutmut_1": "killed", "m.x_f__mutmut_2": "survived",
+                "m.x_f__mutmut_3": "no tests", "m.x_f__mutmut_4": "timeout",
+                "m.x_f__mutmut_5": "not checked", "m.x_f__mutmut_6": "suspicious"}
+    assert script.to_retest(statuses) == ["m.x_f__mutmut_2", "m.x_f__mutmut_3",
+                                          "m.x_f__mutmut_4"]
