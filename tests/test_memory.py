@@ -142,10 +142,11 @@ def test_train_checks_the_batch_before_the_first_step(available):
 
 def sampling_bytes(h: int, v: int, t: int, n: int, prefix: int = 0) -> int:
     """The sampling activations written out from the tensors ``sampling_estimate`` names: the
-    int64 output [N, T]; the [N, H] state and [N, V] word distributions of one step, three
-    float32 copies of each (gathered rows, multinomial's copies); over a prefix of L tokens the
-    forward pass's 7 float32 [N, L, H] activations and 64 bytes of indices per token."""
-    return n * (8 * t + 3 * 4 * (h + v) + prefix * (7 * 4 * h + 64))
+    int64 output [N, T]; the [N, H] state and [N, V] word distributions of one step at 10
+    bytes an entry (2.5 float32 copies: gathered rows, multinomial's copies); over a prefix of
+    L tokens the forward pass's [N, L, H] emissions and temporaries at 10 bytes an entry and
+    64 bytes of indices per token."""
+    return n * (8 * t + 10 * (h + v) + prefix * (10 * h + 64))
 
 
 @pytest.mark.parametrize("h, v, t, homogeneous, n, prefix", [
@@ -285,6 +286,44 @@ MEASURE = textwrap.dedent("""
     print(json.dumps({"measured": status("VmHWM") - base,
                       "estimate": memory.training_estimate(HMMConfig(h, v, t, hom), b).total}))
 """)
+
+
+MEASURE_SAMPLING = textwrap.dedent("""
+    import json, re, sys
+    import torch
+    torch.set_num_threads(1)
+    from hmmlvd.hmm import HMM, memory
+
+    def status(key):
+        text = open("/proc/self/status").read()
+        return int(re.search(key + r":\\s+(\\d+) kB", text).group(1)) * 1024
+
+    h, v, t, n, length = (int(a) for a in sys.argv[1:])
+    hmm = HMM(h, v, t, seed=0)
+    prefix = torch.randint(0, v, (n, length), generator=torch.Generator().manual_seed(0))
+    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to now
+    base = status("VmRSS")
+    hmm.sample(n, prefix if length else None, seed=0)
+    print(json.dumps({"measured": status("VmHWM") - base,
+                      "estimate": memory.sampling_estimate(hmm.config, n, length).activations}))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc peak RSS")
+@pytest.mark.parametrize("sizes", [(128, 8000, 16, 2000, 0), (1024, 50, 16, 1000, 15)],
+                         ids=["word distributions", "a long prefix"])
+def test_sampling_estimate_covers_the_measured_peak(sizes):
+    """Drawing N windows in a fresh process (the model made first): the estimated activations
+    are at least the measured rise of the peak resident memory, and at most 2.5x it (a run
+    that would fit is not refused for want of a few times its memory). One size dominated by
+    the [N, V] word distributions, one by a 15-token prefix's forward pass over H = 1024."""
+    done = subprocess.run([sys.executable, "-c", MEASURE_SAMPLING, *map(str, sizes)],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode and "clear_refs" in done.stderr:
+        pytest.skip("cannot reset the peak RSS here")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 1 <= result["estimate"] / result["measured"] <= 2.5, result
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc peak RSS")
