@@ -352,3 +352,35 @@ def test_expected_counts_need_full_windows(make_hmm, windows_factory):
     hmm = make_hmm(3, 5, 4, seed=59)
     with pytest.raises(HMMLVDError, match="length"):
         expected_counts(hmm, windows_factory(3, 3, 5))
+
+
+@pytest.mark.parametrize("homogeneous", [False, True])
+def test_em_builds_its_tensors_on_the_model_device(homogeneous):
+    """With torch's default device elsewhere (here "meta", which holds no values), making a
+    CPU model, mini-batch steps on the scaled emission table, a chunked E-step and a
+    full-batch step through the count accumulator give the CPU numbers: every tensor EM
+    builds follows the model's device, never the default (on a GPU a stray one would be a
+    device-mismatch error, or silent work on the CPU)."""
+    x = torch.randint(0, 6, (9, 4), generator=torch.Generator().manual_seed(1))
+
+    def run() -> list[torch.Tensor]:
+        hmm = HMM(3, 6, 4, homogeneous, seed=2)
+        scaled = ScaledEmission(hmm)
+        for piece in x.split(3):
+            maximize(hmm, expected_counts(hmm, piece, scaled, chunk_size=2), 0.5, 1e-3, scaled)
+        scaled.materialise()
+        accumulator = CountAccumulator(hmm)
+        for piece in x.split(4):
+            accumulator.add(expected_counts(hmm, piece, chunk_size=3))
+        maximize(hmm, accumulator.total(), 1.0, 1e-3)
+        return list(hmm.parameters().values())
+
+    want = run()
+    torch.set_default_device("meta")
+    try:
+        got = run()
+    finally:
+        torch.set_default_device(None)
+    for a, b in zip(want, got, strict=True):
+        assert b.device.type == "cpu"
+        torch.testing.assert_close(b, a)

@@ -18,11 +18,13 @@ def random_parameters(config: HMMConfig, seed: int = 0, device: str | torch.devi
     (initial [H], transition [P_A, H, H], emission [P_B, V, H]). Raises
     :class:`~hmmlvd.core.errors.InsufficientMemoryError` first if they cannot fit on ``device``."""
     check_model(config, device, "random")
+    # drawn on the CPU whatever torch's default device: the same seed gives the same model
+    # on every device
     gen = torch.Generator().manual_seed(seed)
     shapes = config.shapes()
-    initial = torch.rand(shapes["initial"], generator=gen)
-    transition = torch.rand(shapes["transition"], generator=gen)
-    emission = torch.rand(shapes["emission"], generator=gen)
+    initial = torch.rand(shapes["initial"], generator=gen, device="cpu")
+    transition = torch.rand(shapes["transition"], generator=gen, device="cpu")
+    emission = torch.rand(shapes["emission"], generator=gen, device="cpu")
     initial /= initial.sum()
     transition /= transition.sum(-1, keepdim=True)
     emission /= emission.sum(-2, keepdim=True)

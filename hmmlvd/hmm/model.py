@@ -383,8 +383,9 @@ def mle_from_labels(tokens: torch.Tensor | np.ndarray, labels: torch.Tensor | np
 
 def _as_parameter(value: object, name: str, device: str | torch.device) -> torch.Tensor:
     """A parameter given as a tensor, array or nested list, as float32 on ``device``."""
-    try:
-        tensor = torch.as_tensor(value, dtype=torch.float32)
+    try:  # a tensor stays where it is until .to(device), whatever torch's default device
+        tensor = (value.to(dtype=torch.float32) if isinstance(value, torch.Tensor)
+                  else torch.as_tensor(value, dtype=torch.float32, device="cpu"))
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise ParameterError(f"{name} must be a numeric array ({exc})") from exc
     return tensor.to(device)
