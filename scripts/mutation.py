@@ -247,7 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.retest and not again:
             print("no survivors to retest")
         elif args.retest:
+            # twice: a run that finds new tests maps them, but (mutmut 3.8) still picks each
+            # mutant's tests from the map it loaded first; the second run uses the new map
             mutmut(folder, "run", "--max-children", "1", *again)
+            again = to_retest(results(folder))
+            if again:
+                mutmut(folder, "run", "--max-children", "1", *again)
         else:
             mutmut(folder, "run", "--max-children", "1")
     report(merged(folder))
