@@ -3,6 +3,7 @@ construction."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pathlib
@@ -296,3 +297,27 @@ def test_read_config_gives_the_sizes_from_config_json_alone(saved):
         read_config(folder)
     assert str(info.value).startswith(f"{folder / 'config.json'} is incomplete or invalid: ")
     assert "length" in str(info.value)
+
+
+def test_a_missing_or_reordered_vocabulary_is_refused_naming_the_file(saved):
+    """config.json records the sha256 of vocab.txt's bytes: a model whose vocab.txt is gone,
+    or whose words were reordered (every id would mean another word), is refused, the message
+    naming the file, both digests and the fix."""
+    folder, _ = saved
+    vocab, config = folder / "vocab.txt", folder / "config.json"
+    recorded = json.loads(config.read_text())["vocab_sha256"]
+    assert recorded == "sha256:" + hashlib.sha256(vocab.read_bytes()).hexdigest()
+    words = vocab.read_text().splitlines()
+    vocab.write_text("\n".join([words[1], words[0], *words[2:]]) + "\n")
+    found = "sha256:" + hashlib.sha256(vocab.read_bytes()).hexdigest()
+    with pytest.raises(CheckpointError) as info:
+        HMM.from_pretrained(folder)
+    assert str(info.value) == (
+        f"{vocab} does not match the vocabulary this model was saved with (config.json records "
+        f"{recorded[:19]}…, the file has {found[:19]}…): its words or their order changed; "
+        "restore the vocab.txt saved with the model")
+    vocab.unlink()
+    with pytest.raises(CheckpointError) as info:
+        HMM.from_pretrained(folder)
+    assert str(info.value) == (f"{vocab} is missing, but {config} records a vocabulary: "
+                               "restore the vocab.txt saved with the model")

@@ -370,3 +370,18 @@ def test_mle_estimate_adds_the_integer_counts_when_a_cell_can_pass_2_24():
     below = memory.model_estimate(pooled, "mle", num_windows=2 ** 22 - 1, chunk_size=1024)
     at = memory.model_estimate(pooled, "mle", num_windows=2 ** 22, chunk_size=1024)
     assert at.total - below.total == 4 * 1 * 100 * 8
+
+
+@pytest.mark.parametrize("homogeneous, windows, dtype", [
+    (False, 2 ** 24 - 1, torch.float32), (False, 2 ** 24, torch.int32),
+    (False, 2 ** 31 - 1, torch.int32), (False, 2 ** 31, torch.int64),
+    (True, 2 ** 19 - 1, torch.float32), (True, 2 ** 19, torch.int32),  # T = 32 tokens pooled
+    (True, 2 ** 26 - 1, torch.int32), (True, 2 ** 26, torch.int64),
+    (False, 0, torch.float32)])
+def test_mle_emission_counts_switch_dtype_where_a_cell_could_stop_counting(homogeneous, windows,
+                                                                           dtype):
+    """A cell [position, word, state] can count every window of its position (N, or N·T when
+    one position pools all T = 32): float32 counts by ones up to 2**24, int32 up to 2**31 - 1,
+    so the largest possible count picks the first dtype that holds it exactly."""
+    config = HMMConfig(4, 10, 32, homogeneous)
+    assert memory.mle_emission_count_dtype(config, windows) == dtype
