@@ -446,7 +446,8 @@ def test_em_config_records_and_arguments_of_the_wrong_kind_are_named():
         Progress.from_dict([0, 1])
 
 
-@pytest.mark.parametrize(("signum", "by"), [(signal.SIGINT, ""), (signal.SIGTERM, " by SIGTERM")])
+@pytest.mark.parametrize(("signum", "by"), [(signal.SIGINT, ""), (signal.SIGTERM, " by SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
 def test_a_signal_makes_check_stop_raise_and_a_second_one_stops_at_once(signum, by):
     """Under signals_request_stop a first signal only asks for a stop: check_stop (called by
     the work before EM's first checkpoint after each step) then raises StoppedBeforeCheckpoint
