@@ -1,11 +1,14 @@
 """The EM core every model shares (hmmlvd.em): the M-step rule against a plain per-row
 reference, the probability-zero check, the epoch shuffle, and the epoch loop's order of calls,
 resume position, stop and failure paths (with a recording learner), plus the HMM's failure path
-end to end."""
+end to end; EM config records (the HMM's earlier phases form, records of the wrong kind) and
+stop requests before EM's first checkpoint (check_stop, a second signal)."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -16,6 +19,7 @@ from hmmlvd.em import (
     EarlyStopping,
     Progress,
     check_possible,
+    em_config,
     epoch_batches,
     epoch_order,
     linear_anneal,
@@ -24,6 +28,13 @@ from hmmlvd.em import (
     run_epochs,
 )
 from hmmlvd.em.config import EMConfig
+from hmmlvd.em.stop import (
+    StoppedAtOnce,
+    StoppedBeforeCheckpoint,
+    check_stop,
+    signals_request_stop,
+    stop_requested,
+)
 from hmmlvd.hmm import HMM
 
 
@@ -377,3 +388,86 @@ def test_circuit_fit_with_final_step_size_is_em_at_the_annealed_steps():
     for bad in (0, 1.5, True, float("nan")):
         with pytest.raises(DataError, match="step size"):
             EMConfig(final_step_size=bad, final_full_batch=0, step_size=1.0)
+
+
+# ----- EM config records, one-step anneals, stop requests -----------------------------------
+
+def test_an_anneal_of_one_step_uses_the_first_step_size():
+    """linear_anneal over T = 1 M-step (one full-batch epoch, or one epoch of one batch) is
+    that step at ``first``: there is no second step to fall towards ``last``."""
+    for full_batch in (True, False):
+        learner = Recorder()
+        stats = run_epochs(learner, [(a, full_batch) for a in linear_anneal(0.5, 0.1, 1)], 0.0,
+                           batches_of(1), 1, progress=False)
+        assert [c for c in learner.calls if c.startswith("m")] == ["m0.5"]
+        assert [s.step_size for s in stats] == [0.5]
+
+
+@pytest.mark.parametrize(("phases", "expected"), [
+    ([{"epochs": 2, "step_size": 0.3}],  # no full_batch key: a mini-batch phase
+     EMConfig(epochs=2, step_size=0.3, final_full_batch=0)),
+    ([{"epochs": 2, "step_size": 1.0, "full_batch": False}],  # mini-batch at step size 1
+     EMConfig(epochs=2, step_size=1.0, final_full_batch=0)),
+    ([{"epochs": 3, "step_size": 1.0, "full_batch": True}],  # full-batch epochs alone
+     EMConfig(epochs=0, final_full_batch=3)),
+    ([{"epochs": 1, "step_size": 0.5}, {"epochs": 1, "step_size": 1.0, "full_batch": True}],
+     EMConfig(epochs=1, step_size=0.5, final_full_batch=1)),
+    ([], EMConfig(epochs=0, final_full_batch=0)),
+], ids=["one-phase", "mini-batch-at-1", "full-batch-only", "one-phase-then-full", "none"])
+def test_each_earlier_phases_record_reads_as_its_schedule(phases, expected):
+    assert EMConfig.from_dict({"phases": phases}) == expected
+
+
+@pytest.mark.parametrize(("phases", "message"), [
+    ([{"epochs": 1, "step_size": 0.5, "full_batch": True}], "not a schedule"),
+    ([{"epochs": 1, "step_size": 0.5}] * 3, "not a schedule"),
+    ([{"step_size": 0.5}], "unreadable phases record: 'epochs'"),
+    (5, "unreadable phases record: 'int' object is not iterable"),
+], ids=["full-batch-below-1", "three-phases", "no-epochs", "not-a-list"])
+def test_a_phases_record_no_schedule_expresses_is_refused(phases, message):
+    """Full-batch epochs at a step size below 1 and a third mini-batch phase have no EMConfig
+    field: reading them as some other schedule would resume a different run."""
+    with pytest.raises(DataError, match=message):
+        EMConfig.from_dict({"phases": phases})
+
+
+def test_em_config_records_and_arguments_of_the_wrong_kind_are_named():
+    with pytest.raises(DataError) as info:
+        EMConfig.from_dict([2, 0.3])
+    assert str(info.value) == "an EM config must be a JSON object, got list"
+    with pytest.raises(DataError) as info:  # e.g. a checkpoint of a newer hmmlvd
+        EMConfig.from_dict({"epochs": 1, "colour": "red", "anneal": 2})
+    assert str(info.value) == "unknown EM settings ['anneal', 'colour']"
+    with pytest.raises(DataError) as info:
+        em_config({"epochs": 2})
+    assert str(info.value) == ("config must be an EMConfig, got dict (give epochs, batch_size, "
+                               "... by keyword)")
+    with pytest.raises(TypeError, match="progress must be an object, got list"):
+        Progress.from_dict([0, 1])
+
+
+@pytest.mark.parametrize(("signum", "by"), [(signal.SIGINT, ""), (signal.SIGTERM, " by SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_makes_check_stop_raise_and_a_second_one_stops_at_once(signum, by):
+    """Under signals_request_stop a first signal only asks for a stop: check_stop (called by
+    the work before EM's first checkpoint after each step) then raises StoppedBeforeCheckpoint
+    naming what was under way, the signal and how to go on; a second signal raises
+    StoppedAtOnce carrying its number (the command line exits with 128 + it)."""
+    assert stop_requested() == 0
+    with signals_request_stop():
+        check_stop("learning a Chow–Liu tree")  # no request yet: nothing happens
+        os.kill(os.getpid(), signum)
+        assert stop_requested() == signum
+        with pytest.raises(StoppedBeforeCheckpoint) as info:
+            check_stop("learning a Chow–Liu tree")
+        assert str(info.value) == (f"stopped{by} while learning a Chow–Liu tree, before the "
+                                   "first checkpoint: nothing was saved. Run the same command "
+                                   "again (with or without --resume) to start over")
+        assert info.value.signal == signum and info.value.doing == "learning a Chow–Liu tree"
+        with pytest.raises(StoppedAtOnce) as again:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between two bytecodes of this thread
+                pass
+        assert again.value.signal == signal.SIGTERM
+    assert stop_requested() == 0
+    check_stop("learning a Chow–Liu tree")  # no active block: nothing to stop

@@ -6,8 +6,11 @@ pseudocount updates, Adam."""
 from __future__ import annotations
 
 import copy
+import importlib
 import itertools
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -445,3 +448,41 @@ def test_fit_adam_increases_likelihood_and_keeps_parameters_normalised(name, pro
 
 def test_padded_graph_is_used():
     assert any(not bool(m.valid.all()) for m in Circuit(padded_graph(), 2, "bernoulli").mixers)
+
+
+# ----------------------------------------------------------------------------- stop requests
+
+
+def test_a_sigterm_during_circuit_em_without_checkpoints_stops_after_that_batch(monkeypatch):
+    """Circuit EM with nothing to checkpoint into (image LVD's stage b) honours a SIGTERM after
+    the batch under way: no further E-step, the parameters of the two M-steps done (the first
+    two batches of epoch 0 by hand, em_step), and StoppedBeforeCheckpoint saying what ran and
+    that nothing was saved."""
+    from hmmlvd.data.batches import epoch_batches
+    from hmmlvd.em.stop import StoppedBeforeCheckpoint, signals_request_stop
+
+    pc_em = importlib.import_module("hmmlvd.pc.em")
+    circuit = make_circuit("padded4", "einsum", "categorical", 3, seed=4)
+    x = training_data(circuit, 130, seed=3)
+    by_hand = copy.deepcopy(circuit)
+    for rows in epoch_batches(len(x), 40, 7, 0, shuffle=True)[:2]:
+        em_step(by_hand, x[torch.from_numpy(rows)], 0.5, 0.01)
+    real, calls = pc_em.accumulate_counts, [0]
+
+    def signalling(*args):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args)
+
+    monkeypatch.setattr(pc_em, "accumulate_counts", signalling)
+    with signals_request_stop(), pytest.raises(StoppedBeforeCheckpoint) as info:
+        fit_em(circuit, x, epochs=3, batch_size=40, step_size=0.5, pseudocount=0.01, seed=7,
+               progress=False, desc="LVD stage b")
+    assert calls[0] == 2
+    assert info.value.signal == signal.SIGTERM
+    assert str(info.value) == ("stopped by SIGTERM while running LVD stage b, before the first "
+                               "checkpoint: nothing was saved. Run the same command again (with "
+                               "or without --resume) to start over")
+    for a, b in zip(by_hand.parameters(), circuit.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
