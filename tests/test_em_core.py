@@ -471,3 +471,41 @@ def test_a_signal_makes_check_stop_raise_and_a_second_one_stops_at_once(signum, 
         assert again.value.signal == signal.SIGTERM
     assert stop_requested() == 0
     check_stop("learning a Chow–Liu tree")  # no active block: nothing to stop
+
+
+# ----- early stopping: ties, defaults, its argument check -------------------------------------
+
+def test_an_equal_held_out_score_is_no_improvement():
+    """Patience counts epochs without a *better* score: a plateau (EM converged, the same
+    score again) runs out of patience, and the first epoch of the plateau stays the best."""
+    weight = torch.zeros(1)
+    scores = iter([1.0, 3.0, 3.0, 3.0, 3.0])
+    early = EarlyStopping(lambda: next(scores), lambda: {"w": weight}, patience=2)
+    stops = []
+    for epoch in range(1, 5):
+        weight.fill_(float(epoch))
+        stops.append(early(Progress(epoch=epoch), None))
+    assert stops == [False, False, False, True]
+    assert early.best_epoch == 2 and early.best_score == 3.0
+    early.restore()
+    assert weight.tolist() == [2.0]
+
+
+def test_early_stopping_by_default_never_stops_and_restores_nothing_before_an_epoch():
+    """``patience`` 0 (the default): never stop early, still keep and restore the best;
+    :meth:`restore` before any epoch was scored leaves the model as it is."""
+    weight = torch.full((2,), 7.0)
+    scores = iter([5.0, 4.0, 3.0, 2.0, 1.0, 0.0])
+    early = EarlyStopping(lambda: next(scores), lambda: {"w": weight})
+    early.restore()  # nothing scored yet
+    assert weight.tolist() == [7.0, 7.0]
+    stops = []
+    for epoch in range(1, 7):
+        weight.fill_(float(epoch))
+        stops.append(early(Progress(epoch=epoch), None))
+    assert stops == [False] * 6  # six epochs worse than the first: no stop
+    early.restore()
+    assert weight.tolist() == [1.0, 1.0]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(DataError, match=r"^patience must be"):
+            EarlyStopping(lambda: 0.0, lambda: {"w": weight}, patience=bad)

@@ -4,6 +4,7 @@ phase (mini-batch epochs with early stopping, then full-batch epochs)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from hmmlvd.core.errors import CheckpointError
-from hmmlvd.em.checkpoints import EMCheckpoints
+from hmmlvd.core.errors import CheckpointError, DataError
+from hmmlvd.em.checkpoints import EMCheckpoints, check_resumed
 from hmmlvd.em.stop import TrainingInterrupted
 from hmmlvd.pc import Circuit, EMConfig, poon_domingos
 
@@ -189,3 +190,109 @@ def test_a_setting_added_later_counts_as_its_default_in_an_older_checkpoint(tmp_
                       defaults={"pseudocount_per": "batch"}).resume()
     with pytest.raises(CheckpointError, match="--pseudocount-per 'batch'"):
         EMCheckpoints(tmp_path, newer).resume()  # without the default: refused
+
+
+# ----- held-out data on resume, damaged early-stopping state, stop messages, clean-up ---------
+
+NO_PATIENCE = dataclasses.replace(CONFIG, patience=0)
+
+
+def stopped(out, at: int, valid: torch.Tensor | None, config: EMConfig = NO_PATIENCE) -> None:
+    """A run in ``out`` stopped at stop question ``at`` (checkpoint saved)."""
+    data, _ = data_and_valid()
+    with pytest.raises(TrainingInterrupted):
+        fresh().fit(data, config, valid=valid, progress=False,
+                    checkpoints=EMCheckpoints(out, SETTINGS, StopAt(at)))
+
+
+def resumed(out) -> tuple[Circuit, EMCheckpoints]:
+    checkpoints = EMCheckpoints(out, SETTINGS)
+    return Circuit.from_pretrained(checkpoints.resume()), checkpoints
+
+
+@pytest.mark.parametrize("change", ["added", "dropped"])
+def test_held_out_data_added_or_dropped_on_resume(tmp_path, change):
+    """Patience 0: held-out data only picks the best epoch of each phase. Added on resume
+    before any epoch was scored (stopped in epoch 1), or dropped before the first phase ended
+    (stopped in epoch 2), the run ends as an uninterrupted run with the held-out data it
+    ended with."""
+    data, valid = data_and_valid()
+    before, after = (None, valid) if change == "added" else (valid, None)
+    stopped(tmp_path, 3 if change == "added" else 9, before)
+    model, checkpoints = resumed(tmp_path)
+    model.fit(data, NO_PATIENCE, valid=after, progress=False, checkpoints=checkpoints)
+    reference = fresh().fit(data, NO_PATIENCE, valid=after, progress=False)
+    assert_same_parameters(model, reference)
+    assert model.fit_history == pytest.approx(reference.fit_history, rel=1e-12)
+
+
+def test_a_damaged_early_stopping_state_is_one_line_naming_the_folder(tmp_path):
+    data, valid = data_and_valid()
+    stopped(tmp_path, 13, valid)  # in epoch 3: two epochs scored, the best in best/
+    folder = EMCheckpoints(tmp_path, SETTINGS).latest()
+    state = folder / "checkpoint.json"
+    raw = json.loads(state.read_text())
+    early = raw["early"]
+    assert len(early["scores"]) == 2 and early["best_epoch"] >= 1
+    assert (folder / "best").is_dir()
+    for change, problem in [({"best_epoch": 3}, "does not fit"),  # beyond the 2 scores
+                            ({"best_epoch": 0, "since": 3}, "does not fit"),
+                            ({"best_epoch": "1"}, "best_epoch must be an integer"),
+                            ({"since": -1}, "since must be >= 0")]:
+        state.write_text(json.dumps({**raw, "early": {**early, **change}}))
+        model, checkpoints = resumed(tmp_path)
+        with pytest.raises(CheckpointError) as info:
+            model.fit(data, NO_PATIENCE, valid=valid, progress=False, checkpoints=checkpoints)
+        message = str(info.value)
+        assert f"early-stopping state in {folder} is damaged" in message, change
+        assert problem in message and "\n" not in message, (change, message)
+
+
+def test_a_stop_names_the_phase_and_epoch_it_stopped_in(tmp_path):
+    """Questions to stop_signal, patience 0: one at the start of each phase, one after each of
+    the 5 batches of every epoch (4 mini-batch epochs, then the full-batch ones). The 13th is
+    after batch 2 of epoch 3; the 28th after the first batch of full-batch epoch 2 (a
+    full-batch epoch restarts, batch 0). Epochs and phases count from 1 in the message."""
+    data, valid = data_and_valid()
+    for at, where in [(13, "at epoch 3, batch 2;"), (28, "at phase 2, epoch 2, batch 0;")]:
+        with pytest.raises(TrainingInterrupted) as info:
+            fresh().fit(data, NO_PATIENCE, valid=valid, progress=False,
+                        checkpoints=EMCheckpoints(tmp_path / str(at), SETTINGS, StopAt(at)))
+        assert f"training interrupted {where} checkpoint saved in" in \
+            str(info.value), str(info.value)
+
+
+def test_a_refused_resume_says_how_to_go_on(tmp_path):
+    stopped(tmp_path, 4, None)
+    with pytest.raises(CheckpointError) as info:
+        EMCheckpoints(tmp_path, {**SETTINGS, "size": 3}).resume()
+    message = str(info.value)
+    assert message.startswith("--resume with --size 3")
+    assert message.endswith("resume with the same settings, or start a new run in another --out")
+
+
+def test_check_resumed_needs_checkpoints_read_back(tmp_path):
+    """A model resumed from checkpoints is trained on with them: without them (None, or
+    checkpoints never resumed) a one-line DataError says to call EMCheckpoints.resume()."""
+    for missing in (None, EMCheckpoints(tmp_path, SETTINGS)):
+        with pytest.raises(DataError, match=r"needs the checkpoints.*EMCheckpoints\.resume\(\)"):
+            check_resumed(missing)
+    stopped(tmp_path, 4, None)
+    _, checkpoints = resumed(tmp_path)
+    assert check_resumed(checkpoints) is checkpoints
+
+
+def test_remove_deletes_the_checkpoints_and_is_a_no_op_without_any(tmp_path):
+    data, valid = data_and_valid()
+    checkpoints = EMCheckpoints(tmp_path / "run", SETTINGS)
+    fresh().fit(data, NO_PATIENCE, valid=valid, progress=False, checkpoints=checkpoints)
+    assert (tmp_path / "run" / "checkpoints" / "latest").is_file()
+    checkpoints.remove()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    checkpoints.remove()  # twice: nothing left, no error
+    # an EM of no epochs writes no checkpoint: removing them after it is a no-op
+    none = EMCheckpoints(tmp_path / "none", SETTINGS)
+    fresh().fit(data, EMConfig(epochs=0, final_full_batch=0, step_size=0.5), progress=False,
+                checkpoints=none)
+    assert not (tmp_path / "none" / "checkpoints").exists()
+    none.remove()

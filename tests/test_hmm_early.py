@@ -182,3 +182,49 @@ def test_a_resumed_run_keeps_the_same_best_epoch(tmp_path, monkeypatch, crash_at
     assert [r["valid_ll_per_window"] for r in got.history] == pytest.approx(
         [r["valid_ll_per_window"] for r in want.history], rel=1e-5)
     same(hmm, whole, rtol=1e-5, atol=1e-7)
+
+
+# ----- an old step folder with early stopping -------------------------------------------------
+
+def test_an_old_step_folder_with_early_stopping_resumes_its_best_epoch(tmp_path):
+    """The HMM layout before the one run-folder format, written by hand as its writer did: a
+    run with patience 2 saved at the end of the epoch after its best one (the model, the best
+    epoch's parameters in best/ of type "hmm-best-parameters", the held-out scores and the
+    best epoch in ``early``). Resumed, it stops when the uninterrupted run does and ends with
+    the best epoch's parameters (the oracle's)."""
+    import json
+
+    from hmmlvd.core import persist
+    from hmmlvd.data import TokenWindows
+    from hmmlvd.hmm.resume import load_checkpoint
+    train_module = importlib.import_module("hmmlvd.hmm.train")
+
+    scores = [s for s, _ in get_oracle()]
+    run, best = stop_epoch(scores, 2)
+    assert run == best + 2 < EPOCHS  # stopped by patience, two epochs after the best
+    done = best + 1  # epochs the old run finished: one past its best, patience not yet out
+    steps = done * 6  # 60 windows in batches of 10
+    cfg = config(EPOCHS, 2)
+    folder = tmp_path / "checkpoints" / f"step-{steps:08d}"
+    get_oracle()[done - 1][1].save_pretrained(folder)
+    best_model = get_oracle()[best - 1][1]
+    persist.save(folder / "best", best_model.parameters(), best_model.config.to_dict(),
+                 "hmm-best-parameters")
+    (folder / "train_state.json").write_text(json.dumps({
+        "em_config": cfg.to_dict(), "epoch": done, "batch": 0, "step": steps,
+        "epoch_total": 0.0, "epoch_units": 0.0,
+        "history": [{"epoch": e, "valid_ll_per_window": scores[e - 1]}
+                    for e in range(1, done + 1)],
+        "run_id": "ab" * 16, "trained_on": {},
+        "early": {"scores": scores[:done], "best_epoch": best, "since": 0}}, indent=2))
+    (tmp_path / "checkpoints" / "latest").write_text(folder.name + "\n")
+
+    hmm, saved, checkpoints = load_checkpoint(tmp_path)
+    assert saved == cfg
+    got = train_module.train(hmm, TokenWindows.from_rows(TRAIN), saved,
+                             valid=TokenWindows.from_rows(VALID), checkpoints=checkpoints,
+                             progress=False)
+    assert len(got.history) == run
+    assert [r["valid_ll_per_window"] for r in got.history] == pytest.approx(scores[:run],
+                                                                             rel=1e-5)
+    same(hmm, best_model, rtol=1e-5, atol=1e-7)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 
 import pytest
 import torch
@@ -204,3 +205,48 @@ def test_the_output_folder_check_reads_the_same_layout():
     assert em_checkpoints.NAME.fullmatch(outdir.CHECKPOINT_PREFIX + "00000001")
     assert em_checkpoints.LEGACY_FILES["step"] == outdir.TEXT_STATE
     assert set(outdir.LEGACY_PREFIXES) == {"step-", "em-"}
+
+
+# ----- the first HMM layout (no run id), unknown fields ---------------------------------------
+
+def test_the_first_hmm_step_folder_without_a_run_id_resumes_as_a_new_run(tmp_path, windows,
+                                                                        monkeypatch):
+    """The first writer's ``train_state.json``: the phases form and the progress fields only
+    (no run id, running totals, trained_on or early). It reads as format 1, resumes to the
+    uninterrupted model, and the run goes on with a fresh run id; the old folder, the one it
+    resumed from, is rotated away with the run's own."""
+    reference = student()
+    train(reference, windows, HMM_CONFIG, progress=False)
+    hmm, _, _ = stopped_hmm(windows, monkeypatch)
+    out = tmp_path / "run"
+    folder = out / "checkpoints" / f"step-{CRASH_AT:08d}"
+    hmm.save_pretrained(folder)
+    (folder / "train_state.json").write_text(json.dumps(
+        {"train_config": TRAIN_CONFIG, "epoch": 0, "batch": CRASH_AT, "step": CRASH_AT,
+         "history": []}, indent=2))
+    (out / "checkpoints" / "latest").write_text(folder.name + "\n")
+    saved = read_checkpoint(folder)
+    assert (saved.format, saved.kind, saved.run_id, saved.folder) == (1, "hmm", "", folder)
+
+    resumed, config, checkpoints = load_checkpoint(out)
+    train(resumed, windows, config, progress=False, checkpoints=checkpoints)
+    for name, value in reference.parameters().items():
+        torch.testing.assert_close(resumed.parameters()[name], value, rtol=1e-6, atol=1e-7,
+                                   msg=name)
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["ckpt-00000004", "ckpt-00000005", "latest"], names
+    run_ids = {read_checkpoint(out / "checkpoints" / n).run_id for n in names[:2]}
+    assert len(run_ids) == 1 and re.fullmatch(r"[0-9a-f]{32}", run_ids.pop())
+
+
+def test_unknown_fields_of_an_old_hmm_state_are_named(tmp_path):
+    folder = tmp_path / "checkpoints" / "step-00000004"
+    folder.mkdir(parents=True)
+    state = folder / "train_state.json"
+    state.write_text(json.dumps({"train_config": TRAIN_CONFIG, "epoch": 0, "batch": 4,
+                                 "step": 4, "history": [], "momentum": 0.9}))
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(folder)
+    message = str(info.value)
+    assert message.startswith(f"{state} is damaged or not from hmmlvd")
+    assert "momentum" in message and "\n" not in message
