@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +178,19 @@ def single_thread(monkeypatch):
     yield
     torch.set_num_threads(torch_threads)
     faiss.omp_set_num_threads(faiss_threads)
+
+
+def assert_same_with_the_default_device_elsewhere(run: Callable[[], Sequence[torch.Tensor]]
+                                                  ) -> None:
+    """Call ``run`` twice, the second time with torch's default device set to "meta" (which
+    holds no values), and assert equal results on the same devices: every tensor the code under
+    test builds follows its model's (or the requested) device, never torch's default. On a GPU
+    a stray one would be a device-mismatch error, or silent work on the CPU."""
+    want = run()
+    torch.set_default_device("meta")
+    try:
+        got = run()
+    finally:
+        torch.set_default_device(None)
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(b, a)  # values, dtype and device
