@@ -296,3 +296,32 @@ def test_remove_deletes_the_checkpoints_and_is_a_no_op_without_any(tmp_path):
                 checkpoints=none)
     assert not (tmp_path / "none" / "checkpoints").exists()
     none.remove()
+
+
+# ----- damaged progress records ----------------------------------------------------------------
+@pytest.mark.parametrize(("edit", "reason"), [
+    (lambda raw: [raw], "TypeError: a JSON object is needed, got list"),
+    (lambda raw: {**raw, "progress": [1]}, "TypeError: progress must be an object, got list"),
+    (lambda raw: {**raw, "progress": {**raw["progress"], "epoch": True}},
+     "ValueError: epoch must be an integer >= 0, got True"),
+    (lambda raw: {**raw, "progress": {**raw["progress"], "step": "3"}},
+     "ValueError: step must be an integer >= 0, got '3'"),
+    (lambda raw: {**raw, "progress": {**raw["progress"], "phase_done": 1}},
+     "ValueError: phase_done must be true or false, got 1"),
+    (lambda raw: {**raw, "progress": {**raw["progress"], "history": {}}},
+     "TypeError: history must be a list, got dict"),
+], ids=["not an object", "progress a list", "epoch a bool", "step a string",
+        "phase_done a number", "history an object"])
+def test_a_damaged_progress_record_is_named_with_its_field(tmp_path, edit, reason):
+    """A checkpoint.json edited by hand (or by another tool) is refused in one line naming
+    the file, the field and what it holds, instead of resuming from a wrong position."""
+    data, valid = data_and_valid()
+    with pytest.raises(TrainingInterrupted):
+        fresh().fit(data, CONFIG, valid=valid, progress=False,
+                    checkpoints=EMCheckpoints(tmp_path, SETTINGS, StopAt(4)))
+    checkpoints = EMCheckpoints(tmp_path, SETTINGS)
+    state = checkpoints.latest() / "checkpoint.json"
+    state.write_text(json.dumps(edit(json.loads(state.read_text()))))
+    with pytest.raises(CheckpointError) as info:
+        checkpoints.resume()
+    assert str(info.value) == f"{state} is damaged or not from hmmlvd: {reason}"
