@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import os
 import signal
 
@@ -399,3 +400,21 @@ def test_load_checkpoint_refuses_other_training_data(tmp_path):
         load_checkpoint(tmp_path, trained_on={"command": "lvd"})
     assert load_checkpoint(tmp_path, trained_on={"command": "train"})[2].progress.step == 1
     assert load_checkpoint(tmp_path)[2].trained_on == {"command": "train"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_history_rows_record_each_epoch_with_its_time_and_e_step_dtype(windows, held_out, dtype):
+    """One row per epoch with the fields results.json and scripts/lvd_vs_random.py read: the
+    epoch (from 1), its step size and kind, the mean train log-likelihood per token, its wall
+    time in seconds, the E-step's compute dtype and the held-out score."""
+    hmm = student()
+    config = EMConfig(epochs=2, step_size=0.5, final_full_batch=1, batch_size=200, seed=5,
+                      dtype=dtype)
+    history = train(hmm, windows, config, progress=False, valid=held_out).history
+    assert [sorted(row) for row in history] == [sorted(
+        ["epoch", "step_size", "full_batch", "train_ll_per_token", "seconds", "dtype",
+         "valid_ll_per_window"])] * 3
+    assert [(r["epoch"], r["step_size"], r["full_batch"], r["dtype"]) for r in history] == \
+        [(1, 0.5, False, dtype), (2, 0.5, False, dtype), (3, 1.0, True, dtype)]
+    assert all(isinstance(r["seconds"], float) and r["seconds"] > 0 for r in history)
+    assert all(-math.log(V) - 1 < r["train_ll_per_token"] < 0 for r in history)
