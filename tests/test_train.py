@@ -418,3 +418,21 @@ def test_history_rows_record_each_epoch_with_its_time_and_e_step_dtype(windows, 
         [(1, 0.5, False, dtype), (2, 0.5, False, dtype), (3, 1.0, True, dtype)]
     assert all(isinstance(r["seconds"], float) and r["seconds"] > 0 for r in history)
     assert all(-math.log(V) - 1 < r["train_ll_per_token"] < 0 for r in history)
+
+
+@pytest.mark.parametrize("full_batch", [False, True])
+def test_the_configured_dtype_reaches_every_e_step(windows, full_batch):
+    """dtype="bfloat16" changes the E-steps of mini-batch and of full-batch epochs (their
+    rounding moves the parameters off the float32 run's), while staying close to it: a dtype
+    that did not reach the E-step would give the float32 parameters exactly."""
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        hmm = student()
+        config = EMConfig(epochs=1, step_size=0.5, final_full_batch=0, batch_size=200,
+                          full_batch=full_batch, seed=5, dtype=dtype)
+        train(hmm, windows, config, progress=False)
+        runs[dtype] = hmm.parameters()
+    for name, value in runs["float32"].items():
+        other = runs["bfloat16"][name]
+        assert not torch.equal(other, value), name
+        torch.testing.assert_close(other, value, rtol=0.05, atol=2e-3, msg=name)
