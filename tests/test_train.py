@@ -15,10 +15,10 @@ from conftest import save_hmm_checkpoint
 
 from hmmlvd.core.errors import CheckpointError, DataError
 from hmmlvd.data import TokenWindows
-from hmmlvd.em import Progress
+from hmmlvd.em import Progress, epoch_seed
 from hmmlvd.em.checkpoints import EMCheckpoints
 from hmmlvd.em.config import EMConfig
-from hmmlvd.hmm import HMM, load_checkpoint, train
+from hmmlvd.hmm import HMM, expected_counts, load_checkpoint, maximize, train
 
 # hmmlvd.hmm re-exports the function ``train``, which shadows the module attribute.
 train_module = importlib.import_module("hmmlvd.hmm.train")
@@ -436,3 +436,31 @@ def test_the_configured_dtype_reaches_every_e_step(windows, full_batch):
         other = runs["bfloat16"][name]
         assert not torch.equal(other, value), name
         torch.testing.assert_close(other, value, rtol=0.05, atol=2e-3, msg=name)
+
+
+@pytest.mark.parametrize("per", ["batch", "data"])
+def test_training_equals_em_steps_taken_by_hand(monkeypatch, windows, per):
+    """train() = plain EM written out: each mini-batch epoch visits the batches of its
+    seeded shuffle, one dense E-step and M-step each (the pseudocount scaled by B/N when it is
+    per data); the full-batch epoch sums the counts of all windows (here in chunks of 50
+    windows) and takes one M-step with step size 1, reporting their mean log-likelihood per
+    token."""
+    monkeypatch.setattr(train_module, "chunk_windows", lambda *sizes: 50)
+    config = EMConfig(epochs=2, step_size=0.5, final_full_batch=1, batch_size=100, seed=5,
+                      pseudocount=0.01, pseudocount_per=per)
+    hmm = student()
+    history = train(hmm, windows, config, progress=False).history
+    reference, n = student(), len(windows)
+    for epoch, (step, full) in enumerate(config.epoch_plan()):
+        if full:
+            everything = windows[:]
+            counts = expected_counts(reference, everything)
+            want_ll = counts.log_likelihood / everything.numel()
+            maximize(reference, counts, 1.0, config.pseudocount)
+        else:
+            c = config.pseudocount * (100 / n if per == "data" else 1)
+            for x in windows.batches(100, shuffle=True, seed=epoch_seed(5, epoch)):
+                maximize(reference, expected_counts(reference, x), step, c)
+    assert_same_parameters(hmm, reference)
+    assert history[-1]["full_batch"]
+    assert history[-1]["train_ll_per_token"] == pytest.approx(want_ll, rel=1e-6)
