@@ -221,8 +221,13 @@ def test_bad_config(saved, edit):
 def test_vocabulary_of_the_wrong_size(saved):
     folder, _ = saved
     (folder / "vocab.txt").write_text("a\nb\n")
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError) as info:
         HMM.from_pretrained(folder)
+    assert str(info.value) == f"{folder}: vocabulary has 2 words but the model has vocab_size=5"
+    (folder / "vocab.txt").write_text("")  # unreadable as a vocabulary: named with the folder
+    with pytest.raises(CheckpointError) as info:
+        HMM.from_pretrained(folder)
+    assert str(info.value).startswith(f"{folder}: ") and "empty" in str(info.value)
 
 
 @pytest.mark.parametrize("corruption", ["nan", "negative", "not normalised"])
@@ -237,8 +242,9 @@ def test_saved_invalid_parameters_are_rejected(saved, corruption):
     else:
         tensors["initial"] = tensors["initial"] * 2
     save_file(tensors, str(path))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError) as info:
         HMM.from_pretrained(folder)
+    assert str(info.value).startswith(f"{folder}: ")  # the folder, then what is wrong
 
 
 @pytest.mark.parametrize("corruption", ["nan", "inf", "negative", "not normalised",
