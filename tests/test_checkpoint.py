@@ -70,14 +70,29 @@ def test_config_records_format_version_and_sizes(saved):
 
 
 def test_missing_folder(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError) as info:
         HMM.from_pretrained(tmp_path / "nowhere")
+    assert str(info.value) == f"model folder {tmp_path / 'nowhere'} does not exist"
 
 
 def test_missing_config(saved):
     folder, _ = saved
     (folder / "config.json").unlink()
-    with pytest.raises(CheckpointError, match=r"config\.json"):
+    with pytest.raises(CheckpointError) as info:
+        HMM.from_pretrained(folder)
+    assert str(info.value) == (f"{folder / 'config.json'} is missing: {folder} is not a saved "
+                               "hmmlvd model")
+
+
+def test_a_model_saved_before_model_type_was_recorded_loads_as_an_hmm(saved):
+    folder, hmm = saved
+    raw = json.loads((folder / "config.json").read_text())
+    del raw["model_type"]
+    (folder / "config.json").write_text(json.dumps(raw))
+    assert torch.equal(HMM.from_pretrained(folder).emission, hmm.emission)
+    raw["model_type"] = "circuit"
+    (folder / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError, match=r"holds a 'circuit', not a 'hmm'"):
         HMM.from_pretrained(folder)
 
 

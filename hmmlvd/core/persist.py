@@ -135,7 +135,7 @@ def read_config(directory: str | os.PathLike, model_types: str | Collection[str]
     """``directory/config.json`` as a dict, checked as the module docstring says.
 
     ``model_types``: the accepted ``model_type`` value(s); ``what`` names the object in errors
-    ("hmmlvd model", "circuit", ...); ``untyped``: the type assumed when the config has no
+    ("model", "circuit", "MAE cache", ...); ``untyped``: the type assumed when the config has no
     ``model_type`` (folders written before it was recorded), None to refuse them."""
     directory = Path(directory)
     accepted = {model_types} if isinstance(model_types, str) else set(model_types)

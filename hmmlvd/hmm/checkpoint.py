@@ -43,7 +43,7 @@ def read_config(directory: Path) -> HMMConfig:
 
 def _read_raw_config(directory: Path) -> dict:
     # folders written before model_type was recorded are HMMs
-    return persist.read_config(directory, MODEL_TYPE, "hmmlvd model", untyped=MODEL_TYPE)
+    return persist.read_config(directory, MODEL_TYPE, "model", untyped=MODEL_TYPE)
 
 
 def _config_of(raw: dict, path: Path) -> HMMConfig:
