@@ -17,7 +17,7 @@ from hmmlvd.core.errors import CheckpointError, DataError, ParameterError
 from hmmlvd.data import Vocabulary
 from hmmlvd.em.config import EMConfig
 from hmmlvd.hmm import HMM
-from hmmlvd.hmm.checkpoint import read_config
+from hmmlvd.hmm.checkpoint import read_config, read_hmm
 
 H, V, T = 3, 5, 4
 
@@ -342,3 +342,18 @@ def test_a_missing_or_reordered_vocabulary_is_refused_naming_the_file(saved):
         HMM.from_pretrained(folder)
     assert str(info.value) == (f"{vocab} is missing, but {config} records a vocabulary: "
                                "restore the vocab.txt saved with the model")
+
+
+def test_read_hmm_reads_sizes_tensors_vocabulary_and_config_onto_the_cpu(saved):
+    folder, hmm = saved
+    config, tensors, vocab, raw = read_hmm(folder)
+    assert config == hmm.config and vocab == hmm.vocab
+    assert raw == json.loads((folder / "config.json").read_text())
+    for name, value in hmm.parameters().items():
+        assert tensors[name].device.type == "cpu"
+        assert torch.equal(tensors[name], value), name
+    del raw["num_states"]
+    (folder / "config.json").write_text(json.dumps(raw))
+    with pytest.raises(CheckpointError) as info:
+        read_hmm(folder)
+    assert str(info.value).startswith(f"{folder / 'config.json'} is incomplete or invalid: ")
