@@ -7,8 +7,11 @@ they share no code with the library's forward algorithm or EM.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
+import os
+import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -194,3 +197,20 @@ def assert_same_with_the_default_device_elsewhere(run: Callable[[], Sequence[tor
         torch.set_default_device(None)
     for a, b in zip(want, got, strict=True):
         torch.testing.assert_close(b, a)  # values, dtype and device
+
+
+def signal_during_e_step(monkeypatch, at: int, signum: int = signal.SIGTERM) -> None:
+    """Send ``signum`` to this process during E-step number ``at`` (1-based) of
+    :func:`hmmlvd.hmm.train.train`, as Ctrl-C or a scheduler's SIGTERM would arrive mid-batch
+    (the E-step itself then runs as usual)."""
+    train_module = importlib.import_module("hmmlvd.hmm.train")  # not the re-exported function
+    real = train_module.expected_counts
+    seen = {"n": 0}
+
+    def signalling(*args):
+        seen["n"] += 1
+        if seen["n"] == at:
+            os.kill(os.getpid(), signum)
+        return real(*args)
+
+    monkeypatch.setattr(train_module, "expected_counts", signalling)

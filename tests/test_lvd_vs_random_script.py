@@ -8,12 +8,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
 import shutil
-import signal
 
 import pytest
 import torch
+from conftest import signal_during_e_step
 from lvd_tiny import build_tiny_bert, write_tiny_wikitext
 from script_loading import load_script
 
@@ -117,17 +116,7 @@ def test_an_interrupted_sweep_resumes_to_the_uninterrupted_result(corpus, bert, 
     assert script.main(argv(corpus, bert, tmp_path, *extra, "--out", str(whole))) == 0
     want = table_row(script, next(whole.glob("lvd-h3-*"))).ppl
     real = train_module.expected_counts
-    seen = {"n": 0}
-
-    def stop_after_five(*a):  # Ctrl-C arrives during the 6th batch
-        seen["n"] += 1
-        if seen["n"] == 6:
-            import os
-            import signal
-            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends
-        return real(*a)
-
-    monkeypatch.setattr(train_module, "expected_counts", stop_after_five)
+    signal_during_e_step(monkeypatch, 6)  # what a scheduler sends, during the 6th batch
     split = tmp_path / "split"
     assert script.main(argv(corpus, bert, tmp_path, *extra, "--out", str(split))) == 143
     assert "rerun the same command to resume" in capsys.readouterr().err
@@ -331,15 +320,7 @@ def test_a_run_an_earlier_sweep_stopped_resumes_to_the_uninterrupted_result(
     assert script.main(argv(corpus, bert, tmp_path, *extra, "--out", str(whole))) == 0
     reference = next(whole.glob("lvd-h3-*"))
     real = train_module.expected_counts
-    seen = {"n": 0}
-
-    def stop_in_the_sixth_batch(*a):  # 4 batches an epoch: epoch 2, batch 2
-        seen["n"] += 1
-        if seen["n"] == 6:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*a)
-
-    monkeypatch.setattr(train_module, "expected_counts", stop_in_the_sixth_batch)
+    signal_during_e_step(monkeypatch, 6)  # 4 batches an epoch: epoch 2, batch 2
     split = tmp_path / "split"
     assert script.main(argv(corpus, bert, tmp_path, *extra, "--out", str(split))) == 143
     monkeypatch.setattr(train_module, "expected_counts", real)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_hmm_checkpoint
+from conftest import save_hmm_checkpoint, signal_during_e_step
 from word_corpus import write_word_corpus
 
 from hmmlvd import HMM
@@ -333,20 +333,12 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(corpus, tmp_path):
     assert HMM.from_pretrained(out).num_states == 3
 
 
-def test_sigterm_in_process_stops_training_like_ctrl_c(tmp_path):
+def test_sigterm_in_process_stops_training_like_ctrl_c(tmp_path, monkeypatch):
     """In the library: SIGTERM during train() stops after the batch, with a checkpoint."""
     from hmmlvd.data import TokenWindows
 
     windows = TokenWindows(torch.arange(200).remainder(4).numpy(), 3)
     hmm = HMM(2, 4, 3, seed=0)
-    real = train_module.expected_counts
-    calls = {"n": 0}
-
-    def terminate_on_third(*args):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args)
 
     def unhandled(signum: int, frame: object) -> None:  # instead of killing pytest
         raise AssertionError("SIGTERM reached the handler outside train()")
@@ -354,12 +346,12 @@ def test_sigterm_in_process_stops_training_like_ctrl_c(tmp_path):
     config = EMConfig(epochs=3, step_size=0.5, final_full_batch=0, batch_size=10)
     previous = signal.signal(signal.SIGTERM, unhandled)
     try:
-        train_module.expected_counts = terminate_on_third
+        signal_during_e_step(monkeypatch, 3)
         with pytest.raises(train_module.TrainingInterrupted) as info:
             train_module.train(hmm, windows, config, out=tmp_path, progress=False)
         assert signal.getsignal(signal.SIGTERM) is unhandled  # handler restored
     finally:
-        train_module.expected_counts = real
+        monkeypatch.undo()
         signal.signal(signal.SIGTERM, previous)
     assert info.value.signal == signal.SIGTERM
     assert load_checkpoint(tmp_path)[2].progress.step == 3

@@ -6,12 +6,11 @@ import dataclasses
 import importlib
 import json
 import math
-import os
 import signal
 
 import pytest
 import torch
-from conftest import save_hmm_checkpoint
+from conftest import save_hmm_checkpoint, signal_during_e_step
 
 from hmmlvd.core.errors import CheckpointError, DataError
 from hmmlvd.data import TokenWindows
@@ -145,21 +144,6 @@ def test_resuming_changes_the_outcome_if_batches_were_replayed_wrongly(tmp_path,
     train(a, windows, EMConfig(**base, seed=1), progress=False)
     train(b, windows, EMConfig(**base, seed=2), progress=False)
     assert not torch.allclose(a.emission, b.emission, rtol=1e-6, atol=1e-7)
-
-
-def signal_during_e_step(monkeypatch, at: int, signum: int) -> None:
-    """Send ``signum`` to this process during E-step number ``at`` (1-based) of train(),
-    as Ctrl-C or a scheduler's SIGTERM would arrive mid-batch."""
-    real = train_module.expected_counts
-    seen = {"n": 0}
-
-    def signalling(*args):
-        seen["n"] += 1
-        if seen["n"] == at:
-            os.kill(os.getpid(), signum)
-        return real(*args)
-
-    monkeypatch.setattr(train_module, "expected_counts", signalling)
 
 
 @pytest.mark.parametrize(("signum", "by"), [(signal.SIGINT, ""), (signal.SIGTERM, " by SIGTERM")])
