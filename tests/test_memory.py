@@ -266,47 +266,57 @@ def test_cli_absurd_hidden_states_is_a_one_line_error(corpus, tmp_path, capsys, 
     assert not (tmp_path / "run").exists()
 
 
-MEASURE = textwrap.dedent("""
+# Run in a fresh process: ``reset_peak()`` sets the peak resident memory (VmHWM) to now and
+# returns the current resident memory; ``status("VmHWM")`` reads the peak since then.
+PEAK_RSS = textwrap.dedent("""
     import json, re, sys
     import torch
     torch.set_num_threads(1)
-    from hmmlvd.hmm import HMM, HMMConfig, expected_counts, maximize
-    from hmmlvd.hmm import memory
 
     def status(key):
         text = open("/proc/self/status").read()
         return int(re.search(key + r":\\s+(\\d+) kB", text).group(1)) * 1024
 
+    def reset_peak():
+        open("/proc/self/clear_refs", "w").write("5")
+        return status("VmRSS")
+""")
+
+MEASURE = PEAK_RSS + textwrap.dedent("""
+    from hmmlvd.hmm import HMM, HMMConfig, expected_counts, maximize
+    from hmmlvd.hmm import memory
+
     h, v, t, b, hom = 384, 2000, 32, 512, False
     x = torch.randint(0, v, (b, t), generator=torch.Generator().manual_seed(0))
-    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to now
-    base = status("VmRSS")
+    base = reset_peak()
     hmm = HMM(h, v, t, hom, seed=0)
     maximize(hmm, expected_counts(hmm, x), 0.5, 1e-3)
     print(json.dumps({"measured": status("VmHWM") - base,
                       "estimate": memory.training_estimate(HMMConfig(h, v, t, hom), b).total}))
 """)
 
-
-MEASURE_SAMPLING = textwrap.dedent("""
-    import json, re, sys
-    import torch
-    torch.set_num_threads(1)
+MEASURE_SAMPLING = PEAK_RSS + textwrap.dedent("""
     from hmmlvd.hmm import HMM, memory
-
-    def status(key):
-        text = open("/proc/self/status").read()
-        return int(re.search(key + r":\\s+(\\d+) kB", text).group(1)) * 1024
 
     h, v, t, n, length = (int(a) for a in sys.argv[1:])
     hmm = HMM(h, v, t, seed=0)
     prefix = torch.randint(0, v, (n, length), generator=torch.Generator().manual_seed(0))
-    open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to now
-    base = status("VmRSS")
+    base = reset_peak()
     hmm.sample(n, prefix if length else None, seed=0)
     print(json.dumps({"measured": status("VmHWM") - base,
                       "estimate": memory.sampling_estimate(hmm.config, n, length).activations}))
 """)
+
+
+def measured_peak(script: str, *args: object) -> dict:
+    """The JSON line a MEASURE script prints, run in a fresh process (skips where the peak
+    resident memory cannot be reset)."""
+    done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+    if done.returncode and "clear_refs" in done.stderr:
+        pytest.skip("cannot reset the peak RSS here")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc peak RSS")
@@ -317,12 +327,7 @@ def test_sampling_estimate_covers_the_measured_peak(sizes):
     are at least the measured rise of the peak resident memory, and at most 2.5x it (a run
     that would fit is not refused for want of a few times its memory). One size dominated by
     the [N, V] word distributions, one by a 15-token prefix's forward pass over H = 1024."""
-    done = subprocess.run([sys.executable, "-c", MEASURE_SAMPLING, *map(str, sizes)],
-                          capture_output=True, text=True, timeout=120)
-    if done.returncode and "clear_refs" in done.stderr:
-        pytest.skip("cannot reset the peak RSS here")
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = measured_peak(MEASURE_SAMPLING, *sizes)
     assert 1 <= result["estimate"] / result["measured"] <= 2.5, result
 
 
@@ -330,12 +335,7 @@ def test_sampling_estimate_covers_the_measured_peak(sizes):
 def test_estimate_is_within_1_5x_of_the_measured_peak():
     """One EM step (model creation included) at H=384, V=2000, T=32, B=512 in a fresh process:
     peak resident memory above the starting point vs the estimate."""
-    done = subprocess.run([sys.executable, "-c", MEASURE], capture_output=True, text=True,
-                          timeout=120)
-    if done.returncode and "clear_refs" in done.stderr:
-        pytest.skip("cannot reset the peak RSS here")
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = measured_peak(MEASURE)
     ratio = result["estimate"] / result["measured"]
     assert 1 / 1.5 < ratio < 1.5, result
 
