@@ -199,18 +199,24 @@ def assert_same_with_the_default_device_elsewhere(run: Callable[[], Sequence[tor
         torch.testing.assert_close(b, a)  # values, dtype and device
 
 
-def signal_during_e_step(monkeypatch, at: int, signum: int = signal.SIGTERM) -> None:
-    """Send ``signum`` to this process during E-step number ``at`` (1-based) of
-    :func:`hmmlvd.hmm.train.train`, as Ctrl-C or a scheduler's SIGTERM would arrive mid-batch
-    (the E-step itself then runs as usual)."""
-    train_module = importlib.import_module("hmmlvd.hmm.train")  # not the re-exported function
-    real = train_module.expected_counts
-    seen = {"n": 0}
+def signal_during_call(monkeypatch, target: object, name: str, at: int,
+                       signum: int = signal.SIGTERM) -> list[int]:
+    """Send ``signum`` to this process during call number ``at`` (1-based) of
+    ``target.<name>``, as Ctrl-C or a scheduler's SIGTERM would arrive mid-batch (the call
+    itself then runs as usual). Returns the call counter, a one-element list."""
+    real, calls = getattr(target, name), [0]
 
     def signalling(*args):
-        seen["n"] += 1
-        if seen["n"] == at:
+        calls[0] += 1
+        if calls[0] == at:
             os.kill(os.getpid(), signum)
         return real(*args)
 
-    monkeypatch.setattr(train_module, "expected_counts", signalling)
+    monkeypatch.setattr(target, name, signalling)
+    return calls
+
+
+def signal_during_e_step(monkeypatch, at: int, signum: int = signal.SIGTERM) -> list[int]:
+    """:func:`signal_during_call` on the E-step of :func:`hmmlvd.hmm.train.train`."""
+    train_module = importlib.import_module("hmmlvd.hmm.train")  # not the re-exported function
+    return signal_during_call(monkeypatch, train_module, "expected_counts", at, signum)

@@ -9,12 +9,12 @@ import copy
 import importlib
 import itertools
 import math
-import os
 import signal
 
 import numpy as np
 import pytest
 import torch
+from conftest import signal_during_call
 from test_pc_circuit import (
     STRUCTURES,
     graph_of,
@@ -467,15 +467,7 @@ def test_a_sigterm_during_circuit_em_without_checkpoints_stops_after_that_batch(
     by_hand = copy.deepcopy(circuit)
     for rows in epoch_batches(len(x), 40, 7, 0, shuffle=True)[:2]:
         em_step(by_hand, x[torch.from_numpy(rows)], 0.5, 0.01)
-    real, calls = pc_em.accumulate_counts, [0]
-
-    def signalling(*args):
-        calls[0] += 1
-        if calls[0] == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args)
-
-    monkeypatch.setattr(pc_em, "accumulate_counts", signalling)
+    calls = signal_during_call(monkeypatch, pc_em, "accumulate_counts", 2)
     with signals_request_stop(), pytest.raises(StoppedBeforeCheckpoint) as info:
         fit_em(circuit, x, epochs=3, batch_size=40, step_size=0.5, pseudocount=0.01, seed=7,
                progress=False, desc="LVD stage b")
