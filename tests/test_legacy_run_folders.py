@@ -14,12 +14,13 @@ import re
 import pytest
 import torch
 
-from hmmlvd.core import outdir
+from hmmlvd.core import outdir, persist
 from hmmlvd.core.errors import CheckpointError
 from hmmlvd.data import TokenWindows
 from hmmlvd.em import checkpoints as em_checkpoints
 from hmmlvd.em.checkpoints import EMCheckpoints, read_checkpoint
 from hmmlvd.em.config import EMConfig
+from hmmlvd.em.early import EarlyStopping
 from hmmlvd.hmm import HMM, load_checkpoint, train
 from hmmlvd.pc import Circuit, poon_domingos
 
@@ -165,6 +166,8 @@ def test_an_old_circuit_em_folder_resumes_to_the_uninterrupted_model(tmp_path, m
         "early": None, "seconds": 12.5}, indent=2))
     (out / "checkpoints" / "latest").write_text("em-00000002\n")
     assert outdir.run_in_folder(out) == outdir.FolderRun(outdir.IMAGE_RUN, finished=False)
+    saved = read_checkpoint(folder)
+    assert (saved.format, saved.kind, saved.run_id, saved.folder) == (1, "circuit", "", folder)
 
     with pytest.raises(CheckpointError, match=r"--size 3"):
         EMCheckpoints(out, {**SETTINGS, "size": 3}).resume()
@@ -180,6 +183,52 @@ def test_an_old_circuit_em_folder_resumes_to_the_uninterrupted_model(tmp_path, m
     last = read_checkpoint(checkpoints.latest())
     assert last.kind == "circuit" and last.record == {"structure_seconds": 0.25}
     assert last.seconds >= 12.5
+
+
+def old_circuit_folder(out, **fields) -> Circuit:
+    """An earlier circuit run stopped after CIRCUIT_STOP batches, with ``fields`` (trained_on,
+    early) in its ``em_state.json`` as the writers of that format left them; its model."""
+    model = circuit()
+    folder = out / "checkpoints" / "em-00000002"
+    model.save_pretrained(folder)
+    (folder / "em_state.json").write_text(json.dumps({
+        "settings": SETTINGS, "record": {},
+        "progress": {"phase": 0, "epoch": 0, "batch": CIRCUIT_STOP, "step": CIRCUIT_STOP,
+                     "phase_done": False, "history": [], "epoch_total": -1.5,
+                     "epoch_units": 21},
+        "early": None, "seconds": 1.0, **fields}))
+    (out / "checkpoints" / "latest").write_text(folder.name + "\n")
+    return model
+
+
+def test_an_old_circuit_folder_keeps_its_data_record_and_early_stopping_state(tmp_path):
+    """The first circuit writer recorded no ``trained_on`` (nothing to check: it resumes on
+    any data); a later one did (other data is refused). Its early-stopping state (scores,
+    best epoch and the best epoch's parameters in ``best/``) comes back on resume."""
+    digest = {"data_sha256": "a" * 64, "train_images": 30}
+    other = {"data_sha256": "b" * 64, "train_images": 30}
+    old_circuit_folder(tmp_path / "first")
+    assert EMCheckpoints(tmp_path / "first", SETTINGS, trained_on=other).resume()
+
+    old_circuit_folder(tmp_path / "later", trained_on=digest)
+    with pytest.raises(CheckpointError, match="training data differs"):
+        EMCheckpoints(tmp_path / "later", SETTINGS, trained_on=other).resume()
+    assert EMCheckpoints(tmp_path / "later", SETTINGS, trained_on=digest).resume()
+
+    state = {"scores": [-3.5, -3.25], "best_epoch": 2, "since": 1}
+    model = old_circuit_folder(tmp_path / "early", early=state)
+    best = {name: p.detach() + 0.5 for name, p in model.named_parameters()}
+    persist.save(tmp_path / "early" / "checkpoints" / "em-00000002" / "best",
+                                best, {}, em_checkpoints.BEST_TYPE)
+    checkpoints = EMCheckpoints(tmp_path / "early", SETTINGS)
+    resumed = Circuit.from_pretrained(checkpoints.resume())
+    early = EarlyStopping(lambda: 0.0, lambda: dict(resumed.named_parameters()))
+    checkpoints.restore_early(early)
+    kept, kept_best = early.state()
+    assert kept == state
+    assert kept_best.keys() == best.keys()
+    for name, value in best.items():
+        torch.testing.assert_close(kept_best[name], value, rtol=0, atol=0, msg=name)
 
 
 def test_an_unknown_or_newer_format_is_one_line_naming_folder_and_version(tmp_path, windows):
