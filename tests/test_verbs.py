@@ -166,6 +166,8 @@ def test_hmm_fit_refuses_bad_input():
     hmm = make_hmm()
     with pytest.raises(DataError, match="must be an EMConfig"):
         hmm.fit(torch.zeros(3, 4, dtype=torch.long), {"epochs": 1})
+    with pytest.raises(DataError, match=r"^config must be an EMConfig, got dict$"):
+        train(hmm, TokenWindows(np.zeros(12, dtype=np.int64), 4), {"epochs": 1})
     with pytest.raises(DataError, match="leaf_prior 'marginal' is for circuits"):
         hmm.fit(torch.zeros(3, 4, dtype=torch.long), EMConfig(leaf_prior="marginal"))
     with pytest.raises(DataError, match="length"):
