@@ -4,6 +4,7 @@ resumable.
     nice -n 15 .venv/bin/python scripts/mutation.py hmm-em              # run or continue
     nice -n 15 .venv/bin/python scripts/mutation.py hmm-em --retest     # survivors, timeouts
     .venv/bin/python scripts/mutation.py hmm-em --report                # score only, no run
+    .venv/bin/python scripts/mutation.py hmm-em --untriaged    # survivors docs/ do not name
     nice -n 15 .venv/bin/python scripts/mutation.py hmm --subprocess    # torchrun-only code
     .venv/bin/python scripts/mutation.py --list                         # the families
 
@@ -98,6 +99,13 @@ SUBPROCESS_TIMEOUT = 900  # seconds per mutant; a hang counts as killed (a timeo
 # The family's own files after the family's do_not_mutate: "hmm" leaves em.py to "hmm-em".
 EXCLUDE = {"hmm": ["hmmlvd/hmm/em.py"], "em": ["hmmlvd/em/rule.py"]}
 
+#: Where every survivor is triaged: one section per family, headed "### Family `<family>`",
+#: whose table rows start with the mutants they cover (e.g. "| `model.HMM.to` 3, 5-7; `f` 2 |").
+TRIAGE_DOC = ROOT / "docs" / "reliability.md"
+#: One mutant group of a row's first cell: a function (dotted, as short as unambiguous) and
+#: its mutant numbers (ranges allowed).
+TRIAGED = re.compile(r"`([\w.]+)`((?:[ ,]+\d+(?:-\d+)?)+)")
+
 # Counted as killed, as mutmut's own score does: a failing test or a timeout.
 KILLED = {"killed", "timeout"}
 RETEST = {"survived", "no tests", "timeout"}
@@ -161,6 +169,71 @@ def results(folder: Path) -> dict[str, str]:
 def module_of(name: str) -> str:
     """``hmmlvd.hmm.em.xǁScaledEmissionǁupdate__mutmut_3`` -> ``hmmlvd.hmm.em``."""
     return re.split(r"\.x[_ǁ]", name, maxsplit=1)[0]
+
+
+def function_of(name: str) -> tuple[str, int]:
+    """``hmmlvd.hmm.model.xǁHMMǁto__mutmut_3`` -> (``hmm.model.HMM.to``, 3)."""
+    module = module_of(name)
+    mangled, number = name[len(module) + 1:].rsplit("__mutmut_", 1)
+    function = mangled[2:] if mangled.startswith("x_") else \
+        mangled[1:].strip("ǁ").replace("ǁ", ".")
+    return f"{module.removeprefix('hmmlvd.')}.{function}", int(number)
+
+
+def family_section(doc: str, family: str) -> str:
+    """The text of ``doc``'s "### Family `family`" section (empty when it has none)."""
+    lines, inside, kept = doc.splitlines(), False, []
+    for line in lines:
+        if line.startswith(("### ", "## ")):
+            inside = line.startswith(f"### Family `{family}`")
+        elif inside:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def _shared_parts(a: str, b: str) -> int:
+    """How many leading dotted parts ``a`` and ``b`` share."""
+    pairs = zip(a.split("."), b.split("."), strict=False)
+    return next((i for i, (x, y) in enumerate(pairs) if x != y),
+                min(a.count("."), b.count(".")) + 1)
+
+
+def triaged(section: str, functions: set[str]) -> tuple[set[tuple[str, int]], list[str]]:
+    """The (function, number) pairs the section's table rows name, and the names in them that
+    match no function of ``functions`` or more than one. A short name (``e_step``) is the
+    function whose dotted name ends with it; where several do, the one nearest the previous
+    name of the same cell (``train._HMMLearner.m_step 2; e_step 41``)."""
+    found: set[tuple[str, int]] = set()
+    unknown: list[str] = []
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        previous = ""
+        for match in TRIAGED.finditer(line[1:].split("|", 1)[0]):
+            short = match[1]
+            candidates = sorted(f for f in functions if f == short or f.endswith("." + short))
+            if len(candidates) > 1 and previous:
+                shared = [_shared_parts(previous, c) for c in candidates]
+                best = max(shared)
+                candidates = [c for c, n in zip(candidates, shared, strict=True) if n == best]
+            if len(candidates) != 1:
+                unknown.append(short)
+                continue
+            previous = candidates[0]
+            for part in re.findall(r"\d+(?:-\d+)?", match[2]):
+                first, _, last = part.partition("-")
+                found.update((previous, n) for n in range(int(first), int(last or first) + 1))
+    return found, unknown
+
+
+def untriaged(statuses: dict[str, str], doc: str, family: str) -> tuple[list[str], list[str]]:
+    """The survivors and mutants no test reached that the family's section of ``doc`` does
+    not name, and the names in it that match no function (see :func:`triaged`)."""
+    functions = {function_of(name)[0] for name in statuses}
+    done, unknown = triaged(family_section(doc, family), functions)
+    left = sorted(n for n, s in statuses.items()
+                  if s in ("survived", "no tests") and function_of(n) not in done)
+    return left, unknown
 
 
 def subprocess_results(folder: Path) -> dict[str, str]:
@@ -233,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subprocess", action="store_true",
                         help="run the child-process tests of the mutants mutmut cannot map "
                              "(SUBPROCESS_TESTS), after mutmut's own run of the family")
+    parser.add_argument("--untriaged", action="store_true",
+                        help="print the score and the survivors docs/reliability.md does not "
+                             "triage, run nothing")
     args = parser.parse_args(argv)
     if args.list or not args.family:
         for family, (mutate, tests) in FAMILIES.items():
@@ -241,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = prepare(args.family)
     if args.subprocess:
         run_subprocess_tests(args.family, folder, results(folder))
-    elif not args.report:
+    elif not (args.report or args.untriaged):
         again = to_retest(results(folder)) if args.retest and (folder / "mutants").exists() \
             else []
         if args.retest and not again:
@@ -255,7 +331,14 @@ def main(argv: list[str] | None = None) -> int:
                 mutmut(folder, "run", "--max-children", "1", *again)
         else:
             mutmut(folder, "run", "--max-children", "1")
-    report(merged(folder))
+    statuses = merged(folder)
+    report(statuses)
+    if args.untriaged:
+        left, unknown = untriaged(statuses, TRIAGE_DOC.read_text(encoding="utf-8"), args.family)
+        print(f"\nnot triaged in {TRIAGE_DOC.relative_to(ROOT)} ({len(left)}):")
+        print("\n".join(f"  {name}" for name in left))
+        if unknown:
+            print(f"\nnames there that match no function or several: {', '.join(unknown)}")
     return 0
 
 

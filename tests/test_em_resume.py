@@ -325,3 +325,24 @@ def test_a_damaged_progress_record_is_named_with_its_field(tmp_path, edit, reaso
     with pytest.raises(CheckpointError) as info:
         checkpoints.resume()
     assert str(info.value) == f"{state} is damaged or not from hmmlvd: {reason}"
+
+
+@pytest.mark.parametrize("field", ["settings", "trained_on", "record", "early", "em_config",
+                                   "run_id", "kind"])
+def test_a_checkpoint_field_of_the_wrong_type_is_refused(tmp_path, field):
+    """Each of checkpoint.json's fields of the wrong type alone (a list for an object, a
+    number for a string) makes the checkpoint damaged, in one line naming the file."""
+    data, valid = data_and_valid()
+    with pytest.raises(TrainingInterrupted):
+        fresh().fit(data, CONFIG, valid=valid, progress=False,
+                    checkpoints=EMCheckpoints(tmp_path, SETTINGS, StopAt(4)))
+    checkpoints = EMCheckpoints(tmp_path, SETTINGS)
+    state = checkpoints.latest() / "checkpoint.json"
+    raw = json.loads(state.read_text())
+    wrong = 5 if isinstance(raw[field], str) else [1]
+    state.write_text(json.dumps({**raw, field: wrong}))
+    with pytest.raises(CheckpointError) as info:
+        checkpoints.resume()
+    assert str(info.value) == (
+        f"{state} is damaged or not from hmmlvd: TypeError: settings, trained_on, record, early "
+        "and em_config must be objects, run_id and kind strings")

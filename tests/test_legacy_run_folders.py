@@ -183,32 +183,37 @@ def test_an_old_circuit_em_folder_resumes_to_the_uninterrupted_model(tmp_path, m
     last = read_checkpoint(checkpoints.latest())
     assert last.kind == "circuit" and last.record == {"structure_seconds": 0.25}
     assert last.seconds >= 12.5
+    assert re.fullmatch(r"[0-9a-f]{32}", last.run_id)  # a fresh id: the old folder had none
 
 
 def old_circuit_folder(out, **fields) -> Circuit:
     """An earlier circuit run stopped after CIRCUIT_STOP batches, with ``fields`` (trained_on,
-    early) in its ``em_state.json`` as the writers of that format left them; its model."""
+    early, seconds; None: left out) in its ``em_state.json`` as the writers of that format left
+    them; its model."""
     model = circuit()
     folder = out / "checkpoints" / "em-00000002"
     model.save_pretrained(folder)
-    (folder / "em_state.json").write_text(json.dumps({
-        "settings": SETTINGS, "record": {},
-        "progress": {"phase": 0, "epoch": 0, "batch": CIRCUIT_STOP, "step": CIRCUIT_STOP,
-                     "phase_done": False, "history": [], "epoch_total": -1.5,
-                     "epoch_units": 21},
-        "early": None, "seconds": 1.0, **fields}))
+    state = {"settings": SETTINGS, "record": {},
+             "progress": {"phase": 0, "epoch": 0, "batch": CIRCUIT_STOP, "step": CIRCUIT_STOP,
+                          "phase_done": False, "history": [], "epoch_total": -1.5,
+                          "epoch_units": 21},
+             "early": None, "seconds": 1.0, **fields}
+    (folder / "em_state.json").write_text(json.dumps(
+        {key: value for key, value in state.items() if value is not None or key == "early"}))
     (out / "checkpoints" / "latest").write_text(folder.name + "\n")
     return model
 
 
 def test_an_old_circuit_folder_keeps_its_data_record_and_early_stopping_state(tmp_path):
     """The first circuit writer recorded no ``trained_on`` (nothing to check: it resumes on
-    any data); a later one did (other data is refused). Its early-stopping state (scores,
-    best epoch and the best epoch's parameters in ``best/``) comes back on resume."""
+    any data) and no wall time (0 s before); a later one did (other data is refused). Its
+    early-stopping state (scores, best epoch and the best epoch's parameters in ``best/``)
+    comes back on resume."""
     digest = {"data_sha256": "a" * 64, "train_images": 30}
     other = {"data_sha256": "b" * 64, "train_images": 30}
-    old_circuit_folder(tmp_path / "first")
-    assert EMCheckpoints(tmp_path / "first", SETTINGS, trained_on=other).resume()
+    old_circuit_folder(tmp_path / "first", seconds=None)
+    first = EMCheckpoints(tmp_path / "first", SETTINGS, trained_on=other)
+    assert first.resume() and first.seconds_before == 0.0
 
     old_circuit_folder(tmp_path / "later", trained_on=digest)
     with pytest.raises(CheckpointError, match="training data differs"):

@@ -74,3 +74,35 @@ def test_retest_takes_survivors_timeouts_and_mutants_no_test_reached(monkeypatch
                 "m.x_f__mutmut_5": "not checked", "m.x_f__mutmut_6": "suspicious"}
     assert script.to_retest(statuses) == ["m.x_f__mutmut_2", "m.x_f__mutmut_3",
                                           "m.x_f__mutmut_4"]
+
+
+def test_untriaged_lists_the_survivors_the_family_section_does_not_name(monkeypatch):
+    """Rows name mutants by the shortest unambiguous function name, lists and ranges; a short
+    name shared by two functions resolves to the one nearest the cell's previous name. Only
+    the family's own section counts, and only survivors and mutants no test reached."""
+    script = load_script("mutation", monkeypatch)
+    doc = "\n".join([
+        "## Mutation testing", "| `train.A.e_step` 9 | other family's text |",
+        "### Family `hmm` (files)", "text `train.A.e_step` 8 outside a table",
+        "| mutant | what | why |", "|---|---|---|",
+        "| `train.A.m_step` 2; `e_step` 3-5, 7 | x | y |",
+        "| `model.HMM.to` 1 | x | `model.HMM.to` 2 (not the first cell) |",
+        "| `fit` 1; `nowhere` 4 | x | y |",
+        "### Family `em`", "| `train.A.e_step` 6 | x | y |"])
+    names = {f"hmmlvd.hmm.train.xǁAǁe_step__mutmut_{n}": "survived" for n in range(1, 10)}
+    names.update({"hmmlvd.hmm.train.xǁBǁe_step__mutmut_1": "no tests",
+                  "hmmlvd.hmm.train.xǁAǁm_step__mutmut_2": "survived",
+                  "hmmlvd.hmm.model.xǁHMMǁto__mutmut_1": "survived",
+                  "hmmlvd.hmm.model.xǁHMMǁto__mutmut_2": "survived",
+                  "hmmlvd.hmm.model.xǁHMMǁfit__mutmut_1": "no tests",
+                  "hmmlvd.hmm.model.x_fit__mutmut_1": "killed",
+                  "hmmlvd.hmm.model.x_helper__mutmut_1": "timeout"})
+    assert script.function_of("hmmlvd.hmm.model.xǁHMMǁto__mutmut_2") == ("hmm.model.HMM.to", 2)
+    assert script.function_of("hmmlvd.em.rule.x__target__mutmut_23") == ("em.rule._target", 23)
+    left, unknown = script.untriaged(names, doc, "hmm")
+    assert left == sorted([
+        *(f"hmmlvd.hmm.train.xǁAǁe_step__mutmut_{n}" for n in (1, 2, 6, 8, 9)),
+        "hmmlvd.hmm.train.xǁBǁe_step__mutmut_1", "hmmlvd.hmm.model.xǁHMMǁto__mutmut_2",
+        "hmmlvd.hmm.model.xǁHMMǁfit__mutmut_1"])
+    # `fit` matches model.HMM.fit and model.fit with no previous name: ambiguous
+    assert unknown == ["fit", "nowhere"]
