@@ -307,3 +307,12 @@ def test_mle_builds_its_tensors_on_the_requested_device(homogeneous):
     config = HMMConfig(3, 6, 5, homogeneous)
     assert_same_with_the_default_device_elsewhere(
         lambda: mle_parameters(tokens, labels, config, chunk_size=7, device="cpu"))
+
+
+@pytest.mark.parametrize("homogeneous", [False, True])
+def test_random_parameters_ignore_torchs_default_device(homogeneous):
+    """The seeded draws come from a CPU generator onto the CPU whatever torch's default device
+    (here "meta"): the same seed gives the same model everywhere."""
+    config = HMMConfig(3, 6, 5, homogeneous)
+    assert_same_with_the_default_device_elsewhere(
+        lambda: random_parameters(config, seed=4, device="cpu"))

@@ -12,12 +12,13 @@ import pytest
 import torch
 from conftest import save_hmm_checkpoint, signal_during_e_step
 
-from hmmlvd.core.errors import CheckpointError, DataError
+from hmmlvd.core import memory as device_memory
+from hmmlvd.core.errors import CheckpointError, DataError, InsufficientMemoryError
 from hmmlvd.data import TokenWindows
 from hmmlvd.em import Progress, epoch_seed
 from hmmlvd.em.checkpoints import EMCheckpoints
 from hmmlvd.em.config import EMConfig
-from hmmlvd.hmm import HMM, expected_counts, load_checkpoint, maximize, train
+from hmmlvd.hmm import HMM, expected_counts, load_checkpoint, maximize, memory, train
 
 # hmmlvd.hmm re-exports the function ``train``, which shadows the module attribute.
 train_module = importlib.import_module("hmmlvd.hmm.train")
@@ -448,3 +449,34 @@ def test_training_equals_em_steps_taken_by_hand(monkeypatch, windows, per):
     assert_same_parameters(hmm, reference)
     assert history[-1]["full_batch"]
     assert history[-1]["train_ll_per_token"] == pytest.approx(want_ll, rel=1e-6)
+
+
+@pytest.mark.parametrize("config", [
+    EMConfig(epochs=1, final_full_batch=1, batch_size=40, dtype="bfloat16"),
+    EMConfig(epochs=0, final_full_batch=2, batch_size=40, dtype="float32"),
+    EMConfig(epochs=2, final_full_batch=0, batch_size=40, dtype="float32"),
+], ids=["both-kinds-bf16", "full-batch-only", "mini-batch-only"])
+def test_training_checks_memory_for_the_epochs_and_dtype_it_runs(monkeypatch, windows, config):
+    """Before the first batch, train() refuses a run whose EM needs more than the device has
+    besides the loaded parameters, estimated for the kinds of epoch the schedule has (full-batch
+    count sums, the scaled table of mini-batch epochs) in the E-step's dtype; a run that fits
+    exactly trains."""
+    monkeypatch.delenv(device_memory.SKIP_ENV, raising=False)
+    estimate = memory.training_estimate(student().config, config.batch_size,
+                                        config.any_full_batch, getattr(torch, config.dtype),
+                                        config.any_mini_batch)
+    needed = estimate.total - estimate.parameters
+    monkeypatch.setattr(device_memory, "available_bytes", lambda device: needed - 1)
+    with pytest.raises(InsufficientMemoryError):
+        train(student(), windows, config, progress=False)
+    monkeypatch.setattr(device_memory, "available_bytes", lambda device: needed)
+    assert len(train(student(), windows, config, progress=False).history) == \
+        config.epochs + config.final_full_batch
+
+
+def test_training_shows_a_progress_bar_unless_told_not_to(windows, capsys):
+    config = EMConfig(epochs=1, final_full_batch=0, batch_size=40)
+    train(student(), windows, config)
+    assert "epoch 1/1" in capsys.readouterr().err
+    train(student(), windows, config, progress=False)
+    assert "epoch" not in capsys.readouterr().err
