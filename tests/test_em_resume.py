@@ -146,6 +146,11 @@ def test_a_damaged_checkpoint_is_named(tmp_path):
     (tmp_path / "checkpoints" / "latest").write_text("../../etc\n")
     with pytest.raises(CheckpointError, match="not a checkpoint folder"):
         checkpoints.resume()
+    pointer = tmp_path / "checkpoints" / "latest"
+    pointer.write_bytes(b"\xff\xfeckpt-00000001\n")  # not UTF-8
+    with pytest.raises(CheckpointError) as info:
+        checkpoints.resume()
+    assert str(info.value).startswith(f"{pointer} is unreadable: ")
 
 
 def test_patch_circuit_resumes_to_the_same_model(tmp_path):
