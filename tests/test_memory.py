@@ -73,6 +73,72 @@ def test_training_estimate_grows_as_expected():
     assert mle.parameters == one.parameters and mle.counts > 0
 
 
+def parameter_bytes(h: int, v: int, t: int, homogeneous: bool) -> int:
+    """float32 initial [H], transitions [P_A, H, H], emissions [P_B, V, H] (P_A = T-1 and P_B = T,
+    or 1 and 1 when homogeneous)."""
+    pa, pb = (1, 1) if homogeneous else (t - 1, t)
+    return 4 * (h + pa * h * h + pb * v * h)
+
+
+def em_step_kinds(h: int, v: int, t: int, homogeneous: bool, b: int, dtype: torch.dtype
+                  ) -> dict[str, tuple[int, int]]:
+    """(counts, activations) bytes of one EM step on B windows as the module docstring writes
+    them, for a mini-batch and a full-batch step: chunks of C = max(1, 2^26 // (H T)) windows
+    (at most B), C T (d_c H + 64) bytes a chunk (d_c = 20 in float32, 14 in bfloat16), the
+    transition work 4 (T-1) H^2 c (c = 3, or 2 homogeneous); mini-batch adds the batch's
+    counts 8 B T H, full-batch a parameter-sized accumulator and one chunk's counts 4 C T H."""
+    chunk = min(b, max(1, 2**26 // (h * t)))
+    d_c = {torch.float32: 20, torch.bfloat16: 14}[dtype]
+    per_chunk = chunk * t * (d_c * h + 64)
+    transitions = 4 * (t - 1) * h * h * (2 if homogeneous else 3)
+    return {"mini": (transitions, per_chunk + 8 * b * t * h),
+            "full": (transitions + parameter_bytes(h, v, t, homogeneous),
+                     per_chunk + 4 * chunk * t * h)}
+
+
+# (h, v, t, homogeneous, B, dtype, full_batch, mini_batch, the kind that is the peak)
+EM_SIZES = [
+    (3, 5, 4, False, 7, torch.float32, False, None, "mini"),
+    (3, 5, 4, True, 7, torch.bfloat16, False, None, "mini"),
+    (5, 3, 1, False, 7, torch.float32, False, None, "mini"),  # T = 1: no transition matrix
+    # a large batch of a small model: the mini-batch counts 8 B T H outweigh the full-batch
+    # accumulator, which a run of full-batch epochs only must not be charged for
+    (4, 6, 5, False, 1000, torch.float32, True, None, "full"),
+    (4, 6, 5, False, 1000, torch.float32, True, True, "mini"),
+    (3, 1000, 4, False, 2, torch.bfloat16, True, True, "full"),  # the accumulator outweighs
+    (3, 1000, 4, False, 2, torch.bfloat16, False, False, "mini"),  # no epochs: mini-batch's
+    (8192, 2, 32, False, 1000, torch.float32, False, None, "mini"),  # chunks of 256 windows
+    (8192, 2, 32, True, 1000, torch.bfloat16, True, None, "full"),
+]
+
+
+@pytest.mark.parametrize("h, v, t, homogeneous, b, dtype, full, mini, peak", EM_SIZES)
+def test_training_estimate_closed_form(h, v, t, homogeneous, b, dtype, full, mini, peak):
+    """The estimate is the docstring's formula, with the larger kind where a run has both."""
+    kinds = em_step_kinds(h, v, t, homogeneous, b, dtype)
+    if full and mini:
+        assert sum(kinds[peak]) == max(sum(kinds["mini"]), sum(kinds["full"]))
+    estimate = memory.training_estimate(HMMConfig(h, v, t, homogeneous), b, full_batch=full,
+                                        dtype=dtype, mini_batch=mini)
+    assert (estimate.parameters, estimate.counts, estimate.activations) == \
+        (parameter_bytes(h, v, t, homogeneous), *kinds[peak])
+    if peak == "mini" and dtype == torch.float32 and b * h * t <= 2**26:  # one chunk
+        # the unchunked float32 fit 4 B T (7 H + 16) of the docstring
+        assert estimate.activations == 4 * b * t * (7 * h + 16)
+
+
+def test_chunk_holds_as_many_windows_as_fit_in_2_26_entries():
+    """The E-step's chunk: the most windows whose [C, T, H] entries stay within 2^26 (16,384
+    windows at H = 128, T = 32; 2,048 at H = 1024), one window when even one does not fit."""
+    assert memory.chunk_windows(128, 32) == 16_384
+    assert memory.chunk_windows(1024, 32) == 2048
+    for h, t in [(3, 4), (1000, 7), (8192, 32), (2**26, 1), (2**25 + 1, 2), (2**27, 1)]:
+        chunk = memory.chunk_windows(h, t)
+        assert isinstance(chunk, int) and chunk >= 1
+        assert chunk == 1 or chunk * h * t <= 2**26, (h, t, chunk)
+        assert (chunk + 1) * h * t > 2**26, (h, t, chunk)
+
+
 def test_format_bytes():
     assert memory.format_bytes(851.94e9) == "851.9 GB"
     assert memory.format_bytes(12.3e9) == "12.3 GB"
@@ -121,6 +187,65 @@ def test_training_message_names_batch_and_fixes(available, device, free, homogen
     with pytest.raises(InsufficientMemoryError,
                        match=rf"; this {device} has {memory.format_bytes(free)} available"):
         memory.check_sampling(config, 10**6, device)
+
+
+def config_sizes(h: int, v: int, t: int, homogeneous: bool) -> str:
+    """The sizes as the messages name them."""
+    return f"H={h}, V={v}, T={t}" + (", homogeneous" if homogeneous else "")
+
+
+@pytest.mark.parametrize("h, v, t, homogeneous, b, dtype, full, mini, peak",
+                         [sizes for sizes in EM_SIZES if sizes[0] < 8192])
+def test_training_check_refuses_one_byte_past_the_estimate(available, h, v, t, homogeneous, b,
+                                                           dtype, full, mini, peak):
+    """The check charges the docstring's peak for the run's kinds of epochs and compute dtype:
+    exactly that much available passes, one byte less is refused, naming the batch and whether
+    EM is full-batch; with the parameters already loaded only the rest has to fit."""
+    config = HMMConfig(h, v, t, homogeneous)
+    params = parameter_bytes(h, v, t, homogeneous)
+    total = params + sum(em_step_kinds(h, v, t, homogeneous, b, dtype)[peak])
+    kwargs = {"full_batch": full, "dtype": dtype, "mini_batch": mini}
+    available(total)
+    assert memory.check_training(config, b, **kwargs).total == total
+    available(total - 1)
+    with pytest.raises(InsufficientMemoryError) as info:
+        memory.check_training(config, b, "cpu", **kwargs)
+    mode = ", full-batch EM" if full else ""
+    assert str(info.value).startswith(
+        f"{config_sizes(h, v, t, homogeneous)} needs about {memory.format_bytes(total)} for "
+        f"parameters and EM counts (batch {b}{mode}); this cpu has "
+        f"{memory.format_bytes(total - 1)} available. Use fewer hidden states"), str(info.value)
+    available(total - params)
+    memory.check_training(config, b, allocated=True, **kwargs)
+    available(total - params - 1)
+    with pytest.raises(InsufficientMemoryError, match="parameters already loaded"):
+        memory.check_training(config, b, allocated=True, **kwargs)
+
+
+@pytest.mark.parametrize("method, what, windows", [
+    ("random", "random initialisation", 0), ("load", "loading", 0),
+    ("mle", "MLE from labels", 10)])
+def test_model_check_refuses_one_byte_past_the_estimate(available, method, what, windows):
+    """Creating a model needs its parameters; MLE adds float64 transition counts
+    8 (H + P_A H^2) and 48 bytes of indices per token of the windows read at once. Exactly
+    that much available passes (on the default device, the cpu), one byte less is refused
+    with a message naming the way the model is made and the fixes."""
+    config = HMMConfig(3, 5, 4)
+    params = parameter_bytes(3, 5, 4, False)
+    total = params + (8 * (3 + 3 * 3 * 3) + 48 * windows * 4 if method == "mle" else 0)
+    kwargs = {"num_windows": windows} if method == "mle" else {}
+    if method == "random":  # the default method
+        assert memory.model_estimate(config).total == total
+    available(total)
+    assert memory.check_model(config, method=method, **kwargs).total == total
+    available(total - 1)
+    with pytest.raises(InsufficientMemoryError) as info:
+        memory.check_model(config, method=method, **kwargs)
+    assert str(info.value) == (
+        f"H=3, V=5, T=4 needs about {memory.format_bytes(total)} for its parameters ({what}; "
+        f"the parameters alone are {memory.format_bytes(params)}); this cpu has "
+        f"{memory.format_bytes(total - 1)} available. Use fewer hidden states (--hidden-states) "
+        f"or --device cuda (or set {memory.SKIP_ENV}=1 to skip this check)")
 
 
 def test_train_checks_the_batch_before_the_first_step(available):
