@@ -191,3 +191,23 @@ def test_forward_matches_brute_force_on_random_sizes(num_states, vocab_size, len
     got = hmm.log_likelihood(torch.tensor(rows)).double()
     want = torch.tensor([brute_log_prob_fn(hmm, r) for r in rows], dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_gradients_are_the_prefix_posteriors_by_default(make_hmm):
+    """By default the gradient of log p(x_1..x_t) for t < L w.r.t. the gathered emissions,
+    times them, is p(z_s = h | x_1..x_t) for s <= t (0 after t): the brute-force posterior of
+    the prefix. Filtered states are returned only when asked for."""
+    hmm = make_hmm(3, 5, 4, seed=13)
+    x = [2, 0, 4, 1]
+    emissions = torch.stack([hmm.emission[t, w] for t, w in enumerate(x)])[None].clone()
+    emissions.requires_grad_(True)
+    result = forward(hmm.initial, hmm.transition, emissions)
+    assert result.states is None
+    t = 1  # the prefix x_1, x_2
+    result.log_prefix[0, t].backward()
+    got = (emissions.grad * emissions).detach()[0].double()
+    paths, joint = path_joints(hmm, x[: t + 1])
+    for s in range(4):
+        want = (np.bincount(paths[:, s], weights=joint, minlength=3) / joint.sum()
+                if s <= t else np.zeros(3))
+        torch.testing.assert_close(got[s], torch.from_numpy(want), rtol=1e-5, atol=1e-6)

@@ -246,6 +246,8 @@ def test_model_check_refuses_one_byte_past_the_estimate(available, method, what,
         f"the parameters alone are {memory.format_bytes(params)}); this cpu has "
         f"{memory.format_bytes(total - 1)} available. Use fewer hidden states (--hidden-states) "
         f"or --device cuda (or set {memory.SKIP_ENV}=1 to skip this check)")
+    with pytest.raises(ValueError, match=r"^unknown method 'magic'$"):
+        memory.model_estimate(config, "magic")
 
 
 def test_train_checks_the_batch_before_the_first_step(available):
