@@ -214,7 +214,8 @@ def test_training_check_refuses_one_byte_past_the_estimate(available, h, v, t, h
     assert str(info.value).startswith(
         f"{config_sizes(h, v, t, homogeneous)} needs about {memory.format_bytes(total)} for "
         f"parameters and EM counts (batch {b}{mode}); this cpu has "
-        f"{memory.format_bytes(total - 1)} available. Use fewer hidden states"), str(info.value)
+        f"{memory.format_bytes(total - 1)} available. Use "), str(info.value)
+    assert "fewer hidden states (--hidden-states)" in str(info.value)
     available(total - params)
     memory.check_training(config, b, allocated=True, **kwargs)
     available(total - params - 1)
@@ -512,3 +513,27 @@ def test_mle_emission_counts_switch_dtype_where_a_cell_could_stop_counting(homog
     so the largest possible count picks the first dtype that holds it exactly."""
     config = HMMConfig(4, 10, 32, homogeneous)
     assert memory.mle_emission_count_dtype(config, windows) == dtype
+
+
+@pytest.mark.parametrize("allocated", [False, True])
+def test_a_full_batch_refusal_offers_mini_batch_epochs_only_where_they_would_fit(available,
+                                                                                 allocated):
+    """Full-batch epochs add count sums as large as the parameters. When memory is short only
+    for those, the refusal offers mini-batch epochs alone first; when even those would not fit,
+    it does not."""
+    h, v, t, b = 64, 500, 8, 16
+    config = HMMConfig(h, v, t)
+    params = parameter_bytes(h, v, t, False)
+    kinds = em_step_kinds(h, v, t, False, b, torch.float32)
+    both = params + max(sum(kinds["mini"]), sum(kinds["full"]))
+    mini = params + sum(kinds["mini"])
+    assert both > mini  # the full-batch sums are the larger kind at these sizes
+    loaded = params if allocated else 0
+    for free, offered in ((mini - loaded, True), (mini - loaded - 1, False)):
+        available(free)
+        with pytest.raises(InsufficientMemoryError) as info:
+            memory.check_training(config, b, "cpu", full_batch=True, mini_batch=True,
+                                  allocated=allocated)
+        assert ("Use mini-batch epochs only (--final-full-batch 0), fewer hidden states"
+                in str(info.value)) is offered, str(info.value)
+        assert "--hidden-states" in str(info.value)

@@ -168,10 +168,11 @@ def _label(device: torch.device) -> str:
 
 
 def _fail(message: str, device: torch.device, batch: bool,
-          dtype: torch.dtype | None = None) -> None:
+          dtype: torch.dtype | None = None, first: str = "") -> None:
+    """Raise the refusal: ``message``, then the fixes (``first``, when given, leads them)."""
     other = "--device cuda" if device.type == "cpu" else "--device cpu"
-    fixes = ("fewer hidden states (--hidden-states), a smaller batch (--batch-size), " if batch
-             else "fewer hidden states (--hidden-states) or ")
+    fixes = first + ("fewer hidden states (--hidden-states), a smaller batch (--batch-size), "
+                     if batch else "fewer hidden states (--hidden-states) or ")
     if batch and dtype == torch.float32:
         fixes += "bfloat16 activations (--dtype bfloat16), "
     if batch:
@@ -205,7 +206,9 @@ def check_training(config: HMMConfig, batch_size: int, device: str | torch.devic
     """Raise :class:`InsufficientMemoryError` if EM on batches of ``batch_size`` windows in
     compute ``dtype`` needs more memory than ``device`` has available. ``allocated``: the
     parameters already exist on the device (so only the rest has to fit into what is still
-    available). ``full_batch`` / ``mini_batch``: see :func:`training_estimate`."""
+    available). ``full_batch`` / ``mini_batch``: see :func:`training_estimate`. When the
+    full-batch epochs' parameter-sized count sums are what does not fit (mini-batch epochs
+    alone would), the message offers dropping them first."""
     estimate = training_estimate(config, batch_size, full_batch, dtype, mini_batch)
     device = torch.device(device)
     if device_memory.skipped():
@@ -217,8 +220,13 @@ def check_training(config: HMMConfig, batch_size: int, device: str | torch.devic
         has = (f"besides the {format_bytes(estimate.parameters)} of parameters already loaded, "
                f"this {_label(device)} has {format_bytes(available)} available" if allocated
                else f"this {_label(device)} has {format_bytes(available)} available")
+        mini_only = training_estimate(config, batch_size, False, dtype, True)
+        first = ("mini-batch epochs only (--final-full-batch 0), " if full_batch and
+                 mini_only.total - (mini_only.parameters if allocated else 0) <= available
+                 else "")
         _fail(f"{_sizes(config)} needs about {format_bytes(estimate.total)} for parameters and "
-              f"EM counts (batch {batch_size}{mode}); {has}", device, batch=True, dtype=dtype)
+              f"EM counts (batch {batch_size}{mode}); {has}", device, batch=True, dtype=dtype,
+              first=first)
     return estimate
 
 
