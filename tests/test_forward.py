@@ -211,3 +211,45 @@ def test_prefix_gradients_are_the_prefix_posteriors_by_default(make_hmm):
         want = (np.bincount(paths[:, s], weights=joint, minlength=3) / joint.sum()
                 if s <= t else np.zeros(3))
         torch.testing.assert_close(got[s], torch.from_numpy(want), rtol=1e-5, atol=1e-6)
+
+
+def _float64_forward(initial: torch.Tensor, transitions: torch.Tensor,
+                     emissions: torch.Tensor) -> torch.Tensor:
+    """log p(x) [B] by the plain normalised recursion in float64 (no per-step maxima)."""
+    alpha = initial.double() * emissions[:, 0].double()
+    log_p = alpha.sum(-1).log()
+    alpha = alpha / alpha.sum(-1, keepdim=True)
+    for t in range(1, emissions.shape[1]):
+        alpha = (alpha @ transitions[t - 1].double()) * emissions[:, t].double()
+        norm = alpha.sum(-1, keepdim=True)
+        log_p, alpha = log_p + norm.squeeze(-1).log(), alpha / norm
+    return log_p
+
+
+def test_emission_columns_far_below_float32s_normal_range_keep_full_precision(make_hmm,
+                                                                              windows_factory):
+    """Emission factors of about 2^-146 (subnormal in float32: a few significant bits left
+    after one more product) still give log p(x) to float32 precision, because each column is
+    divided by its maximum before any product and its log added back."""
+    hmm = make_hmm(8, 5, 6, seed=14)
+    x = windows_factory(10, 6, 5, seed=15)
+    emissions = hmm.gather_emissions(x) * 2.0**-140
+    transitions = hmm.transitions_for(6)
+    want = _float64_forward(hmm.initial, transitions, emissions)
+    got = forward(hmm.initial, transitions, emissions).log_prefix[:, -1].double()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+
+
+def test_bfloat16_normalisers_are_summed_in_float32(windows_factory):
+    """In bfloat16 the forward vector's entries are rounded (relative 2^-9 each), but each
+    normaliser is summed in float32, so over 32 steps at H = 256 the rounding averages out:
+    log p(x) stays, on average over windows, within 2^-9 of the float64 recursion on the same
+    rounded inputs. Summed in bfloat16, each normaliser would itself be rounded by up to 2^-9,
+    every step (about 3 times that, measured)."""
+    hmm = HMM(256, 50, 32, seed=16)
+    x = windows_factory(64, 32, 50, seed=17)
+    emissions = hmm.gather_emissions(x).to(torch.bfloat16)
+    transitions = hmm.transitions_for(32).to(torch.bfloat16)
+    want = _float64_forward(hmm.initial, transitions, emissions)
+    got = forward(hmm.initial, transitions, emissions).log_prefix[:, -1].double()
+    assert (got - want).abs().mean().item() < 2.0**-9

@@ -13,10 +13,11 @@ renormalised forward vector before each matmul, and each matmul's output (accumu
 float32 inside the matmul, stored as bf16). What stays float32: the emission maxima and their
 logs, every normaliser (summed in float32 from the bf16 vector), the log-likelihoods and the
 returned ``alpha``. bf16 has float32's 8-bit exponent, so the renormalised vector (sum 1,
-largest entry >= 1/H) and the scaled emissions (largest entry 1) are as far from underflow as
-in float32: only precision is lost, never range. Each log normaliser is the exact log of the
-sum of the rounded vector, so log p(x) carries only the relative rounding of the entries
-(about 2^-9 each, averaging out over H states), not a bias of the scaling.
+largest entry >= 1/H) and the scaled emissions (largest entry 1, or below 1 for a column
+whose maximum is under e^-80: dividing by that maximum would overflow) are as far from
+underflow as in float32: only precision is lost, never range. Each log normaliser is the
+exact log of the sum of the rounded vector, so log p(x) carries only the relative rounding of
+the entries (about 2^-9 each, averaging out over H states), not a bias of the scaling.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+#: The smallest log of the number an emission column is divided by (see :func:`forward`).
+MIN_LOG_SCALE = -80.0
 
 
 @dataclass
@@ -63,8 +67,10 @@ def forward(initial: torch.Tensor, transitions: torch.Tensor, emissions: torch.T
     # (log-einsum-exp); they are constants of the recursion (log p is exactly linear in their
     # logs), so they carry no gradient and add no float noise to EM counts.
     # A column of zeros (a word no state emits there) keeps scale 1: the prefix becomes -inf.
+    # A column whose maximum is below e^-80 (subnormal factors) is divided by e^-80 instead:
+    # the inverse of its maximum would overflow float32 (and bf16), e^80 ~ 5.5e34 does not.
     scale = emissions.detach().amax(dim=-1).float()  # [B, L]
-    log_scale = torch.where(scale > 0, scale, 1.0).log()
+    log_scale = torch.where(scale > 0, scale, 1.0).log().clamp_min(MIN_LOG_SCALE)
     inv_scale = torch.exp(-log_scale).unsqueeze(-1)  # [B, L, 1]
     step_emissions = emissions.unbind(dim=1)  # L x [B, H]; unbind keeps backward linear in L
     step_transitions = transitions.unbind(dim=0)  # L-1 x [H, H]
@@ -74,14 +80,15 @@ def forward(initial: torch.Tensor, transitions: torch.Tensor, emissions: torch.T
         norm = unnorm.sum(dim=-1, keepdim=True, dtype=torch.float32)
         return norm.detach() if not prefix_grads and t < length - 1 else norm
 
-    unnorm = initial.unsqueeze(0) * step_emissions[0] * inv_scale[:, 0]  # [B, H]
+    unnorm = initial.unsqueeze(0) * (step_emissions[0] * inv_scale[:, 0])  # [B, H]
     norm = normaliser(unnorm, 0)
     log_norms = [norm.squeeze(-1).log()]
     filtered = [unnorm / norm.clamp_min(tiny)] if states else None
     for t in range(1, length):
-        # p(z_{t-1} | x_<t) / scale_t; an impossible prefix (norm 0) stays all-zero
-        factor = torch.where(norm > 0, inv_scale[:, t] / norm.clamp_min(tiny), 0.0)
-        unnorm = ((unnorm * factor).to(dtype) @ step_transitions[t - 1]) * step_emissions[t]
+        # p(z_{t-1} | x_<t) / scale_t (normalised first: 1 / (norm scale_t) may overflow);
+        # an impossible prefix (norm 0) stays all-zero
+        previous = torch.where(norm > 0, unnorm / norm.clamp_min(tiny), 0.0) * inv_scale[:, t]
+        unnorm = (previous.to(dtype) @ step_transitions[t - 1]) * step_emissions[t]
         norm = normaliser(unnorm, t)
         log_norms.append(norm.squeeze(-1).log())
         if states:
