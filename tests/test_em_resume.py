@@ -151,6 +151,11 @@ def test_a_damaged_checkpoint_is_named(tmp_path):
     with pytest.raises(CheckpointError) as info:
         checkpoints.resume()
     assert str(info.value).startswith(f"{pointer} is unreadable: ")
+    pointer.write_text("ckpt-00000099\n")  # a checkpoint name, but no such folder
+    with pytest.raises(CheckpointError) as info:
+        checkpoints.resume()
+    missing = tmp_path / "checkpoints" / "ckpt-00000099"
+    assert str(info.value) == f"checkpoint {missing} has no checkpoint.json"
 
 
 def test_patch_circuit_resumes_to_the_same_model(tmp_path):
