@@ -253,3 +253,19 @@ def test_bfloat16_normalisers_are_summed_in_float32(windows_factory):
     want = _float64_forward(hmm.initial, transitions, emissions)
     got = forward(hmm.initial, transitions, emissions).log_prefix[:, -1].double()
     assert (got - want).abs().mean().item() < 2.0**-9
+
+
+def test_states_are_the_filtered_posteriors_of_every_prefix(make_hmm, windows_factory):
+    """states=True: states[b, t] = p(z_t | x_1..x_t), by grouping the brute-force paths of each
+    prefix by their last state (what forward filtering, backward sampling draws from)."""
+    hmm = make_hmm(3, 5, 4, seed=18)
+    x = windows_factory(4, 4, 5, seed=19)
+    states = forward(hmm.initial, hmm.transitions_for(4), hmm.gather_emissions(x),
+                     states=True).states
+    assert states.shape == (4, 4, 3)
+    for b, row in enumerate(x.tolist()):
+        for t in range(4):
+            paths, joint = path_joints(hmm, row[: t + 1])
+            want = np.bincount(paths[:, -1], weights=joint, minlength=3) / joint.sum()
+            torch.testing.assert_close(states[b, t].double(), torch.from_numpy(want),
+                                       rtol=1e-5, atol=1e-6)

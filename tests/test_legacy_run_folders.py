@@ -108,9 +108,12 @@ def test_an_old_hmm_step_folder_resumes_to_the_uninterrupted_model(tmp_path, win
         torch.testing.assert_close(resumed.parameters()[name], value, rtol=1e-6, atol=1e-7,
                                    msg=name)
     assert (got.epoch, got.step) == (want.epoch, want.step)
-    if form == "em_config":  # the running totals came back: the same epoch means
+    if form == "em_config":  # the running totals came back: the same epoch means (to the
+        # float32 rounding of the parameters, which the resumed run reads materialised while
+        # the uninterrupted one kept its scaled emission table; without the totals epoch 1's
+        # mean would cover only the batches after the resume, off by about 1e-2)
         assert [r["train_ll_per_token"] for r in got.history] == pytest.approx(
-            [r["train_ll_per_token"] for r in want.history], rel=1e-9)
+            [r["train_ll_per_token"] for r in want.history], rel=1e-6)
     # the run goes on in the new format, the same run: its old folder was rotated away
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     # (saves after steps 8, 10 (epoch end), 12, 16, 20 (epoch end); keep_checkpoints 2)
@@ -216,8 +219,11 @@ def test_an_old_circuit_folder_keeps_its_data_record_and_early_stopping_state(tm
     assert first.resume() and first.seconds_before == 0.0
 
     old_circuit_folder(tmp_path / "later", trained_on=digest)
-    with pytest.raises(CheckpointError, match="training data differs"):
+    with pytest.raises(CheckpointError) as info:
         EMCheckpoints(tmp_path / "later", SETTINGS, trained_on=other).resume()
+    assert str(info.value).startswith(
+        f"the training data differs from what the checkpoint in {tmp_path / 'later'} was "
+        "trained on (30 train images aaaa")
     assert EMCheckpoints(tmp_path / "later", SETTINGS, trained_on=digest).resume()
 
     state = {"scores": [-3.5, -3.25], "best_epoch": 2, "since": 1}

@@ -167,17 +167,15 @@ class HMM:
         return x.to(device=self.device, dtype=torch.long)
 
     # ----- inference -----------------------------------------------------------------------
-    def gather_emissions(self, x: torch.Tensor, emission: torch.Tensor | None = None
-                         ) -> torch.Tensor:
+    def gather_emissions(self, x: torch.Tensor) -> torch.Tensor:
         """Emission probabilities of the windows' tokens: x [B, L] -> [B, L, H], laid out so
         that each position's slice [:, t] is contiguous (one row gather from the [P_B*V, H]
         table)."""
-        emission = self.emission if emission is None else emission
         batch, length = x.shape
         rows = x.T  # [L, B]
         if not self.homogeneous:
             rows = rows + torch.arange(length, device=x.device).unsqueeze(1) * self.vocab_size
-        table = emission.view(-1, self.num_states)
+        table = self.emission.view(-1, self.num_states)
         gathered = table.index_select(0, rows.reshape(-1)).view(length, batch, -1)
         return gathered.transpose(0, 1)
 
