@@ -109,8 +109,12 @@ def start_and_stop(corpus: Path, out: Path, sig: signal.Signals,
 
 
 def assert_same_parameters(a: HMM, b: HMM) -> None:
+    """Equal to float32 rounding over the run's ~240 M-steps: a run that checkpoints (or
+    resumes) reads its emission table materialised, one that does not keeps it scaled, so the
+    last bits drift apart (measured up to 2e-6). Another batch order moves entries by up to
+    0.67 here, a step size off by 1e-4 by 1.5e-4."""
     for name, p in a.parameters().items():
-        np.testing.assert_allclose(b.parameters()[name].numpy(), p.numpy(), atol=1e-6,
+        np.testing.assert_allclose(b.parameters()[name].numpy(), p.numpy(), atol=1e-5,
                                    err_msg=name)
 
 
