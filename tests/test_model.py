@@ -87,6 +87,12 @@ def test_matrix_accessors_follow_the_documented_layout(make_hmm, homogeneous):
         hmm.emission_matrix(-1)
     with pytest.raises(DataError, match=rf"^transition step {T - 1} is outside \[0, {T - 1}\)$"):
         hmm.transition_matrix(T - 1)
+    for model in (hmm, make_hmm(2, V, 6, homogeneous, seed=103)):  # also H < T - 1
+        for length in range(1, model.length + 1):  # a window of L tokens takes L - 1 steps
+            steps = model.transitions_for(length)
+            assert tuple(steps.shape) == (length - 1, model.num_states, model.num_states)
+            for t in range(length - 1):
+                assert torch.equal(steps[t], model.transition_matrix(t))
 
 
 def test_sizes_and_parameter_count(make_hmm):
