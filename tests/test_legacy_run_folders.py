@@ -310,3 +310,21 @@ def test_unknown_fields_of_an_old_hmm_state_are_named(tmp_path):
     message = str(info.value)
     assert message.startswith(f"{state} is damaged or not from hmmlvd")
     assert "momentum" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("config", [None, "[1, 2]", "{not json"],
+                         ids=["missing", "not an object", "not JSON"])
+def test_an_old_circuit_folder_with_a_damaged_model_config_reads_as_of_no_kind(tmp_path,
+                                                                               config):
+    """An earlier circuit checkpoint records no kind: it is read from the model's config.json,
+    and one that is missing or damaged gives no kind (the model loader then names the file),
+    never an exception of its own."""
+    old_circuit_folder(tmp_path)
+    folder = tmp_path / "checkpoints" / "em-00000002"
+    if config is None:
+        (folder / "config.json").unlink()
+    else:
+        (folder / "config.json").write_text(config)
+    assert read_checkpoint(folder).kind == ""
+    with pytest.raises(CheckpointError, match=re.escape(str(folder / "config.json"))):
+        Circuit.from_pretrained(EMCheckpoints(tmp_path, SETTINGS).resume())
