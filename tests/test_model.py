@@ -53,6 +53,8 @@ def test_bad_windows_raise_data_error_naming_the_problem(hmm, case, entry):
 def test_out_of_vocabulary_message_names_the_id(hmm):
     with pytest.raises(DataError, match=rf"token id {V + 7} .*\[0, {V}\)"):
         hmm.log_likelihood(torch.tensor([[0, V + 7]]))
+    with pytest.raises(DataError, match=rf"^token id -3 is outside the vocabulary \[0, {V}\)$"):
+        hmm.log_likelihood(torch.tensor([[0, -3], [V - 1, 1]]))  # a negative id beside a valid max
 
 
 @pytest.mark.parametrize("length", [1, T - 1])
