@@ -312,6 +312,9 @@ def test_remove_deletes_the_checkpoints_and_is_a_no_op_without_any(tmp_path):
 
 
 # ----- damaged progress records ----------------------------------------------------------------
+WRONG_TYPE_FIELDS = ["settings", "trained_on", "record", "early", "em_config", "run_id", "kind"]
+
+
 @pytest.mark.parametrize(("edit", "reason"), [
     (lambda raw: [raw], "TypeError: a JSON object is needed, got list"),
     (lambda raw: {**raw, "progress": [1]}, "TypeError: progress must be an object, got list"),
@@ -323,11 +326,16 @@ def test_remove_deletes_the_checkpoints_and_is_a_no_op_without_any(tmp_path):
      "ValueError: phase_done must be true or false, got 1"),
     (lambda raw: {**raw, "progress": {**raw["progress"], "history": {}}},
      "TypeError: history must be a list, got dict"),
+    *[(lambda raw, field=field: {**raw, field: 5 if isinstance(raw[field], str) else [1]},
+       "TypeError: settings, trained_on, record, early and em_config must be objects, run_id "
+       "and kind strings") for field in WRONG_TYPE_FIELDS],
 ], ids=["not an object", "progress a list", "epoch a bool", "step a string",
-        "phase_done a number", "history an object"])
+        "phase_done a number", "history an object",
+        *(f"{field} of the wrong type" for field in WRONG_TYPE_FIELDS)])
 def test_a_damaged_progress_record_is_named_with_its_field(tmp_path, edit, reason):
     """A checkpoint.json edited by hand (or by another tool) is refused in one line naming
-    the file, the field and what it holds, instead of resuming from a wrong position."""
+    the file, the field and what it holds, instead of resuming from a wrong position; each of
+    its fields of the wrong type alone (a list for an object, a number for a string) too."""
     data, valid = data_and_valid()
     with pytest.raises(TrainingInterrupted):
         fresh().fit(data, CONFIG, valid=valid, progress=False,
@@ -339,23 +347,3 @@ def test_a_damaged_progress_record_is_named_with_its_field(tmp_path, edit, reaso
         checkpoints.resume()
     assert str(info.value) == f"{state} is damaged or not from hmmlvd: {reason}"
 
-
-@pytest.mark.parametrize("field", ["settings", "trained_on", "record", "early", "em_config",
-                                   "run_id", "kind"])
-def test_a_checkpoint_field_of_the_wrong_type_is_refused(tmp_path, field):
-    """Each of checkpoint.json's fields of the wrong type alone (a list for an object, a
-    number for a string) makes the checkpoint damaged, in one line naming the file."""
-    data, valid = data_and_valid()
-    with pytest.raises(TrainingInterrupted):
-        fresh().fit(data, CONFIG, valid=valid, progress=False,
-                    checkpoints=EMCheckpoints(tmp_path, SETTINGS, StopAt(4)))
-    checkpoints = EMCheckpoints(tmp_path, SETTINGS)
-    state = checkpoints.latest() / "checkpoint.json"
-    raw = json.loads(state.read_text())
-    wrong = 5 if isinstance(raw[field], str) else [1]
-    state.write_text(json.dumps({**raw, field: wrong}))
-    with pytest.raises(CheckpointError) as info:
-        checkpoints.resume()
-    assert str(info.value) == (
-        f"{state} is damaged or not from hmmlvd: TypeError: settings, trained_on, record, early "
-        "and em_config must be objects, run_id and kind strings")
