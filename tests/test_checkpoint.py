@@ -262,13 +262,24 @@ def test_saved_invalid_parameters_are_rejected(saved, corruption):
     assert str(info.value).startswith(f"{folder}: ")  # the folder, then what is wrong
 
 
-@pytest.mark.parametrize("corruption", ["nan", "inf", "negative", "not normalised",
-                                        "wrong shape", "partial"])
-def test_invalid_parameters_on_construction(make_hmm, corruption):
-    good = make_hmm(H, V, T, seed=84)
+@pytest.mark.parametrize(("corruption", "message"), [
+    ("nan", r"^initial contains NaN or infinite values$"),
+    ("inf", r"^emission contains NaN or infinite values$"),
+    ("negative", r"^transition contains negative probabilities$"),
+    ("not normalised", r"^emission distributions do not sum to 1 \(largest error"),
+    ("wrong shape", rf"^transition has shape \(1, {H}, {H}\), expected \({T - 1}, {H}, {H}\)"),
+    ("partial", r"^pass all of initial, transition and emission, or none$"),
+    ("nan, T = 1", r"^emission contains NaN or infinite values$")])
+def test_invalid_parameters_on_construction(make_hmm, corruption, message):
+    """Each kind of invalid parameter is refused naming the tensor and what is wrong, also in a
+    one-token model, whose transition table is empty."""
+    length = 1 if corruption.endswith("T = 1") else T
+    good = make_hmm(H, V, length, seed=84)
     initial, transition, emission = (p.clone() for p in good.parameters().values())
     kwargs = {"initial": initial, "transition": transition, "emission": emission}
-    if corruption == "nan":
+    if corruption.startswith("nan, "):
+        emission[0, 1, 2] = math.nan
+    elif corruption == "nan":
         initial[0] = math.nan
     elif corruption == "inf":
         emission[0, 0, 0] = math.inf
@@ -281,8 +292,8 @@ def test_invalid_parameters_on_construction(make_hmm, corruption):
         kwargs["transition"] = transition[:1]
     else:
         del kwargs["emission"]
-    with pytest.raises(ParameterError):
-        HMM(H, V, T, **kwargs)
+    with pytest.raises(ParameterError, match=message):
+        HMM(H, V, length, **kwargs)
 
 
 def test_vocabulary_size_must_match_model(make_hmm):
