@@ -267,6 +267,8 @@ def test_saved_invalid_parameters_are_rejected(saved, corruption):
     ("inf", r"^emission contains NaN or infinite values$"),
     ("negative", r"^transition contains negative probabilities$"),
     ("not normalised", r"^emission distributions do not sum to 1 \(largest error"),
+    ("initial not normalised", r"^initial distributions do not sum to 1 \(largest error"),
+    ("transition not normalised", r"^transition distributions do not sum to 1 \(largest "),
     ("wrong shape", rf"^transition has shape \(1, {H}, {H}\), expected \({T - 1}, {H}, {H}\)"),
     ("partial", r"^pass all of initial, transition and emission, or none$"),
     ("nan, T = 1", r"^emission contains NaN or infinite values$")])
@@ -288,6 +290,10 @@ def test_invalid_parameters_on_construction(make_hmm, corruption, message):
         transition[1, 0] = torch.tensor([1.2, -0.1, -0.1])
     elif corruption == "not normalised":
         emission[2, :, 1] *= 1.5
+    elif corruption == "initial not normalised":
+        initial *= 0.5
+    elif corruption == "transition not normalised":
+        transition[2, 1] *= 2
     elif corruption == "wrong shape":
         kwargs["transition"] = transition[:1]
     else:

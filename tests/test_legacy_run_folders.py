@@ -312,8 +312,9 @@ def test_unknown_fields_of_an_old_hmm_state_are_named(tmp_path):
     assert "momentum" in message and "\n" not in message
 
 
-@pytest.mark.parametrize("config", [None, "[1, 2]", "{not json", "{}"],
-                         ids=["missing", "not an object", "not JSON", "no model_type"])
+@pytest.mark.parametrize("config", [None, "[1, 2]", "{not json", "{}", '{"model_type": 5}'],
+                         ids=["missing", "not an object", "not JSON", "no model_type",
+                              "model_type a number"])
 def test_an_old_circuit_folder_with_a_damaged_model_config_reads_as_of_no_kind(tmp_path,
                                                                                config):
     """An earlier circuit checkpoint records no kind: it is read from the model's config.json,
