@@ -347,3 +347,35 @@ def test_a_damaged_progress_record_is_named_with_its_field(tmp_path, edit, reaso
         checkpoints.resume()
     assert str(info.value) == f"{state} is damaged or not from hmmlvd: {reason}"
 
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_no_folder_and_latest_as_it_was(
+        tmp_path, monkeypatch):
+    """Disk full while writing the third checkpoint's checkpoint.json (its model files are
+    written): one WriteError naming that folder, the folder removed, `latest` still naming the
+    second, which resumes."""
+    import errno
+
+    from hmmlvd.core.errors import WriteError
+    from hmmlvd.em import checkpoints as checkpoints_module
+
+    real, calls = checkpoints_module.atomic_write_json, []
+
+    def fill_up(path, data):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(checkpoints_module, "atomic_write_json", fill_up)
+    data, valid = data_and_valid()
+    with pytest.raises(WriteError) as info:
+        fresh().fit(data, dataclasses.replace(CONFIG, checkpoint_every=1), valid=valid,
+                    progress=False, checkpoints=EMCheckpoints(tmp_path, SETTINGS))
+    root = tmp_path / "checkpoints"
+    assert str(root / "ckpt-00000003") in str(info.value)
+    assert sorted(p.name for p in root.iterdir()) == ["ckpt-00000001", "ckpt-00000002",
+                                                      "latest"]
+    monkeypatch.setattr(checkpoints_module, "atomic_write_json", real)
+    checkpoints = EMCheckpoints(tmp_path, SETTINGS)
+    assert checkpoints.resume() == root / "ckpt-00000002"

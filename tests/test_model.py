@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_same_with_the_default_device_elsewhere
 
 from hmmlvd.core.errors import DataError, ParameterError
 from hmmlvd.hmm import HMM, HMMConfig, expected_counts
@@ -149,3 +150,21 @@ def test_to_moves_every_parameter_in_place_and_returns_the_model():
     assert {name: p.device.type for name, p in hmm.parameters().items()} == \
         dict.fromkeys(shapes, "meta")
     assert {name: p.shape for name, p in hmm.parameters().items()} == shapes
+
+
+def test_parameters_given_as_float64_arrays_or_lists_become_float32_on_the_cpu():
+    """Given parameters may be float64 tensors, numpy arrays or nested lists: the model holds
+    them as float32 on its device (the CPU here), also with torch's default device elsewhere."""
+    good = HMM(3, 5, 4, seed=1)
+    given = [p.double() for p in good.parameters().values()]
+
+    def build(form) -> list[torch.Tensor]:
+        initial, transition, emission = (form(p) for p in given)
+        hmm = HMM(3, 5, 4, initial=initial, transition=transition, emission=emission)
+        return list(hmm.parameters().values())
+
+    for form in (lambda p: p, lambda p: p.numpy(), lambda p: p.tolist()):
+        for got, want in zip(build(form), good.parameters().values(), strict=True):
+            assert got.dtype == torch.float32 and got.device.type == "cpu"
+            torch.testing.assert_close(got, want)
+    assert_same_with_the_default_device_elsewhere(lambda: build(lambda p: p.tolist()))
