@@ -379,3 +379,22 @@ def test_a_checkpoint_that_cannot_be_written_leaves_no_folder_and_latest_as_it_w
     monkeypatch.setattr(checkpoints_module, "atomic_write_json", real)
     checkpoints = EMCheckpoints(tmp_path, SETTINGS)
     assert checkpoints.resume() == root / "ckpt-00000002"
+
+
+def test_rotation_leaves_folders_of_other_names_alone(tmp_path):
+    """A copy of a checkpoint kept under another name inside checkpoints/ (a user's backup,
+    with this run's id) is neither rotated away nor read as one of the run's checkpoints."""
+    import shutil
+
+    data, valid = data_and_valid()
+    with pytest.raises(TrainingInterrupted):
+        fresh().fit(data, CONFIG, valid=valid, progress=False,
+                    checkpoints=EMCheckpoints(tmp_path, SETTINGS, StopAt(4)))
+    root = tmp_path / "checkpoints"
+    backup = root / "backup"
+    shutil.copytree(EMCheckpoints(tmp_path, SETTINGS).latest(), backup)
+    checkpoints = EMCheckpoints(tmp_path, SETTINGS)
+    model = Circuit.from_pretrained(checkpoints.resume())
+    model.fit(data, CONFIG, valid=valid, progress=False, checkpoints=checkpoints)
+    assert backup.is_dir() and (backup / "checkpoint.json").is_file()
+    assert checkpoints.latest().name.startswith("ckpt-")

@@ -168,3 +168,20 @@ def test_parameters_given_as_float64_arrays_or_lists_become_float32_on_the_cpu()
             assert got.dtype == torch.float32 and got.device.type == "cpu"
             torch.testing.assert_close(got, want)
     assert_same_with_the_default_device_elsewhere(lambda: build(lambda p: p.tolist()))
+
+
+def test_the_documented_defaults_and_device_of_a_new_model():
+    """``HMM(num_states, vocab_size, length=32, homogeneous=False, seed=0)`` on the CPU, as the
+    class docstring says."""
+    hmm = HMM(3, 5)
+    assert (hmm.length, hmm.homogeneous, hmm.device.type) == (32, False, "cpu")
+    seeded = HMM(3, 5, 4, seed=0)
+    for name, p in HMM(3, 5, 4).parameters().items():
+        assert torch.equal(p, seeded.parameters()[name]), name
+
+
+@pytest.mark.parametrize("name", ["initial", "transition", "emission"])
+def test_a_parameter_that_is_not_numeric_is_named(name):
+    given = {**HMM(3, 5, 4, seed=0).parameters(), name: [["a", "b"]]}
+    with pytest.raises(ParameterError, match=rf"^{name} must be a numeric array \("):
+        HMM(3, 5, 4, **given)
