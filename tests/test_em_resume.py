@@ -383,7 +383,8 @@ def test_a_checkpoint_that_cannot_be_written_leaves_no_folder_and_latest_as_it_w
 
 def test_rotation_leaves_folders_of_other_names_alone(tmp_path):
     """A copy of a checkpoint kept under another name inside checkpoints/ (a user's backup,
-    with this run's id) is neither rotated away nor read as one of the run's checkpoints."""
+    with this run's id) is neither rotated away nor read as one of the run's checkpoints; a
+    folder with a checkpoint's name whose record is not an object counts as another run's."""
     import shutil
 
     data, valid = data_and_valid()
@@ -393,8 +394,12 @@ def test_rotation_leaves_folders_of_other_names_alone(tmp_path):
     root = tmp_path / "checkpoints"
     backup = root / "backup"
     shutil.copytree(EMCheckpoints(tmp_path, SETTINGS).latest(), backup)
+    foreign = root / "ckpt-00000000"  # a checkpoint's name, its record not an object
+    foreign.mkdir()
+    (foreign / "checkpoint.json").write_text("[1]")
     checkpoints = EMCheckpoints(tmp_path, SETTINGS)
     model = Circuit.from_pretrained(checkpoints.resume())
     model.fit(data, CONFIG, valid=valid, progress=False, checkpoints=checkpoints)
     assert backup.is_dir() and (backup / "checkpoint.json").is_file()
+    assert (foreign / "checkpoint.json").read_text() == "[1]"  # another run's: left alone
     assert checkpoints.latest().name.startswith("ckpt-")

@@ -112,9 +112,11 @@ def test_sizes_and_parameter_count(make_hmm):
                                     {"num_states": 2.0}, {"length": True}])
 def test_bad_sizes(kwargs):
     sizes = {"num_states": H, "vocab_size": V, "length": T, **kwargs}
-    with pytest.raises(ParameterError):
+    (name, value), = kwargs.items()
+    message = rf"^{name} must be a positive integer, got {value!r}$"
+    with pytest.raises(ParameterError, match=message):
         HMMConfig(**sizes)
-    with pytest.raises(ParameterError):
+    with pytest.raises(ParameterError, match=message):
         HMM(**sizes)
 
 
@@ -175,6 +177,7 @@ def test_the_documented_defaults_and_device_of_a_new_model():
     class docstring says."""
     hmm = HMM(3, 5)
     assert (hmm.length, hmm.homogeneous, hmm.device.type) == (32, False, "cpu")
+    assert hmm.fit_history == [] and hmm.valid_history == []  # no fit yet
     seeded = HMM(3, 5, 4, seed=0)
     for name, p in HMM(3, 5, 4).parameters().items():
         assert torch.equal(p, seeded.parameters()[name]), name
