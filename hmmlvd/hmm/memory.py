@@ -214,16 +214,18 @@ def check_training(config: HMMConfig, batch_size: int, device: str | torch.devic
     if device_memory.skipped():
         return estimate
     available = device_memory.available_bytes(device)
-    needed = estimate.total - (estimate.parameters if allocated else 0)
-    if available is not None and needed > available:
+
+    def needed(e: MemoryEstimate) -> int:  # what must still fit besides loaded parameters
+        return e.total - (e.parameters if allocated else 0)
+
+    if available is not None and needed(estimate) > available:
         mode = ", full-batch EM" if full_batch else ""
         has = (f"besides the {format_bytes(estimate.parameters)} of parameters already loaded, "
                f"this {_label(device)} has {format_bytes(available)} available" if allocated
                else f"this {_label(device)} has {format_bytes(available)} available")
-        mini_only = training_estimate(config, batch_size, False, dtype, True)
-        first = ("mini-batch epochs only (--final-full-batch 0), " if full_batch and
-                 mini_only.total - (mini_only.parameters if allocated else 0) <= available
-                 else "")
+        mini_only = full_batch and needed(
+            training_estimate(config, batch_size, False, dtype, True)) <= available
+        first = "mini-batch epochs only (--final-full-batch 0), " if mini_only else ""
         _fail(f"{_sizes(config)} needs about {format_bytes(estimate.total)} for parameters and "
               f"EM counts (batch {batch_size}{mode}); {has}", device, batch=True, dtype=dtype,
               first=first)
